@@ -1,0 +1,5 @@
+"""corral: a fault-tolerant, elastic launcher for distributed training (a drop-in for torchrun)."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

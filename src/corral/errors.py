@@ -1,0 +1,114 @@
+"""The one error tree of corral.
+
+Every error the launcher raises derives from :class:`LauncherError`. Subclasses
+are grouped by what the caller does next: retry (``StoreUnavailable``), give up
+on the round (``RendezvousTimeout``), fix the input (``ConfigError``), or report
+worker failures (``WorkerFailed``). Third-party exceptions are translated at the
+backend boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from corral.reporting.failures import FailureReport
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConfigError",
+    "JobFailed",
+    "LauncherError",
+    "LeaseNotFound",
+    "ProtocolError",
+    "RendezvousClosed",
+    "RendezvousError",
+    "RendezvousTimeout",
+    "StoreCompacted",
+    "StoreError",
+    "StoreTimeout",
+    "StoreUnavailable",
+    "WorkerFailed",
+]
+
+
+class LauncherError(Exception):
+    """Root of every error raised by corral."""
+
+
+class ConfigError(LauncherError):
+    """Invalid configuration: the message names the option, the value and what is allowed."""
+
+
+# --- store -----------------------------------------------------------------
+
+
+class StoreError(LauncherError):
+    """Any failure talking to a coordination store."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (connection refused, reset, or lost). Retry later."""
+
+
+class StoreTimeout(StoreError):
+    """A store request got no answer within its deadline."""
+
+
+class AuthenticationFailed(StoreError):
+    """The store refused our credentials (wrong token, user or password)."""
+
+
+class ProtocolError(StoreError):
+    """A peer sent something that violates the wire protocol (malformed frame, bad schema)."""
+
+
+class LeaseNotFound(StoreError):
+    """The lease does not exist: it expired, was revoked, or its owning connection closed."""
+
+
+class StoreCompacted(StoreError):
+    """A watch asked for a revision older than the store still remembers."""
+
+
+# --- rendezvous --------------------------------------------------------------
+
+
+class RendezvousError(LauncherError):
+    """Rendezvous could not complete."""
+
+
+class RendezvousTimeout(RendezvousError):
+    """A rendezvous deadline (join_timeout, close_timeout, ...) passed."""
+
+
+class RendezvousClosed(RendezvousError):
+    """The job has ended (it has an outcome); no further rounds will start."""
+
+
+# --- workers -----------------------------------------------------------------
+
+
+class WorkerFailed(LauncherError):
+    """Workers failed and no restart is left.
+
+    Attributes:
+        failures: every failed rank's report, the root cause first.
+    """
+
+    def __init__(self, message: str, failures: list[FailureReport]) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+    @property
+    def root_cause(self) -> FailureReport | None:
+        return self.failures[0] if self.failures else None
+
+
+class JobFailed(LauncherError):
+    """The job ended in failure on another node; carries the job-wide root cause."""
+
+    def __init__(self, message: str, root_cause: FailureReport | None, exit_code: int) -> None:
+        super().__init__(message)
+        self.root_cause = root_cause
+        self.exit_code = exit_code

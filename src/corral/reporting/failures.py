@@ -1,0 +1,73 @@
+"""Failure reports: one per failed worker, published job-wide; the earliest is the root cause."""
+
+from __future__ import annotations
+
+import json
+import signal as _signal
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["FailureReport"]
+
+_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FailureReport:
+    """What is known of one failed worker.
+
+    Attributes:
+        rank: global rank. local_rank: rank on its node. group_rank: the node's rank.
+        host: host name (for humans). node_id: the agent's node id. pid: worker pid.
+        exitcode: the process exit code, or -N when it died of signal N.
+        message: "<Type>: <msg>" from the error file, if any.
+        traceback: the traceback from the error file, if any.
+        stderr_tail: the last lines of the worker's stderr when there is no error file.
+        timestamp: unix seconds when the agent saw the exit (informational only:
+            the job-wide order is the store's, never wall clocks).
+        round: the rendezvous round. restart_count: job restarts before this attempt.
+    """
+
+    rank: int
+    local_rank: int
+    group_rank: int
+    host: str
+    node_id: str
+    pid: int
+    exitcode: int
+    message: str | None = None
+    traceback: str | None = None
+    stderr_tail: str | None = None
+    timestamp: float = 0.0
+    round: int = 0
+    restart_count: int = 0
+    error_file: str | None = None
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.exitcode >= 0:
+            return None
+        try:
+            return _signal.Signals(-self.exitcode).name
+        except ValueError:
+            return f"signal {-self.exitcode}"
+
+    @property
+    def exit_code(self) -> int:
+        """What the launcher exits with for this root cause: the code, or 128+N for signal N."""
+        if self.exitcode < 0:
+            return 128 + (-self.exitcode)
+        return self.exitcode if self.exitcode > 0 else 1
+
+    def to_json(self) -> bytes:
+        d: dict[str, Any] = {"version": _VERSION, **asdict(self)}
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> FailureReport:
+        d = json.loads(data)
+        if not isinstance(d, dict) or d.get("version") != _VERSION:
+            raise ValueError(f"unsupported failure report: {str(data)[:80]!r}")
+        d.pop("version")
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in fields})
