@@ -1,0 +1,275 @@
+"""``memory://``: an in-process :class:`~corral.store.api.Store` with fault switches.
+
+Made for the tests of the code above the store (rendezvous, agent): it has the
+same meaning as the tcp and etcd backends (it wraps the same
+:class:`~corral.store.core.StoreCore` as the tcp server) and lets a test inject
+faults:
+
+* ``fail_next(n, exc)``: the next ``n`` calls raise ``exc`` (default StoreUnavailable);
+* ``partition()`` / ``heal()``: every call raises StoreUnavailable, and open
+  watches end with StoreUnavailable, until healed;
+* ``expire(lease)``: the lease ends now, as if its TTL had passed.
+
+Lease expiry follows the injected :class:`~corral.clock.Clock`: with a
+:class:`~corral.clock.FakeClock`, ``clock.advance(ttl)`` ends due leases at once
+(the next call sees them gone, and a background timer delivers their delete
+events to watches when the event loop next runs), with no real sleeping.
+
+Several simulated nodes can share one store: :meth:`MemoryStore.session` returns
+another handle onto the same data, clock and timer, with its own fault switches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from corral.clock import Clock, MonotonicClock
+from corral.errors import StoreUnavailable
+from corral.store.api import Characteristics, KeyValue, WatchEvent, WriteResult
+from corral.store.core import StoreCore
+
+__all__ = ["MemoryStore", "open_memory_store"]
+
+_CHARACTERISTICS = Characteristics(
+    linearizable=True, leases=True, connection_leases=False, replicated=False
+)
+
+
+class _Shared:
+    """What every session of one memory store shares: the core, clock and expiry timer."""
+
+    def __init__(self, clock: Clock, history: int) -> None:
+        self.core = StoreCore(history=history)
+        self.clock = clock
+        self.timer: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
+        self.target: float | None = None  # deadline the timer sleeps towards
+
+    def expire_due(self) -> None:
+        self.core.expire(self.clock.now())
+
+    def kick(self) -> None:
+        """Make sure the timer runs and sleeps towards the earliest deadline."""
+        if self.timer is None or self.timer.done():
+            self.timer = asyncio.get_running_loop().create_task(self._run())
+            return
+        deadline = self.core.next_deadline()
+        if deadline is not None and (self.target is None or deadline < self.target):
+            self.wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            self.wake.clear()
+            self.expire_due()
+            self.target = deadline = self.core.next_deadline()
+            if deadline is None:
+                await self.wake.wait()
+                continue
+            delay = deadline - self.clock.now()
+            if delay <= 0:
+                continue
+            sleep = asyncio.ensure_future(self.clock.sleep(delay))
+            woken = asyncio.ensure_future(self.wake.wait())
+            try:
+                await asyncio.wait({sleep, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleep.cancel()
+                woken.cancel()
+
+    async def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            try:
+                await self.timer
+            except asyncio.CancelledError:
+                pass
+            self.timer = None
+
+
+class _WatchStream:
+    """An async iterator fed by the core's callback; ends with an error when failed."""
+
+    def __init__(self) -> None:
+        self._events: deque[WatchEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+
+    def push(self, events: list[WatchEvent]) -> None:
+        self._events.extend(events)
+        self._wakeup()
+
+    def fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        self._wakeup()
+
+    def _wakeup(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def __aiter__(self) -> _WatchStream:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        while not self._events:
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._events.popleft()
+
+
+class MemoryStore:
+    """An in-process store: the :class:`~corral.store.api.Store` contract, with fault switches.
+
+    Args:
+        clock: drives lease expiry (default: the real monotonic clock).
+        history: events retained for watches from a past revision.
+    """
+
+    def __init__(self, clock: Clock | None = None, *, history: int = 10_000) -> None:
+        self._shared = _Shared(clock or MonotonicClock(), history)
+        self._root = True
+        self._fail_count = 0
+        self._fail_exc: BaseException | None = None
+        self._partitioned = False
+        self._closed = False
+        self._streams: set[_WatchStream] = set()
+
+    @property
+    def characteristics(self) -> Characteristics:
+        return _CHARACTERISTICS
+
+    @property
+    def core(self) -> StoreCore:
+        """The state machine underneath (for assertions in tests)."""
+        return self._shared.core
+
+    def session(self) -> MemoryStore:
+        """Another client of the same store (same data, clock and timer; own fault switches)."""
+        other = MemoryStore.__new__(MemoryStore)
+        other._shared = self._shared
+        other._root = False
+        other._fail_count = 0
+        other._fail_exc = None
+        other._partitioned = False
+        other._closed = False
+        other._streams = set()
+        return other
+
+    # --- fault switches --------------------------------------------------------
+
+    def fail_next(self, n: int = 1, exc: BaseException | None = None) -> None:
+        """Make the next ``n`` calls raise ``exc`` (default StoreUnavailable)."""
+        self._fail_count = n
+        self._fail_exc = exc
+
+    def partition(self) -> None:
+        """Cut this client off: every call raises StoreUnavailable and open watches end."""
+        self._partitioned = True
+        for s in list(self._streams):
+            s.fail(StoreUnavailable("memory store: partitioned (test fault)"))
+
+    def heal(self) -> None:
+        """Undo :meth:`partition`."""
+        self._partitioned = False
+
+    def expire(self, lease: int) -> None:
+        """End ``lease`` now, as if its TTL had passed (its keys are deleted)."""
+        self._shared.core.revoke(lease)
+
+    # --- the contract ----------------------------------------------------------
+
+    def _enter(self) -> StoreCore:
+        if self._closed:
+            raise StoreUnavailable("memory store: client is closed")
+        if self._partitioned:
+            raise StoreUnavailable("memory store: partitioned (test fault)")
+        if self._fail_count > 0:
+            self._fail_count -= 1
+            exc = self._fail_exc
+            raise exc if exc is not None else StoreUnavailable("memory store: injected failure")
+        self._shared.expire_due()
+        return self._shared.core
+
+    async def get(self, key: str) -> KeyValue | None:
+        return self._enter().get(key)
+
+    async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        return self._enter().range(prefix)
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        return self._enter().put(key, value, lease=lease)
+
+    async def create(self, key: str, value: bytes, *, lease: int = 0) -> WriteResult:
+        return self._enter().create(key, value, lease=lease)
+
+    async def compare_and_set(
+        self, key: str, value: bytes, expected_mod_revision: int, *, lease: int = 0
+    ) -> WriteResult:
+        return self._enter().compare_and_set(key, value, expected_mod_revision, lease=lease)
+
+    async def delete(self, key: str, *, prefix: bool = False) -> int:
+        return self._enter().delete(key, prefix=prefix)
+
+    async def grant(self, ttl: float) -> int:
+        core = self._enter()
+        lid = core.grant(ttl, self._shared.clock.now())
+        self._shared.kick()
+        return lid
+
+    async def keep_alive(self, lease: int) -> float:
+        return self._enter().keep_alive(lease, self._shared.clock.now())
+
+    async def revoke(self, lease: int) -> None:
+        self._enter().revoke(lease)
+
+    def watch(
+        self, key: str, *, prefix: bool = False, start_revision: int = 0
+    ) -> AbstractAsyncContextManager[AsyncIterator[WatchEvent]]:
+        return self._watch(key, prefix, start_revision)
+
+    @asynccontextmanager
+    async def _watch(
+        self, key: str, prefix: bool, start_revision: int
+    ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
+        core = self._enter()
+        stream = _WatchStream()
+        wid = core.watch(key, stream.push, prefix=prefix, start_revision=start_revision)
+        self._streams.add(stream)
+        try:
+            yield stream
+        finally:
+            self._streams.discard(stream)
+            core.cancel_watch(wid)
+
+    async def close(self) -> None:
+        """Close this client: its watches end with StoreUnavailable. Leases stay (TTL ends them)."""
+        if self._closed:
+            return
+        self._closed = True
+        for s in list(self._streams):
+            s.fail(StoreUnavailable("memory store: client closed"))
+        if self._root:
+            await self._shared.stop()
+
+    async def __aenter__(self) -> MemoryStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def open_memory_store(
+    url: str, *, token: str | None = None, timeout: float = 60.0
+) -> MemoryStore:
+    """Registry factory for ``memory://`` (a fresh, private store; ``token`` is ignored)."""
+    del url, token, timeout
+    return MemoryStore()
