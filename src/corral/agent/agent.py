@@ -1,0 +1,372 @@
+"""The agent: one per node. Rendezvous, run the worker group, react, repeat.
+
+The loop (DESIGN.md): join a round -> start the worker group -> wait for the
+first of (group finished, group failed, round superseded, signal) -> stop ->
+decide -> rejoin or exit. The job-wide decisions (restart budget, root cause)
+are the rendezvous's; this module only composes the pieces and owns the
+process-level concerns (signals, the reaper, the hosted store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from corral.agent.net import free_port, is_local_address, local_address_towards, numeric_host
+from corral.agent.state import AgentState, StateMachine
+from corral.clock import Clock, MonotonicClock
+from corral.config import LaunchConfig
+from corral.errors import (
+    JobFailed,
+    LauncherError,
+    RendezvousClosed,
+    StoreUnavailable,
+)
+from corral.rendezvous.api import ChangeKind, Decision, NodeDesc, Rendezvous, RoundChange, RoundInfo
+from corral.reporting.failures import FailureReport
+
+__all__ = ["Agent", "AgentHooks"]
+
+log = logging.getLogger("corral.agent")
+
+T = TypeVar("T")
+
+
+class _Signalled(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class AgentHooks:
+    """Extension points (see docs/api.md).
+
+    Attributes:
+        before_start: called with the round before the worker group starts; may
+            raise LauncherError to refuse to run (e.g. a failed health check).
+        on_outcome: called with (round, result-kind, failures) after each group ends.
+    """
+
+    before_start: Callable[[RoundInfo], Awaitable[None]] | None = None
+    on_outcome: Callable[[RoundInfo, str, list[FailureReport]], Awaitable[None]] | None = None
+
+
+class Agent:
+    """Runs this node's part of a job described by a :class:`LaunchConfig`.
+
+    Args:
+        cfg: the validated configuration.
+        environ: the environment workers inherit (default: ``os.environ``).
+        clock: monotonic clock (tests may pass a fake one for pure parts).
+        hooks: optional extension points.
+    """
+
+    def __init__(
+        self,
+        cfg: LaunchConfig,
+        *,
+        environ: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+        hooks: AgentHooks | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.environ = dict(os.environ if environ is None else environ)
+        self.clock = clock or MonotonicClock()
+        self.hooks = hooks or AgentHooks()
+        self.machine = StateMachine()
+        self.host = socket.gethostname()
+        self.node_id = f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._signal_event = asyncio.Event()
+        self._signum = 0
+        self._group: Any = None
+        self.root_cause: FailureReport | None = None
+
+    # -- public ---------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until the job ends; return the process exit code (CONTRACT.md)."""
+        from corral.workers.logs import LogSetup
+        from corral.workers.reaper import Reaper
+
+        loop = asyncio.get_running_loop()
+        reaper = Reaper()
+        reaper.start()
+        try:
+            for sig in self.cfg.signals_to_handle:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            async with AsyncExitStack() as stack:
+                logs = LogSetup.create(self.cfg, run_id=self.cfg.rdzv_id)
+                stack.callback(logs.cleanup)
+                rdzv = await self._open_rendezvous(stack)
+                return await self._loop(rdzv, logs, reaper)
+        except _Signalled as s:
+            return 128 + s.signum
+        except JobFailed as exc:
+            self._print_root_cause(exc.root_cause)
+            return exc.exit_code
+        except LauncherError as exc:
+            print(f"corral: error: {exc}", file=sys.stderr, flush=True)
+            return 1
+        finally:
+            for sig in self.cfg.signals_to_handle:
+                loop.remove_signal_handler(sig)
+            reaper.close()
+
+    # -- the loop -------------------------------------------------------------
+
+    async def _loop(self, rdzv: Rendezvous, logs: Any, reaper: Any) -> int:
+        from corral.workers.group import WorkerGroup
+        from corral.workers.spec import WorkerSpec
+
+        spec = WorkerSpec.from_config(self.cfg, self.environ)
+        attempt = 0
+        while True:
+            self.machine.to(AgentState.RENDEZVOUS)
+            try:
+                rnd = await self._race(rdzv.join())
+            except RendezvousClosed:
+                self.machine.to(AgentState.SUCCEEDED)
+                return 0
+            log.info(
+                "round %d: node %d of %d, ranks %d..%d of %d, restarts %d/%d",
+                rnd.round,
+                rnd.group_rank,
+                rnd.group_world_size,
+                rnd.rank_offset,
+                rnd.rank_offset + spec.local_world_size - 1,
+                rnd.world_size,
+                rnd.restart_count,
+                self.cfg.max_restarts,
+            )
+            if self.hooks.before_start is not None:
+                await self.hooks.before_start(rnd)
+            group = WorkerGroup(
+                spec,
+                rnd,
+                attempt=attempt,
+                logs=logs,
+                reaper=reaper,
+                node_id=self.node_id,
+                host=self.host,
+                base_env=self.environ,
+            )
+            attempt += 1
+            self._group = group
+            self.machine.to(AgentState.RUNNING)
+            try:
+                await group.start()
+                outcome = await self._race_group(group, rdzv, rnd)
+            except BaseException:
+                await group.stop(self.cfg.shutdown_timeout)
+                raise
+            if isinstance(outcome, RoundChange):
+                self.machine.to(AgentState.STOPPING)
+                log.info("round %d over (%s%s): stopping workers", rnd.round, outcome.kind.value,
+                         f": {outcome.detail}" if outcome.detail else "")
+                await self._stop(group)
+                await self._notify(rnd, outcome.kind.value, [])
+                continue
+            if outcome.succeeded:
+                await self._notify(rnd, "succeeded", [])
+                self.machine.to(AgentState.STOPPING)
+                change = await self._race(rdzv.report_success(rnd))
+                if change is None:
+                    self.machine.to(AgentState.SUCCEEDED)
+                    return 0
+                log.info("round %d superseded after local success (%s)", rnd.round, change.kind.value)
+                continue
+            # local failure
+            self.machine.to(AgentState.STOPPING)
+            failures: list[FailureReport] = list(outcome.failures)
+            first = failures[0]
+            log.warning(
+                "round %d: worker rank %d (local %d, pid %d) failed with %s; stopping the group",
+                rnd.round, first.rank, first.local_rank, first.pid,
+                first.signal_name or f"exit code {first.exitcode}",
+            )
+            await self._notify(rnd, "failed", failures)
+            stop = asyncio.ensure_future(self._stop(group))
+            try:
+                decision, root = await self._race(rdzv.report_failure(rnd, failures))
+            finally:
+                await stop
+            if decision is Decision.RESTART:
+                continue
+            self.machine.to(AgentState.FAILED)
+            raise JobFailed("job failed", root or first, (root or first).exit_code)
+
+    async def _race_group(self, group: Any, rdzv: Rendezvous, rnd: RoundInfo) -> Any:
+        """Wait for the first of: the group's result, the round's end, a signal."""
+        waiter = asyncio.ensure_future(group.wait())
+        watcher = asyncio.ensure_future(rdzv.watch_round(rnd))
+        sig = asyncio.ensure_future(self._signal_event.wait())
+        try:
+            done, _ = await asyncio.wait({waiter, watcher, sig}, return_when=asyncio.FIRST_COMPLETED)
+            if sig in done:
+                await self._stop(group)
+                raise _Signalled(self._signum)
+            if waiter in done:
+                return waiter.result()
+            return watcher.result()
+        finally:
+            for t in (waiter, watcher, sig):
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(waiter, watcher, sig, return_exceptions=True)
+
+    async def _race(self, aw: Awaitable[T]) -> T:
+        """Await ``aw`` unless a handled signal arrives first (then raise _Signalled)."""
+        task = asyncio.ensure_future(aw)
+        sig = asyncio.ensure_future(self._signal_event.wait())
+        try:
+            done, _ = await asyncio.wait({task, sig}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            raise _Signalled(self._signum)
+        finally:
+            for t in (task, sig):
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(task, sig, return_exceptions=True)
+
+    async def _stop(self, group: Any) -> None:
+        await group.stop(self.cfg.shutdown_timeout)
+        if self._group is group:
+            self._group = None
+
+    async def _notify(self, rnd: RoundInfo, kind: str, failures: list[FailureReport]) -> None:
+        if self.hooks.on_outcome is not None:
+            try:
+                await self.hooks.on_outcome(rnd, kind, failures)
+            except Exception:  # a hook must not take the job down
+                log.exception("on_outcome hook failed")
+
+    def _on_signal(self, signum: int) -> None:
+        log.warning("received %s: forwarding to workers and stopping", signal.Signals(signum).name)
+        if self._group is not None:
+            self._group.send_signal(signum)
+        if not self._signum:
+            self._signum = signum
+        self._signal_event.set()
+
+    def _print_root_cause(self, report: FailureReport | None) -> None:
+        from corral.reporting.render import render_root_cause
+
+        self.root_cause = report
+        if report is None:
+            print("corral: job failed (no failure report available)", file=sys.stderr, flush=True)
+            return
+        print(render_root_cause(report, 1), file=sys.stderr, flush=True)
+
+    # -- rendezvous and store -------------------------------------------------
+
+    def _node_addr(self) -> str:
+        cfg = self.cfg
+        if cfg.local_addr:
+            return numeric_host(cfg.local_addr) or local_address_towards(cfg.local_addr)
+        if cfg.rdzv_backend == "static":
+            return local_address_towards(cfg.master_addr)
+        host, _ = cfg.endpoint_host_port
+        return local_address_towards(host or "127.0.0.1")
+
+    async def _open_rendezvous(self, stack: AsyncExitStack) -> Rendezvous:
+        cfg = self.cfg
+        addr = self._node_addr()
+        node = NodeDesc(
+            node_id=self.node_id,
+            addr=addr,
+            local_world_size=cfg.nproc_per_node,
+            host=self.host,
+            pid=os.getpid(),
+            master_port=free_port(addr),
+        )
+        if cfg.rdzv_backend == "static":
+            from corral.rendezvous.static import open_static_rendezvous
+
+            rdzv: Rendezvous = await open_static_rendezvous(cfg, node, stack=stack, clock=self.clock)
+            return rdzv
+        store = await self._open_store(stack, addr)
+        from corral.rendezvous.dynamic import DynamicRendezvous
+
+        dyn = DynamicRendezvous(
+            store,
+            run_id=cfg.rdzv_id,
+            node=node,
+            min_nodes=cfg.min_nodes,
+            max_nodes=cfg.max_nodes,
+            max_restarts=cfg.max_restarts,
+            conf=cfg.rdzv_conf,
+            clock=self.clock,
+        )
+        stack.push_async_callback(dyn.close)
+        return dyn
+
+    def _token(self) -> str | None:
+        conf = self.cfg.rdzv_conf
+        if conf.token:
+            return conf.token
+        if conf.token_file:
+            try:
+                with open(conf.token_file, encoding="utf-8") as f:
+                    return f.read().strip()
+            except OSError as exc:
+                raise LauncherError(f"cannot read token_file {conf.token_file}: {exc}") from exc
+        return self.environ.get("CORRAL_TOKEN") or None
+
+    async def _open_store(self, stack: AsyncExitStack, addr: str) -> Any:
+        from corral.store.registry import open_store
+
+        cfg = self.cfg
+        conf = cfg.rdzv_conf
+        token = self._token()
+        if cfg.rdzv_backend == "etcd":
+            from corral.store.etcd.client import etcd_url_from_conf
+
+            store = await open_store(etcd_url_from_conf(cfg.rdzv_endpoint, conf), timeout=conf.read_timeout)
+            stack.push_async_callback(store.close)
+            return store
+        host, port = cfg.endpoint_host_port
+        host_num = numeric_host(host) if host else "127.0.0.1"
+        if host_num is None:
+            from corral.agent.net import resolve_once
+
+            host_num = resolve_once(host)
+        is_host = conf.is_host
+        if is_host is None:
+            is_host = cfg.standalone or (
+                host_num == addr if cfg.local_addr else is_local_address(host_num)
+            )
+        if is_host:
+            from corral.store.tcp.server import StoreServer
+
+            server = StoreServer()
+            try:
+                await server.start(host_num, port, token=token)
+            except OSError as exc:
+                if conf.is_host or port == 0:
+                    raise LauncherError(f"cannot host the store on {host_num}:{port}: {exc}") from exc
+                log.info("store port %s:%d taken (%s); joining as a client", host_num, port, exc)
+            else:
+                stack.push_async_callback(server.close)
+                bound_host, bound_port = server.address
+                log.info("hosting the rendezvous store on tcp://%s:%d", bound_host, bound_port)
+                local = server.local_store()
+                stack.push_async_callback(local.close)
+                return local
+        url = f"tcp://{host_num}:{port}" if ":" not in host_num else f"tcp://[{host_num}]:{port}"
+        try:
+            store = await open_store(url, token=token, timeout=conf.read_timeout)
+        except StoreUnavailable as exc:
+            raise LauncherError(f"rendezvous store unreachable: {exc}") from exc
+        stack.push_async_callback(store.close)
+        return store

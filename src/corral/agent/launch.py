@@ -1,0 +1,30 @@
+"""Entry point for the CLI: run one agent for a LaunchConfig and return its exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from corral.config import LaunchConfig
+
+__all__ = ["run"]
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("LOGLEVEL", os.environ.get("CORRAL_LOGLEVEL", "INFO")).upper()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[corral %(asctime)s] %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("corral")
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level, logging.INFO))
+    root.propagate = False
+
+
+def run(cfg: LaunchConfig) -> int:
+    """Run this node's agent to the end of the job; return the exit code (CONTRACT.md)."""
+    from corral.agent.agent import Agent
+
+    _setup_logging()
+    return asyncio.run(Agent(cfg).run())
