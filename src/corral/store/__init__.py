@@ -8,5 +8,16 @@ from corral.store.api import (
     WatchEvent,
     WriteResult,
 )
+from corral.store.memory import MemoryStore
+from corral.store.registry import open_store
 
-__all__ = ["Characteristics", "EventType", "KeyValue", "Store", "WatchEvent", "WriteResult"]
+__all__ = [
+    "Characteristics",
+    "EventType",
+    "KeyValue",
+    "MemoryStore",
+    "Store",
+    "WatchEvent",
+    "WriteResult",
+    "open_store",
+]

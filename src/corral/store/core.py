@@ -292,6 +292,13 @@ class StoreCore:
                     del self._exact[key]
                 return
 
+    def compact(self, revision: int) -> None:
+        """Forget history up to and including ``revision`` (like etcd's compaction)."""
+        hist = self._history
+        while hist and hist[0].revision <= revision:
+            hist.popleft()
+        self.compacted = max(self.compacted, min(revision, self.revision))
+
     @property
     def watch_count(self) -> int:
         return len(self._prefix) + sum(len(ws) for ws in self._exact.values())
