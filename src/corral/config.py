@@ -10,9 +10,61 @@ from __future__ import annotations
 
 import enum
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
-__all__ = ["LaunchConfig", "RdzvConf", "Std", "StdSpec"]
+from corral.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_SIGNALS",
+    "LaunchConfig",
+    "RdzvConf",
+    "Std",
+    "StdSpec",
+    "parse_bool",
+    "parse_signals",
+    "parse_std_spec",
+    "split_host_port",
+]
+
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
+BOOL_VALUES = "1/0, true/false, yes/no"
+
+
+def parse_bool(text: str) -> bool | None:
+    """``1/0``, ``true/false``, ``yes/no`` (and torch's ``t/f``, ``y/n``, ``on/off``); None if neither."""
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    return None
+
+
+def split_host_port(endpoint: str, default_port: int) -> tuple[str, int]:
+    """Split ``host[:port]`` (``[v6]:port`` for IPv6) into (host, port).
+
+    Raises:
+        ValueError: the port is not an integer in 0..65535, or the brackets do not close.
+    """
+    if endpoint.startswith("["):
+        host, closed, rest = endpoint[1:].partition("]")
+        if not closed:
+            raise ValueError("an IPv6 address must be written [addr] or [addr]:port")
+        if not rest:
+            return host, default_port
+        if not rest.startswith(":"):
+            raise ValueError("expected :port after [addr]")
+        port_text = rest[1:]
+    else:
+        if endpoint.count(":") > 1:  # a bare IPv6 address, no port
+            return endpoint, default_port
+        host, sep, port_text = endpoint.rpartition(":")
+        if not sep:
+            return endpoint, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not an integer in 0..65535")
+    return host, int(port_text)
 
 
 class Std(enum.IntFlag):
@@ -36,6 +88,67 @@ class StdSpec:
             if rank == local_rank:
                 return std
         return self.default
+
+
+def parse_std_spec(option: str, text: str) -> StdSpec:
+    """Parse ``-r``/``-t``: ``0``-``3``, or per local rank ``0:1,1:2`` (ranks not named get 0).
+
+    Raises:
+        ConfigError: naming ``option`` and ``text``.
+    """
+    allowed = (
+        "expected 0-3 (0 none, 1 stdout, 2 stderr, 3 both) or <local rank>:<0-3>,... e.g. 0:1,1:2"
+    )
+    text = text.strip()
+    if text in {"0", "1", "2", "3"}:
+        return StdSpec(default=Std(int(text)))
+    per_rank: dict[int, Std] = {}
+    for item in text.split(","):
+        rank_text, sep, std_text = item.strip().partition(":")
+        if not sep or not rank_text.isdigit() or std_text not in {"0", "1", "2", "3"}:
+            raise ConfigError(f"{option} {text}: {allowed}")
+        if int(rank_text) in per_rank:
+            raise ConfigError(f"{option} {text}: local rank {int(rank_text)} is given twice")
+        per_rank[int(rank_text)] = Std(int(std_text))
+    return StdSpec(default=Std.NONE, per_rank=tuple(sorted(per_rank.items())))
+
+
+_UNCATCHABLE = frozenset({"SIGKILL", "SIGSTOP"})
+
+
+def parse_signals(option: str, text: str) -> tuple[int, ...]:
+    """Parse a comma-separated list of signal names (``SIGTERM`` or ``TERM``, any case) or numbers.
+
+    Raises:
+        ConfigError: an unknown or uncatchable signal, naming ``option`` and ``text``.
+    """
+    out: list[int] = []
+    for raw in text.split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        sig: signal.Signals | None = None
+        if name.isdigit():
+            try:
+                sig = signal.Signals(int(name))
+            except ValueError:
+                sig = None
+        else:
+            upper = name.upper()
+            full = upper if upper.startswith("SIG") else "SIG" + upper
+            sig = getattr(signal.Signals, full, None)
+        if sig is None or sig.name in _UNCATCHABLE:
+            raise ConfigError(
+                f"{option} {text}: {name!r} is not a signal that can be handled; "
+                "expected comma-separated names such as SIGTERM,SIGINT,SIGUSR1"
+            )
+        if int(sig) not in out:
+            out.append(int(sig))
+    if not out:
+        raise ConfigError(
+            f"{option} {text!r}: expected at least one signal name, e.g. SIGTERM,SIGINT"
+        )
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -67,6 +180,84 @@ class RdzvConf:
     def lease_ttl(self) -> float:
         """How long a silent node stays a member: keep_alive_interval x keep_alive_max_attempt."""
         return self.keep_alive_interval * self.keep_alive_max_attempt
+
+    def __post_init__(self) -> None:
+        for name in _POSITIVE_FLOATS:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ConfigError(f"--rdzv-conf {name}={value}: expected a number of seconds > 0")
+        if not self.settle_time >= 0:
+            raise ConfigError(f"--rdzv-conf settle_time={self.settle_time}: expected seconds >= 0")
+        if self.keep_alive_max_attempt < 1:
+            raise ConfigError(
+                f"--rdzv-conf keep_alive_max_attempt={self.keep_alive_max_attempt}: expected an integer >= 1"
+            )
+        if self.protocol not in ("http", "https"):
+            raise ConfigError(f"--rdzv-conf protocol={self.protocol}: expected http or https")
+        if self.token is not None and self.token_file is not None:
+            raise ConfigError(
+                "--rdzv-conf token=...,token_file=...: give the token or a token file, not both"
+            )
+
+    @classmethod
+    def known_keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def parse(cls, text: str, option: str = "--rdzv-conf") -> RdzvConf:
+        """Parse ``k=v,k=v`` into typed fields (floats, ints, bools, strings).
+
+        Raises:
+            ConfigError: malformed text, an unknown key (listing the known ones) or a bad value.
+        """
+        text = text.strip()
+        if not text:
+            return cls()
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, object] = {}
+        for item in text.split(","):
+            key, sep, value = item.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not key or not value:
+                raise ConfigError(
+                    f"{option} {text}: expected <key>=<value>,<key>=<value>,... "
+                    f"with keys among {', '.join(cls.known_keys())}"
+                )
+            if key not in types:
+                raise ConfigError(
+                    f"{option} {text}: unknown key {key!r}; known keys: {', '.join(cls.known_keys())}"
+                )
+            kind = str(types[key])
+            converted: object
+            if kind.startswith("float"):
+                try:
+                    converted = float(value)
+                except ValueError:
+                    converted = None
+                if converted is None or converted != converted:  # NaN
+                    raise ConfigError(f"{option} {key}={value}: expected a number of seconds")
+            elif kind.startswith("int"):
+                if not value.lstrip("-").isdigit():
+                    raise ConfigError(f"{option} {key}={value}: expected an integer")
+                converted = int(value)
+            elif kind.startswith("bool"):
+                converted = parse_bool(value)
+                if converted is None:
+                    raise ConfigError(f"{option} {key}={value}: expected a boolean ({BOOL_VALUES})")
+            else:
+                converted = value
+            values[key] = converted
+        return cls(**values)  # type: ignore[arg-type]
+
+
+_POSITIVE_FLOATS = (
+    "join_timeout",
+    "last_call_timeout",
+    "close_timeout",
+    "heartbeat_timeout",
+    "keep_alive_interval",
+    "read_timeout",
+)
 
 
 DEFAULT_SIGNALS: tuple[int, ...] = (
@@ -118,6 +309,78 @@ class LaunchConfig:
     shutdown_timeout: float = 30.0
     virtual_local_rank: bool = False
 
+    def __post_init__(self) -> None:
+        nnodes = f"{self.min_nodes}:{self.max_nodes}"
+        if self.min_nodes < 1:
+            raise ConfigError(f"--nnodes {nnodes}: min nodes ({self.min_nodes}) must be >= 1")
+        if self.max_nodes < self.min_nodes:
+            raise ConfigError(
+                f"--nnodes {nnodes}: max nodes ({self.max_nodes}) must be >= min nodes ({self.min_nodes})"
+            )
+        if self.nproc_per_node < 1:
+            raise ConfigError(
+                f"--nproc-per-node {self.nproc_per_node}: expected an integer > 0, auto, cpu or gpu"
+            )
+        if self.rdzv_backend not in RDZV_BACKENDS:
+            raise ConfigError(
+                f"--rdzv-backend {self.rdzv_backend}: expected one of {', '.join(RDZV_BACKENDS)}"
+            )
+        if self.rdzv_endpoint:
+            try:
+                split_host_port(self.rdzv_endpoint, 29400)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"--rdzv-endpoint {self.rdzv_endpoint}: expected host[:port] with port in 0..65535 ({exc})"
+                ) from exc
+        elif self.rdzv_backend in ("c10d", "etcd"):
+            raise ConfigError(
+                f"--rdzv-endpoint '': the {self.rdzv_backend} backend needs host[:port] "
+                "(or use --standalone)"
+            )
+        if not self.rdzv_id:
+            raise ConfigError("--rdzv-id '': expected a non-empty job id")
+        if self.max_restarts < 0:
+            raise ConfigError(f"--max-restarts {self.max_restarts}: expected an integer >= 0")
+        if not self.monitor_interval > 0:
+            raise ConfigError(f"--monitor-interval {self.monitor_interval}: expected seconds > 0")
+        if self.start_method not in START_METHODS:
+            raise ConfigError(
+                f"--start-method {self.start_method}: expected one of {', '.join(START_METHODS)}"
+            )
+        if not self.entrypoint:
+            raise ConfigError("training_script '': expected a script, module or command to run")
+        if self.module and self.no_python:
+            raise ConfigError(
+                f"--no-python -m {self.entrypoint}: use one of --no-python and -m/--module, not both"
+            )
+        if not self.role:
+            raise ConfigError("--role '': expected a non-empty role name")
+        if self.node_rank < 0:
+            raise ConfigError(f"--node-rank {self.node_rank}: expected an integer >= 0")
+        if self.rdzv_backend == "static" and self.node_rank >= self.max_nodes:
+            raise ConfigError(
+                f"--node-rank {self.node_rank}: expected 0..{self.max_nodes - 1} for --nnodes {nnodes}"
+            )
+        if self.master_port is not None and not 0 <= self.master_port <= 65535:
+            raise ConfigError(f"--master-port {self.master_port}: expected a port in 0..65535")
+        if not self.master_addr:
+            raise ConfigError("--master-addr '': expected a host name or address")
+        if self.local_ranks_filter is not None:
+            if not self.local_ranks_filter or min(self.local_ranks_filter) < 0:
+                shown = ",".join(str(r) for r in sorted(self.local_ranks_filter))
+                raise ConfigError(
+                    f"--local-ranks-filter {shown}: expected comma-separated local ranks >= 0, e.g. 0,1"
+                )
+        if not self.signals_to_handle:
+            raise ConfigError("--signals-to-handle '': expected at least one signal, e.g. SIGTERM")
+        for sig in self.signals_to_handle:
+            try:
+                signal.Signals(sig)
+            except ValueError as exc:
+                raise ConfigError(f"--signals-to-handle {sig}: not a signal number") from exc
+        if not self.shutdown_timeout >= 0:
+            raise ConfigError(f"--shutdown-timeout {self.shutdown_timeout}: expected seconds >= 0")
+
     @property
     def elastic(self) -> bool:
         return self.min_nodes != self.max_nodes
@@ -125,11 +388,8 @@ class LaunchConfig:
     @property
     def endpoint_host_port(self) -> tuple[str, int]:
         """``rdzv_endpoint`` split as (host, port); port 29400 when absent."""
-        ep = self.rdzv_endpoint
-        if ep.startswith("["):  # [v6]:port
-            host, _, rest = ep[1:].partition("]")
-            return host, int(rest[1:]) if rest.startswith(":") else 29400
-        host, sep, port = ep.rpartition(":")
-        if not sep:
-            return ep, 29400
-        return host, int(port)
+        return split_host_port(self.rdzv_endpoint, 29400)
+
+
+RDZV_BACKENDS = ("static", "c10d", "etcd")
+START_METHODS = ("spawn", "fork", "forkserver")
