@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import Procs
+from tests.helpers import Hub, Procs
 
 
 @pytest.fixture
@@ -17,3 +17,20 @@ def procs() -> Iterator[Procs]:
         yield tracker
     finally:
         tracker.cleanup()
+
+
+@pytest.fixture
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    # a short path: AF_UNIX paths are limited to 107 bytes
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp(prefix="hub", dir="/tmp"))
+    h = Hub(d)
+    try:
+        yield h
+    finally:
+        h.close()
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)

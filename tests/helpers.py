@@ -6,8 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 CORRAL = [sys.executable, "-m", "corral"]
 REPO = Path(__file__).resolve().parent.parent
@@ -60,3 +61,84 @@ def corral_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+class Hub:
+    """A Unix-socket hub that workers report to, so tests await events instead of sleeping.
+
+    A worker connects, sends one JSON line, then blocks reading: the test can
+    release it with :meth:`Worker.release` (it then exits with that code) or
+    leave it running until its agent stops it.
+    """
+
+    WORKER = r'''
+import json, os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(os.environ["HUB"])
+keys = ("RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE",
+        "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+s.sendall((json.dumps({k: os.environ.get(k) for k in keys} | {"pid": os.getpid(), "argv": sys.argv[1:]}) + "\n").encode())
+fail = [a for a in sys.argv[1:] if a.startswith("--fail-rank=")]
+if fail and os.environ["RANK"] == fail[0].split("=")[1]:
+    print(f"rank {os.environ['RANK']} fails on purpose", file=sys.stderr, flush=True)
+    sys.exit(3)
+data = s.recv(16)
+sys.exit(int(data) if data.strip().isdigit() else 1)
+'''
+
+    def __init__(self, directory: Path) -> None:
+        import socket
+
+        self.path = str(directory / "hub.sock")
+        self.script = directory / "hub_worker.py"
+        self.script.write_text(self.WORKER)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(256)
+        self.workers: list[HubWorker] = []
+
+    def next(self, timeout: float = 30.0) -> HubWorker:
+        """Block until the next worker reports (bounded by ``timeout``)."""
+        import json
+
+        self.sock.settimeout(timeout)
+        conn, _ = self.sock.accept()
+        conn.settimeout(timeout)
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+        w = HubWorker(conn, json.loads(buf))
+        self.workers.append(w)
+        return w
+
+    def collect(self, n: int, timeout: float = 30.0, where: Callable[[HubWorker], bool] | None = None) -> list[HubWorker]:
+        """The next ``n`` workers that satisfy ``where`` (others are recorded and skipped)."""
+        got: list[HubWorker] = []
+        while len(got) < n:
+            w = self.next(timeout)
+            if where is None or where(w):
+                got.append(w)
+        return got
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.conn.close()
+        self.sock.close()
+
+
+class HubWorker:
+    def __init__(self, conn: Any, info: dict[str, Any]) -> None:
+        self.conn = conn
+        self.info = info
+
+    def __getitem__(self, key: str) -> Any:
+        return self.info[key]
+
+    def release(self, code: int = 0) -> None:
+        try:
+            self.conn.sendall(str(code).encode())
+        except OSError:
+            pass

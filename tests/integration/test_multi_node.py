@@ -1,0 +1,170 @@
+"""Several agents on loopback (127.0.0.x), each its own node: kills, freezes, joins, timeouts."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import CORRAL, Hub, HubWorker, Procs, corral_env
+
+pytestmark = pytest.mark.timeout(90)
+
+FAST = "keep_alive_interval=0.5,keep_alive_max_attempt=3,last_call_timeout=10,read_timeout=5,join_timeout=60"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    """Agents of one job, each with its own --local-addr 127.0.0.<n>."""
+
+    def __init__(self, procs: Procs, hub: Hub, tmp: Path, nnodes: str, *, conf: str = FAST,
+                 max_restarts: int = 3, nproc: int = 1, extra: tuple[str, ...] = ()) -> None:
+        self.procs, self.hub, self.tmp = procs, hub, tmp
+        self.port = free_port()
+        self.nnodes, self.conf, self.max_restarts, self.nproc = nnodes, conf, max_restarts, nproc
+        self.extra = extra
+        self.agents: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, n: int, *worker_args: str) -> subprocess.Popen[bytes]:
+        err = open(self.tmp / f"agent{n}.err", "wb")  # noqa: SIM115 - closed by the OS at exit
+        cmd = [
+            *CORRAL, "--nnodes", self.nnodes, "--nproc-per-node", str(self.nproc),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{self.port}",
+            "--rdzv-id", "job", "--local-addr", f"127.0.0.{n}",
+            "--max-restarts", str(self.max_restarts), "--rdzv-conf", self.conf, *self.extra,
+            str(self.hub.script), *worker_args,
+        ]
+        p = self.procs.start(cmd, stdout=subprocess.DEVNULL, stderr=err,
+                             env=corral_env(HUB=self.hub.path, TMPDIR=str(self.tmp)))
+        err.close()
+        self.agents[n] = p
+        return p
+
+    def stderr(self, n: int) -> str:
+        return (self.tmp / f"agent{n}.err").read_text(errors="replace")
+
+    def wait(self, n: int, timeout: float = 30) -> int:
+        try:
+            return self.agents[n].wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"agent {n} did not exit; its stderr:\n{self.stderr(n)}") from None
+
+
+@pytest.fixture
+def cluster_factory(procs: Procs, hub: Hub, tmp_path: Path) -> Iterator[object]:
+    def make(nnodes: str, **kw: object) -> Cluster:
+        return Cluster(procs, hub, tmp_path, nnodes, **kw)  # type: ignore[arg-type]
+
+    yield make
+
+
+def ws(n: int):  # noqa: ANN201
+    return lambda w: w["WORLD_SIZE"] == str(n)
+
+
+def assert_one_round(workers: list[HubWorker], world: int) -> None:
+    assert sorted(int(w["RANK"]) for w in workers) == list(range(world))
+    assert len({w["MASTER_PORT"] for w in workers}) == 1
+    assert len({w["TORCHELASTIC_RESTART_COUNT"] for w in workers}) == 1
+
+
+def test_sigkill_of_one_agent_survivors_rerun_at_world_2(cluster_factory, hub: Hub) -> None:
+    c = cluster_factory("2:3")
+    for n in (1, 2, 3):
+        c.start(n)
+    first = hub.collect(3, where=ws(3))
+    assert_one_round(first, 3)
+    victim = c.agents[3]
+    victim.kill()
+    victim.wait(timeout=10)
+    second = hub.collect(2, where=ws(2))
+    assert_one_round(second, 2)
+    assert all(w["TORCHELASTIC_RESTART_COUNT"] == "0" for w in second), "a scale event is not a restart"
+    assert {int(w["GROUP_RANK"]) for w in second} == {0, 1}
+    for w in second:
+        w.release(0)
+    assert c.wait(1) == 0, c.stderr(1)
+    assert c.wait(2) == 0, c.stderr(2)
+
+
+def test_hung_agent_is_evicted_and_cannot_disturb(cluster_factory, hub: Hub) -> None:
+    c = cluster_factory("2:3")
+    for n in (1, 2, 3):
+        c.start(n)
+    first = hub.collect(3, where=ws(3))
+    assert_one_round(first, 3)
+    frozen = c.agents[3]
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        second = hub.collect(2, where=ws(2))
+        assert_one_round(second, 2)
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    # the resumed agent finds itself evicted, stops its stale workers and joins as a new node:
+    # a consistent round of 3 follows, with fresh ranks and a fresh MASTER_PORT
+    third = hub.collect(3, where=lambda w: w["WORLD_SIZE"] == "3" and w not in first)
+    assert_one_round(third, 3)
+    assert third[0]["MASTER_PORT"] not in {second[0]["MASTER_PORT"], first[0]["MASTER_PORT"]}
+    for w in third:
+        w.release(0)
+    for n in (1, 2, 3):
+        assert c.wait(n) == 0, c.stderr(n)
+
+
+def test_fourth_agent_joins_running_job(cluster_factory, hub: Hub) -> None:
+    c = cluster_factory("2:4", conf=FAST.replace("last_call_timeout=10", "last_call_timeout=1"))
+    for n in (1, 2, 3):
+        c.start(n)
+    first = hub.collect(3, where=ws(3))
+    assert_one_round(first, 3)
+    c.start(4)
+    second = hub.collect(4, where=ws(4))
+    assert_one_round(second, 4)
+    assert all(w["TORCHELASTIC_RESTART_COUNT"] == "0" for w in second)
+    for w in second:
+        w.release(0)
+    for n in (1, 2, 3, 4):
+        assert c.wait(n) == 0, c.stderr(n)
+
+
+def test_store_host_killed_others_exit_with_clear_error(cluster_factory, hub: Hub) -> None:
+    c = cluster_factory("2:2")
+    c.start(1)
+    c.start(2)
+    hub.collect(2, where=ws(2))
+    c.agents[1].kill()
+    code = c.wait(2, timeout=40)
+    assert code == 1, c.stderr(2)
+    err = c.stderr(2)
+    assert "store" in err.lower()
+    assert "Traceback" not in err
+
+
+def test_join_timeout(cluster_factory) -> None:
+    c = cluster_factory("2:2", conf=FAST.replace("join_timeout=60", "join_timeout=1.5"))
+    c.start(1)
+    assert c.wait(1, timeout=30) == 1
+    err = c.stderr(1)
+    assert "timeout" in err.lower() or "timed out" in err.lower(), err
+    assert "Traceback" not in err
+
+
+def test_spent_budget_same_root_cause_everywhere(cluster_factory, hub: Hub) -> None:
+    c = cluster_factory("2:2", max_restarts=1)
+    c.start(1, "--fail-rank=1")
+    c.start(2, "--fail-rank=1")
+    for n in (1, 2):
+        assert c.wait(n, timeout=40) == 3, c.stderr(n)
+    for n in (1, 2):
+        assert "rank 1 fails on purpose" in c.stderr(n), c.stderr(n)
+    restarts = {w["TORCHELASTIC_RESTART_COUNT"] for w in hub.workers}
+    assert restarts == {"0", "1"}
