@@ -1,0 +1,310 @@
+"""The node's worker group for one round: start, wait for the outcome, stop, forward signals.
+
+States (all transitions in :meth:`WorkerGroup._to`)::
+
+    CREATED -> RUNNING -> SUCCEEDED | FAILED -> STOPPING -> STOPPED
+               RUNNING -> STOPPING (stopped by the agent: a signal, a round change)
+
+A worker that exits non-zero or dies of a signal while the group is RUNNING
+is a failure; workers that die because :meth:`WorkerGroup.stop` signalled them
+are not. Always call :meth:`stop` when done with a group, also after success:
+it reaps everything, kills leftovers in the workers' process groups and
+releases pipes and files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from corral.rendezvous.api import RoundInfo
+from corral.reporting.failures import FailureReport
+from corral.reporting.render import read_error_file
+from corral.workers.logs import AttemptLogs, RunLogs
+from corral.workers.process import WorkerProcess
+from corral.workers.reaper import Reaper
+from corral.workers.spec import WorkerSpec, worker_argv, worker_env
+
+__all__ = ["GroupResult", "GroupState", "WorkerGroup"]
+
+log = logging.getLogger(__name__)
+
+#: After SIGKILL, how long to wait for the kernel to reap before giving up loudly.
+_KILL_GRACE = 10.0
+
+
+class GroupState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+_TRANSITIONS: dict[GroupState, frozenset[GroupState]] = {
+    GroupState.CREATED: frozenset({GroupState.RUNNING, GroupState.STOPPING}),
+    GroupState.RUNNING: frozenset({GroupState.SUCCEEDED, GroupState.FAILED, GroupState.STOPPING}),
+    GroupState.SUCCEEDED: frozenset({GroupState.STOPPING}),
+    GroupState.FAILED: frozenset({GroupState.STOPPING}),
+    GroupState.STOPPING: frozenset({GroupState.STOPPED}),
+    GroupState.STOPPED: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """How the group ended.
+
+    Attributes:
+        succeeded: every worker exited 0.
+        failures: the failed workers known when the first failure was noticed,
+            in exit-notice order (the local root cause first); empty on success.
+        exitcodes: local rank -> exit code (-N for signal N) of the workers that had exited.
+    """
+
+    succeeded: bool
+    failures: list[FailureReport] = field(default_factory=list)
+    exitcodes: dict[int, int] = field(default_factory=dict)
+
+
+class WorkerGroup:
+    """This node's workers for one round.
+
+    Args:
+        spec: what to run. rnd: the round (ranks, master address, restart count).
+        attempt: this agent's group-start counter (informational; the log
+            directory comes from ``logs``).
+        logs: the run's :class:`RunLogs` (a new ``attempt_<n>`` directory is
+            made for this group) or an :class:`AttemptLogs` already made.
+        reaper: the started :class:`Reaper`; every worker group is registered on it.
+        node_id, host: for failure reports.
+        base_env: the agent's environment, which the workers inherit.
+        console_out, console_err: the agent's console descriptors (tee, pass-through).
+
+    Use from the event-loop thread only.
+    """
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        rnd: RoundInfo,
+        *,
+        attempt: int,
+        logs: RunLogs | AttemptLogs,
+        reaper: Reaper,
+        node_id: str,
+        host: str,
+        base_env: Mapping[str, str],
+        console_out: int = 1,
+        console_err: int = 2,
+    ) -> None:
+        self.spec = spec
+        self.rnd = rnd
+        self.attempt = attempt
+        self._logs_src = logs
+        self.logs: AttemptLogs | None = logs if isinstance(logs, AttemptLogs) else None
+        self.reaper = reaper
+        self.node_id = node_id
+        self.host = host
+        self.base_env = dict(base_env)
+        self.console_out = console_out
+        self.console_err = console_err
+        self.state = GroupState.CREATED
+        self.workers: list[WorkerProcess] = []
+        self._exit_order: list[WorkerProcess] = []
+        self._failures: list[FailureReport] = []
+        self._changed = asyncio.Event()
+        self._registered: set[int] = set()
+
+    # --- state ----------------------------------------------------------------
+
+    def _to(self, new: GroupState) -> None:
+        if new not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"worker group cannot go from {self.state.name} to {new.name}")
+        log.debug("worker group (round %d): %s -> %s", self.rnd.round, self.state.name, new.name)
+        self.state = new
+
+    @property
+    def pids(self) -> dict[int, int]:
+        """local rank -> pid of every worker that was started."""
+        return {w.local_rank: w.pid for w in self.workers if w.pid is not None}
+
+    @property
+    def failures(self) -> list[FailureReport]:
+        """Every genuine failure so far, in exit-notice order (also those noticed after :meth:`wait`)."""
+        return list(self._failures)
+
+    # --- start ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn every worker and register its process group with the reaper.
+
+        Raises:
+            ConfigError: the environment cannot be built (``--virtual-local-rank``).
+            RuntimeError: the group was already started.
+        """
+        if self.state is not GroupState.CREATED:
+            raise RuntimeError(f"worker group already {self.state.name}")
+        if self.logs is None:
+            assert isinstance(self._logs_src, RunLogs)
+            self.logs = self._logs_src.new_attempt(self.spec.local_world_size)
+        logs = self.logs
+        self.workers = []
+        for local_rank in range(self.spec.local_world_size):
+            out_plan, err_plan = logs.plans(local_rank)
+            self.workers.append(
+                WorkerProcess(
+                    local_rank,
+                    worker_argv(self.spec, local_rank),
+                    worker_env(
+                        self.base_env, self.spec, self.rnd, local_rank, logs.error_file(local_rank)
+                    ),
+                    out_plan,
+                    err_plan,
+                    console_out=self.console_out,
+                    console_err=self.console_err,
+                )
+            )
+        self._to(GroupState.RUNNING)
+        for w in self.workers:
+            w.spawn(self._on_exit)
+            if w.pid is not None:
+                self.reaper.register(w.pid)
+                self._registered.add(w.pid)
+        log.info(
+            "started %d worker(s) for round %d (ranks %d..%d): pids %s; logs in %s",
+            len(self.workers),
+            self.rnd.round,
+            self.rnd.rank_offset,
+            self.rnd.rank_offset + len(self.workers) - 1,
+            list(self.pids.values()),
+            logs.dir,
+        )
+
+    # --- exits ----------------------------------------------------------------
+
+    def _on_exit(self, w: WorkerProcess) -> None:
+        self._exit_order.append(w)
+        rc = w.returncode
+        assert rc is not None
+        log.debug("worker %d (pid %s) exited: %d", w.local_rank, w.pid, rc)
+        if self.state is GroupState.RUNNING or (
+            self.state in (GroupState.SUCCEEDED, GroupState.FAILED) and rc != 0
+        ):
+            if rc != 0:
+                self._failures.append(self._report(w))
+                if self.state is GroupState.RUNNING:
+                    self._to(GroupState.FAILED)
+            elif all(x.returncode == 0 for x in self.workers):
+                self._to(GroupState.SUCCEEDED)
+        self._changed.set()
+
+    def _report(self, w: WorkerProcess) -> FailureReport:
+        assert w.returncode is not None and self.logs is not None
+        err_path = self.logs.error_file(w.local_rank)
+        parsed = read_error_file(err_path)
+        message: str | None = w.spawn_error
+        tb: str | None = None
+        if parsed is not None:
+            message, tb, _ = parsed
+        return FailureReport(
+            rank=self.rnd.rank_offset + w.local_rank,
+            local_rank=w.local_rank,
+            group_rank=self.rnd.group_rank,
+            host=self.host,
+            node_id=self.node_id,
+            pid=w.pid or 0,
+            exitcode=w.returncode,
+            message=message,
+            traceback=tb,
+            stderr_tail=None if parsed is not None else w.stderr_tail(),
+            timestamp=w.exit_time,
+            round=self.rnd.round,
+            restart_count=self.rnd.restart_count,
+            error_file=err_path if parsed is not None else None,
+        )
+
+    def _exitcodes(self) -> dict[int, int]:
+        return {w.local_rank: w.returncode for w in self._exit_order if w.returncode is not None}
+
+    async def wait(self) -> GroupResult:
+        """Wait for the group's outcome.
+
+        Returns the moment a worker fails (``succeeded=False``, the failures
+        noticed so far, root cause first), or when every worker exited 0
+        (``succeeded=True``). If the group is being or has been stopped by the
+        agent, returns ``succeeded=False`` with only the genuine failures.
+
+        Raises:
+            RuntimeError: the group was never started.
+        """
+        if self.state is GroupState.CREATED:
+            raise RuntimeError("wait() on a worker group that was not started")
+        while self.state is GroupState.RUNNING:
+            self._changed.clear()
+            await self._changed.wait()
+        return GroupResult(
+            succeeded=self.state is GroupState.SUCCEEDED,
+            failures=list(self._failures),
+            exitcodes=self._exitcodes(),
+        )
+
+    # --- signals and stop -------------------------------------------------------
+
+    def send_signal(self, sig: int) -> None:
+        """Forward ``sig`` to every running worker's process group."""
+        for w in self.workers:
+            if w.running:
+                w.signal(sig)
+
+    async def _wait_exited(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(max(0.0, timeout)):
+                while any(w.running for w in self.workers):
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self, timeout: float) -> None:
+        """Stop the group: SIGTERM each worker's process group, SIGKILL after ``timeout`` s.
+
+        Reaps every worker, SIGKILLs what is left in their process groups,
+        unregisters them from the reaper and closes pipes and files. Workers
+        that die because of this are not failures. Idempotent; safe at any state.
+        """
+        if self.state in (GroupState.STOPPING, GroupState.STOPPED):
+            while self.state is GroupState.STOPPING:
+                self._changed.clear()
+                await self._changed.wait()
+            return
+        self._to(GroupState.STOPPING)
+        try:
+            if any(w.running for w in self.workers):
+                self.send_signal(signal.SIGTERM)
+                if not await self._wait_exited(timeout):
+                    laggards = [w.local_rank for w in self.workers if w.running]
+                    log.warning(
+                        "worker(s) %s did not exit %.1fs after SIGTERM; sending SIGKILL",
+                        laggards,
+                        timeout,
+                    )
+                    self.send_signal(signal.SIGKILL)
+                    if not await self._wait_exited(_KILL_GRACE):  # pragma: no cover
+                        log.error("worker(s) still alive after SIGKILL: %s", self.pids)
+        finally:
+            for w in self.workers:
+                if w.pid is not None:
+                    w.signal(signal.SIGKILL)  # leftovers: the workers' own children
+                w.close()
+            for pgid in sorted(self._registered):
+                self.reaper.unregister(pgid)
+            self._registered.clear()
+            self._to(GroupState.STOPPED)
+            self._changed.set()

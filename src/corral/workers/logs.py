@@ -1,0 +1,227 @@
+"""Where worker output goes: torchrun's log layout, redirects, tee, prefixes, filter.
+
+Layout: ``<log dir>/<run id>_<random suffix>/attempt_<n>/<local rank>/``
+holding ``stdout.log``, ``stderr.log`` (when redirected or teed) and
+``error.json`` (``TORCHELASTIC_ERROR_FILE``). ``n`` counts this agent's group
+starts, so no attempt overwrites another. Without ``--log-dir`` the base is a
+temporary directory removed by :meth:`RunLogs.close`.
+
+Per stream (see :func:`plan_stream`): redirected only -> the child writes the
+file itself; teed -> the child writes a pipe that the agent copies to the file
+and, prefixed ``[<role><local rank>]:``, to the console; neither -> stdout is
+inherited, stderr goes through the agent unchanged so that its tail is kept for
+failure reports. ``--local-ranks-filter`` keeps ranks outside it off the console.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+from corral.config import LaunchConfig, Std, StdSpec
+
+__all__ = [
+    "TAIL_LINES",
+    "AttemptLogs",
+    "RunLogs",
+    "StreamPlan",
+    "Tail",
+    "plan_stream",
+    "tail_of_file",
+]
+
+#: Lines of stderr kept per worker for failure reports.
+TAIL_LINES = 50
+_MAX_LINE = 4096  # a line longer than this is cut in the ring buffer (files keep everything)
+
+
+class Sink(enum.Enum):
+    """Where the child's file descriptor points."""
+
+    INHERIT = "inherit"  # the agent's own stream
+    DEVNULL = "devnull"
+    FILE = "file"  # the log file, written by the child itself
+    PIPE = "pipe"  # a pipe read by the agent
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """How one stream of one worker is handled.
+
+    Attributes:
+        sink: what the child's descriptor is.
+        path: the log file (``FILE``, or ``PIPE`` when the agent copies to it).
+        console: with ``PIPE``, copy to the agent's console stream.
+        prefix: with ``console``, put this before every line (tee); else bytes go unchanged.
+        keep_tail: with ``PIPE``, keep the last lines for failure reports.
+    """
+
+    sink: Sink
+    path: str | None = None
+    console: bool = False
+    prefix: bytes | None = None
+    keep_tail: bool = False
+
+
+def plan_stream(
+    which: Std, redirect: Std, tee: Std, shown: bool, path: str, prefix: bytes
+) -> StreamPlan:
+    """Decide the handling of stream ``which`` (``Std.OUT`` or ``Std.ERR``) of one worker.
+
+    Args:
+        which: the stream. redirect/tee: the worker's ``-r``/``-t`` flags.
+        shown: the worker passes ``--local-ranks-filter``.
+        path: the stream's log file. prefix: the tee prefix.
+    """
+    is_err = which == Std.ERR
+    if tee & which:
+        return StreamPlan(Sink.PIPE, path, console=shown, prefix=prefix, keep_tail=is_err)
+    if redirect & which:
+        return StreamPlan(Sink.FILE, path)
+    if is_err:
+        return StreamPlan(Sink.PIPE, None, console=shown, keep_tail=True)
+    return StreamPlan(Sink.INHERIT if shown else Sink.DEVNULL)
+
+
+class Tail:
+    """A ring buffer of the last ``TAIL_LINES`` lines of a byte stream."""
+
+    def __init__(self, lines: int = TAIL_LINES) -> None:
+        self._lines: collections.deque[bytes] = collections.deque(maxlen=lines)
+        self._partial = b""
+
+    def feed(self, data: bytes) -> None:
+        parts = (self._partial + data).split(b"\n")
+        self._partial = parts.pop()[-_MAX_LINE:]
+        for line in parts:
+            self._lines.append(line[:_MAX_LINE])
+
+    def text(self) -> str:
+        lines = list(self._lines)
+        if self._partial:
+            lines.append(self._partial)
+        return b"\n".join(lines[-self._lines.maxlen :] if self._lines.maxlen else lines).decode(
+            "utf-8", "replace"
+        )
+
+
+def tail_of_file(path: str, lines: int = TAIL_LINES) -> str | None:
+    """The last ``lines`` lines of a log file, or None if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - lines * 256))
+            data = f.read()
+    except OSError:
+        return None
+    tail = Tail(lines)
+    tail.feed(data[data.find(b"\n") + 1 :] if size > lines * 256 else data)
+    return tail.text()
+
+
+@dataclass(frozen=True)
+class AttemptLogs:
+    """One group start's directory: ``<run dir>/attempt_<n>``."""
+
+    dir: str
+    attempt: int
+    role: str
+    redirects: StdSpec
+    tee: StdSpec
+    local_ranks_filter: frozenset[int] | None
+
+    def rank_dir(self, local_rank: int) -> str:
+        return os.path.join(self.dir, str(local_rank))
+
+    def error_file(self, local_rank: int) -> str:
+        return os.path.join(self.rank_dir(local_rank), "error.json")
+
+    def stdout_path(self, local_rank: int) -> str:
+        return os.path.join(self.rank_dir(local_rank), "stdout.log")
+
+    def stderr_path(self, local_rank: int) -> str:
+        return os.path.join(self.rank_dir(local_rank), "stderr.log")
+
+    def prefix(self, local_rank: int) -> bytes:
+        return f"[{self.role}{local_rank}]:".encode()
+
+    def shown(self, local_rank: int) -> bool:
+        return self.local_ranks_filter is None or local_rank in self.local_ranks_filter
+
+    def plans(self, local_rank: int) -> tuple[StreamPlan, StreamPlan]:
+        """(stdout plan, stderr plan) of worker ``local_rank``."""
+        r, t = self.redirects.for_rank(local_rank), self.tee.for_rank(local_rank)
+        shown, prefix = self.shown(local_rank), self.prefix(local_rank)
+        return (
+            plan_stream(Std.OUT, r, t, shown, self.stdout_path(local_rank), prefix),
+            plan_stream(Std.ERR, r, t, shown, self.stderr_path(local_rank), prefix),
+        )
+
+
+class RunLogs:
+    """This agent's log directory for the run; hands out one :class:`AttemptLogs` per group start.
+
+    Args:
+        run_id: the rendezvous id (the directory is ``<run id>_<random suffix>``).
+        log_dir: ``--log-dir``; None: a temporary directory removed by :meth:`close`.
+        role, redirects, tee, local_ranks_filter: the matching options.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        log_dir: str | None = None,
+        role: str = "default",
+        redirects: StdSpec | None = None,
+        tee: StdSpec | None = None,
+        local_ranks_filter: frozenset[int] | None = None,
+    ) -> None:
+        self._temp: str | None = None
+        if log_dir is None:
+            self._temp = base = tempfile.mkdtemp(prefix="corral_")
+        else:
+            os.makedirs(log_dir, exist_ok=True)
+            base = log_dir
+        self.run_dir = tempfile.mkdtemp(prefix=f"{run_id}_", dir=base)
+        self.role = role
+        self.redirects = redirects or StdSpec()
+        self.tee = tee or StdSpec()
+        self.local_ranks_filter = local_ranks_filter
+        self._attempts = 0
+
+    @classmethod
+    def from_config(cls, cfg: LaunchConfig, run_id: str | None = None) -> RunLogs:
+        return cls(
+            run_id or cfg.rdzv_id,
+            log_dir=cfg.log_dir,
+            role=cfg.role,
+            redirects=cfg.redirects,
+            tee=cfg.tee,
+            local_ranks_filter=cfg.local_ranks_filter,
+        )
+
+    @property
+    def temporary(self) -> str | None:
+        """The temporary base directory (None with ``--log-dir``)."""
+        return self._temp
+
+    def new_attempt(self, local_world_size: int) -> AttemptLogs:
+        """Create ``attempt_<n>/<local rank>/`` for the next group start (n = 0, 1, ...)."""
+        n = self._attempts
+        self._attempts += 1
+        d = os.path.join(self.run_dir, f"attempt_{n}")
+        for local_rank in range(local_world_size):
+            os.makedirs(os.path.join(d, str(local_rank)))
+        return AttemptLogs(d, n, self.role, self.redirects, self.tee, self.local_ranks_filter)
+
+    def close(self) -> None:
+        """Remove the temporary directory, if this object made one. Idempotent."""
+        if self._temp is not None:
+            shutil.rmtree(self._temp, ignore_errors=True)
+            self._temp = None
