@@ -95,7 +95,7 @@ class Agent:
 
     async def run(self) -> int:
         """Run until the job ends; return the process exit code (CONTRACT.md)."""
-        from corral.workers.logs import LogSetup
+        from corral.workers.logs import RunLogs
         from corral.workers.reaper import Reaper
 
         loop = asyncio.get_running_loop()
@@ -105,8 +105,8 @@ class Agent:
             for sig in self.cfg.signals_to_handle:
                 loop.add_signal_handler(sig, self._on_signal, sig)
             async with AsyncExitStack() as stack:
-                logs = LogSetup.create(self.cfg, run_id=self.cfg.rdzv_id)
-                stack.callback(logs.cleanup)
+                logs = RunLogs.from_config(self.cfg)
+                stack.callback(logs.close)
                 rdzv = await self._open_rendezvous(stack)
                 return await self._loop(rdzv, logs, reaper)
         except _Signalled as s:
