@@ -1,0 +1,431 @@
+"""``etcd://``: the :class:`~corral.store.api.Store` contract on etcd v3.
+
+Each contract operation maps to etcd's own primitive, so the meaning is etcd's:
+
+* revisions are etcd's header revision, ``create_revision`` and ``mod_revision``;
+* ``create`` and ``compare_and_set`` are one transaction each: compare
+  ``create_revision == 0`` (or ``mod_revision == expected``), then put and read
+  the key back, else read the current key;
+* leases are etcd leases (grant, keep-alive, revoke); TTLs are whole seconds,
+  rounded up (etcd may raise a TTL to its minimum, see ``keep_alive``'s answer);
+* watches are etcd watches from a revision, as async iterators;
+* every key lives under the URL's prefix (default ``/corral``); callers see
+  keys without it.
+
+Failover: see :mod:`corral.store.etcd.connection`. Reads, puts, deletes and
+lease calls are simply retried on the next member. A conditional write whose
+answer was lost is re-run there: if it now conflicts but the key holds exactly
+this call's value and lease, the earlier attempt was applied and the call
+reports success (values written by the rendezvous name their writer, so an
+identical value means this writer or an identical outcome). Watches resume on
+the next member from the revision after the last event they delivered, so no
+event is lost or repeated.
+
+Client library: the protocol messages and stubs are aetcd's generated gRPC
+code (``aetcd.rpc``); aetcd's own ``Client`` is not used because it has no TLS,
+takes a single endpoint and never refreshes auth tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+from aetcd import rpc
+
+from corral.errors import LeaseNotFound, StoreCompacted, StoreError, StoreUnavailable
+from corral.store.api import Characteristics, EventType, KeyValue, WatchEvent, WriteResult
+from corral.store.etcd.connection import Connection, Session, is_failover_error, translate_error
+from corral.store.etcd.url import EtcdTarget, etcd_url_from_conf, parse_etcd_url
+
+__all__ = ["EtcdStore", "etcd_url_from_conf", "open_etcd_store"]
+
+log = logging.getLogger(__name__)
+
+_CHARACTERISTICS = Characteristics(
+    linearizable=True, leases=True, connection_leases=False, replicated=True
+)
+
+
+def _range_end(key: bytes) -> bytes:
+    """etcd's end of the range of every key starting with ``key``."""
+    end = bytearray(key)
+    for i in reversed(range(len(end))):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"  # every key
+
+
+class EtcdStore:
+    """A :class:`~corral.store.api.Store` backed by an etcd v3 cluster.
+
+    Build it with :func:`open_etcd_store`. ``timeout`` bounds each operation,
+    failover included.
+    """
+
+    def __init__(self, target: EtcdTarget, *, timeout: float = 60.0) -> None:
+        self._target = target
+        self._conn = Connection(target, timeout=timeout)
+        self._ns = target.prefix.rstrip("/") + "/"
+        self._ns_bytes = self._ns.encode()
+
+    @property
+    def characteristics(self) -> Characteristics:
+        return _CHARACTERISTICS
+
+    @property
+    def target(self) -> EtcdTarget:
+        return self._target
+
+    async def connect(self) -> None:
+        """Connect to a member now (else the first call does).
+
+        Raises: StoreUnavailable, AuthenticationFailed.
+        """
+        loop = asyncio.get_running_loop()
+        await self._conn.session(loop.time() + self._conn.timeout)
+
+    # --- keys ------------------------------------------------------------------
+
+    def _full(self, key: str) -> bytes:
+        return self._ns_bytes + key.encode()
+
+    def _kv(self, kv: Any) -> KeyValue:
+        return KeyValue(
+            key=bytes(kv.key)[len(self._ns_bytes) :].decode(),
+            value=bytes(kv.value),
+            create_revision=kv.create_revision,
+            mod_revision=kv.mod_revision,
+            lease=kv.lease,
+        )
+
+    # --- reads -----------------------------------------------------------------
+
+    async def get(self, key: str) -> KeyValue | None:
+        req = rpc.RangeRequest(key=self._full(key))
+
+        async def op(s: Session, timeout: float, _retried: bool) -> KeyValue | None:
+            resp = await s.kv.Range(req, timeout=timeout, metadata=s.metadata)
+            return self._kv(resp.kvs[0]) if resp.kvs else None
+
+        return await self._conn.call("get", op)
+
+    async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        full = self._full(prefix)
+        req = rpc.RangeRequest(key=full, range_end=_range_end(full))
+
+        async def op(s: Session, timeout: float, _retried: bool) -> tuple[list[KeyValue], int]:
+            resp = await s.kv.Range(req, timeout=timeout, metadata=s.metadata)
+            return [self._kv(kv) for kv in resp.kvs], resp.header.revision
+
+        return await self._conn.call("range", op)
+
+    # --- writes ----------------------------------------------------------------
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        # A put retried after a lost answer writes the same value again: the
+        # state is the one the caller asked for.
+        req = rpc.PutRequest(key=self._full(key), value=value, lease=lease)
+
+        async def op(s: Session, timeout: float, _retried: bool) -> int:
+            resp = await s.kv.Put(req, timeout=timeout, metadata=s.metadata)
+            return int(resp.header.revision)
+
+        return await self._conn.call("put", op)
+
+    async def create(self, key: str, value: bytes, *, lease: int = 0) -> WriteResult:
+        return await self.compare_and_set(key, value, 0, lease=lease)
+
+    async def compare_and_set(
+        self, key: str, value: bytes, expected_mod_revision: int, *, lease: int = 0
+    ) -> WriteResult:
+        full = self._full(key)
+        if expected_mod_revision == 0:
+            compare = rpc.Compare(
+                key=full,
+                target=rpc.Compare.CREATE,
+                result=rpc.Compare.EQUAL,
+                create_revision=0,
+            )
+        else:
+            compare = rpc.Compare(
+                key=full,
+                target=rpc.Compare.MOD,
+                result=rpc.Compare.EQUAL,
+                mod_revision=expected_mod_revision,
+            )
+        read = rpc.RequestOp(request_range=rpc.RangeRequest(key=full))
+        txn = rpc.TxnRequest(
+            compare=[compare],
+            # Reading the key back inside the transaction gives its create
+            # revision too (a CAS keeps the old one).
+            success=[
+                rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value, lease=lease)),
+                read,
+            ],
+            failure=[read],
+        )
+        what = "create" if expected_mod_revision == 0 else "compare_and_set"
+
+        async def op(s: Session, timeout: float, retried: bool) -> WriteResult:
+            resp = await s.kv.Txn(txn, timeout=timeout, metadata=s.metadata)
+            kvs = resp.responses[-1].response_range.kvs
+            kv = self._kv(kvs[0]) if kvs else None
+            revision = int(resp.header.revision)
+            if resp.succeeded:
+                return WriteResult(True, kv, revision)
+            if (
+                retried
+                and kv is not None
+                and kv.value == value
+                and kv.lease == lease
+                and kv.mod_revision != expected_mod_revision
+            ):
+                # An earlier attempt whose answer was lost was applied.
+                log.info("etcd: %s of %r was applied before failover", what, key)
+                return WriteResult(True, kv, revision)
+            return WriteResult(False, kv, revision)
+
+        return await self._conn.call(what, op)
+
+    async def delete(self, key: str, *, prefix: bool = False) -> int:
+        full = self._full(key)
+        req = rpc.DeleteRangeRequest(key=full, range_end=_range_end(full) if prefix else b"")
+
+        async def op(s: Session, timeout: float, _retried: bool) -> int:
+            resp = await s.kv.DeleteRange(req, timeout=timeout, metadata=s.metadata)
+            return int(resp.deleted)
+
+        return await self._conn.call("delete", op)
+
+    # --- leases ----------------------------------------------------------------
+
+    async def grant(self, ttl: float) -> int:
+        if not ttl > 0:
+            raise ValueError(f"lease ttl ({ttl}) must be > 0")
+        # A grant retried after a lost answer may leave one unused lease; it ends by its TTL.
+        req = rpc.LeaseGrantRequest(TTL=max(1, math.ceil(ttl)))
+
+        async def op(s: Session, timeout: float, _retried: bool) -> int:
+            resp = await s.lease.LeaseGrant(req, timeout=timeout, metadata=s.metadata)
+            if resp.error:
+                raise StoreError(f"etcd lease grant at {s.endpoint} failed: {resp.error}")
+            return int(resp.ID)
+
+        return await self._conn.call("lease grant", op)
+
+    async def keep_alive(self, lease: int) -> float:
+        req = rpc.LeaseKeepAliveRequest(ID=lease)
+
+        async def op(s: Session, timeout: float, _retried: bool) -> float:
+            call = s.lease.LeaseKeepAlive(iter([req]), timeout=timeout, metadata=s.metadata)
+            try:
+                resp = await call.read()
+            finally:
+                call.cancel()
+            if resp is grpc.aio.EOF or resp.TTL <= 0:
+                raise LeaseNotFound(f"etcd lease {lease:x} has ended (expired or revoked)")
+            return float(resp.TTL)
+
+        return await self._conn.call("lease keep-alive", op)
+
+    async def revoke(self, lease: int) -> None:
+        req = rpc.LeaseRevokeRequest(ID=lease)
+
+        async def op(s: Session, timeout: float, _retried: bool) -> None:
+            try:
+                await s.lease.LeaseRevoke(req, timeout=timeout, metadata=s.metadata)
+            except grpc.aio.AioRpcError as exc:
+                if "lease not found" not in (exc.details() or ""):
+                    raise
+
+        await self._conn.call("lease revoke", op)
+
+    # --- watches ---------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def watch(
+        self, key: str, *, prefix: bool = False, start_revision: int = 0
+    ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
+        full = self._full(key)
+        stream = _WatchStream(
+            self, self._conn, full, _range_end(full) if prefix else b"", start_revision
+        )
+        await stream.open()
+        try:
+            yield stream
+        finally:
+            await stream.close()
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def __aenter__(self) -> EtcdStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class _WatchStream:
+    """One etcd watch; resumes on another member from the next undelivered revision."""
+
+    def __init__(
+        self, store: EtcdStore, conn: Connection, key: bytes, range_end: bytes, start: int
+    ) -> None:
+        self._store = store
+        self._conn = conn
+        self._key = key
+        self._range_end = range_end
+        self._next = start  # first revision not yet delivered; 0 = from now
+        self._session: Session | None = None
+        self._call: Any = None
+        self._pending: list[WatchEvent] = []
+        self._closed = False
+
+    async def open(self) -> None:
+        """Create the watch on some member, failing over until the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._conn.timeout
+        while True:
+            session = await self._conn.session(deadline)
+            self._conn.acquire(session)
+            # "hasleader": the member ends the watch when it loses its leader,
+            # instead of silently delivering nothing (as etcd's clientv3 does).
+            metadata = (*session.metadata, ("hasleader", "true"))
+            call = session.watch.Watch(metadata=metadata)
+            try:
+                await call.write(
+                    rpc.WatchRequest(
+                        create_request=rpc.WatchCreateRequest(
+                            key=self._key, range_end=self._range_end, start_revision=self._next
+                        )
+                    )
+                )
+                async with asyncio.timeout(max(0.1, min(deadline - loop.time(), 5.0))):
+                    resp = await call.read()
+            except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                call.cancel()
+                await self._conn.release(session)
+                if isinstance(exc, grpc.aio.AioRpcError) and not is_failover_error(exc):
+                    raise translate_error(exc, "watch", session.endpoint) from exc
+                await self._conn.fail(session, exc if isinstance(exc, Exception) else "timeout")
+                if loop.time() >= deadline:
+                    raise StoreUnavailable(
+                        f"etcd watch at {self._store.target.endpoint_names()}: no member "
+                        f"accepted the watch within {self._conn.timeout:.1f} s"
+                    ) from exc
+                continue
+            if resp is grpc.aio.EOF:
+                call.cancel()
+                await self._conn.release(session)
+                await self._conn.fail(session, "watch stream closed by the server")
+                continue
+            self._session, self._call = session, call
+            self._check_canceled(resp)
+            if self._next == 0:
+                self._next = int(resp.header.revision) + 1
+            self._take(resp)
+            return
+
+    def _check_canceled(self, resp: Any) -> None:
+        if resp.compact_revision:
+            raise StoreCompacted(
+                f"etcd watch from revision {self._next}: history before revision "
+                f"{resp.compact_revision} was compacted; re-read the state and watch again"
+            )
+
+    def _take(self, resp: Any) -> None:
+        for ev in resp.events:
+            kind = EventType.DELETE if ev.type == rpc.Event.DELETE else EventType.PUT
+            self._pending.append(WatchEvent(kind, self._store._kv(ev.kv)))
+            self._next = max(self._next, int(ev.kv.mod_revision) + 1)
+
+    async def _drop(self, reason: BaseException | str) -> None:
+        session, call = self._session, self._call
+        self._session = self._call = None
+        if call is not None:
+            call.cancel()
+        if session is not None:
+            await self._conn.release(session)
+            await self._conn.fail(session, reason)
+
+    def __aiter__(self) -> _WatchStream:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        while not self._pending:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._call is None:
+                await self.open()
+                continue
+            try:
+                resp = await self._call.read()
+            except grpc.aio.AioRpcError as exc:
+                if not is_failover_error(exc):
+                    endpoint = self._session.endpoint if self._session else "?"
+                    await self._drop(exc)
+                    raise translate_error(exc, "watch", endpoint) from exc
+                log.info(
+                    "etcd: watch lost its member (%s); resuming at revision %d",
+                    exc.code().name,
+                    self._next,
+                )
+                await self._drop(exc)
+                continue
+            if resp is grpc.aio.EOF:
+                await self._drop("watch stream closed by the server")
+                continue
+            if resp.canceled:
+                self._check_canceled(resp)
+                # Canceled without compaction (e.g. the member lost its leader): resume elsewhere.
+                await self._drop(f"watch canceled: {resp.cancel_reason or 'no reason given'}")
+                continue
+            self._take(resp)
+        return self._pending.pop(0)
+
+    async def close(self) -> None:
+        self._closed = True
+        session, call = self._session, self._call
+        self._session = self._call = None
+        if call is not None:
+            call.cancel()
+        if session is not None:
+            await self._conn.release(session)
+
+
+async def open_etcd_store(
+    url: str, *, token: str | None = None, timeout: float = 60.0
+) -> EtcdStore:
+    """Open an etcd v3 store and connect to one of its members.
+
+    Args:
+        url: ``etcd://[user:password@]host:port[,host:port...][/prefix]``
+            ``[?protocol=https&cacert=...&cert=...&key=...]``.
+        token: unused (etcd authenticates users with the URL's user and password);
+            accepted so every backend has the same factory signature.
+        timeout: how long to try to connect, and the deadline of every later
+            operation (failover included), in seconds.
+
+    Returns: a connected :class:`EtcdStore`; the caller closes it.
+
+    Raises:
+        ConfigError: bad URL, or unreadable TLS files.
+        StoreUnavailable: no member answered within ``timeout``.
+        AuthenticationFailed: a member refused the user or password.
+    """
+    del token
+    store = EtcdStore(parse_etcd_url(url), timeout=timeout)
+    try:
+        await store.connect()
+    except BaseException:
+        await store.close()
+        raise
+    return store

@@ -1,0 +1,340 @@
+"""One gRPC channel to one etcd member at a time, with failover and error translation.
+
+etcd clients talk to any member; a write reaches the leader through it. When
+the member we use goes away (connection refused or reset, ``no leader``, no
+answer within the attempt timeout) we retire its channel and connect to the
+next endpoint in the list, round-robin, until the operation's deadline.
+
+Calls are retried on the next member only when that is safe; the store layer
+says so per call (reads, puts, lease calls: yes; create/compare-and-set: yes,
+with a re-check of the outcome; see ``EtcdStore``).
+
+Every grpc error is translated here, with ``raise ... from exc``, into
+:mod:`corral.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc  # type: ignore[import-untyped]
+from aetcd import rpc
+
+from corral.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    LeaseNotFound,
+    StoreCompacted,
+    StoreError,
+    StoreTimeout,
+    StoreUnavailable,
+)
+from corral.store.etcd.url import EtcdTarget
+
+__all__ = ["Connection", "Session", "is_failover_error", "translate_error"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Longest wait for one member to accept a connection before trying the next.
+CONNECT_ATTEMPT = 1.5
+#: Longest wait for one request on one member before failing over (a hung member).
+REQUEST_ATTEMPT = 5.0
+
+_CHANNEL_OPTIONS = (
+    # Find a dead peer under an idle watch: ping every 10 s (etcd refuses pings
+    # more often than every 5 s), give up 5 s later.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 0),
+    # Retry quickly after a refused connection; we fail over ourselves.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.enable_retries", 0),
+)
+
+# Server answers that mean: this member cannot serve now, another one may.
+_FAILOVER_DETAILS = (
+    "no leader",
+    "leader changed",
+    "request timed out",
+    "not capable",
+    "stopped",
+    "too many requests",
+)
+
+
+@dataclass(eq=False)
+class Session:
+    """A connected, authenticated channel to one member."""
+
+    channel: Any
+    endpoint: str
+    metadata: tuple[tuple[str, str], ...]
+    generation: int
+    kv: Any = None
+    lease: Any = None
+    watch: Any = None
+    maintenance: Any = None
+    users: int = 0
+    retired: bool = False
+    _closing: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kv = rpc.KVStub(self.channel)
+        self.lease = rpc.LeaseStub(self.channel)
+        self.watch = rpc.WatchStub(self.channel)
+        self.maintenance = rpc.MaintenanceStub(self.channel)
+
+
+def is_failover_error(exc: BaseException) -> bool:
+    """True if another member may serve the request that failed with ``exc``."""
+    if not isinstance(exc, grpc.aio.AioRpcError):
+        return False
+    code = exc.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return True
+    details = (exc.details() or "").lower()
+    return any(d in details for d in _FAILOVER_DETAILS)
+
+
+def translate_error(exc: grpc.aio.AioRpcError, what: str, endpoint: str) -> StoreError:
+    """The corral error for a grpc error that failover cannot fix."""
+    code = exc.code()
+    details = exc.details() or str(code)
+    low = details.lower()
+    where = f"etcd {what} at {endpoint}"
+    if "lease not found" in low:
+        return LeaseNotFound(f"{where}: the lease does not exist (expired or revoked)")
+    if "compacted" in low:
+        return StoreCompacted(f"{where}: {details}")
+    if "user name is empty" in low or "user name not found" in low:
+        return AuthenticationFailed(
+            f"{where}: etcd requires authentication; put user:password in the etcd URL "
+            "(or user/password in --rdzv-conf)"
+        )
+    if "authentication failed" in low:
+        return AuthenticationFailed(
+            f"{where}: invalid user or password; check the user and password in the etcd URL "
+            "(or user/password in --rdzv-conf)"
+        )
+    if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in low:
+        return AuthenticationFailed(f"{where}: permission denied for this user ({details})")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthenticationFailed(f"{where}: not authenticated ({details})")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return StoreTimeout(f"{where}: no answer in time ({details})")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return StoreUnavailable(f"{where}: unavailable ({details})")
+    return StoreError(f"{where} failed: {code.name}: {details}")
+
+
+def _read(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"etcd TLS {what} file {path!r} cannot be read: {exc.strerror}") from exc
+
+
+class Connection:
+    """Connects to one member of ``target`` at a time; fails over to the next."""
+
+    def __init__(self, target: EtcdTarget, *, timeout: float) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._credentials: Any = None
+        if target.tls:
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(target.cacert, "cacert"),
+                private_key=_read(target.key, "key"),
+                certificate_chain=_read(target.cert, "cert"),
+            )
+        self._index = 0
+        self._generation = 0
+        self._session: Session | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._retired: set[Session] = set()
+
+    # --- sessions --------------------------------------------------------------
+
+    def _channel(self, endpoint: str) -> Any:
+        if self._credentials is not None:
+            return grpc.aio.secure_channel(endpoint, self._credentials, options=_CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+
+    async def session(self, deadline: float) -> Session:
+        """The current session, connecting (trying members in turn) until ``deadline``.
+
+        Raises: StoreUnavailable when no member answers before the deadline;
+        AuthenticationFailed when a member refuses the credentials.
+        """
+        if self._closed:
+            raise StoreUnavailable("the etcd store is closed")
+        session = self._session
+        if session is not None:
+            return session
+        async with self._lock:
+            if self._session is not None:
+                return self._session
+            self._session = await self._connect(deadline)
+            return self._session
+
+    async def _connect(self, deadline: float) -> Session:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        endpoints = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.target.endpoints]
+        last_error = "no attempt made"
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise StoreUnavailable(
+                    f"cannot reach etcd at {','.join(endpoints)} "
+                    f"(tried for {loop.time() - started:.1f} s; last error: {last_error})"
+                )
+            endpoint = endpoints[self._index % len(endpoints)]
+            channel = self._channel(endpoint)
+            attempt = min(remaining, CONNECT_ATTEMPT)
+            try:
+                async with asyncio.timeout(attempt):
+                    await channel.channel_ready()
+                    metadata = await self._authenticate(channel, endpoint)
+            except (TimeoutError, grpc.aio.AioRpcError) as exc:
+                await channel.close()
+                if isinstance(exc, grpc.aio.AioRpcError) and not is_failover_error(exc):
+                    raise translate_error(exc, "authenticate", endpoint) from exc
+                how = "TLS handshake or TCP connect" if self.target.tls else "TCP connect"
+                last_error = (
+                    f"{endpoint}: {exc.details()}"
+                    if isinstance(exc, grpc.aio.AioRpcError)
+                    else f"{endpoint}: no connection ({how}) within {attempt:.1f} s"
+                )
+                self._index += 1
+                continue
+            self._generation += 1
+            log.info("etcd: connected to %s", endpoint)
+            return Session(channel, endpoint, metadata, self._generation)
+
+    async def _authenticate(self, channel: Any, endpoint: str) -> tuple[tuple[str, str], ...]:
+        if self.target.user is None:
+            return ()
+        resp = await rpc.AuthStub(channel).Authenticate(
+            rpc.AuthenticateRequest(name=self.target.user, password=self.target.password or ""),
+            timeout=CONNECT_ATTEMPT,
+        )
+        return (("token", resp.token),)
+
+    async def fail(self, session: Session, reason: BaseException | str) -> None:
+        """Give up on ``session``'s member: the next call connects to the next member."""
+        async with self._lock:
+            if self._session is session:
+                log.warning("etcd: leaving %s: %s", session.endpoint, _short(reason))
+                self._session = None
+                self._index += 1
+                session.retired = True
+                if session.users == 0:
+                    await session.channel.close()
+                else:  # closed by release() when its last call ends; see there
+                    self._retired.add(session)
+
+    def acquire(self, session: Session) -> None:
+        session.users += 1
+
+    async def release(self, session: Session) -> None:
+        # A retired channel is closed only once nothing uses it: closing a grpc
+        # channel cancels its calls with CancelledError, which would look like
+        # a cancellation of the caller.
+        session.users -= 1
+        if session.retired and session.users == 0 and session in self._retired:
+            self._retired.discard(session)
+            await session.channel.close()
+
+    async def reauthenticate(self, session: Session) -> None:
+        """Refresh an expired auth token on the same channel."""
+        async with self._lock:
+            session.metadata = await self._authenticate(session.channel, session.endpoint)
+
+    async def close(self) -> None:
+        self._closed = True
+        async with self._lock:
+            sessions = list(self._retired)
+            if self._session is not None:
+                sessions.append(self._session)
+            self._session = None
+            self._retired.clear()
+        for s in sessions:
+            await s.channel.close()
+
+    # --- calls -----------------------------------------------------------------
+
+    async def call(
+        self,
+        what: str,
+        op: Callable[[Session, float, bool], Awaitable[T]],
+        *,
+        retry: bool = True,
+    ) -> T:
+        """Run ``op(session, attempt_timeout, retried)``, failing over between members.
+
+        ``retried`` is True once an earlier attempt may have reached a member
+        (its outcome unknown), so a conditional write can re-check it.
+        Raises: corral.errors.StoreError subclasses only.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.timeout
+        retried = False
+        reauthenticated = False
+        while True:
+            session = await self.session(deadline)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise StoreTimeout(
+                    f"etcd {what} at {self.target.endpoint_names()}: "
+                    f"no answer within {self.timeout:.1f} s"
+                )
+            self.acquire(session)
+            try:
+                return await op(session, min(remaining, REQUEST_ATTEMPT), retried)
+            except grpc.aio.AioRpcError as exc:
+                low = (exc.details() or "").lower()
+                if "invalid auth token" in low and not reauthenticated:
+                    reauthenticated = True
+                    await self.reauthenticate(session)
+                    continue
+                if not is_failover_error(exc):
+                    raise translate_error(exc, what, session.endpoint) from exc
+                await self.fail(session, exc)
+                if not retry:
+                    raise StoreUnavailable(
+                        f"etcd {what} at {session.endpoint}: connection lost, the request "
+                        f"may or may not have been applied ({_short(exc)})"
+                    ) from exc
+                if loop.time() >= deadline:
+                    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise StoreTimeout(
+                            f"etcd {what}: no answer within {self.timeout:.1f} s "
+                            f"(last member tried: {session.endpoint})"
+                        ) from exc
+                    raise StoreUnavailable(
+                        f"etcd {what} at {self.target.endpoint_names()}: no member served "
+                        f"the request within {self.timeout:.1f} s ({_short(exc)})"
+                    ) from exc
+                retried = True
+            finally:
+                await self.release(session)
+
+
+def _short(reason: BaseException | str) -> str:
+    if isinstance(reason, grpc.aio.AioRpcError):
+        return f"{reason.code().name}: {reason.details()}"
+    return str(reason)
