@@ -1,0 +1,78 @@
+"""Fixtures for the etcd backend tests: real etcd servers on loopback.
+
+Every test here is marked ``etcd`` and skipped, with the reason, when the
+``etcd`` binary is not on PATH. Servers are shared where that is safe: one
+single-member server for the session (each test uses its own key prefix) and
+one server per module for the cluster, TLS and auth tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.store.api import Store
+from tests.etcd_fixtures import (
+    EtcdCluster,
+    EtcdContractBackend,
+    etcd_available,
+    shared_single,
+    stop_shared,
+)
+
+_HERE = Path(__file__).parent
+_SKIP = pytest.mark.skipif(
+    not etcd_available(), reason="etcd binary not on PATH (install it with scripts/install-etcd)"
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.etcd)
+            item.add_marker(_SKIP)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_etcd() -> Iterator[None]:
+    yield
+    stop_shared()
+
+
+@pytest.fixture(scope="session")
+def etcd_single() -> EtcdCluster:
+    """One etcd for the whole session; use a fresh prefix (see ``etcd_url``)."""
+    return shared_single()
+
+
+@pytest.fixture
+def etcd_url(etcd_single: EtcdCluster) -> str:
+    """A URL on the shared server with a prefix unique to this test."""
+    return etcd_single.url(f"/corral-test/{uuid.uuid4().hex[:12]}")
+
+
+# --- the store contract suite (tests/contract/test_store.py) on etcd -----------
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[EtcdContractBackend]:
+    async with EtcdContractBackend() as b:
+        yield b
+
+
+@pytest.fixture
+def store_factory(backend: EtcdContractBackend) -> Callable[[], Awaitable[Store]]:
+    return backend.open  # type: ignore[return-value]
+
+
+@pytest.fixture
+async def store(store_factory: Callable[[], Awaitable[Store]]) -> Store:
+    return await store_factory()
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"/t/{uuid.uuid4().hex[:8]}/"
