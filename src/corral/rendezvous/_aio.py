@@ -1,0 +1,143 @@
+"""Small asyncio helpers of the rendezvous runner: watch multiplexing, clock deadlines, ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from corral.clock import Clock, MonotonicClock
+from corral.errors import StoreError, StoreUnavailable
+from corral.store.api import WatchEvent
+
+__all__ = ["Mux", "clock_timeout", "free_port", "watching"]
+
+# What a Mux yields: (tag, event), (tag, error) when a watch failed, (tag, None) for a signal.
+Item = tuple[str, WatchEvent | StoreError | None]
+
+
+class Mux:
+    """Merges several store watches (and asyncio events) into one queue, tagged.
+
+    Each source runs in a task owned by :func:`watching`, which cancels and
+    awaits them all when its block ends. A watch that fails delivers its
+    ``StoreError`` as an item instead of raising, so the consumer decides.
+    """
+
+    def __init__(self) -> None:
+        self._q: asyncio.Queue[Item] = asyncio.Queue()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def add(self, tag: str, cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]) -> None:
+        self.drop(tag)
+        self._tasks[tag] = asyncio.get_running_loop().create_task(self._pump(tag, cm))
+
+    def add_event(self, tag: str, ev: asyncio.Event) -> None:
+        self.drop(tag)
+        self._tasks[tag] = asyncio.get_running_loop().create_task(self._signal(tag, ev))
+
+    def drop(self, tag: str) -> None:
+        t = self._tasks.pop(tag, None)
+        if t is not None:
+            t.cancel()
+
+    async def _pump(
+        self, tag: str, cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]
+    ) -> None:
+        try:
+            async with cm as events:
+                async for ev in events:
+                    self._q.put_nowait((tag, ev))
+            self._q.put_nowait((tag, StoreUnavailable(f"watch {tag!r} ended")))
+        except StoreError as exc:
+            self._q.put_nowait((tag, exc))
+
+    async def _signal(self, tag: str, ev: asyncio.Event) -> None:
+        await ev.wait()
+        self._q.put_nowait((tag, None))
+
+    async def next(self, clock: Clock, timeout: float | None = None) -> Item | None:
+        """The next item; None if ``timeout`` (clock seconds) passes first."""
+        if not self._q.empty():
+            return self._q.get_nowait()
+        if timeout is None:
+            return await self._q.get()
+        if timeout <= 0:
+            return None
+        getter = asyncio.ensure_future(self._q.get())
+        sleeper = asyncio.ensure_future(clock.sleep(timeout))
+        try:
+            await asyncio.wait({getter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return None
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+
+@asynccontextmanager
+async def watching() -> AsyncIterator[Mux]:
+    """``async with watching() as mux``: every source added ends with the block."""
+    mux = Mux()
+    try:
+        yield mux
+    finally:
+        await mux.aclose()
+
+
+@asynccontextmanager
+async def clock_timeout(clock: Clock, seconds: float) -> AsyncIterator[None]:
+    """Like ``asyncio.timeout`` but on ``clock``: raises TimeoutError when it passes."""
+    if isinstance(clock, MonotonicClock):
+        async with asyncio.timeout(seconds):
+            yield
+        return
+    task = asyncio.current_task()
+    assert task is not None  # always inside a task under asyncio
+    fired = False
+
+    async def _timer() -> None:
+        nonlocal fired
+        await clock.sleep(seconds)
+        fired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().create_task(_timer())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if fired and task.uncancel() == 0:
+            raise TimeoutError(f"deadline of {seconds} s passed") from None
+        raise
+    finally:
+        timer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await timer
+
+
+def free_port(addr: str) -> int:
+    """A port that is free now on ``addr`` (bind port 0, read it, release it)."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    for host in (addr, ""):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                return int(s.getsockname()[1])
+        except OSError:
+            continue
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,120 @@
+"""The runner's store operations: every call bounded by read_timeout, records decoded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AbstractAsyncContextManager
+from typing import TypeVar
+
+from corral.clock import Clock
+from corral.config import RdzvConf
+from corral.errors import StoreTimeout
+from corral.rendezvous import machine as m
+from corral.rendezvous.state import Keys, Outcome, RoundPointer
+from corral.reporting.failures import FailureReport
+from corral.store.api import KeyValue, Store, WatchEvent, WriteResult
+
+__all__ = ["Ops"]
+
+T = TypeVar("T")
+
+
+class Ops:
+    """Store access for one run: ``read_timeout`` bounds each request (real time).
+
+    A request that gets no answer in time raises StoreTimeout, so an
+    unreachable store surfaces as a StoreError in bounded time, never a hang.
+    """
+
+    def __init__(self, store: Store, run_id: str, conf: RdzvConf, clock: Clock) -> None:
+        self.store = store
+        self.keys = Keys(conf.prefix, run_id)
+        self._timeout = conf.read_timeout
+        self._clock = clock
+
+    async def _call(self, what: str, aw: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await aw
+        except TimeoutError:
+            raise StoreTimeout(
+                f"store {what}: no answer within read_timeout ({self._timeout} s)"
+            ) from None
+
+    async def get(self, key: str) -> KeyValue | None:
+        return await self._call("get", self.store.get(key))
+
+    async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
+        return await self._call("range", self.store.range(prefix))
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        return await self._call("put", self.store.put(key, value, lease=lease))
+
+    async def create(self, key: str, value: bytes, *, lease: int = 0) -> WriteResult:
+        return await self._call("create", self.store.create(key, value, lease=lease))
+
+    async def delete(self, key: str) -> int:
+        return await self._call("delete", self.store.delete(key))
+
+    async def grant(self, ttl: float) -> int:
+        return await self._call("grant", self.store.grant(ttl))
+
+    async def keep_alive(self, lease: int) -> float:
+        return await self._call("keep_alive", self.store.keep_alive(lease))
+
+    async def revoke(self, lease: int) -> None:
+        await self._call("revoke", self.store.revoke(lease))
+
+    def watch(
+        self, key: str, *, prefix: bool = False, start_revision: int = 0
+    ) -> AbstractAsyncContextManager[AsyncIterator[WatchEvent]]:
+        return self.store.watch(key, prefix=prefix, start_revision=start_revision)
+
+    # --- records ---------------------------------------------------------------
+
+    async def pointer(self, *, create: bool = False) -> tuple[RoundPointer, int]:
+        """The round pointer and its mod revision (round 0 if absent; created if asked)."""
+        kv = await self.get(self.keys.round)
+        if kv is None:
+            first = RoundPointer(0)
+            if not create:
+                return first, 0
+            res = await self.create(self.keys.round, first.to_json())
+            kv = res.kv
+            if kv is None:  # pragma: no cover - a create always returns the key
+                return first, 0
+        return RoundPointer.from_json(kv.value), kv.mod_revision
+
+    async def cas_pointer(self, new: RoundPointer, expected_rev: int) -> bool:
+        res = await self._call(
+            "compare_and_set",
+            self.store.compare_and_set(self.keys.round, new.to_json(), expected_rev),
+        )
+        return res.succeeded
+
+    async def outcome(self) -> Outcome | None:
+        kv = await self.get(self.keys.outcome)
+        return Outcome.from_json(kv.value) if kv is not None else None
+
+    async def outcome_of(self, end: RoundPointer) -> Outcome:
+        """The outcome of a job whose pointer is terminal; written here if its writer died.
+
+        Deterministic, so any node may complete it: success, or the earliest
+        failure (by create revision) of the last round.
+        """
+        out = await self.outcome()
+        if out is not None:
+            return out
+        last = end.round - 1
+        if end.detail == "success":
+            new = Outcome("success", last)
+        else:
+            prefix = self.keys.failures(last)
+            kvs, _ = await self.range(prefix)
+            rc = m.root_cause((kv.create_revision, FailureReport.from_json(kv.value)) for kv in kvs)
+            new = Outcome("failed", last, rc, rc.exit_code if rc is not None else 1)
+        res = await self.create(self.keys.outcome, new.to_json())
+        if res.succeeded or res.kv is None:
+            return new
+        return Outcome.from_json(res.kv.value)

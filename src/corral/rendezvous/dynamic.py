@@ -1,0 +1,576 @@
+"""The dynamic rendezvous: rounds of nodes over any :class:`~corral.store.api.Store`.
+
+The protocol, keys and costs are described in ``docs/rendezvous.md``; the
+decisions are the pure functions of :mod:`corral.rendezvous.machine`; this
+module only reads the store, calls them, and writes what they decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import replace
+
+from corral.clock import Clock, MonotonicClock
+from corral.config import RdzvConf
+from corral.errors import (
+    ConfigError,
+    JobFailed,
+    LeaseNotFound,
+    RendezvousClosed,
+    RendezvousError,
+    RendezvousTimeout,
+    StoreError,
+)
+from corral.rendezvous import machine as m
+from corral.rendezvous._aio import Mux, clock_timeout, free_port, watching
+from corral.rendezvous._ops import Ops
+from corral.rendezvous.api import ChangeKind, Decision, NodeDesc, RoundChange, RoundInfo
+from corral.rendezvous.state import (
+    REASON_FAILURE,
+    REASON_JOB_ENDED,
+    REASON_MEMBER_LOST,
+    REASON_NODE_WAITING,
+    ClosedRound,
+    Outcome,
+    RoundPointer,
+    decode_node,
+    encode_node,
+)
+from corral.reporting.failures import FailureReport
+from corral.store.api import EventType, KeyValue, Store
+
+__all__ = ["DynamicRendezvous"]
+
+log = logging.getLogger(__name__)
+
+_KINDS = {
+    REASON_FAILURE: ChangeKind.FAILURE,
+    REASON_MEMBER_LOST: ChangeKind.MEMBER_LOST,
+    REASON_NODE_WAITING: ChangeKind.NODE_WAITING,
+    REASON_JOB_ENDED: ChangeKind.JOB_ENDED,
+}
+
+
+def _change(p: RoundPointer) -> RoundChange:
+    return RoundChange(_KINDS.get(p.reason, ChangeKind.MEMBER_LOST), p.round, p.detail)
+
+
+class DynamicRendezvous:
+    """One node's handle on a job's rendezvous, over any store (see docs/rendezvous.md).
+
+    Args:
+        store: the coordination store (shared by every node of the job).
+        run_id: the job's id; keys live under ``<conf.prefix>/<run_id>/``.
+        node: this node. ``master_port`` 0 means: offer a fresh free port each
+            round (found by binding port 0 on ``node.addr``); non-zero is
+            offered as is every round (the static backend).
+        min_nodes, max_nodes: the round closes with MAX nodes, or MIN after
+            the last call, or MIN when every expected node is back.
+        max_restarts: failure restarts of the whole job.
+        conf: timeouts (join_timeout, last_call_timeout, keep_alive_*,
+            read_timeout, settle_time) and the key prefix.
+        clock: monotonic clock for the last call, settle window, keep-alive
+            and join_timeout (a FakeClock in tests).
+
+    Use as ``async with DynamicRendezvous(...) as rdzv`` or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        run_id: str,
+        node: NodeDesc,
+        min_nodes: int,
+        max_nodes: int,
+        max_restarts: int,
+        conf: RdzvConf,
+        clock: Clock | None = None,
+    ) -> None:
+        if min_nodes < 1:
+            raise ConfigError(f"min_nodes ({min_nodes}) must be >= 1")
+        if max_nodes < min_nodes:
+            raise ConfigError(f"max_nodes ({max_nodes}) must be >= min_nodes ({min_nodes})")
+        if max_restarts < 0:
+            raise ConfigError(f"max_restarts ({max_restarts}) must be >= 0")
+        if "/" in node.node_id or not node.node_id:
+            raise ConfigError(f"node id {node.node_id!r} must be non-empty and contain no '/'")
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._ops = Ops(store, run_id, conf, self._clock)
+        self._k = self._ops.keys
+        self._run_id = run_id
+        self._node = node
+        self._min = min_nodes
+        self._max = max_nodes
+        self._max_restarts = max_restarts
+        self._conf = conf
+        self._params = m.CloseParams(
+            min_nodes=min_nodes,
+            max_nodes=max_nodes,
+            last_call_timeout=conf.last_call_timeout,
+            settle_time=conf.settle_time,
+            settle_cap=max(conf.settle_time * 10, conf.settle_time),
+        )
+        self._lease = 0
+        self._evicted = asyncio.Event()
+        self._bg: asyncio.Task[None] | None = None
+        self._waiting = False
+        # Per round this node has seen: the pointer (value, mod revision) and the closed record.
+        self._pointers: dict[int, tuple[RoundPointer, int]] = {}
+        self._closed: dict[int, tuple[ClosedRound, int]] = {}
+        self._closed_flag = False
+
+    # --- public API -----------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self._node.node_id
+
+    @property
+    def lease(self) -> int:
+        """This node's current lease id (0 before the first join or after eviction)."""
+        return self._lease
+
+    async def __aenter__(self) -> DynamicRendezvous:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def join(self) -> RoundInfo:
+        """Join the next round and wait until it closes with this node in it.
+
+        Raises: RendezvousTimeout (join_timeout), RendezvousClosed (the job
+        succeeded), JobFailed (the job failed; carries the root cause),
+        StoreError.
+        """
+        if self._closed_flag:
+            raise RendezvousClosed("this rendezvous handle is closed")
+        state: dict[str, int] = {"round": -1}
+        try:
+            async with clock_timeout(self._clock, self._conf.join_timeout):
+                return await self._join(state)
+        except TimeoutError:
+            raise RendezvousTimeout(
+                f"join_timeout ({self._conf.join_timeout} s) passed in round {state['round']} "
+                f"before it closed with this node (min_nodes {self._min}, max_nodes {self._max})"
+            ) from None
+
+    async def watch_round(self, rnd: RoundInfo) -> RoundChange:
+        """Return when ``rnd`` is superseded: a new round, a lost member, eviction, the job's end."""
+        return await self._watch(rnd, done=False)
+
+    async def report_failure(
+        self, rnd: RoundInfo, failures: list[FailureReport]
+    ) -> tuple[Decision, FailureReport | None]:
+        """Publish failures of ``rnd`` and decide job-wide (see :class:`Rendezvous`)."""
+        r = rnd.round
+        for f in failures:
+            await self._ops.create(
+                self._k.failure(r, self._node.node_id, f.local_rank), f.to_json()
+            )
+        for _ in range(100):
+            ptr, rev = await self._ops.pointer()
+            if ptr.reason == REASON_JOB_ENDED:
+                out = await self._ops.outcome_of(ptr)
+                if out.succeeded:
+                    return Decision.RESTART, None  # cannot happen: a success needs every member
+                return Decision.FAIL, out.root_cause
+            step = m.failure_step(r, ptr, self._max_restarts)
+            if step is m.FailureStep.ALREADY_MOVED:
+                return Decision.RESTART, None
+            if step is m.FailureStep.RESTART:
+                detail = f"failure on {self._node.node_id} in round {r}"
+                new = m.next_pointer(ptr, REASON_FAILURE, detail)
+                if await self._ops.cas_pointer(new, rev):
+                    log.info("round %d failed; job restarts as round %d", r, new.round)
+                    return Decision.RESTART, None
+                continue
+            end = RoundPointer(ptr.round + 1, ptr.restart_count, REASON_JOB_ENDED, "failed")
+            if await self._ops.cas_pointer(end, rev):
+                out = await self._ops.outcome_of(end)
+                return Decision.FAIL, out.root_cause
+        raise RendezvousError("report_failure: the round pointer kept changing (100 attempts)")
+
+    async def report_success(self, rnd: RoundInfo) -> RoundChange | None:
+        """Mark this node done in ``rnd``; wait until every member is (None) or the round changes."""
+        await self._ops.create(self._k.done_key(rnd.round, self._node.node_id), b"{}")
+        change = await self._watch(rnd, done=True)
+        if change.kind is ChangeKind.JOB_ENDED:
+            out = await self._ops.outcome()
+            if out is not None and out.succeeded:
+                return None
+        return change
+
+    async def outcome(self) -> Outcome | None:
+        """The job's outcome, if it has one (completing a half-written end)."""
+        ptr, _ = await self._ops.pointer()
+        if ptr.reason != REASON_JOB_ENDED:
+            return None
+        return await self._ops.outcome_of(ptr)
+
+    async def close(self) -> None:
+        """Leave: stop the keep-alive and revoke the lease (its keys vanish). Idempotent."""
+        if self._closed_flag:
+            return
+        self._closed_flag = True
+        await self._stop_keepalive()
+        if self._lease:
+            lease, self._lease = self._lease, 0
+            with contextlib.suppress(StoreError):
+                await self._ops.revoke(lease)
+
+    # --- liveness ---------------------------------------------------------------
+
+    async def _ensure_lease(self) -> int:
+        if self._lease and not self._evicted.is_set():
+            return self._lease
+        await self._stop_keepalive()
+        self._evicted = asyncio.Event()
+        self._lease = await self._ops.grant(self._conf.lease_ttl)
+        self._bg = asyncio.get_running_loop().create_task(self._background(self._lease))
+        return self._lease
+
+    async def _background(self, lease: int) -> None:
+        # The rendezvous owns this task; the TaskGroup holds its background jobs
+        # (the keep-alive) and close() cancels it, ending them all.
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._keepalive(lease))
+
+    async def _keepalive(self, lease: int) -> None:
+        interval = self._conf.keep_alive_interval
+        while True:
+            await self._clock.sleep(interval)
+            try:
+                await self._ops.keep_alive(lease)
+            except LeaseNotFound:
+                log.warning("lease %d of node %s ended: evicted", lease, self._node.node_id)
+                self._evicted.set()
+                return
+            except StoreError as exc:
+                # Keep trying: the lease survives keep_alive_max_attempt missed beats.
+                log.warning("keep-alive of lease %d failed: %s", lease, exc)
+
+    async def _stop_keepalive(self) -> None:
+        bg, self._bg = self._bg, None
+        if bg is not None:
+            bg.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await bg
+
+    # --- join -----------------------------------------------------------------
+
+    async def _join(self, state: dict[str, int]) -> RoundInfo:
+        while True:
+            lease = await self._ensure_lease()
+            ptr, rev = await self._ops.pointer(create=True)
+            if ptr.reason == REASON_JOB_ENDED:
+                await self._raise_outcome(ptr)
+            self._pointers[ptr.round] = (ptr, rev)
+            state["round"] = ptr.round
+            try:
+                info = await self._join_round(ptr, rev, lease)
+            except LeaseNotFound:
+                self._evicted.set()  # our lease ended under us: take a new one
+                continue
+            if info is not None:
+                return info
+
+    async def _raise_outcome(self, ptr: RoundPointer) -> None:
+        out = await self._ops.outcome_of(ptr)
+        if out.succeeded:
+            raise RendezvousClosed(f"run {self._run_id!r} already succeeded (round {out.round})")
+        rc = out.root_cause
+        raise JobFailed(
+            f"run {self._run_id!r} failed in round {out.round}"
+            + (f": rank {rc.rank} on {rc.host or rc.node_id} (exit {rc.exitcode})" if rc else ""),
+            rc,
+            out.exit_code,
+        )
+
+    async def _join_round(self, ptr: RoundPointer, ptr_rev: int, lease: int) -> RoundInfo | None:
+        r = ptr.round
+        me = self._node.node_id
+        closed_kv = await self._ops.get(self._k.closed(r))
+        if closed_kv is not None:
+            return await self._after_close(r, closed_kv, ptr_rev, lease)
+        port = self._node.master_port or free_port(self._node.addr)
+        desc = replace(self._node, master_port=port)
+        res = await self._ops.create(self._k.node(r, me), encode_node(desc), lease=lease)
+        if not res.succeeded and res.kv is not None and res.kv.lease != lease:
+            raise RendezvousError(f"node id {me!r} is already used by another live agent")
+        if self._waiting:
+            self._waiting = False
+            await self._ops.delete(self._k.waiting_key(me))
+        cres = await self._ops.create(self._k.closer(r), me.encode(), lease=lease)
+        if cres.succeeded:
+            closed_kv = await self._close_round(ptr, lease)
+        else:
+            closed_kv = await self._follow(ptr, cres.revision, lease)
+        return await self._after_close(r, closed_kv, ptr_rev, lease)
+
+    async def _after_close(
+        self, r: int, closed_kv: KeyValue, ptr_rev: int, lease: int
+    ) -> RoundInfo | None:
+        closed = ClosedRound.from_json(closed_kv.value)
+        info = m.round_info(self._run_id, closed, self._node.node_id)
+        if info is not None:
+            self._closed[r] = (closed, closed_kv.mod_revision)
+            log.info(
+                "round %d closed: node %s is group rank %d of %d (restart %d)",
+                r, self._node.node_id, info.group_rank, info.group_world_size, info.restart_count,
+            )  # fmt: skip
+            return info
+        await self._wait_next_round(r, closed, closed_kv.mod_revision, ptr_rev, lease)
+        return None
+
+    async def _follow(self, ptr: RoundPointer, since: int, lease: int) -> KeyValue:
+        """Wait for ``closed``; take over as closer if the closer's lease ends first."""
+        r = ptr.round
+        closed_key = self._k.closed(r)
+        kv = await self._ops.get(closed_key)
+        if kv is not None:
+            return kv
+        async with watching() as mux:
+            mux.add("closed", self._ops.watch(closed_key, start_revision=since + 1))
+            mux.add("closer", self._ops.watch(self._k.closer(r), start_revision=since + 1))
+            while True:
+                item = await mux.next(self._clock)
+                assert item is not None
+                tag, ev = item
+                if isinstance(ev, StoreError):
+                    raise ev
+                if ev is None:
+                    continue
+                if tag == "closed" and ev.type is EventType.PUT:
+                    return ev.kv
+                if tag == "closer" and ev.type is EventType.DELETE:
+                    res = await self._ops.create(
+                        self._k.closer(r), self._node.node_id.encode(), lease=lease
+                    )
+                    if res.succeeded:
+                        log.info("closer of round %d left; %s closes it", r, self._node.node_id)
+                        break
+        return await self._close_round(ptr, lease)
+
+    async def _close_round(self, ptr: RoundPointer, lease: int) -> KeyValue:
+        """As the closer: watch the joins and write ``closed`` when machine.close_decision says so."""
+        r = ptr.round
+        k = self._k
+        nodes_prefix = k.nodes(r)
+        kvs, rev = await self._ops.range(nodes_prefix)
+        joined = {kv.key[len(nodes_prefix) :]: self._joiner(kv) for kv in kvs}
+        prev: ClosedRound | None = None
+        expected: set[str] = set()
+        prev_prefix = k.nodes(r - 1)
+        if r > 0:
+            pkv = await self._ops.get(k.closed(r - 1))
+            if pkv is not None:
+                prev = ClosedRound.from_json(pkv.value)
+                live, _ = await self._ops.range(prev_prefix)
+                prev_ids = {mm.node_id for mm in prev.members}
+                expected = {kv.key[len(prev_prefix) :] for kv in live} & prev_ids
+        wkvs, _ = await self._ops.range(k.waiting)
+        expected |= {kv.key[len(k.waiting) :] for kv in wkvs}
+        now = self._clock.now()
+        min_at: float | None = now if len(joined) >= self._min else None
+        last_arrival = now
+        async with watching() as mux:
+            mux.add("nodes", self._ops.watch(nodes_prefix, prefix=True, start_revision=rev + 1))
+            mux.add("closed", self._ops.watch(k.closed(r), start_revision=rev + 1))
+            if prev is not None:
+                mux.add("prev", self._ops.watch(prev_prefix, prefix=True, start_revision=rev + 1))
+            if expected:
+                mux.add("waiting", self._ops.watch(k.waiting, prefix=True, start_revision=rev + 1))
+            mux.add_event("evicted", self._evicted)
+            while True:
+                now = self._clock.now()
+                if len(joined) >= self._min:
+                    min_at = now if min_at is None else min_at
+                else:
+                    min_at = None
+                present = prev is not None and expected <= joined.keys()
+                d = m.close_decision(
+                    joined=len(joined),
+                    expected_present=present,
+                    now=now,
+                    min_reached_at=min_at,
+                    last_arrival_at=last_arrival,
+                    p=self._params,
+                )
+                if d.close:
+                    members = m.assign_ranks(list(joined.values()), prev, self._max)
+                    rec = ClosedRound(
+                        r, ptr.restart_count, members, members[0].addr, members[0].master_port
+                    )
+                    res = await self._ops.create(k.closed(r), rec.to_json())
+                    assert res.kv is not None
+                    log.info("closed round %d with %d nodes (%s)", r, len(members), d.why)
+                    return res.kv
+                item = await mux.next(self._clock, None if d.wake_at is None else d.wake_at - now)
+                if item is None:
+                    continue
+                tag, ev = item
+                if isinstance(ev, StoreError):
+                    raise ev
+                if tag == "evicted":
+                    raise LeaseNotFound(f"lease {lease} ended while closing round {r}")
+                assert ev is not None
+                if tag == "closed" and ev.type is EventType.PUT:
+                    return ev.kv
+                if tag == "nodes":
+                    nid = ev.kv.key[len(nodes_prefix) :]
+                    if ev.type is EventType.PUT:
+                        joined[nid] = self._joiner(ev.kv)
+                        last_arrival = self._clock.now()
+                    else:
+                        joined.pop(nid, None)
+                elif tag == "prev" and ev.type is EventType.DELETE:
+                    expected.discard(ev.kv.key[len(prev_prefix) :])
+                elif tag == "waiting" and ev.type is EventType.DELETE:
+                    nid = ev.kv.key[len(k.waiting) :]
+                    if nid not in joined:
+                        expected.discard(nid)
+
+    @staticmethod
+    def _joiner(kv: KeyValue) -> m.Joiner:
+        return m.Joiner(decode_node(kv.value), kv.create_revision)
+
+    async def _wait_next_round(
+        self, r: int, closed: ClosedRound, closed_rev: int, ptr_rev: int, lease: int
+    ) -> None:
+        """Round r closed without this node: wait in ``waiting/`` until the pointer moves.
+
+        Running members see the waiting key and start a new round while below
+        max. If every member of round r is gone, nobody would: this node then
+        starts the next round itself.
+        """
+        me = self._node.node_id
+        await self._ops.put(self._k.waiting_key(me), encode_node(self._node), lease=lease)
+        self._waiting = True
+        log.info("round %d closed without node %s: waiting", r, me)
+        nodes_prefix = self._k.nodes(r)
+        async with watching() as mux:
+            mux.add("round", self._ops.watch(self._k.round, start_revision=ptr_rev + 1))
+            mux.add_event("evicted", self._evicted)
+            while True:
+                kvs, rev = await self._ops.range(nodes_prefix)
+                members = {mm.node_id for mm in closed.members}
+                live = sorted(
+                    (kv for kv in kvs if kv.key[len(nodes_prefix) :] in members),
+                    key=lambda kv: kv.create_revision,
+                )
+                if not live:
+                    ptr, prev = self._pointers[r]
+                    new = m.next_pointer(ptr, REASON_MEMBER_LOST, f"every member of round {r} left")
+                    await self._ops.cas_pointer(new, prev)
+                    return
+                mux.add("member", self._ops.watch(live[0].key, start_revision=rev + 1))
+                while True:
+                    item = await mux.next(self._clock)
+                    assert item is not None
+                    tag, ev = item
+                    if isinstance(ev, StoreError):
+                        raise ev
+                    if tag == "evicted":
+                        raise LeaseNotFound(f"lease {lease} ended while waiting")
+                    if tag == "round":
+                        return
+                    if tag == "member" and ev is not None and ev.type is EventType.DELETE:
+                        break
+
+    # --- running rounds -------------------------------------------------------------
+
+    async def _watch(self, rnd: RoundInfo, *, done: bool) -> RoundChange:
+        r = rnd.round
+        if self._evicted.is_set() or r not in self._closed:
+            return RoundChange(ChangeKind.MEMBER_LOST, None, "this node is no longer a member")
+        closed, closed_rev = self._closed[r]
+        start = closed_rev + 1
+        members = closed.members
+        n = len(members)
+        rank = rnd.group_rank
+        coordinator = done and rank == 0
+        done_ids: set[str] = set()
+        async with watching() as mux:
+            mux.add("round", self._ops.watch(self._k.round, start_revision=start))
+            mux.add_event("evicted", self._evicted)
+            pred = (rank - 1) % n
+            if n > 1:
+                mux.add(
+                    "pred",
+                    self._ops.watch(self._k.node(r, members[pred].node_id), start_revision=start),
+                )
+            if rank == 0 and n < self._max:
+                mux.add(
+                    "waiting", self._ops.watch(self._k.waiting, prefix=True, start_revision=start)
+                )
+            if coordinator:
+                done_ids = await self._watch_done(mux, r)
+            while True:
+                if coordinator and done_ids >= {mm.node_id for mm in members}:
+                    return await self._finish_success(r)
+                item = await mux.next(self._clock)
+                assert item is not None
+                tag, ev = item
+                if tag == "evicted":
+                    return RoundChange(ChangeKind.MEMBER_LOST, None, "this node's lease ended")
+                if isinstance(ev, StoreError):
+                    raise ev
+                assert ev is not None
+                if tag == "round" and ev.type is EventType.PUT:
+                    ptr = RoundPointer.from_json(ev.kv.value)
+                    if ptr.round > r:
+                        return _change(ptr)
+                elif tag == "pred" and ev.type is EventType.DELETE:
+                    gone = members[pred].node_id
+                    if await self._ops.get(self._k.done_key(r, gone)) is None:
+                        return await self._bump(r, REASON_MEMBER_LOST, f"lost node {gone}")
+                    # A done node leaving is not lost; watch the one before it. It
+                    # may have been the success coordinator: take that role too.
+                    pred = (pred - 1) % n
+                    if pred == rank:
+                        mux.drop("pred")
+                    else:
+                        key = self._k.node(r, members[pred].node_id)
+                        mux.add("pred", self._ops.watch(key, start_revision=ev.revision))
+                    if done and not coordinator:
+                        coordinator = True
+                        done_ids = await self._watch_done(mux, r)
+                elif tag == "waiting" and ev.type is EventType.PUT:
+                    nid = ev.kv.key[len(self._k.waiting) :]
+                    if m.scale_up_wanted(members, nid, self._max):
+                        return await self._bump(r, REASON_NODE_WAITING, f"node {nid} waiting")
+                elif tag == "done" and ev.type is EventType.PUT:
+                    done_ids.add(ev.kv.key[len(self._k.done(r)) :])
+
+    async def _watch_done(self, mux: Mux, r: int) -> set[str]:
+        prefix = self._k.done(r)
+        kvs, rev = await self._ops.range(prefix)
+        mux.add("done", self._ops.watch(prefix, prefix=True, start_revision=rev + 1))
+        return {kv.key[len(prefix) :] for kv in kvs}
+
+    async def _finish_success(self, r: int) -> RoundChange:
+        ptr, rev = self._pointers.get(r) or await self._ops.pointer()
+        if ptr.round == r:
+            end = RoundPointer(r + 1, ptr.restart_count, REASON_JOB_ENDED, "success")
+            if await self._ops.cas_pointer(end, rev):
+                await self._ops.outcome_of(end)
+                log.info("every member of round %d succeeded: job succeeded", r)
+                return _change(end)
+        cur, _ = await self._ops.pointer()
+        if cur.reason == REASON_JOB_ENDED:
+            await self._ops.outcome_of(cur)
+        return _change(cur)
+
+    async def _bump(self, r: int, reason: str, detail: str) -> RoundChange:
+        """Move the pointer from round r (only from r: fencing) and report the change."""
+        ptr, rev = self._pointers[r]
+        new = m.next_pointer(ptr, reason, detail)
+        if await self._ops.cas_pointer(new, rev):
+            log.info("round %d superseded by round %d: %s", r, new.round, detail)
+            return _change(new)
+        cur, _ = await self._ops.pointer()
+        return _change(cur)

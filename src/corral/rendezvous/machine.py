@@ -1,0 +1,224 @@
+"""The rendezvous decisions as pure functions: no I/O, no clock reads, no logging.
+
+The async runner (:mod:`corral.rendezvous.dynamic`) reads the store, calls
+these with the values it read and the time from its own clock, and writes
+what they decide. Everything here is tested table-driven.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from corral.rendezvous.api import NodeDesc, RoundInfo
+from corral.rendezvous.state import (
+    REASON_FAILURE,
+    ClosedRound,
+    RoundPointer,
+)
+from corral.reporting.failures import FailureReport
+
+__all__ = [
+    "CloseDecision",
+    "CloseParams",
+    "FailureStep",
+    "Joiner",
+    "assign_ranks",
+    "close_decision",
+    "failure_step",
+    "next_pointer",
+    "root_cause",
+    "round_info",
+    "scale_up_wanted",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Joiner:
+    """A node that joined a round: its description and the create revision of its key."""
+
+    desc: NodeDesc
+    create_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseParams:
+    """The limits the closer decides with."""
+
+    min_nodes: int
+    max_nodes: int
+    last_call_timeout: float
+    settle_time: float
+    # Upper bound of the settle window after a close condition first holds.
+    settle_cap: float
+
+
+@dataclass(frozen=True, slots=True)
+class CloseDecision:
+    """What the closer does now.
+
+    Attributes:
+        close: write ``closed`` now.
+        wake_at: if not closing, re-decide at this clock time even if no event
+            comes (None: only an event can change the answer).
+        why: for logs.
+    """
+
+    close: bool
+    wake_at: float | None
+    why: str
+
+
+def close_decision(
+    *,
+    joined: int,
+    expected_present: bool,
+    now: float,
+    min_reached_at: float | None,
+    last_arrival_at: float,
+    p: CloseParams,
+) -> CloseDecision:
+    """Decide whether the closer closes the round now.
+
+    Args:
+        joined: live joiners of the round.
+        expected_present: there is a previous round, and every node expected
+            in this one (live members of the previous round plus the waiting
+            nodes) has joined: a restart need not wait for a last call.
+        now: the closer's clock.
+        min_reached_at: when the closer first saw ``min_nodes`` joined (None: not yet).
+        last_arrival_at: the closer's clock at the latest join it saw.
+        p: limits.
+
+    The round closes at once with ``max_nodes`` joined. Otherwise, with at
+    least ``min_nodes``, a close condition holds once the last call has passed
+    (``min_reached_at + last_call_timeout``) or every expected node is
+    present; the closer then still waits for a quiet ``settle_time`` with no
+    new arrival (so a wave of nodes lands in one round), but no longer than
+    ``settle_cap`` after the condition first could hold.
+    """
+    if joined >= p.max_nodes:
+        return CloseDecision(True, None, f"max_nodes ({p.max_nodes}) joined")
+    if joined < p.min_nodes or min_reached_at is None:
+        return CloseDecision(False, None, f"{joined} of min_nodes ({p.min_nodes}) joined")
+    last_call_at = min_reached_at + p.last_call_timeout
+    if expected_present:
+        cond_at = min_reached_at
+        why = "every expected node joined"
+    elif now >= last_call_at:
+        cond_at = last_call_at
+        why = "last call passed"
+    else:
+        return CloseDecision(False, last_call_at, "waiting for the last call")
+    quiet_at = last_arrival_at + p.settle_time
+    cap_at = max(cond_at, last_arrival_at if expected_present else cond_at) + p.settle_cap
+    settle_until = min(quiet_at, cap_at)
+    if now >= settle_until:
+        return CloseDecision(True, None, why)
+    return CloseDecision(False, settle_until, f"{why}; settling")
+
+
+def assign_ranks(
+    joined: Sequence[Joiner], previous: ClosedRound | None, max_nodes: int
+) -> tuple[NodeDesc, ...]:
+    """Order the members of a round: position = group rank.
+
+    Rule (survivors keep their ranks where possible):
+
+    1. Candidates are taken in join order (create revision), at most
+       ``max_nodes``, members of the previous round first (they are already
+       part of the job), then newcomers.
+    2. A previous member whose old rank is below the new world size keeps
+       that exact rank.
+    3. The free ranks are filled, lowest first, by newcomers in join order,
+       then by previous members whose old rank no longer fits, in old-rank order.
+
+    So a round after a failure with the same nodes has the same ranks; a lost
+    node's rank is taken by a newcomer, or by the member with the highest old
+    rank; and group rank 0 (and with it MASTER_ADDR) stays where it was
+    whenever its node survives.
+    """
+    ordered = sorted(joined, key=lambda j: j.create_revision)
+    old_rank: dict[str, int] = {}
+    if previous is not None:
+        old_rank = {m.node_id: i for i, m in enumerate(previous.members)}
+    survivors = [j for j in ordered if j.desc.node_id in old_rank]
+    newcomers = [j for j in ordered if j.desc.node_id not in old_rank]
+    survivors.sort(key=lambda j: old_rank[j.desc.node_id])
+    chosen_survivors = survivors[:max_nodes]
+    chosen_new = newcomers[: max_nodes - len(chosen_survivors)]
+    n = len(chosen_survivors) + len(chosen_new)
+    slots: list[NodeDesc | None] = [None] * n
+    displaced: list[NodeDesc] = []
+    for j in chosen_survivors:
+        r = old_rank[j.desc.node_id]
+        if r < n:
+            slots[r] = j.desc
+        else:
+            displaced.append(j.desc)
+    fill = [j.desc for j in chosen_new] + displaced
+    it = iter(fill)
+    out: list[NodeDesc] = []
+    for s in slots:
+        out.append(s if s is not None else next(it))
+    return tuple(out)
+
+
+def round_info(run_id: str, closed: ClosedRound, node_id: str) -> RoundInfo | None:
+    """This node's view of a closed round, or None if it is not a member."""
+    rank = closed.rank_of(node_id)
+    if rank is None:
+        return None
+    offset = sum(m.local_world_size for m in closed.members[:rank])
+    return RoundInfo(
+        run_id=run_id,
+        round=closed.round,
+        group_rank=rank,
+        group_world_size=len(closed.members),
+        members=closed.members,
+        rank_offset=offset,
+        world_size=sum(m.local_world_size for m in closed.members),
+        master_addr=closed.master_addr,
+        master_port=closed.master_port,
+        restart_count=closed.restart_count,
+    )
+
+
+def next_pointer(current: RoundPointer, reason: str, detail: str = "") -> RoundPointer:
+    """The pointer of the round after ``current``: a failure counts one restart; nothing else does."""
+    bump = 1 if reason == REASON_FAILURE else 0
+    return RoundPointer(current.round + 1, current.restart_count + bump, reason, detail)
+
+
+class FailureStep(enum.Enum):
+    """What a node that saw failures in round r does, given the current pointer."""
+
+    RESTART = "restart"  # move the pointer r -> r+1 (counts one restart for the job)
+    ALREADY_MOVED = "already_moved"  # someone started a later round: join it
+    FAIL = "fail"  # budget spent: write the failed outcome
+
+
+def failure_step(failed_round: int, pointer: RoundPointer, max_restarts: int) -> FailureStep:
+    """Decide for failures seen in ``failed_round`` (the pointer is the store's current one)."""
+    if pointer.round != failed_round:
+        return FailureStep.ALREADY_MOVED
+    if pointer.restart_count < max_restarts:
+        return FailureStep.RESTART
+    return FailureStep.FAIL
+
+
+def root_cause(failures: Iterable[tuple[int, FailureReport]]) -> FailureReport | None:
+    """The earliest failure by create revision (the store's order, never a wall clock)."""
+    best: tuple[int, FailureReport] | None = None
+    for rev, rep in failures:
+        if best is None or rev < best[0]:
+            best = (rev, rep)
+    return best[1] if best is not None else None
+
+
+def scale_up_wanted(members: Sequence[NodeDesc], waiting_node: str, max_nodes: int) -> bool:
+    """A running round moves on for a waiting node only while below max and if it is new."""
+    if len(members) >= max_nodes:
+        return False
+    return all(m.node_id != waiting_node for m in members)
