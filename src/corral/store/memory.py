@@ -31,18 +31,25 @@ from corral.errors import StoreUnavailable
 from corral.store.api import Characteristics, KeyValue, WatchEvent, WriteResult
 from corral.store.core import StoreCore
 
-__all__ = ["MemoryStore", "open_memory_store"]
+__all__ = ["MemoryStore", "SharedCore", "open_memory_store"]
 
 _CHARACTERISTICS = Characteristics(
     linearizable=True, leases=True, connection_leases=False, replicated=False
 )
+_OWNING = Characteristics(linearizable=True, leases=True, connection_leases=True, replicated=False)
 
 
-class _Shared:
-    """What every session of one memory store shares: the core, clock and expiry timer."""
+class SharedCore:
+    """A core, the clock that ends its leases, and the timer task that does it.
 
-    def __init__(self, clock: Clock, history: int) -> None:
-        self.core = StoreCore(history=history)
+    Every :class:`MemoryStore` session of one store shares one; the tcp server
+    owns one too (its :meth:`~corral.store.tcp.server.StoreServer.local_store`
+    is a session onto it). The timer starts on the first :meth:`kick` (a grant)
+    and is cancelled by :meth:`stop`.
+    """
+
+    def __init__(self, core: StoreCore, clock: Clock) -> None:
+        self.core = core
         self.clock = clock
         self.timer: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
@@ -135,17 +142,36 @@ class MemoryStore:
     """
 
     def __init__(self, clock: Clock | None = None, *, history: int = 10_000) -> None:
-        self._shared = _Shared(clock or MonotonicClock(), history)
+        self._shared = SharedCore(StoreCore(history=history), clock or MonotonicClock())
         self._root = True
+        self._owns_leases = False
         self._fail_count = 0
         self._fail_exc: BaseException | None = None
         self._partitioned = False
         self._closed = False
         self._streams: set[_WatchStream] = set()
 
+    @classmethod
+    def attach(cls, shared: SharedCore, *, owns_leases: bool = False) -> MemoryStore:
+        """A session onto an existing shared core (the tcp server's local store).
+
+        With ``owns_leases``, :meth:`close` ends the leases granted through this
+        session, like a tcp connection closing.
+        """
+        s = cls.__new__(cls)
+        s._shared = shared
+        s._root = False
+        s._owns_leases = owns_leases
+        s._fail_count = 0
+        s._fail_exc = None
+        s._partitioned = False
+        s._closed = False
+        s._streams = set()
+        return s
+
     @property
     def characteristics(self) -> Characteristics:
-        return _CHARACTERISTICS
+        return _OWNING if self._owns_leases else _CHARACTERISTICS
 
     @property
     def core(self) -> StoreCore:
@@ -154,15 +180,7 @@ class MemoryStore:
 
     def session(self) -> MemoryStore:
         """Another client of the same store (same data, clock and timer; own fault switches)."""
-        other = MemoryStore.__new__(MemoryStore)
-        other._shared = self._shared
-        other._root = False
-        other._fail_count = 0
-        other._fail_exc = None
-        other._partitioned = False
-        other._closed = False
-        other._streams = set()
-        return other
+        return MemoryStore.attach(self._shared)
 
     # --- fault switches --------------------------------------------------------
 
@@ -221,7 +239,7 @@ class MemoryStore:
 
     async def grant(self, ttl: float) -> int:
         core = self._enter()
-        lid = core.grant(ttl, self._shared.clock.now())
+        lid = core.grant(ttl, self._shared.clock.now(), owner=self if self._owns_leases else None)
         self._shared.kick()
         return lid
 
@@ -257,6 +275,8 @@ class MemoryStore:
         self._closed = True
         for s in list(self._streams):
             s.fail(StoreUnavailable("memory store: client closed"))
+        if self._owns_leases:
+            self._shared.core.revoke_owned(self)
         if self._root:
             await self._shared.stop()
 

@@ -1,0 +1,561 @@
+"""The embedded ``tcp://`` store server: an asyncio Protocol around one StoreCore.
+
+It runs inside the hosting agent (``await server.start(host, port)``, then
+``server.local_store()`` for the agent's own use) or alone (``corral store``,
+:func:`main`). Leases granted over a connection end the moment it closes; TTL
+expiry runs on a timer task. With a token, every peer must answer an
+HMAC-SHA256 challenge first. Every peer is bounded (:class:`ServerLimits`); a
+peer that breaks a bound or the protocol is dropped with a logged reason and
+never disturbs the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from corral.clock import Clock, MonotonicClock
+from corral.errors import (
+    ConfigError,
+    LauncherError,
+    LeaseNotFound,
+    ProtocolError,
+    StoreCompacted,
+    StoreError,
+    StoreUnavailable,
+)
+from corral.store.api import Store, WatchEvent
+from corral.store.core import StoreCore
+from corral.store.memory import MemoryStore, SharedCore
+from corral.store.tcp import protocol as p
+
+__all__ = ["ServerLimits", "StoreServer", "main"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Bounds that keep one bad or slow peer from hurting the rest.
+
+    Attributes:
+        max_frame: largest frame body accepted from an authenticated peer (bytes).
+        max_connections: connections open at once; more are refused.
+        max_watches_per_connection: open watches per connection.
+        max_leases_per_connection: live leases granted per connection.
+        max_keys: keys in the whole store; a write that would add one more fails.
+        max_write_buffer: bytes queued for a peer that does not read; beyond it, dropped.
+        handshake_timeout: seconds a peer has to complete the challenge.
+    """
+
+    max_frame: int = p.DEFAULT_MAX_FRAME
+    max_connections: int = 1024
+    max_watches_per_connection: int = 4096
+    max_leases_per_connection: int = 1024
+    max_keys: int = 1_000_000
+    max_write_buffer: int = 32 * 1024 * 1024
+    handshake_timeout: float = 10.0
+
+
+_HANDSHAKE_MAX_FRAME = 4096
+
+
+def hmac_answer(token: str, nonce: str) -> str:
+    """The client's answer to a challenge: hex HMAC-SHA256 of the nonce under the token."""
+    return hmac.new(token.encode(), nonce.encode(), hashlib.sha256).hexdigest()
+
+
+class _Conn(asyncio.Protocol):
+    """One peer: handshake, request dispatch, watches, and its share of the bounds."""
+
+    def __init__(self, server: StoreServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.decoder = p.Decoder(_HANDSHAKE_MAX_FRAME)
+        self.authed = False
+        self.nonce = secrets.token_hex(16)
+        self.out: list[bytes] = []
+        self.queued = False
+        self.watches: dict[int, int] = {}  # client watch id -> core watch id
+        self.leases: set[int] = set()
+        self.closed = False
+        self.handshake_timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        srv = self.server
+        if len(srv.conns) >= srv.limits.max_connections:
+            log.warning(
+                "store: refusing %s: %d connections open (max_connections)",
+                self.peer,
+                len(srv.conns),
+            )
+            self.closed = True
+            transport.abort()
+            return
+        srv.conns.add(self)
+        loop = asyncio.get_running_loop()
+        self.handshake_timer = loop.call_later(srv.limits.handshake_timeout, self._handshake_late)
+        transport.write(p.encode(p.Challenge(p.VERSION, self.nonce, srv.token is not None)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._teardown()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            msgs = self.decoder.feed(data)
+        except ProtocolError as exc:
+            self.drop(f"protocol error: {exc}")
+            return
+        if not msgs:
+            return
+        if not self.authed:
+            msgs = self._handshake(msgs)
+            if not msgs:
+                self.flush()
+                return
+        srv = self.server
+        srv.shared.expire_due()
+        out = self.out
+        handlers = _HANDLERS
+        for m in msgs:
+            h = handlers.get(type(m))
+            if h is None:
+                self.drop(f"unexpected {type(m).__name__} message")
+                return
+            try:
+                out.append(h(self, m))
+            except (StoreError, ConfigError) as exc:
+                out.append(p.encode(p.ErrorReply(getattr(m, "id", 0), _code(exc), str(exc))))
+            if self.closed:
+                return
+        self.flush()
+
+    # --- handshake ---------------------------------------------------------------
+
+    def _handshake(self, msgs: list[p.Message]) -> list[p.Message]:
+        hello = msgs[0]
+        if not isinstance(hello, p.Hello):
+            self.drop(f"expected hello, got {type(hello).__name__}")
+            return []
+        if hello.version != p.VERSION:
+            self._refuse(
+                "version",
+                f"protocol version {hello.version} unsupported; server speaks {p.VERSION}",
+            )
+            return []
+        token = self.server.token
+        if token is not None and not hmac.compare_digest(hello.mac, hmac_answer(token, self.nonce)):
+            self._refuse("auth", "authentication failed: wrong token")
+            return []
+        self.authed = True
+        self.decoder.max_frame = self.server.limits.max_frame
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
+        self.out.append(p.encode(p.Welcome(p.VERSION)))
+        return msgs[1:]
+
+    def _refuse(self, code: str, reason: str) -> None:
+        if self.transport is not None:
+            self.transport.write(p.encode(p.ErrorReply(0, code, reason)))
+        self.drop(reason, abort=False)
+
+    def _handshake_late(self) -> None:
+        self.handshake_timer = None
+        if not self.authed:
+            self.drop(f"no handshake within {self.server.limits.handshake_timeout}s")
+
+    # --- output ------------------------------------------------------------------
+
+    def queue(self, frame: bytes) -> None:
+        """Queue a frame for a later flush (watch events from other peers' writes)."""
+        self.out.append(frame)
+        if not self.queued:
+            self.queued = True
+            self.server.schedule_flush(self)
+
+    def flush(self) -> None:
+        out = self.out
+        if not out or self.closed:
+            out.clear()
+            return
+        t = self.transport
+        assert t is not None
+        t.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        size = t.get_write_buffer_size()
+        if size > self.server.limits.max_write_buffer:
+            self.drop(f"peer does not read: {size} bytes queued (max_write_buffer)")
+
+    def drop(self, reason: str, *, abort: bool = True) -> None:
+        """Close the connection with a logged reason; its leases end at once."""
+        if self.closed:
+            return
+        log.warning("store: dropping %s: %s", self.peer, reason)
+        t = self.transport
+        self._teardown()
+        if t is not None:
+            t.abort() if abort else t.close()
+
+    def _teardown(self) -> None:
+        if self.closed and self not in self.server.conns:
+            return
+        self.closed = True
+        self.out.clear()
+        srv = self.server
+        srv.conns.discard(self)
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
+        core = srv.core
+        for wid in self.watches.values():
+            core.cancel_watch(wid)
+        self.watches.clear()
+        for lid in self.leases:
+            core.revoke(lid)
+        self.leases.clear()
+
+    # --- requests ----------------------------------------------------------------
+
+    def _check_new_key(self, key: str) -> None:
+        core = self.server.core
+        if len(core) >= self.server.limits.max_keys and core.get(key) is None:
+            raise _LimitError(f"store holds {len(core)} keys (max_keys); cannot add {key!r:.80}")
+
+    def h_get(self, m: p.Get) -> bytes:
+        return p.encode(p.KvReply(m.id, self.server.core.get(m.key)))
+
+    def h_range(self, m: p.Range) -> bytes:
+        kvs, rev = self.server.core.range(m.prefix)
+        return p.encode(p.RangeReply(m.id, tuple(kvs), rev))
+
+    def h_put(self, m: p.Put) -> bytes:
+        self._check_new_key(m.key)
+        return p.encode(p.RevisionReply(m.id, self.server.core.put(m.key, m.value, lease=m.lease)))
+
+    def h_create(self, m: p.Create) -> bytes:
+        self._check_new_key(m.key)
+        return p.encode(p.WriteReply(m.id, self.server.core.create(m.key, m.value, lease=m.lease)))
+
+    def h_cas(self, m: p.CompareAndSet) -> bytes:
+        self._check_new_key(m.key)
+        res = self.server.core.compare_and_set(
+            m.key, m.value, m.expected_mod_revision, lease=m.lease
+        )
+        return p.encode(p.WriteReply(m.id, res))
+
+    def h_delete(self, m: p.Delete) -> bytes:
+        return p.encode(p.CountReply(m.id, self.server.core.delete(m.key, prefix=m.prefix)))
+
+    def h_grant(self, m: p.Grant) -> bytes:
+        srv = self.server
+        core = srv.core
+        if len(self.leases) >= srv.limits.max_leases_per_connection:
+            self.leases = {lid for lid in self.leases if core.lease(lid) is not None}
+            if len(self.leases) >= srv.limits.max_leases_per_connection:
+                raise _LimitError(
+                    f"connection holds {len(self.leases)} leases (max_leases_per_connection)"
+                )
+        lid = core.grant(m.ttl, srv.shared.clock.now(), owner=self)
+        self.leases.add(lid)
+        srv.shared.kick()
+        return p.encode(p.LeaseReply(m.id, lid, m.ttl))
+
+    def h_keep_alive(self, m: p.KeepAlive) -> bytes:
+        srv = self.server
+        ttl = srv.core.keep_alive(m.lease, srv.shared.clock.now())
+        return p.encode(p.LeaseReply(m.id, m.lease, ttl))
+
+    def h_revoke(self, m: p.Revoke) -> bytes:
+        self.server.core.revoke(m.lease)
+        self.leases.discard(m.lease)
+        return p.encode(p.DoneReply(m.id))
+
+    def h_watch(self, m: p.Watch) -> bytes:
+        srv = self.server
+        if len(self.watches) >= srv.limits.max_watches_per_connection:
+            raise _LimitError(
+                f"connection has {len(self.watches)} watches (max_watches_per_connection)"
+            )
+        if m.id in self.watches:
+            raise ProtocolError(f"watch id {m.id} is already in use on this connection")
+        wid = m.id
+        cb = srv.event_sink(self, wid)
+        self.watches[wid] = srv.core.watch(
+            m.key, cb, prefix=m.prefix, start_revision=m.start_revision
+        )
+        return p.encode(p.DoneReply(m.id))
+
+    def h_cancel(self, m: p.CancelWatch) -> bytes:
+        cid = self.watches.pop(m.watch_id, None)
+        if cid is not None:
+            self.server.core.cancel_watch(cid)
+        return b""
+
+
+class _LimitError(StoreError):
+    """A per-connection or store-wide bound was reached (reply code ``limit``)."""
+
+
+def _code(exc: LauncherError) -> str:
+    if isinstance(exc, ConfigError):
+        return "invalid"
+    if isinstance(exc, LeaseNotFound):
+        return "lease_not_found"
+    if isinstance(exc, StoreCompacted):
+        return "compacted"
+    if isinstance(exc, _LimitError):
+        return "limit"
+    if isinstance(exc, ProtocolError):
+        return "protocol"
+    return "internal"
+
+
+_HANDLERS: dict[type, Callable[[_Conn, Any], bytes]] = {
+    p.Get: _Conn.h_get,
+    p.Range: _Conn.h_range,
+    p.Put: _Conn.h_put,
+    p.Create: _Conn.h_create,
+    p.CompareAndSet: _Conn.h_cas,
+    p.Delete: _Conn.h_delete,
+    p.Grant: _Conn.h_grant,
+    p.KeepAlive: _Conn.h_keep_alive,
+    p.Revoke: _Conn.h_revoke,
+    p.Watch: _Conn.h_watch,
+    p.CancelWatch: _Conn.h_cancel,
+}
+
+
+class StoreServer:
+    """The embedded store server.
+
+    Args:
+        clock: ends leases on TTL expiry (default: the real monotonic clock;
+            tests pass a FakeClock).
+        limits: per-peer and store-wide bounds.
+        history: events retained for watches from a past revision.
+
+    Use inside a running event loop: ``await start(host, port, token)``, then
+    ``address``, ``local_store()``, and finally ``await close()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        limits: ServerLimits | None = None,
+        history: int = 10_000,
+    ) -> None:
+        self.limits = limits or ServerLimits()
+        self.core = StoreCore(history=history)
+        self.shared = SharedCore(self.core, clock or MonotonicClock())
+        self.token: str | None = None
+        self.conns: set[_Conn] = set()
+        self._server: asyncio.Server | None = None
+        self._address: tuple[str, int] | None = None
+        self._dirty: list[_Conn] = []
+        self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._frag_events: list[WatchEvent] | None = None
+        self._frag = b""
+        self._warned_open = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (numeric host, port) the server listens on. Raises RuntimeError before start."""
+        if self._address is None:
+            raise RuntimeError("StoreServer.address: the server is not started")
+        return self._address
+
+    async def start(self, host: str, port: int, token: str | None = None) -> None:
+        """Listen on ``host:port`` (port 0: a free port); return once listening.
+
+        Args:
+            host: address to bind (a numeric address is best; names are resolved once here).
+            port: TCP port, 0 for any free one (read it back from :attr:`address`).
+            token: shared secret; when set every peer must answer the HMAC challenge.
+
+        Raises: StoreUnavailable if the address cannot be bound.
+        """
+        if self._server is not None:
+            raise RuntimeError("StoreServer.start: already started")
+        if token == "":
+            raise ConfigError("store token is empty; pass a non-empty token or none")
+        self.token = token
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._server = await self._loop.create_server(
+                lambda: _Conn(self), host, port, backlog=1024, reuse_address=True
+            )
+        except OSError as exc:
+            raise StoreUnavailable(f"store server cannot listen on {host}:{port}: {exc}") from exc
+        sock = self._server.sockets[0].getsockname()
+        self._address = (str(sock[0]), int(sock[1]))
+        if token is None and not _is_loopback(host) and not self._warned_open:
+            self._warned_open = True
+            log.warning(
+                "store: listening on %s:%d without a token: anyone who can reach it can "
+                "read and write the job's state (set --token/CORRAL_TOKEN)",
+                host,
+                self._address[1],
+            )
+        log.info("store: listening on %s:%d (auth %s)", *self._address, "on" if token else "off")
+
+    def local_store(self) -> Store:
+        """An in-process client of this server's data, with no socket.
+
+        Its leases last until revoked, expired, or until it is closed.
+        """
+        return MemoryStore.attach(self.shared, owns_leases=True)
+
+    async def close(self) -> None:
+        """Stop listening, drop every connection (their leases end) and stop the lease timer."""
+        srv, self._server = self._server, None
+        if srv is not None:
+            srv.close()
+        for c in list(self.conns):
+            c.drop("server closing", abort=True)
+        if srv is not None:
+            await srv.wait_closed()
+        await self.shared.stop()
+
+    # --- plumbing used by connections ------------------------------------------
+
+    def event_sink(self, conn: _Conn, watch_id: int) -> Callable[[list[WatchEvent]], None]:
+        """A core watch callback that queues Events frames to ``conn``.
+
+        One write's event list is serialised once and shared by every watch it reaches.
+        """
+
+        def deliver(events: list[WatchEvent]) -> None:
+            if events is not self._frag_events:
+                self._frag_events = events
+                self._frag = p.events_fragment(events)
+            conn.queue(p.encode_events(watch_id, self._frag))
+
+        return deliver
+
+    def schedule_flush(self, conn: _Conn) -> None:
+        self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        self._flush_scheduled = False
+        self._frag_events = None
+        dirty, self._dirty = self._dirty, []
+        for c in dirty:
+            c.queued = False
+            c.flush()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+async def _serve(host: str, port: int, token: str | None) -> int:
+    server = StoreServer()
+    await server.start(host, port, token)
+    h, prt = server.address
+    print(f"corral store listening on {_format_address(h, prt)}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """``corral store --host H --port P [--token-file F | --token T]``: run the server alone.
+
+    The token may also come from ``CORRAL_TOKEN``. Prints
+    ``corral store listening on tcp://H:P`` once listening; exits 0 on SIGTERM/SIGINT.
+    """
+    parser = argparse.ArgumentParser(
+        prog="corral store", description="Run the corral store server."
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=29400, help="port (0: any free port; default 29400)"
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--token", help="shared secret for peers (prefer --token-file or CORRAL_TOKEN)"
+    )
+    group.add_argument("--token-file", help="file holding the shared secret")
+    args = parser.parse_args(argv)
+    token: str | None = args.token
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as exc:
+            print(
+                f"corral store: cannot read --token-file {args.token_file}: {exc}", file=sys.stderr
+            )
+            return 2
+    if token is None:
+        token = os.environ.get("CORRAL_TOKEN") or None
+    if not token:
+        token = None
+    if not 0 <= args.port <= 65535:
+        print(f"corral store: --port ({args.port}) must be in 0..65535", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(_serve(args.host, args.port, token))
+    except StoreError as exc:
+        print(f"corral store: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
