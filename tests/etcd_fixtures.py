@@ -33,11 +33,11 @@ from pathlib import Path
 
 __all__ = [
     "ETCD_BINARY",
-    "compact",
     "EtcdCluster",
     "EtcdContractBackend",
     "EtcdMember",
     "TlsFiles",
+    "compact",
     "enable_auth",
     "etcd_available",
     "find_leader",

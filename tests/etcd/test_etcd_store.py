@@ -1,0 +1,143 @@
+"""EtcdStore against real etcd servers: start-up failures, prefixes, TLS, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.errors import AuthenticationFailed, ConfigError, StoreUnavailable
+from corral.store.api import Characteristics, EventType, Store
+from corral.store.etcd.client import EtcdStore, open_etcd_store
+from corral.store.registry import open_store
+from tests.etcd_fixtures import EtcdCluster, enable_auth, free_ports, start_single
+
+
+async def test_open_through_registry_and_characteristics(etcd_url: str) -> None:
+    store = await open_store(etcd_url, timeout=10)
+    try:
+        assert isinstance(store, EtcdStore)
+        assert isinstance(store, Store)
+        assert store.characteristics == Characteristics(
+            linearizable=True, leases=True, connection_leases=False, replicated=True
+        )
+    finally:
+        await store.close()
+
+
+async def test_unreachable_at_start_is_store_unavailable_within_timeout() -> None:
+    ports = free_ports(2)  # nothing listens there
+    url = f"etcd://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as info:
+        await open_etcd_store(url, timeout=1.0)
+    elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 3.0
+    message = str(info.value)
+    assert f"127.0.0.1:{ports[0]}" in message and f"127.0.0.1:{ports[1]}" in message
+    assert "tried for 1.0 s" in message
+
+
+async def test_every_member_gone_is_store_unavailable_within_timeout() -> None:
+    with start_single() as cluster:
+        store = await open_etcd_store(cluster.url(), timeout=1.5)
+        try:
+            await store.put("k", b"v")
+            await asyncio.to_thread(cluster.members[0].kill)
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match=cluster.endpoints):
+                await store.get("k")
+            assert time.monotonic() - started < 4.0
+        finally:
+            await store.close()
+
+
+async def test_prefixes_isolate_jobs(etcd_single: EtcdCluster) -> None:
+    a = await open_etcd_store(etcd_single.url("/corral-test/iso-a"), timeout=10)
+    b = await open_etcd_store(etcd_single.url("/corral-test/iso-b"), timeout=10)
+    try:
+        await a.delete("", prefix=True)
+        await b.delete("", prefix=True)
+        await a.put("round", b"1")
+        assert await b.get("round") is None
+        kvs, _ = await a.range("")
+        assert [kv.key for kv in kvs] == ["round"]  # callers never see the prefix
+        assert await b.delete("", prefix=True) == 0
+        assert await a.delete("", prefix=True) == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+# --- TLS ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def etcd_tls() -> Iterator[EtcdCluster]:
+    with start_single(tls=True) as cluster:
+        yield cluster
+
+
+async def test_tls_with_test_made_certificates(etcd_tls: EtcdCluster) -> None:
+    assert etcd_tls.tls is not None
+    url = etcd_tls.url("/corral-tls")
+    assert "protocol=https" in url
+    store = await open_etcd_store(url, timeout=10)
+    try:
+        async with store.watch("k") as events:
+            rev = await store.put("k", b"secret")
+            ev = await asyncio.wait_for(anext(events), 10)
+        assert (ev.type, ev.revision, ev.kv.value) == (EventType.PUT, rev, b"secret")
+    finally:
+        await store.close()
+
+
+async def test_tls_server_refuses_plaintext_client(etcd_tls: EtcdCluster) -> None:
+    with pytest.raises(StoreUnavailable, match="no connection"):
+        await open_etcd_store(f"etcd://{etcd_tls.endpoints}", timeout=1.0)
+
+
+async def test_tls_missing_file_is_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cacert"):
+        await open_etcd_store(f"etcd://127.0.0.1:1?cacert={tmp_path}/nope.pem", timeout=1.0)
+
+
+# --- user/password authentication ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def etcd_auth() -> Iterator[EtcdCluster]:
+    with start_single() as cluster:
+        enable_auth(cluster, password="s3cret:pw@")
+        yield cluster
+
+
+async def test_auth_right_password(etcd_auth: EtcdCluster) -> None:
+    store = await open_etcd_store(etcd_auth.url("/corral-auth"), timeout=10)
+    try:
+        created = await store.create("k", b"v")
+        assert created.succeeded
+        lease = await store.grant(10)
+        assert await store.keep_alive(lease) > 0
+        await store.revoke(lease)
+    finally:
+        await store.close()
+
+
+async def test_auth_wrong_password(etcd_auth: EtcdCluster) -> None:
+    url = f"etcd://root:wrong@{etcd_auth.endpoints}"
+    with pytest.raises(AuthenticationFailed, match="invalid user or password") as info:
+        await open_etcd_store(url, timeout=5)
+    assert etcd_auth.endpoints in str(info.value)
+
+
+async def test_auth_no_credentials(etcd_auth: EtcdCluster) -> None:
+    store = await open_etcd_store(etcd_auth.url(with_auth=False), timeout=5)
+    try:
+        with pytest.raises(AuthenticationFailed, match="requires authentication"):
+            await store.get("k")
+    finally:
+        await store.close()
