@@ -489,7 +489,7 @@ def compact(cluster: EtcdCluster, revision: int) -> None:
 
     member = next(m for m in cluster.members if m.running)
     with _channel(member) as ch:
-        metadata = ()
+        metadata: tuple[tuple[str, str], ...] = ()
         if cluster.user is not None:
             token = (
                 rpc.AuthStub(ch)

@@ -141,3 +141,26 @@ async def test_auth_no_credentials(etcd_auth: EtcdCluster) -> None:
             await store.get("k")
     finally:
         await store.close()
+
+
+async def test_watch_survives_a_timed_out_read(etcd_url: str) -> None:
+    store = await open_etcd_store(etcd_url, timeout=10)
+    try:
+        async with store.watch("k") as events:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(anext(events), 0.2)
+            rev = await store.put("k", b"v")
+            ev = await asyncio.wait_for(anext(events), 10)
+            assert ev.revision == rev
+    finally:
+        await store.close()
+
+
+async def test_close_ends_open_watch_with_store_unavailable(etcd_url: str) -> None:
+    store = await open_etcd_store(etcd_url, timeout=10)
+    async with store.watch("k") as events:
+        pending = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0)  # let the read start
+        await store.close()
+        with pytest.raises(StoreUnavailable, match="closed"):
+            await asyncio.wait_for(pending, 10)

@@ -347,14 +347,15 @@ class _WatchStream:
             self._pending.append(WatchEvent(kind, self._store._kv(ev.kv)))
             self._next = max(self._next, int(ev.kv.mod_revision) + 1)
 
-    async def _drop(self, reason: BaseException | str) -> None:
+    async def _drop(self, reason: BaseException | str, *, fail_member: bool = True) -> None:
         session, call = self._session, self._call
         self._session = self._call = None
         if call is not None:
             call.cancel()
         if session is not None:
             await self._conn.release(session)
-            await self._conn.fail(session, reason)
+            if fail_member:
+                await self._conn.fail(session, reason)
 
     def __aiter__(self) -> _WatchStream:
         return self
@@ -368,6 +369,15 @@ class _WatchStream:
                 continue
             try:
                 resp = await self._call.read()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # our caller is being cancelled
+                # The call was cancelled under us: an earlier read was cancelled
+                # (e.g. by asyncio.wait_for), or its channel was closed. The
+                # member is fine; watch again from the next revision.
+                await self._drop("watch call cancelled", fail_member=False)
+                continue
             except grpc.aio.AioRpcError as exc:
                 if not is_failover_error(exc):
                     endpoint = self._session.endpoint if self._session else "?"
