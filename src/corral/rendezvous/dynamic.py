@@ -295,7 +295,11 @@ class DynamicRendezvous:
         me = self._node.node_id
         closed_kv = await self._ops.get(self._k.closed(r))
         if closed_kv is not None:
-            return await self._after_close(r, closed_kv, ptr_rev, lease)
+            # Closed before we looked: a member only if it is our join under this
+            # lease (a join cut short by a timeout); an evicted node is not.
+            mine = await self._ops.get(self._k.node(r, me))
+            member = mine is not None and mine.lease == lease
+            return await self._after_close(r, closed_kv, ptr_rev, lease, member=member)
         port = self._node.master_port or free_port(self._node.addr)
         desc = replace(self._node, master_port=port)
         res = await self._ops.create(self._k.node(r, me), encode_node(desc), lease=lease)
@@ -312,10 +316,10 @@ class DynamicRendezvous:
         return await self._after_close(r, closed_kv, ptr_rev, lease)
 
     async def _after_close(
-        self, r: int, closed_kv: KeyValue, ptr_rev: int, lease: int
+        self, r: int, closed_kv: KeyValue, ptr_rev: int, lease: int, *, member: bool = True
     ) -> RoundInfo | None:
         closed = ClosedRound.from_json(closed_kv.value)
-        info = m.round_info(self._run_id, closed, self._node.node_id)
+        info = m.round_info(self._run_id, closed, self._node.node_id) if member else None
         if info is not None:
             self._closed[r] = (closed, closed_kv.mod_revision)
             log.info(

@@ -1,0 +1,100 @@
+"""Simulated nodes of one job over a MemoryStore on a FakeClock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from corral.clock import FakeClock
+from corral.config import RdzvConf
+from corral.rendezvous.api import NodeDesc
+from corral.rendezvous.dynamic import DynamicRendezvous
+from corral.store.memory import MemoryStore
+
+CONF = RdzvConf(
+    join_timeout=600.0,
+    last_call_timeout=30.0,
+    keep_alive_interval=5.0,
+    keep_alive_max_attempt=3,
+    read_timeout=5.0,
+    settle_time=0.0,
+)
+
+
+async def spin(n: int = 50) -> None:
+    """Let every ready task run (no time passes)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def advance(clock: FakeClock, seconds: float, step: float = 1.0) -> None:
+    """Move the fake clock in steps, letting keep-alives and timers run between them."""
+    left = seconds
+    while left > 1e-9:
+        d = min(step, left)
+        clock.advance(d)
+        left -= d
+        await spin()
+
+
+class Job:
+    """K simulated nodes sharing one memory store."""
+
+    def __init__(self, clock: FakeClock, store: MemoryStore) -> None:
+        self.clock = clock
+        self.store = store
+        self.nodes: dict[str, DynamicRendezvous] = {}
+        self.sessions: dict[str, MemoryStore] = {}
+
+    def node(
+        self,
+        name: str,
+        *,
+        min_nodes: int,
+        max_nodes: int,
+        max_restarts: int = 0,
+        conf: RdzvConf = CONF,
+        run_id: str = "job",
+    ) -> DynamicRendezvous:
+        sess = self.store.session()
+        r = DynamicRendezvous(
+            sess,
+            run_id=run_id,
+            node=NodeDesc(node_id=name, addr="127.0.0.1", local_world_size=2, host=name),
+            min_nodes=min_nodes,
+            max_nodes=max_nodes,
+            max_restarts=max_restarts,
+            conf=conf,
+            clock=self.clock,
+        )
+        self.nodes[name] = r
+        self.sessions[name] = sess
+        return r
+
+    async def until(self, pred: Callable[[], Awaitable[bool]], limit: int = 200) -> None:
+        for _ in range(limit):
+            if await pred():
+                return
+            await spin(5)
+        raise AssertionError("condition not reached")
+
+    async def has_key(self, key: str) -> bool:
+        return await self.store.get(key) is not None
+
+
+@pytest.fixture
+async def job() -> AsyncIterator[Job]:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    j = Job(clock, store)
+    try:
+        yield j
+    finally:
+        for r in j.nodes.values():
+            try:
+                await r.close()
+            except Exception:
+                pass
+        await store.close()

@@ -1,0 +1,282 @@
+"""DynamicRendezvous with K simulated nodes on a MemoryStore and a FakeClock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from corral.errors import JobFailed, RendezvousClosed, RendezvousTimeout, StoreError
+from corral.rendezvous.api import ChangeKind, Decision, RoundInfo
+from corral.rendezvous.dynamic import DynamicRendezvous
+from corral.rendezvous.state import ClosedRound, RoundPointer
+from corral.reporting.failures import FailureReport
+
+from .conftest import Job, advance, spin
+
+pytestmark = pytest.mark.timeout(10)
+
+KEY = "/corral/job/"
+
+
+def failure(node: str, rank: int, code: int = 1) -> FailureReport:
+    return FailureReport(
+        rank=rank, local_rank=0, group_rank=rank, host=node, node_id=node, pid=100, exitcode=code
+    )
+
+
+async def join_in_order(job: Job, names: list[str], r: int) -> list[asyncio.Task[RoundInfo]]:
+    """Start the joins one by one, each once the previous node's key exists (join order)."""
+    tasks = []
+    for name in names:
+        tasks.append(asyncio.create_task(job.nodes[name].join()))
+        await job.until(lambda n=name: job.has_key(f"{KEY}r/{r}/nodes/{n}"))  # type: ignore[misc]
+    return tasks
+
+
+async def pointer(job: Job) -> RoundPointer:
+    kv = await job.store.get(KEY + "round")
+    assert kv is not None
+    return RoundPointer.from_json(kv.value)
+
+
+async def test_single_node_closes_at_once(job: Job) -> None:
+    r = job.node("solo", min_nodes=1, max_nodes=1)
+    info = await asyncio.wait_for(r.join(), 2)
+    assert (info.round, info.group_rank, info.group_world_size, info.world_size) == (0, 0, 1, 2)
+    assert info.master_addr == "127.0.0.1" and info.master_port > 0
+    assert info.restart_count == 0
+
+
+async def test_first_round_ranks_in_join_order(job: Job) -> None:
+    names = ["c", "a", "d", "b"]
+    for n in names:
+        job.node(n, min_nodes=4, max_nodes=4)
+    infos = await asyncio.gather(*await join_in_order(job, names, 0))
+    assert [i.group_rank for i in infos] == [0, 1, 2, 3]
+    assert {i.members for i in infos} == {infos[0].members}
+    assert [i.rank_offset for i in infos] == [0, 2, 4, 6]
+    assert {i.master_port for i in infos} == {infos[0].members[0].master_port}
+
+
+async def test_min_nodes_waits_for_last_call(job: Job) -> None:
+    for n in "ab":
+        job.node(n, min_nodes=2, max_nodes=4)
+    tasks = await join_in_order(job, ["a", "b"], 0)
+    await advance(job.clock, 29)
+    assert not any(t.done() for t in tasks)
+    await advance(job.clock, 1.5)
+    infos = await asyncio.gather(*tasks)
+    assert [i.group_world_size for i in infos] == [2, 2]
+
+
+async def test_scale_up_via_waiting_node(job: Job) -> None:
+    for n in "abc":
+        job.node(n, min_nodes=2, max_nodes=3)
+    tasks = await join_in_order(job, ["a", "b"], 0)
+    await advance(job.clock, 31)
+    a0, b0 = await asyncio.gather(*tasks)
+    watches = [asyncio.create_task(job.nodes[n].watch_round(i)) for n, i in (("a", a0), ("b", b0))]
+    c_join = asyncio.create_task(job.nodes["c"].join())
+    changes = await asyncio.wait_for(asyncio.gather(*watches), 5)
+    assert {c.kind for c in changes} == {ChangeKind.NODE_WAITING}
+    assert {c.new_round for c in changes} == {1}
+    a1, b1 = await asyncio.gather(job.nodes["a"].join(), job.nodes["b"].join())
+    c1 = await asyncio.wait_for(c_join, 5)
+    assert [(i.round, i.group_rank) for i in (a1, b1, c1)] == [(1, 0), (1, 1), (1, 2)]
+    assert {i.restart_count for i in (a1, b1, c1)} == {0}  # scale events are not restarts
+
+
+async def test_scale_down_on_lease_loss_keeps_ranks(job: Job) -> None:
+    for n in "abcd":
+        job.node(n, min_nodes=2, max_nodes=4)
+    infos = await asyncio.gather(*await join_in_order(job, list("abcd"), 0))
+    survivors = {"a": infos[0], "c": infos[2], "d": infos[3]}
+    watches = {n: asyncio.create_task(job.nodes[n].watch_round(i)) for n, i in survivors.items()}
+    job.store.expire(job.nodes["b"].lease)
+    changes = await asyncio.wait_for(asyncio.gather(*watches.values()), 5)
+    assert {c.kind for c in changes} == {ChangeKind.MEMBER_LOST}
+    assert {c.new_round for c in changes} == {1}
+    # Every expected node (the live members of round 0) is back: no last call.
+    new = await asyncio.wait_for(asyncio.gather(*(job.nodes[n].join() for n in "acd")), 5)
+    assert [(i.round, i.group_rank) for i in new] == [(1, 0), (1, 2), (1, 1)]
+    assert {i.restart_count for i in new} == {0}
+
+
+async def test_failure_restarts_job_at_once_and_counts_once(job: Job) -> None:
+    for n in "abc":
+        job.node(n, min_nodes=2, max_nodes=4, max_restarts=3)
+    tasks = await join_in_order(job, list("abc"), 0)
+    await advance(job.clock, 31)
+    infos = await asyncio.gather(*tasks)
+    watch_a = asyncio.create_task(job.nodes["a"].watch_round(infos[0]))
+    # b and c fail at about the same time: one restart for the job.
+    db, dc = await asyncio.gather(
+        job.nodes["b"].report_failure(infos[1], [failure("b", 2)]),
+        job.nodes["c"].report_failure(infos[2], [failure("c", 4)]),
+    )
+    assert db == (Decision.RESTART, None) and dc == (Decision.RESTART, None)
+    change = await asyncio.wait_for(watch_a, 2)
+    assert change.kind is ChangeKind.FAILURE and change.new_round == 1
+    new = await asyncio.wait_for(asyncio.gather(*(job.nodes[n].join() for n in "abc")), 2)
+    assert [(i.round, i.group_rank, i.restart_count) for i in new] == [
+        (1, 0, 1),
+        (1, 1, 1),
+        (1, 2, 1),
+    ]
+
+
+async def test_budget_spent_gives_everyone_the_same_root_cause(job: Job) -> None:
+    for n in "abc":
+        job.node(n, min_nodes=3, max_nodes=3, max_restarts=0)
+    infos = await asyncio.gather(*await join_in_order(job, list("abc"), 0))
+    watch_a = asyncio.create_task(job.nodes["a"].watch_round(infos[0]))
+    first = failure("c", 4, code=7)
+    dc = await job.nodes["c"].report_failure(infos[2], [first])
+    db = await job.nodes["b"].report_failure(infos[1], [failure("b", 2, code=9)])
+    assert dc == (Decision.FAIL, first) and db == (Decision.FAIL, first)
+    change = await asyncio.wait_for(watch_a, 2)
+    assert change.kind is ChangeKind.JOB_ENDED
+    for n in "abc":
+        with pytest.raises(JobFailed) as ei:
+            await job.nodes[n].join()
+        assert ei.value.root_cause == first and ei.value.exit_code == 7
+
+
+async def test_success_when_every_member_is_done(job: Job) -> None:
+    for n in "ab":
+        job.node(n, min_nodes=2, max_nodes=2)
+    ia, ib = await asyncio.gather(*await join_in_order(job, ["a", "b"], 0))
+    sa = asyncio.create_task(job.nodes["a"].report_success(ia))
+    await spin()
+    assert not sa.done()
+    assert await job.nodes["b"].report_success(ib) is None
+    assert await asyncio.wait_for(sa, 2) is None
+    with pytest.raises(RendezvousClosed):
+        await job.nodes["a"].join()
+
+
+async def test_done_node_leaving_is_not_a_lost_member(job: Job) -> None:
+    for n in "ab":
+        job.node(n, min_nodes=2, max_nodes=2)
+    ia, ib = await asyncio.gather(*await join_in_order(job, ["a", "b"], 0))
+    sa = asyncio.create_task(job.nodes["a"].report_success(ia))
+    wb = asyncio.create_task(job.nodes["b"].watch_round(ib))
+    await spin()
+    sa.cancel()
+    job.store.expire(job.nodes["a"].lease)  # a's agent dies after its workers succeeded
+    await spin()
+    assert not wb.done()
+    wb.cancel()
+    assert await asyncio.wait_for(job.nodes["b"].report_success(ib), 2) is None
+    assert (await pointer(job)).reason == "job_ended"
+
+
+async def test_join_timeout(job: Job) -> None:
+    r = job.node("a", min_nodes=2, max_nodes=2)
+    t = asyncio.create_task(r.join())
+    await advance(job.clock, 599)
+    assert not t.done()
+    await advance(job.clock, 2)
+    with pytest.raises(RendezvousTimeout):
+        await asyncio.wait_for(t, 2)
+
+
+async def test_dead_closer_is_replaced(job: Job) -> None:
+    for n in "abc":
+        job.node(n, min_nodes=2, max_nodes=4)
+    tasks = await join_in_order(job, list("abc"), 0)
+    job.store.expire(job.nodes["a"].lease)  # the closer dies before closing
+    tasks[0].cancel()
+    await advance(job.clock, 31)
+    infos = await asyncio.wait_for(asyncio.gather(*tasks[1:]), 2)
+    assert [i.group_rank for i in infos] == [0, 1] and infos[0].group_world_size == 2
+
+
+async def test_hung_node_cannot_disturb_the_new_round(job: Job) -> None:
+    for n in "abc":
+        job.node(n, min_nodes=2, max_nodes=3, max_restarts=5)
+    infos = await asyncio.gather(*await join_in_order(job, list("abc"), 0))
+    watches = [
+        asyncio.create_task(job.nodes[n].watch_round(i)) for n, i in zip("ab", infos, strict=False)
+    ]
+    job.store.expire(job.nodes["c"].lease)  # c hangs past its TTL
+    await asyncio.wait_for(asyncio.gather(*watches), 2)
+    a1, _b1 = await asyncio.wait_for(
+        asyncio.gather(job.nodes["a"].join(), job.nodes["b"].join()), 2
+    )
+    ptr_before = await pointer(job)
+    closed_before = await job.store.get(f"{KEY}r/1/closed")
+    # c resumes: its workers of round 0 "failed", and it reports so.
+    c = job.nodes["c"]
+    assert await c.report_failure(infos[2], [failure("c", 4)]) == (Decision.RESTART, None)
+    change = await asyncio.wait_for(c.watch_round(infos[2]), 2)
+    assert change.kind is ChangeKind.MEMBER_LOST
+    assert await pointer(job) == ptr_before  # no restart counted, no round started
+    assert await job.store.get(f"{KEY}r/1/closed") == closed_before
+    # c rejoins as a new member: it waits, and the running round scales up for it.
+    wa = asyncio.create_task(job.nodes["a"].watch_round(a1))
+    c_join = asyncio.create_task(c.join())
+    change = await asyncio.wait_for(wa, 2)
+    assert change.kind is ChangeKind.NODE_WAITING
+    assert ClosedRound.from_json(closed_before.value).round == 1 if closed_before else False
+    a2, b2 = await asyncio.gather(job.nodes["a"].join(), job.nodes["b"].join())
+    c2 = await asyncio.wait_for(c_join, 2)
+    assert [(i.round, i.group_rank) for i in (a2, b2, c2)] == [(2, 0), (2, 1), (2, 2)]
+    assert c2.restart_count == 0
+
+
+async def test_partition_surfaces_store_error(job: Job) -> None:
+    for n in "ab":
+        job.node(n, min_nodes=2, max_nodes=2)
+    ia, _ = await asyncio.gather(*await join_in_order(job, ["a", "b"], 0))
+    w = asyncio.create_task(job.nodes["a"].watch_round(ia))
+    await spin()
+    job.sessions["a"].partition()
+    with pytest.raises(StoreError):
+        await asyncio.wait_for(w, 2)
+    with pytest.raises(StoreError):
+        await asyncio.wait_for(job.nodes["a"].join(), 2)
+
+
+async def test_waiting_node_restarts_an_abandoned_round(job: Job) -> None:
+    for n in "abc":
+        job.node(n, min_nodes=2, max_nodes=2)
+    await asyncio.gather(*await join_in_order(job, ["a", "b"], 0))
+    c_join = asyncio.create_task(job.nodes["c"].join())
+    await job.until(lambda: job.has_key(KEY + "waiting/c"))
+    for n in "ab":
+        job.store.expire(job.nodes[n].lease)  # every member of round 0 dies
+    await spin()
+    assert (await pointer(job)).round == 1
+    a_join = asyncio.create_task(job.nodes["a"].join())  # a's agent comes back
+    ic, _ia = await asyncio.wait_for(asyncio.gather(c_join, a_join), 2)
+    assert (ic.round, ic.group_world_size) == (1, 2)
+
+
+async def test_evicted_node_rejoins_with_a_new_lease(job: Job) -> None:
+    r = job.node("a", min_nodes=1, max_nodes=1)
+    info = await r.join()
+    old = r.lease
+    w = asyncio.create_task(r.watch_round(info))
+    job.store.expire(old)
+    await advance(job.clock, 5)  # the keep-alive finds the lease gone
+    change = await asyncio.wait_for(w, 2)
+    assert change.kind is ChangeKind.MEMBER_LOST and change.new_round is None
+    info2 = await asyncio.wait_for(r.join(), 2)
+    assert r.lease != old and info2.round >= 1
+
+
+async def test_constructor_validates() -> None:
+    from corral.clock import FakeClock
+    from corral.config import RdzvConf
+    from corral.errors import ConfigError
+    from corral.rendezvous.api import NodeDesc
+    from corral.store.memory import MemoryStore
+
+    node = NodeDesc("a", "127.0.0.1", 1)
+    with pytest.raises(ConfigError, match="max_nodes"):
+        DynamicRendezvous(
+            MemoryStore(), run_id="j", node=node, min_nodes=3, max_nodes=2, max_restarts=0,
+            conf=RdzvConf(), clock=FakeClock(),
+        )  # fmt: skip

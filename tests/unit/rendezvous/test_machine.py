@@ -1,0 +1,180 @@
+"""The pure rendezvous core, table-driven: close decisions, ranks, restarts, records."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.errors import RendezvousError
+from corral.rendezvous import machine as m
+from corral.rendezvous.api import NodeDesc
+from corral.rendezvous.state import (
+    ClosedRound,
+    Keys,
+    Outcome,
+    RoundPointer,
+    decode_node,
+    encode_node,
+)
+from corral.reporting.failures import FailureReport
+
+P = m.CloseParams(min_nodes=2, max_nodes=4, last_call_timeout=30.0, settle_time=0.1, settle_cap=1.0)
+
+
+@pytest.mark.parametrize(
+    ("joined", "expected", "now", "min_at", "last", "close", "wake_at"),
+    [
+        (1, False, 0.0, None, 0.0, False, None),  # below min: only an event helps
+        (1, True, 50.0, None, 0.0, False, None),  # below min even if "expected"
+        (4, False, 0.0, 0.0, 0.0, True, None),  # max: at once, no settle
+        (2, False, 10.0, 0.0, 0.0, False, 30.0),  # min, last call pending
+        (2, False, 30.0, 0.0, 0.0, True, None),  # last call passed, quiet since 0
+        (3, False, 30.0, 0.0, 29.95, False, 30.05),  # last call passed, still settling
+        (3, False, 30.05, 0.0, 29.95, True, None),  # ... then quiet
+        (3, False, 31.0, 0.0, 30.95, True, None),  # stream of arrivals: cap at 30 + 1
+        (2, True, 5.0, 5.0, 5.0, False, 5.1),  # restart: all expected back, settle 0.1
+        (2, True, 5.1, 5.0, 5.0, True, None),  # ... and close without the last call
+        (3, True, 5.2, 5.0, 5.15, False, 5.25),  # a late wave arrival restarts the quiet window
+    ],
+)
+def test_close_decision(
+    joined: int,
+    expected: bool,
+    now: float,
+    min_at: float | None,
+    last: float,
+    close: bool,
+    wake_at: float | None,
+) -> None:
+    d = m.close_decision(
+        joined=joined,
+        expected_present=expected,
+        now=now,
+        min_reached_at=min_at,
+        last_arrival_at=last,
+        p=P,
+    )
+    assert d.close is close, d.why
+    assert d.wake_at == pytest.approx(wake_at) if wake_at is not None else d.wake_at is None
+
+
+def _n(i: str) -> NodeDesc:
+    return NodeDesc(node_id=i, addr=f"10.0.0.{ord(i[0]) % 250}", local_world_size=2)
+
+
+def _closed(ids: str) -> ClosedRound:
+    members = tuple(_n(i) for i in ids)
+    return ClosedRound(0, 0, members, members[0].addr, 1234)
+
+
+@pytest.mark.parametrize(
+    ("joins", "previous", "max_nodes", "ranks"),
+    [
+        ("abc", None, 4, "abc"),  # first round: join order
+        ("cab", None, 4, "cab"),
+        ("abcde", None, 3, "abc"),  # over max: the first to join
+        ("cba", "abc", 4, "abc"),  # same nodes after a failure: same ranks
+        ("cbad", "abc", 4, "abcd"),  # scale-up: newcomer appended
+        ("ac", "abc", 4, "ac"),  # b lost: c takes the hole (only the highest moves)
+        ("acde", "abcde", 5, "aecd"),  # b lost, no newcomer: e (highest) fills rank 1
+        ("acdx", "abcd", 4, "axcd"),  # b lost, x new: x fills b's rank
+        ("bcd", "abcd", 4, "dbc"),  # rank 0 lost: d fills 0, b and c keep theirs
+        ("xabcd", "abcd", 4, "abcd"),  # survivors before newcomers when over max
+    ],
+)
+def test_assign_ranks(joins: str, previous: str | None, max_nodes: int, ranks: str) -> None:
+    joined = [m.Joiner(_n(c), rev) for rev, c in enumerate(joins, start=10)]
+    prev = _closed(previous) if previous else None
+    got = m.assign_ranks(joined, prev, max_nodes)
+    assert "".join(n.node_id for n in got) == ranks
+
+
+def test_assign_ranks_uses_create_revision_not_list_order() -> None:
+    joined = [m.Joiner(_n("a"), 30), m.Joiner(_n("b"), 10), m.Joiner(_n("c"), 20)]
+    assert [n.node_id for n in m.assign_ranks(joined, None, 3)] == ["b", "c", "a"]
+
+
+def test_round_info_rank_offsets_with_mixed_local_world_sizes() -> None:
+    members = (
+        NodeDesc("a", "10.0.0.1", 4),
+        NodeDesc("b", "10.0.0.2", 2),
+        NodeDesc("c", "10.0.0.3", 1),
+    )
+    closed = ClosedRound(3, 2, members, "10.0.0.1", 4242)
+    info = m.round_info("run", closed, "c")
+    assert info is not None
+    assert (info.group_rank, info.rank_offset, info.world_size) == (2, 6, 7)
+    assert (info.master_addr, info.master_port, info.restart_count) == ("10.0.0.1", 4242, 2)
+    assert m.round_info("run", closed, "zz") is None
+
+
+@pytest.mark.parametrize(
+    ("reason", "restarts_after"),
+    [("failure", 3), ("member_lost", 2), ("node_waiting", 2)],
+)
+def test_only_failures_count_restarts(reason: str, restarts_after: int) -> None:
+    nxt = m.next_pointer(RoundPointer(5, 2, "start"), reason, "why")
+    assert (nxt.round, nxt.restart_count, nxt.reason) == (6, restarts_after, reason)
+
+
+@pytest.mark.parametrize(
+    ("failed_round", "ptr", "max_restarts", "step"),
+    [
+        (0, RoundPointer(0, 0), 1, m.FailureStep.RESTART),
+        (0, RoundPointer(0, 0), 0, m.FailureStep.FAIL),
+        (2, RoundPointer(2, 3), 3, m.FailureStep.FAIL),  # budget spent
+        (2, RoundPointer(2, 2), 3, m.FailureStep.RESTART),
+        (1, RoundPointer(2, 1), 0, m.FailureStep.ALREADY_MOVED),  # someone moved on: join it
+    ],
+)
+def test_failure_step(
+    failed_round: int, ptr: RoundPointer, max_restarts: int, step: m.FailureStep
+) -> None:
+    assert m.failure_step(failed_round, ptr, max_restarts) is step
+
+
+def _f(rank: int) -> FailureReport:
+    return FailureReport(
+        rank=rank, local_rank=0, group_rank=rank, host="h", node_id="n", pid=1, exitcode=1
+    )
+
+
+def test_root_cause_is_earliest_by_revision() -> None:
+    assert m.root_cause([(9, _f(1)), (4, _f(2)), (7, _f(3))]) == _f(2)
+    assert m.root_cause([]) is None
+
+
+@pytest.mark.parametrize(
+    ("members", "waiting", "max_nodes", "want"),
+    [("ab", "c", 3, True), ("abc", "d", 3, False), ("ab", "a", 3, False)],
+)
+def test_scale_up_wanted(members: str, waiting: str, max_nodes: int, want: bool) -> None:
+    assert m.scale_up_wanted([_n(c) for c in members], waiting, max_nodes) is want
+
+
+def test_records_round_trip() -> None:
+    p = RoundPointer(4, 1, "failure", "x")
+    assert RoundPointer.from_json(p.to_json()) == p
+    c = _closed("abc")
+    assert ClosedRound.from_json(c.to_json()) == c
+    o = Outcome("failed", 3, _f(2), 7)
+    assert Outcome.from_json(o.to_json()) == o
+    assert decode_node(encode_node(_n("a"))) == _n("a")
+
+
+@pytest.mark.parametrize(
+    "data", [b"not json", b"[]", b'{"version": 2, "round": 1}', b'{"version": 1}']
+)
+def test_corrupt_records_are_reported(data: bytes) -> None:
+    with pytest.raises(RendezvousError):
+        RoundPointer.from_json(data)
+
+
+def test_keys() -> None:
+    k = Keys("/corral", "job")
+    assert k.round == "/corral/job/round"
+    assert k.node(3, "n1") == "/corral/job/r/3/nodes/n1"
+    assert k.closed(3).startswith(k.close_prefix(3))
+    assert k.closer(3).startswith(k.close_prefix(3))
+    assert k.failure(3, "n1", 2) == "/corral/job/r/3/failures/n1/2"
+    with pytest.raises(RendezvousError):
+        Keys("/corral", "a/b")
