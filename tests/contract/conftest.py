@@ -22,7 +22,7 @@ lease expiry (a FakeClock advance, or a real sleep for a real server);
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -110,6 +110,28 @@ BACKENDS: list[Any] = [
     pytest.param(MemoryBackend, id="memory"),
     pytest.param(TcpBackend, id="tcp"),
 ]
+
+# etcd: one real server for the session (tests/etcd_fixtures.py), a fresh key prefix per test.
+from tests.etcd_fixtures import EtcdContractBackend, etcd_available, stop_shared  # noqa: E402
+
+BACKENDS.append(
+    pytest.param(
+        EtcdContractBackend,
+        id="etcd",
+        marks=[
+            pytest.mark.etcd,
+            pytest.mark.skipif(
+                not etcd_available(), reason="etcd binary not on PATH (run scripts/install-etcd)"
+            ),
+        ],
+    )
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_etcd() -> Iterator[None]:
+    yield
+    stop_shared()
 
 
 @pytest.fixture(params=BACKENDS)

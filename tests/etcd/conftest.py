@@ -9,15 +9,13 @@ one server per module for the cluster, TLS and auth tests.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from corral.store.api import Store
 from tests.etcd_fixtures import (
     EtcdCluster,
-    EtcdContractBackend,
     etcd_available,
     shared_single,
     stop_shared,
@@ -54,27 +52,3 @@ def etcd_single() -> EtcdCluster:
 def etcd_url(etcd_single: EtcdCluster) -> str:
     """A URL on the shared server with a prefix unique to this test."""
     return etcd_single.url(f"/corral-test/{uuid.uuid4().hex[:12]}")
-
-
-# --- the store contract suite (tests/contract/test_store.py) on etcd -----------
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[EtcdContractBackend]:
-    async with EtcdContractBackend() as b:
-        yield b
-
-
-@pytest.fixture
-def store_factory(backend: EtcdContractBackend) -> Callable[[], Awaitable[Store]]:
-    return backend.open  # type: ignore[return-value]
-
-
-@pytest.fixture
-async def store(store_factory: Callable[[], Awaitable[Store]]) -> Store:
-    return await store_factory()
-
-
-@pytest.fixture
-def ns() -> str:
-    return f"/t/{uuid.uuid4().hex[:8]}/"
