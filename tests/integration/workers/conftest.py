@@ -47,8 +47,16 @@ class Beacon:
 
 def round_info(world_size: int = 2, **kw: Any) -> RoundInfo:
     d: dict[str, Any] = dict(
-        run_id="wtest", round=1, group_rank=0, group_world_size=1, members=(), rank_offset=0,
-        world_size=world_size, master_addr="127.0.0.1", master_port=29599, restart_count=0,
+        run_id="wtest",
+        round=1,
+        group_rank=0,
+        group_world_size=1,
+        members=(),
+        rank_offset=0,
+        world_size=world_size,
+        master_addr="127.0.0.1",
+        master_port=29599,
+        restart_count=0,
     )
     d.update(kw)
     return RoundInfo(**d)
@@ -82,22 +90,37 @@ MakeGroup = Callable[..., WorkerGroup]
 
 
 @pytest.fixture
-async def make_group(
-    reaper: Reaper, beacon: Beacon, short_tmp: Path
-) -> AsyncIterator[MakeGroup]:
+async def make_group(reaper: Reaper, beacon: Beacon, short_tmp: Path) -> AsyncIterator[MakeGroup]:
     """Build groups running ``python -c <code>``; every group is stopped and every process reaped."""
     groups: list[WorkerGroup] = []
     all_logs: list[RunLogs] = []
 
-    def make(code: str, nproc: int = 2, *, logs: RunLogs | None = None, role: str = "default",
-             env: dict[str, str] | None = None, **rnd: Any) -> WorkerGroup:
+    def make(
+        code: str,
+        nproc: int = 2,
+        *,
+        logs: RunLogs | None = None,
+        role: str = "default",
+        env: dict[str, str] | None = None,
+        **rnd: Any,
+    ) -> WorkerGroup:
         if logs is None:
             logs = RunLogs("wtest", log_dir=str(short_tmp / "logs"), role=role)
             all_logs.append(logs)
-        spec = WorkerSpec(sys.executable, ("-c", code), no_python=True, local_world_size=nproc, role=role)
+        spec = WorkerSpec(
+            sys.executable, ("-c", code), no_python=True, local_world_size=nproc, role=role
+        )
         base = {**os.environ, "BEACON": beacon.path, **(env or {})}
-        g = WorkerGroup(spec, round_info(nproc, **rnd), attempt=0, logs=logs, reaper=reaper,
-                        node_id="node-a", host="hostA", base_env=base)
+        g = WorkerGroup(
+            spec,
+            round_info(nproc, **rnd),
+            attempt=0,
+            logs=logs,
+            reaper=reaper,
+            node_id="node-a",
+            host="hostA",
+            base_env=base,
+        )
         groups.append(g)
         return g
 
@@ -107,6 +130,9 @@ async def make_group(
         await g.stop(0.5)
     for logs in all_logs:
         logs.close()
-    alive = [pid for pid in pids if psutil.pid_exists(pid)
-             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    alive = [
+        pid
+        for pid in pids
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
     assert not alive, f"workers left running: {alive}"

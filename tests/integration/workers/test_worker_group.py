@@ -37,20 +37,36 @@ async def test_success(make_group: MakeGroup) -> None:
     assert g.state is GroupState.STOPPED
 
 
-async def test_first_failure_and_siblings_not_reported(make_group: MakeGroup, beacon: Beacon) -> None:
-    g = make_group(code("""
+async def test_first_failure_and_siblings_not_reported(
+    make_group: MakeGroup, beacon: Beacon
+) -> None:
+    g = make_group(
+        code("""
         say('up')
         if R == '1':
             fd = os.open(os.environ['BEACON'], os.O_RDONLY)  # wait for the test's go: never comes
         if R == '2':
             print('dying', file=sys.stderr); sys.exit(7)
         signal.pause()
-    """), 3, rank_offset=10, group_rank=2, round=4, restart_count=1)
+    """),
+        3,
+        rank_offset=10,
+        group_rank=2,
+        round=4,
+        restart_count=1,
+    )
     await g.start()
     res = await g.wait()
     assert not res.succeeded
     [f] = res.failures
-    assert (f.rank, f.local_rank, f.exitcode, f.group_rank, f.round, f.restart_count) == (12, 2, 7, 2, 4, 1)
+    assert (f.rank, f.local_rank, f.exitcode, f.group_rank, f.round, f.restart_count) == (
+        12,
+        2,
+        7,
+        2,
+        4,
+        1,
+    )
     assert (f.host, f.node_id, f.pid) == ("hostA", "node-a", g.pids[2])
     assert f.stderr_tail == "dying" and f.message is None
     await g.stop(2.0)
@@ -58,11 +74,14 @@ async def test_first_failure_and_siblings_not_reported(make_group: MakeGroup, be
 
 
 async def test_sigterm_then_sigkill_escalation(make_group: MakeGroup, beacon: Beacon) -> None:
-    g = make_group(code("""
+    g = make_group(
+        code("""
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say('ready')
         signal.pause()
-    """), 2)
+    """),
+        2,
+    )
     await g.start()
     await beacon.lines(2)
     loop_time = __import__("asyncio").get_running_loop().time
@@ -78,12 +97,15 @@ async def test_sigterm_then_sigkill_escalation(make_group: MakeGroup, beacon: Be
 
 
 async def test_signal_forwarding(make_group: MakeGroup, beacon: Beacon) -> None:
-    g = make_group(code("""
+    g = make_group(
+        code("""
         signal.signal(signal.SIGUSR1, lambda *a: (say('usr1'), sys.exit(0)))
         say('ready')
         while True:
             signal.pause()
-    """), 2)
+    """),
+        2,
+    )
     await g.start()
     await beacon.lines(2)
     g.send_signal(signal.SIGUSR1)
@@ -93,14 +115,17 @@ async def test_signal_forwarding(make_group: MakeGroup, beacon: Beacon) -> None:
 
 
 async def test_corral_record_error_file(make_group: MakeGroup) -> None:
-    g = make_group(code("""
+    g = make_group(
+        code("""
         from corral import record
         @record
         def main():
             raise ValueError(f'bad rank {R}')
         if R == '1':
             main()
-    """), 2)
+    """),
+        2,
+    )
     await g.start()
     res = await g.wait()
     [f] = res.failures
@@ -111,12 +136,15 @@ async def test_corral_record_error_file(make_group: MakeGroup) -> None:
 
 
 async def test_torch_shaped_error_file_written_by_hand(make_group: MakeGroup) -> None:
-    g = make_group(code("""
+    g = make_group(
+        code("""
         import json
         json.dump({'message': 'plain string message', 'timestamp': 5},
                   open(os.environ['TORCHELASTIC_ERROR_FILE'], 'w'))
         os.kill(os.getpid(), signal.SIGSEGV)
-    """), 1)
+    """),
+        1,
+    )
     await g.start()
     [f] = (await g.wait()).failures
     assert f.message == "plain string message" and f.exitcode == -signal.SIGSEGV
@@ -126,14 +154,17 @@ async def test_torch_shaped_error_file_written_by_hand(make_group: MakeGroup) ->
 @pytest.mark.timeout(60)
 async def test_real_torch_record(make_group: MakeGroup) -> None:
     pytest.importorskip("torch")
-    g = make_group(code("""
+    g = make_group(
+        code("""
         import torch
         from torch.distributed.elastic.multiprocessing.errors import record
         @record
         def main():
             raise RuntimeError('torch says no')
         main()
-    """), 1)
+    """),
+        1,
+    )
     await g.start()
     [f] = (await g.wait()).failures
     assert f.message == "RuntimeError: torch says no"
@@ -145,22 +176,38 @@ async def test_spawn_error_is_a_failure(make_group: MakeGroup, short_tmp: Path) 
     from corral.workers import WorkerGroup, WorkerSpec
 
     g0 = make_group("pass", 1)
-    g = WorkerGroup(WorkerSpec(str(short_tmp / "nope"), no_python=True), g0.rnd, attempt=0,
-                    logs=RunLogs("x", log_dir=str(short_tmp)), reaper=g0.reaper,
-                    node_id="n", host="h", base_env={})
+    g = WorkerGroup(
+        WorkerSpec(str(short_tmp / "nope"), no_python=True),
+        g0.rnd,
+        attempt=0,
+        logs=RunLogs("x", log_dir=str(short_tmp)),
+        reaper=g0.reaper,
+        node_id="n",
+        host="h",
+        base_env={},
+    )
     await g.start()
     [f] = (await g.wait()).failures
     assert f.exitcode == 127 and f.message is not None and "FileNotFoundError" in f.message
     await g.stop(0.1)
 
 
-async def test_logs_redirect_tee_filter(make_group: MakeGroup, short_tmp: Path,
-                                        capfd: pytest.CaptureFixture[str]) -> None:
-    logs = RunLogs("job", log_dir=str(short_tmp / "L"), role="default",
-                   redirects=StdSpec(Std.NONE, ((2, Std.ALL),)), tee=StdSpec(Std.ALL, ((2, Std.NONE),)),
-                   local_ranks_filter=frozenset({0, 2}))
-    g = make_group(code("print(f'out {R}'); print(f'err {R}', file=sys.stderr); print('no newline', end='')"),
-                   3, logs=logs)
+async def test_logs_redirect_tee_filter(
+    make_group: MakeGroup, short_tmp: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    logs = RunLogs(
+        "job",
+        log_dir=str(short_tmp / "L"),
+        role="default",
+        redirects=StdSpec(Std.NONE, ((2, Std.ALL),)),
+        tee=StdSpec(Std.ALL, ((2, Std.NONE),)),
+        local_ranks_filter=frozenset({0, 2}),
+    )
+    g = make_group(
+        code("print(f'out {R}'); print(f'err {R}', file=sys.stderr); print('no newline', end='')"),
+        3,
+        logs=logs,
+    )
     await g.start()
     assert (await g.wait()).succeeded
     await g.stop(1.0)
@@ -179,8 +226,9 @@ async def test_logs_redirect_tee_filter(make_group: MakeGroup, short_tmp: Path,
     assert logs.new_attempt(1).dir.endswith("attempt_1")
 
 
-async def test_stderr_passthrough_unchanged_and_tail(make_group: MakeGroup,
-                                                      capfd: pytest.CaptureFixture[str]) -> None:
+async def test_stderr_passthrough_unchanged_and_tail(
+    make_group: MakeGroup, capfd: pytest.CaptureFixture[str]
+) -> None:
     lines = "".join(f"line {i}\\n" for i in range(80))
     g = make_group(code(f"sys.stderr.write('{lines}'); sys.exit(3)"), 1)
     await g.start()
@@ -215,15 +263,18 @@ async def test_temp_log_dir_removed(make_group: MakeGroup) -> None:
 async def test_stop_kills_workers_children(make_group: MakeGroup, beacon: Beacon) -> None:
     import psutil
 
-    g = make_group(code("""
+    g = make_group(
+        code("""
         import subprocess
         child = subprocess.Popen([sys.executable, '-c', 'import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); signal.pause()'])
         say(f'child {child.pid}')
         signal.pause()
-    """), 1)
+    """),
+        1,
+    )
     await g.start()
     [line] = await beacon.lines(1)
     child = psutil.Process(int(line.split()[-1]))
     await g.stop(0.3)
-    gone, alive = psutil.wait_procs([child], timeout=2.0)
+    _gone, alive = psutil.wait_procs([child], timeout=2.0)
     assert not alive or all(p.status() == psutil.STATUS_ZOMBIE for p in alive)

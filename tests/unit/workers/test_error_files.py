@@ -18,7 +18,10 @@ from corral.reporting.render import parse_error_data, read_error_file, render_ro
 TORCH_SHAPE = {
     "message": {
         "message": "ValueError: boom",
-        "extraInfo": {"py_callstack": "Traceback...\nValueError: boom\n", "timestamp": "1700000000"},
+        "extraInfo": {
+            "py_callstack": "Traceback...\nValueError: boom\n",
+            "timestamp": "1700000000",
+        },
     }
 }
 
@@ -30,7 +33,10 @@ TORCH_SHAPE = {
         ({"message": "SIGSEGV", "timestamp": 17}, ("SIGSEGV", None, 17.0)),
         ({"message": {"message": "X: y", "errorCode": 3}}, ("X: y", None, None)),
         ({"message": {"extraInfo": {"py_callstack": "tb"}}}, ("<no message>", "tb", None)),
-        ({"message": {"message": "X: y", "extraInfo": {"timestamp": "nan?"}}}, ("X: y", None, None)),
+        (
+            {"message": {"message": "X: y", "extraInfo": {"timestamp": "nan?"}}},
+            ("X: y", None, None),
+        ),
         ({"message": {"message": "X: y", "extraInfo": "junk"}}, ("X: y", None, None)),
         ({"message": 5}, None),
         ({"message": {"message": 5}}, None),
@@ -43,7 +49,9 @@ def test_parse_shapes(data: Any, parsed: Any) -> None:
     assert parse_error_data(data) == parsed
 
 
-@pytest.mark.parametrize("content", [b"", b"{", b"\xff\xfe", b"null", b"[" * 100000, b'{"message": 1}'])
+@pytest.mark.parametrize(
+    "content", [b"", b"{", b"\xff\xfe", b"null", b"[" * 100000, b'{"message": 1}']
+)
 def test_read_garbage_never_raises(tmp_path: Path, content: bytes) -> None:
     p = tmp_path / "error.json"
     p.write_bytes(content)
@@ -100,23 +108,36 @@ def test_record_without_error_file(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_import_corral_does_not_import_torch() -> None:
     code = "import sys, corral; corral.record; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert out.stdout.strip() == "False"
 
 
 def report(**kw: Any) -> FailureReport:
-    d: dict[str, Any] = dict(rank=5, local_rank=1, group_rank=2, host="nodeA", node_id="n", pid=4242, exitcode=3)
+    d: dict[str, Any] = dict(
+        rank=5, local_rank=1, group_rank=2, host="nodeA", node_id="n", pid=4242, exitcode=3
+    )
     d.update(kw)
     return FailureReport(**d)
 
 
 def test_render_with_traceback() -> None:
     text = render_root_cause(
-        report(message="ValueError: boom", traceback="Traceback (most recent call last):\n  x\nValueError: boom\n",
-               error_file="/l/error.json"), 3)
+        report(
+            message="ValueError: boom",
+            traceback="Traceback (most recent call last):\n  x\nValueError: boom\n",
+            error_file="/l/error.json",
+        ),
+        3,
+    )
     assert text.splitlines()[0] == (
-        "corral: worker rank 5 (local rank 1, node 2, host nodeA, pid 4242) exited with code 3")
+        "corral: worker rank 5 (local rank 1, node 2, host nodeA, pid 4242) exited with code 3"
+    )
     assert "    ValueError: boom" in text
     assert "error: " not in text  # the traceback's last line already says it
     assert "/l/error.json" in text and "2 other workers failed" in text

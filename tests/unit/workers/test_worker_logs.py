@@ -17,14 +17,32 @@ P = b"[default0]:"
     [
         (Std.OUT, Std.NONE, Std.NONE, True, StreamPlan(Sink.INHERIT)),
         (Std.OUT, Std.NONE, Std.NONE, False, StreamPlan(Sink.DEVNULL)),
-        (Std.ERR, Std.NONE, Std.NONE, True, StreamPlan(Sink.PIPE, None, console=True, keep_tail=True)),
-        (Std.ERR, Std.NONE, Std.NONE, False, StreamPlan(Sink.PIPE, None, console=False, keep_tail=True)),
+        (
+            Std.ERR,
+            Std.NONE,
+            Std.NONE,
+            True,
+            StreamPlan(Sink.PIPE, None, console=True, keep_tail=True),
+        ),
+        (
+            Std.ERR,
+            Std.NONE,
+            Std.NONE,
+            False,
+            StreamPlan(Sink.PIPE, None, console=False, keep_tail=True),
+        ),
         (Std.OUT, Std.OUT, Std.NONE, True, StreamPlan(Sink.FILE, "f")),
         (Std.ERR, Std.ALL, Std.NONE, False, StreamPlan(Sink.FILE, "f")),
         (Std.OUT, Std.ERR, Std.NONE, True, StreamPlan(Sink.INHERIT)),
         (Std.OUT, Std.NONE, Std.OUT, True, StreamPlan(Sink.PIPE, "f", console=True, prefix=P)),
         (Std.OUT, Std.NONE, Std.ALL, False, StreamPlan(Sink.PIPE, "f", console=False, prefix=P)),
-        (Std.ERR, Std.ERR, Std.ERR, True, StreamPlan(Sink.PIPE, "f", console=True, prefix=P, keep_tail=True)),
+        (
+            Std.ERR,
+            Std.ERR,
+            Std.ERR,
+            True,
+            StreamPlan(Sink.PIPE, "f", console=True, prefix=P, keep_tail=True),
+        ),
     ],
 )
 def test_plan_stream(which: Std, r: Std, t: Std, shown: bool, plan: StreamPlan) -> None:
@@ -50,8 +68,9 @@ def test_tail_of_file(tmp_path: os.PathLike[str]) -> None:
 
 
 def test_layout_attempts_never_overwrite(tmp_path: os.PathLike[str]) -> None:
-    logs = RunLogs("job1", log_dir=str(tmp_path), role="trainer",
-                   redirects=StdSpec(Std.NONE, ((1, Std.ALL),)))
+    logs = RunLogs(
+        "job1", log_dir=str(tmp_path), role="trainer", redirects=StdSpec(Std.NONE, ((1, Std.ALL),))
+    )
     assert os.path.dirname(logs.run_dir) == str(tmp_path)
     assert os.path.basename(logs.run_dir).startswith("job1_")
     a0, a1 = logs.new_attempt(2), logs.new_attempt(2)
@@ -62,7 +81,10 @@ def test_layout_attempts_never_overwrite(tmp_path: os.PathLike[str]) -> None:
     assert a1.stderr_path(0).endswith("attempt_1/0/stderr.log")
     assert a0.prefix(1) == b"[trainer1]:"
     assert a0.plans(0)[0].sink is Sink.INHERIT
-    assert a0.plans(1) == (StreamPlan(Sink.FILE, a0.stdout_path(1)), StreamPlan(Sink.FILE, a0.stderr_path(1)))
+    assert a0.plans(1) == (
+        StreamPlan(Sink.FILE, a0.stdout_path(1)),
+        StreamPlan(Sink.FILE, a0.stderr_path(1)),
+    )
     assert sorted(os.listdir(a1.dir)) == ["0", "1"]
     logs.close()
     assert os.path.isdir(logs.run_dir)  # --log-dir is the user's: kept
@@ -79,7 +101,9 @@ def test_temporary_dir_removed_on_close() -> None:
 
 
 def test_filter_keeps_ranks_off_console(tmp_path: os.PathLike[str]) -> None:
-    logs = RunLogs("j", log_dir=str(tmp_path), tee=StdSpec(Std.ALL), local_ranks_filter=frozenset({1}))
+    logs = RunLogs(
+        "j", log_dir=str(tmp_path), tee=StdSpec(Std.ALL), local_ranks_filter=frozenset({1})
+    )
     a = logs.new_attempt(2)
     assert [p.console for p in a.plans(0)] == [False, False]
     assert [p.console for p in a.plans(1)] == [True, True]

@@ -40,8 +40,16 @@ def rnd(**kw: object) -> RoundInfo:
 @pytest.mark.parametrize(
     ("spec", "local_rank", "argv"),
     [
-        (WorkerSpec("train.py", ("--lr", "1"), python_exec=PY), 0, [PY, "-u", "train.py", "--lr", "1"]),
-        (WorkerSpec("pkg.train", ("a",), module=True, python_exec=PY), 1, [PY, "-u", "-m", "pkg.train", "a"]),
+        (
+            WorkerSpec("train.py", ("--lr", "1"), python_exec=PY),
+            0,
+            [PY, "-u", "train.py", "--lr", "1"],
+        ),
+        (
+            WorkerSpec("pkg.train", ("a",), module=True, python_exec=PY),
+            1,
+            [PY, "-u", "-m", "pkg.train", "a"],
+        ),
         (WorkerSpec("/bin/echo", ("x",), no_python=True, python_exec=PY), 0, ["/bin/echo", "x"]),
         (
             WorkerSpec("t.py", ("--rank=${local_rank}", "${local_rank}x"), python_exec=PY),
@@ -60,16 +68,30 @@ def test_argv(spec: WorkerSpec, local_rank: int, argv: list[str]) -> None:
 
 
 def test_from_config_python_exec() -> None:
-    cfg = LaunchConfig("t.py", ("a",), nproc_per_node=4, role="trainer", max_restarts=2, module=True)
+    cfg = LaunchConfig(
+        "t.py", ("a",), nproc_per_node=4, role="trainer", max_restarts=2, module=True
+    )
     spec = WorkerSpec.from_config(cfg, {"PYTHON_EXEC": PY})
-    assert spec == WorkerSpec("t.py", ("a",), module=True, local_world_size=4, role="trainer",
-                              max_restarts=2, python_exec=PY)
+    assert spec == WorkerSpec(
+        "t.py",
+        ("a",),
+        module=True,
+        local_world_size=4,
+        role="trainer",
+        max_restarts=2,
+        python_exec=PY,
+    )
     assert WorkerSpec.from_config(cfg, {}).python_exec == sys.executable
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(no_python=True, module=True), dict(no_python=True, run_path=True),
-           dict(module=True, run_path=True), dict(local_world_size=0)]
+    "kw",
+    [
+        dict(no_python=True, module=True),
+        dict(no_python=True, run_path=True),
+        dict(module=True, run_path=True),
+        dict(local_world_size=0),
+    ],
 )
 def test_spec_rejects(kw: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
@@ -109,7 +131,9 @@ def test_env_every_variable() -> None:
     ("group_rank", "offset", "nproc", "ranks"),
     [(0, 0, 3, ["0", "1", "2"]), (1, 3, 1, ["3"]), (2, 4, 2, ["4", "5"])],
 )
-def test_rank_offsets_uneven_nodes(group_rank: int, offset: int, nproc: int, ranks: list[str]) -> None:
+def test_rank_offsets_uneven_nodes(
+    group_rank: int, offset: int, nproc: int, ranks: list[str]
+) -> None:
     spec = WorkerSpec("t.py", local_world_size=nproc)
     r = rnd(group_rank=group_rank, group_world_size=3, rank_offset=offset, world_size=6)
     envs = [worker_env({}, spec, r, lr, "e") for lr in range(nproc)]
@@ -121,8 +145,12 @@ def test_rank_offsets_uneven_nodes(group_rank: int, offset: int, nproc: int, ran
 
 @pytest.mark.parametrize(
     ("base", "nproc", "omp", "notice"),
-    [({}, 1, None, False), ({}, 2, "1", True), ({"OMP_NUM_THREADS": "8"}, 4, "8", False),
-     ({"OMP_NUM_THREADS": "8"}, 1, "8", False)],
+    [
+        ({}, 1, None, False),
+        ({}, 2, "1", True),
+        ({"OMP_NUM_THREADS": "8"}, 4, "8", False),
+        ({"OMP_NUM_THREADS": "8"}, 1, "8", False),
+    ],
 )
 def test_omp_rule(base: dict[str, str], nproc: int, omp: str | None, notice: bool) -> None:
     spec = WorkerSpec("t.py", local_world_size=nproc)
@@ -155,7 +183,9 @@ def test_virtual_local_rank_too_few_devices() -> None:
 
 
 def test_without_virtual_local_rank_devices_untouched() -> None:
-    env = worker_env({"CUDA_VISIBLE_DEVICES": "3,4"}, WorkerSpec("t.py", local_world_size=2), rnd(), 1, "e")
+    env = worker_env(
+        {"CUDA_VISIBLE_DEVICES": "3,4"}, WorkerSpec("t.py", local_world_size=2), rnd(), 1, "e"
+    )
     assert env["CUDA_VISIBLE_DEVICES"] == "3,4"
     assert env["LOCAL_RANK"] == "1"
 
