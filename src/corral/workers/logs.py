@@ -101,12 +101,11 @@ class Tail:
             self._lines.append(line[:_MAX_LINE])
 
     def text(self) -> str:
+        """The kept lines (and an unfinished last line), decoded leniently."""
         lines = list(self._lines)
         if self._partial:
             lines.append(self._partial)
-        return b"\n".join(lines[-self._lines.maxlen :] if self._lines.maxlen else lines).decode(
-            "utf-8", "replace"
-        )
+        return b"\n".join(lines[-(self._lines.maxlen or len(lines)) :]).decode("utf-8", "replace")
 
 
 def tail_of_file(path: str, lines: int = TAIL_LINES) -> str | None:
