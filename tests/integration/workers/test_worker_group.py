@@ -278,3 +278,31 @@ async def test_stop_kills_workers_children(make_group: MakeGroup, beacon: Beacon
     await g.stop(0.3)
     _gone, alive = psutil.wait_procs([child], timeout=2.0)
     assert not alive or all(p.status() == psutil.STATUS_ZOMBIE for p in alive)
+
+
+async def test_run_path_and_module(make_group: MakeGroup, short_tmp: Path, beacon: Beacon) -> None:
+    from corral.workers import WorkerGroup, WorkerSpec
+
+    script = short_tmp / "script.py"
+    script.write_text(
+        "import os, sys\n"
+        "fd = os.open(os.environ['BEACON'], os.O_WRONLY)\n"
+        "os.write(fd, f'{__name__} {sys.argv[0]} {sys.argv[1:]}\\n'.encode())\n"
+    )
+    g0 = make_group("pass", 1)
+    for kw in ({"run_path": True}, {}):
+        spec = WorkerSpec(str(script), ("a", "${local_rank}"), **kw)  # type: ignore[arg-type]
+        g = WorkerGroup(
+            spec,
+            g0.rnd,
+            attempt=0,
+            logs=RunLogs("x", log_dir=str(short_tmp)),
+            reaper=g0.reaper,
+            node_id="n",
+            host="h",
+            base_env={**os.environ, "BEACON": beacon.path},
+        )
+        await g.start()
+        assert (await g.wait()).succeeded
+        await g.stop(0.1)
+        assert await beacon.lines(1) == [f"__main__ {script} ['a', '0']"]
