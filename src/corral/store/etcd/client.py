@@ -293,6 +293,7 @@ class _WatchStream:
         """Create the watch on some member, failing over until the deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._conn.timeout
+        reauthenticated = False
         while True:
             session = await self._conn.session(deadline)
             self._conn.acquire(session)
@@ -313,6 +314,14 @@ class _WatchStream:
             except (grpc.aio.AioRpcError, TimeoutError) as exc:
                 call.cancel()
                 await self._conn.release(session)
+                if (
+                    isinstance(exc, grpc.aio.AioRpcError)
+                    and "invalid auth token" in (exc.details() or "")
+                    and not reauthenticated
+                ):
+                    reauthenticated = True  # simple tokens expire when idle
+                    await self._conn.reauthenticate(session)
+                    continue
                 if isinstance(exc, grpc.aio.AioRpcError) and not is_failover_error(exc):
                     raise translate_error(exc, "watch", session.endpoint) from exc
                 await self._conn.fail(session, exc if isinstance(exc, Exception) else "timeout")
