@@ -213,7 +213,9 @@ class Agent:
         try:
             done, _ = await asyncio.wait({waiter, watcher, sig}, return_when=asyncio.FIRST_COMPLETED)
             if sig in done:
-                await self._stop(group)
+                # the signal was forwarded already; give the workers the shutdown
+                # timeout to act on it, then SIGKILL (torchrun's death_sig semantics)
+                await group.stop(self.cfg.shutdown_timeout, first_signal=None)
                 raise _Signalled(self._signum)
             if waiter in done:
                 return waiter.result()

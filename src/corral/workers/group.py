@@ -272,8 +272,11 @@ class WorkerGroup:
             return False
         return True
 
-    async def stop(self, timeout: float) -> None:
+    async def stop(self, timeout: float, first_signal: int | None = signal.SIGTERM) -> None:
         """Stop the group: SIGTERM each worker's process group, SIGKILL after ``timeout`` s.
+
+        ``first_signal`` replaces SIGTERM (None: send nothing first, e.g. when a
+        handled signal was already forwarded to the workers, as torchrun does).
 
         Reaps every worker, SIGKILLs what is left in their process groups,
         unregisters them from the reaper and closes pipes and files. Workers
@@ -287,13 +290,15 @@ class WorkerGroup:
         self._to(GroupState.STOPPING)
         try:
             if any(w.running for w in self.workers):
-                self.send_signal(signal.SIGTERM)
+                if first_signal is not None:
+                    self.send_signal(first_signal)
                 if not await self._wait_exited(timeout):
                     laggards = [w.local_rank for w in self.workers if w.running]
                     log.warning(
-                        "worker(s) %s did not exit %.1fs after SIGTERM; sending SIGKILL",
+                        "worker(s) %s did not exit %.1fs after %s; sending SIGKILL",
                         laggards,
                         timeout,
+                        signal.Signals(first_signal).name if first_signal else "the signal",
                     )
                     self.send_signal(signal.SIGKILL)
                     if not await self._wait_exited(_KILL_GRACE):  # pragma: no cover

@@ -57,6 +57,20 @@ def worker_preexec(agent_pid: int) -> None:
 
 def _watchdog_main(rfd: int) -> None:  # pragma: no cover - runs in the forked child
     """The watchdog loop: keep a set of process groups; kill them all at EOF."""
+    # Signals aimed at the agent's process group or session (a scheduler's SIGTERM,
+    # a terminal's SIGINT/SIGHUP, SIGUSR1...) must not kill the watchdog: it ends
+    # when the agent's pipe closes, after killing whatever is still registered.
+    for sig in (
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGPIPE,
+        signal.SIGALRM,
+    ):
+        signal.signal(sig, signal.SIG_IGN)
     pgids: set[int] = set()
     buf = b""
     while True:
