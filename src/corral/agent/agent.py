@@ -21,7 +21,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from corral.agent.net import free_port, is_local_address, local_address_towards, numeric_host
+from corral.agent.net import is_local_address, local_address_towards, numeric_host
 from corral.agent.state import AgentState, StateMachine
 from corral.clock import Clock, MonotonicClock
 from corral.config import LaunchConfig
@@ -89,6 +89,7 @@ class Agent:
         self._signal_event = asyncio.Event()
         self._signum = 0
         self._group: Any = None
+        self._server: Any = None
         self.root_cause: FailureReport | None = None
 
     # -- public ---------------------------------------------------------------
@@ -108,7 +109,14 @@ class Agent:
                 logs = RunLogs.from_config(self.cfg)
                 stack.callback(logs.close)
                 rdzv = await self._open_rendezvous(stack)
-                return await self._loop(rdzv, logs, reaper)
+                try:
+                    return await self._loop(rdzv, logs, reaper)
+                except JobFailed:
+                    await self._linger()
+                    raise
+                finally:
+                    if self.machine.state is AgentState.SUCCEEDED:
+                        await self._linger()
         except _Signalled as s:
             return 128 + s.signum
         except JobFailed as exc:
@@ -270,6 +278,13 @@ class Agent:
             return
         print(render_root_cause(report, 1), file=sys.stderr, flush=True)
 
+    async def _linger(self) -> None:
+        """The store's host stays until the other agents have read the job's outcome."""
+        if self._server is not None:
+            grace = min(self.cfg.rdzv_conf.read_timeout, 10.0)
+            if not await self._server.wait_idle(grace):
+                log.warning("agents still connected %.0fs after the job ended; closing the store", grace)
+
     # -- rendezvous and store -------------------------------------------------
 
     def _node_addr(self) -> str:
@@ -290,7 +305,7 @@ class Agent:
             local_world_size=cfg.nproc_per_node,
             host=self.host,
             pid=os.getpid(),
-            master_port=free_port(addr),
+            master_port=0,  # 0: a fresh free port each round (CONTRACT.md)
         )
         if cfg.rdzv_backend == "static":
             from corral.rendezvous.static import open_static_rendezvous
@@ -354,12 +369,13 @@ class Agent:
             server = StoreServer()
             try:
                 await server.start(host_num, port, token=token)
-            except OSError as exc:
+            except (OSError, StoreUnavailable) as exc:
                 if conf.is_host or port == 0:
                     raise LauncherError(f"cannot host the store on {host_num}:{port}: {exc}") from exc
                 log.info("store port %s:%d taken (%s); joining as a client", host_num, port, exc)
             else:
                 stack.push_async_callback(server.close)
+                self._server = server
                 bound_host, bound_port = server.address
                 log.info("hosting the rendezvous store on tcp://%s:%d", bound_host, bound_port)
                 local = server.local_store()

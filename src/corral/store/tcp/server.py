@@ -224,6 +224,7 @@ class _Conn(asyncio.Protocol):
         self.out.clear()
         srv = self.server
         srv.conns.discard(self)
+        srv._idle.set()
         if self.handshake_timer is not None:
             self.handshake_timer.cancel()
             self.handshake_timer = None
@@ -379,6 +380,7 @@ class StoreServer:
         self._frag_events: list[WatchEvent] | None = None
         self._frag = b""
         self._warned_open = False
+        self._idle = asyncio.Event()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -420,6 +422,21 @@ class StoreServer:
                 self._address[1],
             )
         log.info("store: listening on %s:%d (auth %s)", *self._address, "on" if token else "off")
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no peer is connected, at most ``timeout`` seconds; True if idle.
+
+        The hosting agent lingers here at the job's end so that every other agent
+        reads the outcome before the store goes away.
+        """
+        try:
+            async with asyncio.timeout(max(0.0, timeout)):
+                while self.conns:
+                    self._idle.clear()
+                    await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def local_store(self) -> Store:
         """An in-process client of this server's data, with no socket.
