@@ -34,6 +34,19 @@ class Mux:
         self.drop(tag)
         self._tasks[tag] = asyncio.get_running_loop().create_task(self._pump(tag, cm))
 
+    async def start(
+        self, tag: str, cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]
+    ) -> None:
+        """Like :meth:`add`, but return only once the watch is registered (or failed).
+
+        Used with ``start_revision=0`` (from now) followed by a read: cheaper for
+        the store than a watch from a past revision, which replays history.
+        """
+        self.drop(tag)
+        entered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tasks[tag] = asyncio.get_running_loop().create_task(self._pump(tag, cm, entered))
+        await entered
+
     def add_event(self, tag: str, ev: asyncio.Event) -> None:
         self.drop(tag)
         self._tasks[tag] = asyncio.get_running_loop().create_task(self._signal(tag, ev))
@@ -44,15 +57,27 @@ class Mux:
             t.cancel()
 
     async def _pump(
-        self, tag: str, cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]
+        self,
+        tag: str,
+        cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]],
+        entered: asyncio.Future[None] | None = None,
     ) -> None:
         try:
             async with cm as events:
+                if entered is not None and not entered.done():
+                    entered.set_result(None)
                 async for ev in events:
                     self._q.put_nowait((tag, ev))
             self._q.put_nowait((tag, StoreUnavailable(f"watch {tag!r} ended")))
         except StoreError as exc:
             self._q.put_nowait((tag, exc))
+        finally:
+            if entered is not None and not entered.done():
+                entered.set_result(None)  # the error, if any, is in the queue
+
+    def push(self, tag: str, item: WatchEvent | StoreError | None) -> None:
+        """Queue an item as if a source had produced it."""
+        self._q.put_nowait((tag, item))
 
     async def _signal(self, tag: str, ev: asyncio.Event) -> None:
         await ev.wait()

@@ -74,6 +74,9 @@ class DynamicRendezvous:
         clock: monotonic clock for the last call, settle window, keep-alive
             and join_timeout (a FakeClock in tests).
 
+        fixed_ranks: group rank = the integer before the first ``-`` of the
+            node id (``"3-host-pid"`` is rank 3): the static backend.
+
     Use as ``async with DynamicRendezvous(...) as rdzv`` or call :meth:`close`.
     """
 
@@ -88,6 +91,7 @@ class DynamicRendezvous:
         max_restarts: int,
         conf: RdzvConf,
         clock: Clock | None = None,
+        fixed_ranks: bool = False,
     ) -> None:
         if min_nodes < 1:
             raise ConfigError(f"min_nodes ({min_nodes}) must be >= 1")
@@ -113,6 +117,7 @@ class DynamicRendezvous:
             settle_time=conf.settle_time,
             settle_cap=max(conf.settle_time * 10, conf.settle_time),
         )
+        self._fixed_ranks = fixed_ranks
         self._lease = 0
         self._evicted = asyncio.Event()
         self._bg: asyncio.Task[None] | None = None
@@ -312,7 +317,7 @@ class DynamicRendezvous:
         if cres.succeeded:
             closed_kv = await self._close_round(ptr, lease)
         else:
-            closed_kv = await self._follow(ptr, cres.revision, lease)
+            closed_kv = await self._follow(ptr, lease)
         return await self._after_close(r, closed_kv, ptr_rev, lease)
 
     async def _after_close(
@@ -330,27 +335,29 @@ class DynamicRendezvous:
         await self._wait_next_round(r, closed, closed_kv.mod_revision, ptr_rev, lease)
         return None
 
-    async def _follow(self, ptr: RoundPointer, since: int, lease: int) -> KeyValue:
+    async def _follow(self, ptr: RoundPointer, lease: int) -> KeyValue:
         """Wait for ``closed``; take over as closer if the closer's lease ends first."""
         r = ptr.round
         closed_key = self._k.closed(r)
-        kv = await self._ops.get(closed_key)
-        if kv is not None:
-            return kv
         async with watching() as mux:
-            mux.add("closed", self._ops.watch(closed_key, start_revision=since + 1))
-            mux.add("closer", self._ops.watch(self._k.closer(r), start_revision=since + 1))
+            # Watch from now, then read: the store replays no history for us.
+            await mux.start("closed", self._ops.watch(closed_key))
+            await mux.start("closer", self._ops.watch(self._k.closer(r)))
+            kv = await self._ops.get(closed_key)
+            if kv is not None:
+                return kv
+            if await self._ops.get(self._k.closer(r)) is None:
+                # The closer left before our watch began: a synthetic delete.
+                mux.push("closer", None)
             while True:
                 item = await mux.next(self._clock)
                 assert item is not None
                 tag, ev = item
                 if isinstance(ev, StoreError):
                     raise ev
-                if ev is None:
-                    continue
-                if tag == "closed" and ev.type is EventType.PUT:
+                if tag == "closed" and ev is not None and ev.type is EventType.PUT:
                     return ev.kv
-                if tag == "closer" and ev.type is EventType.DELETE:
+                if tag == "closer" and (ev is None or ev.type is EventType.DELETE):
                     res = await self._ops.create(
                         self._k.closer(r), self._node.node_id.encode(), lease=lease
                     )
@@ -405,7 +412,10 @@ class DynamicRendezvous:
                     p=self._params,
                 )
                 if d.close:
-                    members = m.assign_ranks(list(joined.values()), prev, self._max)
+                    if self._fixed_ranks:
+                        members = m.fixed_ranks(list(joined.values()))
+                    else:
+                        members = m.assign_ranks(list(joined.values()), prev, self._max)
                     rec = ClosedRound(
                         r, ptr.restart_count, members, members[0].addr, members[0].master_port
                     )

@@ -27,6 +27,7 @@ __all__ = [
     "assign_ranks",
     "close_decision",
     "failure_step",
+    "fixed_ranks",
     "next_pointer",
     "root_cause",
     "round_info",
@@ -163,6 +164,16 @@ def assign_ranks(
     for s in slots:
         out.append(s if s is not None else next(it))
     return tuple(out)
+
+
+def fixed_ranks(joined: Sequence[Joiner]) -> tuple[NodeDesc, ...]:
+    """Static backend: order by the rank before the first ``-`` of each node id."""
+
+    def rank(j: Joiner) -> tuple[int, int]:
+        head = j.desc.node_id.split("-", 1)[0]
+        return (int(head) if head.isdigit() else 1 << 30, j.create_revision)
+
+    return tuple(j.desc for j in sorted(joined, key=rank))
 
 
 def round_info(run_id: str, closed: ClosedRound, node_id: str) -> RoundInfo | None:

@@ -280,3 +280,38 @@ async def test_constructor_validates() -> None:
             MemoryStore(), run_id="j", node=node, min_nodes=3, max_nodes=2, max_restarts=0,
             conf=RdzvConf(), clock=FakeClock(),
         )  # fmt: skip
+
+
+async def test_static_ranks_follow_node_rank(job: Job) -> None:
+    from corral.rendezvous.api import NodeDesc
+    from corral.rendezvous.static import StaticRendezvous, static_store_endpoint
+
+    from .conftest import CONF
+
+    nodes = [
+        StaticRendezvous(
+            job.store.session(),
+            run_id="static",
+            node=NodeDesc(f"host{rank}", f"10.0.0.{rank + 1}", 2),
+            node_rank=rank,
+            nnodes=3,
+            master_addr="10.0.0.9",
+            master_port=29500,
+            max_restarts=1,
+            conf=CONF,
+            clock=job.clock,
+        )
+        for rank in (2, 0, 1)
+    ]
+    try:
+        infos = await asyncio.wait_for(asyncio.gather(*(n.join() for n in nodes)), 2)
+        assert [i.group_rank for i in infos] == [2, 0, 1]
+        assert {(i.master_addr, i.master_port) for i in infos} == {("10.0.0.9", 29500)}
+        d = await nodes[0].report_failure(infos[0], [failure("host2", 4)])
+        assert d == (Decision.RESTART, None)
+        again = await asyncio.wait_for(asyncio.gather(*(n.join() for n in nodes)), 2)
+        assert [(i.group_rank, i.restart_count) for i in again] == [(2, 1), (0, 1), (1, 1)]
+    finally:
+        for n in nodes:
+            await n.close()
+    assert static_store_endpoint("10.0.0.9", 29500) == ("10.0.0.9", 29501)

@@ -1,0 +1,223 @@
+"""Rendezvous at scale: K simulated nodes in one process until every node has its rank.
+
+corral's DynamicRendezvous over the embedded tcp store (a ``corral store``
+server in a subprocess, K nodes sharing a few client connections), beside
+torch's DynamicRendezvousHandler (c10d backend over a TCPStore, one thread per
+node, in a subprocess with a time limit per K).
+
+    python bench/rendezvous.py [--nodes 16 64 ...] [--store tcp://H:P] [--reps 3]
+
+Prints human lines, then last one JSON line:
+``{"bench": "rendezvous", "figures": [{"name": "K=16", "unit": "s", "corral": s,
+"torchrun": s_or_null, "ratio": torchrun/corral_or_null}]}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+from corral.config import RdzvConf
+from corral.rendezvous.api import NodeDesc
+from corral.rendezvous.dynamic import DynamicRendezvous
+from corral.store.tcp.client import TcpStore, connect
+
+DEFAULT_K = [16, 64, 256, 1024, 4096]
+NODES_PER_CONNECTION = 32  # each connection carries every watch event of its nodes
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 16
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+_SERVER_CHILD = r"""
+import asyncio, logging
+logging.basicConfig(level=logging.WARNING)
+from corral.store.tcp.server import StoreServer, ServerLimits
+async def main():
+    s = StoreServer(limits=ServerLimits(max_connections=4096))
+    await s.start("127.0.0.1", 0)
+    print("listening on tcp://%s:%d" % s.address, flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+@contextlib.contextmanager
+def corral_server() -> Iterator[tuple[str, int]]:
+    """A ``corral store`` server on a free loopback port, in a subprocess."""
+    # The server runs on the default asyncio loop (``corral store`` picks uvloop
+    # when installed, whose transports its connection_made assert rejects).
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVER_CHILD],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"store server did not start: {line!r}")
+        addr = line.rsplit(" ", 1)[-1].strip().removeprefix("tcp://")
+        host, _, port = addr.rpartition(":")
+        yield host.strip("[]"), int(port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def corral_once(host: str, port: int, k: int) -> float:
+    conns: list[TcpStore] = []
+    n_conns = max(1, -(-k // NODES_PER_CONNECTION))
+    for _ in range(n_conns):
+        conns.append(await connect(host, port, timeout=10))
+    run_id = f"bench-{uuid.uuid4().hex[:8]}"
+    conf = RdzvConf(join_timeout=120, read_timeout=60)
+    nodes = [
+        DynamicRendezvous(
+            conns[i % n_conns],
+            run_id=run_id,
+            node=NodeDesc(f"node{i}", "127.0.0.1", 8),
+            min_nodes=k,
+            max_nodes=k,
+            max_restarts=0,
+            conf=conf,
+        )
+        for i in range(k)
+    ]
+    t0 = time.perf_counter()
+    infos = await asyncio.gather(*(n.join() for n in nodes))
+    elapsed = time.perf_counter() - t0
+    ranks = sorted(i.group_rank for i in infos)
+    if ranks != list(range(k)):
+        raise RuntimeError(f"K={k}: ranks are not 0..{k - 1}")
+    await asyncio.gather(*(n.close() for n in nodes))
+    for c in conns:
+        await c.close()
+    return elapsed
+
+
+_TORCH_CHILD = r"""
+import sys, threading, time, logging
+logging.disable(logging.CRITICAL)
+from datetime import timedelta
+from torch.distributed import TCPStore
+from torch.distributed.elastic.rendezvous.dynamic_rendezvous import (
+    DynamicRendezvousHandler, RendezvousTimeout)
+from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
+k = int(sys.argv[1])
+master = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+port = master.port
+clients = [TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=300))
+           for _ in range(max(1, k // 64))]
+handlers = []
+for i in range(k):
+    st = clients[i % len(clients)]
+    backend = C10dRendezvousBackend(st, "bench")
+    handlers.append(DynamicRendezvousHandler.from_backend(
+        "bench", st, backend, min_nodes=k, max_nodes=k, local_addr=f"127.0.0.{1 + i % 250}",
+        timeout=RendezvousTimeout(join=timedelta(seconds=600))))
+done = []
+def run(h):
+    h.next_rendezvous()
+    done.append(1)
+threads = [threading.Thread(target=run, args=(h,), daemon=True) for h in handlers]
+t0 = time.perf_counter()
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("ELAPSED", time.perf_counter() - t0, len(done), flush=True)
+import os
+os._exit(0)
+"""
+
+
+def torch_once(k: int, limit: float) -> float | None:
+    """torch's rendezvous of K nodes in a subprocess; None when it does not finish in time."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _TORCH_CHILD, str(k)],
+            capture_output=True,
+            text=True,
+            timeout=limit,
+            env={**os.environ, "TORCH_CPP_LOG_LEVEL": "ERROR"},
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    for line in proc.stdout.splitlines():
+        if line.startswith("ELAPSED"):
+            _, secs, n = line.split()
+            return float(secs) if int(n) == k else None
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, nargs="+", default=DEFAULT_K)
+    ap.add_argument("--store", default="", help="tcp://host:port of a running corral store")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions per K (median reported)")
+    ap.add_argument("--torch-limit", type=float, default=60.0, help="seconds per torch run")
+    ap.add_argument("--no-torch", action="store_true")
+    args = ap.parse_args(argv)
+    _raise_nofile()
+    figures = []
+    with contextlib.ExitStack() as stack:
+        if args.store:
+            u = urlsplit(args.store)
+            host, port = u.hostname or "127.0.0.1", u.port or 29400
+        else:
+            host, port = stack.enter_context(corral_server())
+        torch_gave_up = False
+        for k in args.nodes:
+            times = [asyncio.run(corral_once(host, port, k)) for _ in range(args.reps)]
+            ours = statistics.median(times)
+            theirs: float | None = None
+            note = "skipped"
+            if not args.no_torch and not torch_gave_up:
+                theirs = torch_once(k, args.torch_limit)
+                note = "timeout" if theirs is None else f"{theirs:.3f} s"
+                torch_gave_up = theirs is None
+            elif torch_gave_up:
+                note = "skipped (timed out at a smaller K)"
+            ratio = round(theirs / ours, 2) if theirs is not None else None
+            print(
+                f"K={k}: corral {ours:.3f} s (runs {', '.join(f'{t:.3f}' for t in times)}); "
+                f"torch {note}" + (f"; torch/corral {ratio}x" if ratio else ""),
+                flush=True,
+            )
+            figures.append(
+                {
+                    "name": f"K={k}",
+                    "unit": "s",
+                    "corral": round(ours, 4),
+                    "torchrun": round(theirs, 4) if theirs is not None else None,
+                    "ratio": ratio,
+                }
+            )
+    print(json.dumps({"bench": "rendezvous", "figures": figures}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
