@@ -128,11 +128,10 @@ from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRen
 k = int(sys.argv[1])
 master = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
 port = master.port
-clients = [TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=300))
-           for _ in range(max(1, k // 64))]
 handlers = []
 for i in range(k):
-    st = clients[i % len(clients)]
+    # one client per node, as with real agents
+    st = TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=300))
     backend = C10dRendezvousBackend(st, "bench")
     handlers.append(DynamicRendezvousHandler.from_backend(
         "bench", st, backend, min_nodes=k, max_nodes=k, local_addr=f"127.0.0.{1 + i % 250}",
