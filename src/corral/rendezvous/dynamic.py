@@ -53,6 +53,23 @@ _KINDS = {
 }
 
 
+# Closed records are immutable (create-only), so one decode per value
+# serves every handle in this process: simulated nodes (tests, bench) and an
+# agent that rejoins. A real node decodes each record once anyway.
+_CLOSED_CACHE: dict[bytes, ClosedRound] = {}
+
+
+def _decode_closed(kv: KeyValue) -> ClosedRound:
+    ident = kv.value  # the bytes themselves: never confused across stores
+    rec = _CLOSED_CACHE.get(ident)
+    if rec is None:
+        rec = ClosedRound.from_json(kv.value)
+        if len(_CLOSED_CACHE) >= 16:
+            _CLOSED_CACHE.pop(next(iter(_CLOSED_CACHE)))
+        _CLOSED_CACHE[ident] = rec
+    return rec
+
+
 def _change(p: RoundPointer) -> RoundChange:
     return RoundChange(_KINDS.get(p.reason, ChangeKind.MEMBER_LOST), p.round, p.detail)
 
@@ -168,9 +185,12 @@ class DynamicRendezvous:
         return await self._watch(rnd, done=False)
 
     async def report_failure(
-        self, rnd: RoundInfo, failures: list[FailureReport]
+        self, rnd: RoundInfo, failures: list[FailureReport], *, final: bool = False
     ) -> tuple[Decision, FailureReport | None]:
-        """Publish failures of ``rnd`` and decide job-wide (see :class:`Rendezvous`)."""
+        """Publish failures of ``rnd`` and decide job-wide (see :class:`Rendezvous`).
+
+        ``final``: end the job in failure now, whatever the budget (a policy gave up).
+        """
         r = rnd.round
         for f in failures:
             await self._ops.create(
@@ -184,9 +204,18 @@ class DynamicRendezvous:
                     return Decision.RESTART, None  # cannot happen: a success needs every member
                 return Decision.FAIL, out.root_cause
             step = m.failure_step(r, ptr, self._max_restarts)
-            if step is m.FailureStep.ALREADY_MOVED:
+            if step is m.FailureStep.ALREADY_MOVED and final:
+                # the job moved on without this round's outcome: fix the outcome on
+                # round r's failures first, then end the job from where it is now
+                kvs, _ = await self._ops.range(self._k.failures(r))
+                rc = m.root_cause(
+                    (kv.create_revision, FailureReport.from_json(kv.value)) for kv in kvs
+                )
+                out = Outcome("failed", r, rc, rc.exit_code if rc is not None else 1)
+                await self._ops.create(self._k.outcome, out.to_json())
+            elif step is m.FailureStep.ALREADY_MOVED:
                 return Decision.RESTART, None
-            if step is m.FailureStep.RESTART:
+            if step is m.FailureStep.RESTART and not final:
                 detail = f"failure on {self._node.node_id} in round {r}"
                 new = m.next_pointer(ptr, REASON_FAILURE, detail)
                 if await self._ops.cas_pointer(new, rev):
@@ -323,7 +352,7 @@ class DynamicRendezvous:
     async def _after_close(
         self, r: int, closed_kv: KeyValue, ptr_rev: int, lease: int, *, member: bool = True
     ) -> RoundInfo | None:
-        closed = ClosedRound.from_json(closed_kv.value)
+        closed = _decode_closed(closed_kv)
         info = m.round_info(self._run_id, closed, self._node.node_id) if member else None
         if info is not None:
             self._closed[r] = (closed, closed_kv.mod_revision)
