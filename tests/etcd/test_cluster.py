@@ -11,6 +11,7 @@ order.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -122,3 +123,24 @@ def _restart_stopped(cluster: EtcdCluster) -> None:
     stopped: list[EtcdMember] = [m for m in cluster.members if not m.running]
     for m in stopped:
         m.start()
+
+
+async def test_hung_member_moves_calls_and_watches(cluster: EtcdCluster) -> None:
+    """SIGSTOP the member in use: the next call fails over after its attempt
+    timeout, and the same client's idle watch moves with it, missing nothing."""
+    store = await open_etcd_store(cluster.url("/corral-hung"), timeout=20)
+    try:
+        used = _connected(store)
+        victim = next(m for m in cluster.members if m.endpoint == used)
+        async with store.watch("k") as events:
+            await asyncio.to_thread(victim.kill, signal.SIGSTOP)
+            try:
+                rev = await store.put("k", b"after-stop")
+                ev = await asyncio.wait_for(anext(events), 10)
+            finally:
+                victim.resume()
+        assert ev.revision == rev and ev.kv.value == b"after-stop"
+        assert _connected(store) != victim.endpoint
+        await asyncio.to_thread(find_leader, cluster)  # the member is back in the cluster
+    finally:
+        await store.close()

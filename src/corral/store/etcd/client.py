@@ -40,7 +40,14 @@ from aetcd import rpc
 
 from corral.errors import LeaseNotFound, StoreCompacted, StoreError, StoreUnavailable
 from corral.store.api import Characteristics, EventType, KeyValue, WatchEvent, WriteResult
-from corral.store.etcd.connection import Connection, Session, is_failover_error, translate_error
+from corral.store.etcd.connection import (
+    REQUEST_ATTEMPT,
+    WATCH_IDLE,
+    Connection,
+    Session,
+    is_failover_error,
+    translate_error,
+)
 from corral.store.etcd.url import EtcdTarget, etcd_url_from_conf, parse_etcd_url
 
 __all__ = ["EtcdStore", "etcd_url_from_conf", "open_etcd_store"]
@@ -288,6 +295,10 @@ class _WatchStream:
         self._call: Any = None
         self._pending: list[WatchEvent] = []
         self._closed = False
+        # The read in flight: a task, so that a caller's timeout (wait_for)
+        # does not cancel the grpc call under it.
+        self._reader: asyncio.Future[Any] | None = None
+        self._probe_sent: float | None = None  # when we asked a silent member for progress
 
     async def open(self) -> None:
         """Create the watch on some member, failing over until the deadline."""
@@ -337,6 +348,7 @@ class _WatchStream:
                 await self._conn.fail(session, "watch stream closed by the server")
                 continue
             self._session, self._call = session, call
+            session.watch_calls.add(call)
             self._check_canceled(resp)
             if self._next == 0:
                 self._next = int(resp.header.revision) + 1
@@ -357,11 +369,15 @@ class _WatchStream:
             self._next = max(self._next, int(ev.kv.mod_revision) + 1)
 
     async def _drop(self, reason: BaseException | str, *, fail_member: bool = True) -> None:
-        session, call = self._session, self._call
-        self._session = self._call = None
+        session, call, reader = self._session, self._call, self._reader
+        self._session = self._call = self._reader = None
+        self._probe_sent = None
+        if reader is not None:
+            reader.cancel()
         if call is not None:
             call.cancel()
         if session is not None:
+            session.watch_calls.discard(call)
             await self._conn.release(session)
             if fail_member:
                 await self._conn.fail(session, reason)
@@ -370,21 +386,30 @@ class _WatchStream:
         return self
 
     async def __anext__(self) -> WatchEvent:
+        loop = asyncio.get_running_loop()
         while not self._pending:
             if self._closed:
                 raise StopAsyncIteration
             if self._call is None:
                 await self.open()
                 continue
+            if self._reader is None:
+                self._reader = asyncio.ensure_future(self._call.read())
+            if self._probe_sent is None:
+                wait = WATCH_IDLE
+            else:
+                wait = self._probe_sent + REQUEST_ATTEMPT - loop.time()
+            done, _ = await asyncio.wait({self._reader}, timeout=max(0.0, wait))
+            if not done:
+                await self._probe(loop.time())
+                continue
+            reader, self._reader = self._reader, None
+            self._probe_sent = None
             try:
-                resp = await self._call.read()
+                resp = reader.result()
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is None or task.cancelling():
-                    raise  # our caller is being cancelled
-                # The call was cancelled under us: an earlier read was cancelled
-                # (e.g. by asyncio.wait_for), or its channel was closed. The
-                # member is fine; watch again from the next revision.
+                # The call was cancelled under us (its member was given up, or
+                # the store closed): watch again from the next revision.
                 await self._drop("watch call cancelled", fail_member=False)
                 continue
             except grpc.aio.AioRpcError as exc:
@@ -410,14 +435,21 @@ class _WatchStream:
             self._take(resp)
         return self._pending.pop(0)
 
+    async def _probe(self, now: float) -> None:
+        """The member was silent: ask for progress, or give it up if it ignored the last ask."""
+        if self._probe_sent is not None:
+            log.info("etcd: watch member did not answer for %.1f s; moving", REQUEST_ATTEMPT)
+            await self._drop("no answer to a watch progress request")
+            return
+        self._probe_sent = now
+        try:
+            await self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the pending read reports the broken stream
+
     async def close(self) -> None:
         self._closed = True
-        session, call = self._session, self._call
-        self._session = self._call = None
-        if call is not None:
-            call.cancel()
-        if session is not None:
-            await self._conn.release(session)
+        await self._drop("watch closed", fail_member=False)
 
 
 async def open_etcd_store(

@@ -36,7 +36,14 @@ from corral.errors import (
 )
 from corral.store.etcd.url import EtcdTarget
 
-__all__ = ["Connection", "Session", "is_failover_error", "translate_error"]
+__all__ = [
+    "REQUEST_ATTEMPT",
+    "WATCH_IDLE",
+    "Connection",
+    "Session",
+    "is_failover_error",
+    "translate_error",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,6 +52,9 @@ T = TypeVar("T")
 CONNECT_ATTEMPT = 1.5
 #: Longest wait for one request on one member before failing over (a hung member).
 REQUEST_ATTEMPT = 5.0
+#: After this long without a message, a watch asks its member for progress; no
+#: answer within REQUEST_ATTEMPT means the member hangs, and the watch moves.
+WATCH_IDLE = 10.0
 
 _CHANNEL_OPTIONS = (
     # Find a dead peer under an idle watch: ping every 10 s (etcd refuses pings
@@ -85,7 +95,8 @@ class Session:
     maintenance: Any = None
     users: int = 0
     retired: bool = False
-    _closing: list[asyncio.Task[None]] = field(default_factory=list)
+    #: open watch calls, cancelled when the session is failed so that they resume elsewhere
+    watch_calls: set[Any] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.kv = rpc.KVStub(self.channel)
@@ -241,6 +252,10 @@ class Connection:
                 self._session = None
                 self._index += 1
                 session.retired = True
+                # Move the watches too: a member one call found dead or hung
+                # would keep an idle watch silent until keep-alive noticed.
+                for call in list(session.watch_calls):
+                    call.cancel()
                 if session.users == 0:
                     await session.channel.close()
                 else:  # closed by release() when its last call ends; see there
