@@ -116,7 +116,7 @@ def test_defaults_match_torchrun() -> None:
         assert getattr(t, flag) is getattr(c, flag) is False
     # corral's deliberate difference: SIGUSR1/SIGUSR2 are forwarded too
     torch_sigs = tuple(int(getattr(signal, n)) for n in t.signals_to_handle.split(","))
-    assert c.signals_to_handle == torch_sigs + (signal.SIGUSR1, signal.SIGUSR2) == DEFAULT_SIGNALS
+    assert c.signals_to_handle == (*torch_sigs, signal.SIGUSR1, signal.SIGUSR2) == DEFAULT_SIGNALS
     assert t.shutdown_timeout is None and c.shutdown_timeout == 30.0
     assert c.rdzv_conf == RdzvConf()
 
