@@ -315,3 +315,14 @@ async def test_static_ranks_follow_node_rank(job: Job) -> None:
         for n in nodes:
             await n.close()
     assert static_store_endpoint("10.0.0.9", 29500) == ("10.0.0.9", 29501)
+
+
+async def test_final_failure_ends_the_job_with_restarts_left(job: Job) -> None:
+    for n in "ab":
+        job.node(n, min_nodes=2, max_nodes=2, max_restarts=5)
+    _ia, ib = await asyncio.gather(*await join_in_order(job, ["a", "b"], 0))
+    first = failure("b", 2, code=3)
+    assert await job.nodes["b"].report_failure(ib, [first], final=True) == (Decision.FAIL, first)
+    with pytest.raises(JobFailed) as ei:
+        await job.nodes["a"].join()
+    assert ei.value.root_cause == first and ei.value.exit_code == 3
