@@ -281,7 +281,11 @@ class EtcdMember:
             return
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-            if sig in (signal.SIGSTOP,):
+            if sig == signal.SIGSTOP:
+                # Block until every thread has stopped (the kernel reports the
+                # completed group stop to the parent), so nothing the test does
+                # next can still be served by this member.
+                os.waitpid(self.proc.pid, os.WUNTRACED)
                 return
             self.proc.wait(timeout=30)
         if self._reader is not None:

@@ -78,6 +78,11 @@ _FAILOVER_DETAILS = (
     "not capable",
     "stopped",
     "too many requests",
+    # transport failures that grpc sometimes reports as INTERNAL or UNKNOWN
+    "rst_stream",
+    "stream removed",
+    "socket closed",
+    "connection reset",
 )
 
 
@@ -320,6 +325,12 @@ class Connection:
             self.acquire(session)
             try:
                 return await op(session, min(remaining, REQUEST_ATTEMPT), retried)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling() or not self._closed:
+                    raise
+                # close() closed the channel under this call: not our caller's cancellation.
+                raise StoreUnavailable(f"etcd {what}: the store was closed") from None
             except grpc.aio.AioRpcError as exc:
                 low = (exc.details() or "").lower()
                 if "invalid auth token" in low and not reauthenticated:
