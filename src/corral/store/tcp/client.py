@@ -16,7 +16,7 @@ import socket
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TypeVar
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 from corral.errors import (
@@ -37,6 +37,7 @@ from corral.store.tcp.server import hmac_answer
 __all__ = ["DEFAULT_PORT", "TcpStore", "connect", "open_tcp_store"]
 
 DEFAULT_PORT = 29400
+_ATTEMPT_TIMEOUT = 10.0
 _CHARACTERISTICS = Characteristics(
     linearizable=True, leases=True, connection_leases=True, replicated=False
 )
@@ -107,8 +108,8 @@ class _Connection(asyncio.Protocol):
         self.lost: StoreError | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; they quack alike.
+        self.transport = cast("asyncio.Transport", transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -238,7 +239,9 @@ class TcpStore:
             attempts += 1
             remaining = deadline - loop.time()
             try:
-                async with asyncio.timeout(max(remaining, 0.001)):
+                # One attempt may not eat the whole budget: a peer that accepts
+                # but never answers the handshake is retried.
+                async with asyncio.timeout(max(min(remaining, _ATTEMPT_TIMEOUT), 0.001)):
                     _, conn = await loop.create_connection(
                         lambda: _Connection(self, self._token), self._host, self._port
                     )

@@ -23,7 +23,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from corral.clock import Clock, MonotonicClock
 from corral.errors import (
@@ -96,9 +96,9 @@ class _Conn(asyncio.Protocol):
     # --- asyncio.Protocol --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
+        # uvloop's transports do not subclass asyncio.Transport; they quack alike.
+        self.transport = t = cast("asyncio.Transport", transport)
+        peer = t.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         srv = self.server
         if len(srv.conns) >= srv.limits.max_connections:
@@ -108,12 +108,12 @@ class _Conn(asyncio.Protocol):
                 len(srv.conns),
             )
             self.closed = True
-            transport.abort()
+            t.abort()
             return
         srv.conns.add(self)
         loop = asyncio.get_running_loop()
         self.handshake_timer = loop.call_later(srv.limits.handshake_timeout, self._handshake_late)
-        transport.write(p.encode(p.Challenge(p.VERSION, self.nonce, srv.token is not None)))
+        t.write(p.encode(p.Challenge(p.VERSION, self.nonce, srv.token is not None)))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._teardown()
