@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.etcd_fixtures import etcd_available, find_leader, shared_single, start_cluster
 from tests.helpers import CORRAL, Hub, HubWorker, Procs, corral_env
 
 pytestmark = pytest.mark.timeout(90)
@@ -27,9 +28,13 @@ class Cluster:
     """Agents of one job, each with its own --local-addr 127.0.0.<n>."""
 
     def __init__(self, procs: Procs, hub: Hub, tmp: Path, nnodes: str, *, conf: str = FAST,
-                 max_restarts: int = 3, nproc: int = 1, extra: tuple[str, ...] = ()) -> None:
+                 max_restarts: int = 3, nproc: int = 1, extra: tuple[str, ...] = (),
+                 backend: str = "c10d", endpoint: str | None = None) -> None:
         self.procs, self.hub, self.tmp = procs, hub, tmp
         self.port = free_port()
+        self.backend = backend
+        self.endpoint = endpoint or f"127.0.0.1:{self.port}"
+        self.run_id = f"job{self.port}"  # unique per test: etcd is shared by the session
         self.nnodes, self.conf, self.max_restarts, self.nproc = nnodes, conf, max_restarts, nproc
         self.extra = extra
         self.agents: dict[int, subprocess.Popen[bytes]] = {}
@@ -38,8 +43,8 @@ class Cluster:
         err = open(self.tmp / f"agent{n}.err", "wb")  # noqa: SIM115 - closed by the OS at exit
         cmd = [
             *CORRAL, "--nnodes", self.nnodes, "--nproc-per-node", str(self.nproc),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{self.port}",
-            "--rdzv-id", "job", "--local-addr", f"127.0.0.{n}",
+            "--rdzv-backend", self.backend, "--rdzv-endpoint", self.endpoint,
+            "--rdzv-id", self.run_id, "--local-addr", f"127.0.0.{n}",
             "--max-restarts", str(self.max_restarts), "--rdzv-conf", self.conf, *self.extra,
             str(self.hub.script), *worker_args,
         ]
@@ -59,11 +64,26 @@ class Cluster:
             raise AssertionError(f"agent {n} did not exit; its stderr:\n{self.stderr(n)}") from None
 
 
-@pytest.fixture
-def cluster_factory(procs: Procs, hub: Hub, tmp_path: Path) -> Iterator[object]:
-    def make(nnodes: str, **kw: object) -> Cluster:
-        return Cluster(procs, hub, tmp_path, nnodes, **kw)  # type: ignore[arg-type]
+ETCD_CONF = FAST.replace("keep_alive_interval=0.5", "keep_alive_interval=1")
 
+
+@pytest.fixture(params=["c10d", "etcd"])
+def cluster_factory(request: pytest.FixtureRequest, procs: Procs, hub: Hub, tmp_path: Path) -> Iterator[object]:
+    """Clusters of agents on the embedded store, and on a real etcd (the same tests)."""
+    backend = request.param
+    endpoint = None
+    if backend == "etcd":
+        if not etcd_available():
+            pytest.skip("etcd binary not installed (scripts/install-etcd)")
+        endpoint = shared_single().endpoints
+
+    def make(nnodes: str, **kw: object) -> Cluster:
+        if backend == "etcd" and "conf" in kw:
+            kw["conf"] = str(kw["conf"]).replace("keep_alive_interval=0.5", "keep_alive_interval=1")
+        kw.setdefault("conf", ETCD_CONF if backend == "etcd" else FAST)
+        return Cluster(procs, hub, tmp_path, nnodes, backend=backend, endpoint=endpoint, **kw)  # type: ignore[arg-type]
+
+    make.backend = backend  # type: ignore[attr-defined]
     yield make
 
 
@@ -137,6 +157,8 @@ def test_fourth_agent_joins_running_job(cluster_factory, hub: Hub) -> None:
 
 
 def test_store_host_killed_others_exit_with_clear_error(cluster_factory, hub: Hub) -> None:
+    if cluster_factory.backend != "c10d":
+        pytest.skip("etcd has no hosting agent (see the 3-member cluster test)")
     c = cluster_factory("2:2")
     c.start(1)
     c.start(2)
@@ -169,3 +191,35 @@ def test_spent_budget_same_root_cause_everywhere(cluster_factory, hub: Hub) -> N
         assert "rank 1 fails on purpose" in c.stderr(n), c.stderr(n)
     restarts = {w["TORCHELASTIC_RESTART_COUNT"] for w in reports}
     assert restarts == {"0", "1"}
+
+
+@pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed")
+def test_etcd_cluster_loses_follower_then_leader_job_goes_on(procs: Procs, hub: Hub, tmp_path: Path) -> None:
+    """3 etcd members; a follower dies during the rendezvous, the leader while the job runs.
+
+    The job goes on, and the rendezvous state survives: losing an agent afterwards
+    still gives a consistent new round of the survivors.
+    """
+    with start_cluster(3) as etcd:
+        c = Cluster(procs, hub, tmp_path, "2:3", conf=ETCD_CONF, backend="etcd", endpoint=etcd.endpoints)
+        leader = find_leader(etcd)
+        follower = next(m for m in etcd.members if m is not leader)
+        c.start(1)
+        follower.kill()  # during the rendezvous
+        c.start(2)
+        c.start(3)
+        first = hub.collect(3, where=ws(3))
+        assert_one_round(first, 3)
+        leader.kill()  # while the job runs: the last member alone has no quorum until...
+        follower.spawn()  # ...the follower comes back and a new leader is elected
+        follower.wait_ready()
+        c.agents[3].kill()
+        try:
+            second = hub.collect(2, where=ws(2))
+        except TimeoutError:
+            raise AssertionError("\n".join(c.stderr(n)[-3000:] for n in (1, 2))) from None
+        assert_one_round(second, 2)
+        for w in second:
+            w.release(0)
+        for n in (1, 2):
+            assert c.wait(n, timeout=40) == 0, c.stderr(n)
