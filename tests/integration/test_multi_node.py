@@ -223,3 +223,24 @@ def test_etcd_cluster_loses_follower_then_leader_job_goes_on(procs: Procs, hub: 
             w.release(0)
         for n in (1, 2):
             assert c.wait(n, timeout=40) == 0, c.stderr(n)
+
+
+def test_static_failure_anywhere_restarts_every_node(procs: Procs, hub: Hub, tmp_path: Path) -> None:
+    port = free_port()
+    agents = []
+    for rank in (0, 1):
+        err = open(tmp_path / f"static{rank}.err", "wb")  # noqa: SIM115
+        agents.append(procs.start(
+            [*CORRAL, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(rank),
+             "--master-addr", "127.0.0.1", "--master-port", str(port), "--max-restarts", "1",
+             "--local-addr", f"127.0.0.{rank + 1}", str(hub.script), "--fail-rank=1"],
+            stdout=subprocess.DEVNULL, stderr=err, env=corral_env(HUB=hub.path, TMPDIR=str(tmp_path))))
+        err.close()
+    first = hub.collect(2)
+    assert {w["TORCHELASTIC_RESTART_COUNT"] for w in first} == {"0"}
+    assert {w["MASTER_PORT"] for w in first} == {str(port)}  # static: --master-port, as torchrun
+    second = hub.collect(2)  # rank 1 failed on node 1: node 0 restarts too
+    assert {w["TORCHELASTIC_RESTART_COUNT"] for w in second} == {"1"}
+    assert sorted(int(w["RANK"]) for w in second) == [0, 1]
+    for p in agents:
+        assert p.wait(timeout=30) == 3  # the budget is spent on the second failure
