@@ -43,6 +43,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--crash-at-step", type=int, default=None)
     p.add_argument("--crash-once-marker", default=None)
     p.add_argument("--crash-rank", type=int, default=1)
+    p.add_argument("--log-every", type=int, default=0, help="rank 0 prints 'step N' every N steps")
     return p.parse_args(argv)
 
 
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
             if ckpt and rank == 0 and (step + 1) % args.ckpt_every == 0:
                 os.makedirs(args.ckpt_dir, exist_ok=True)
                 save_checkpoint(ckpt, model, opt, step)
+            if args.log_every and rank == 0 and (step + 1) % args.log_every == 0:
+                print(f"step {step + 1}", flush=True)
         took = time.monotonic() - t0
         digest = checksum(model)
         print(

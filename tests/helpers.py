@@ -142,3 +142,24 @@ class HubWorker:
             self.conn.sendall(str(code).encode())
         except OSError:
             pass
+
+
+class NetNS:
+    """A private network namespace holding only ``lo`` (127.0.0.0/8), made and removed by a test.
+
+    An anchor process keeps it alive; :meth:`wrap` runs a command inside it.
+    torch's TCPStore reverse-resolves peers, which cannot stall in here.
+    """
+
+    def __init__(self, procs: Procs) -> None:
+        self.anchor = procs.start(
+            ["unshare", "--net", "sh", "-c", "ip link set lo up && echo ready && exec sleep 3600"],
+            stdout=subprocess.PIPE,
+        )
+        assert self.anchor.stdout is not None
+        line = self.anchor.stdout.readline()
+        if line.strip() != b"ready":
+            raise RuntimeError("could not make a network namespace (unshare --net)")
+
+    def wrap(self, cmd: Sequence[str]) -> list[str]:
+        return ["nsenter", f"--net=/proc/{self.anchor.pid}/ns/net", "--", *cmd]
