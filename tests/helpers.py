@@ -71,7 +71,7 @@ class Hub:
     leave it running until its agent stops it.
     """
 
-    WORKER = r'''
+    WORKER = r"""
 import json, os, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(os.environ["HUB"])
@@ -84,7 +84,7 @@ if fail and os.environ["RANK"] == fail[0].split("=")[1]:
     sys.exit(3)
 data = s.recv(16)
 sys.exit(int(data) if data.strip().isdigit() else 1)
-'''
+"""
 
     def __init__(self, directory: Path) -> None:
         import socket
@@ -114,7 +114,9 @@ sys.exit(int(data) if data.strip().isdigit() else 1)
         self.workers.append(w)
         return w
 
-    def collect(self, n: int, timeout: float = 30.0, where: Callable[[HubWorker], bool] | None = None) -> list[HubWorker]:
+    def collect(
+        self, n: int, timeout: float = 30.0, where: Callable[[HubWorker], bool] | None = None
+    ) -> list[HubWorker]:
         """The next ``n`` workers that satisfy ``where`` (others are recorded and skipped)."""
         got: list[HubWorker] = []
         while len(got) < n:

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tests.helpers import CORRAL, NetNS, Procs, corral_env
 
 torch = pytest.importorskip("torch")
@@ -37,9 +36,24 @@ def reference(netns: NetNS, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     """Parameters of an uninterrupted run (2 workers, WORLD_SIZE 2)."""
     d = tmp_path_factory.mktemp("reference")
     r = subprocess.run(
-        netns.wrap([*CORRAL, "--standalone", "--nproc-per-node", "2", EXAMPLE, *STEPS,
-                    "--ckpt-dir", str(d / "ckpt"), "--out", str(d / "p.pt")]),
-        capture_output=True, text=True, timeout=120, env=corral_env(LOGLEVEL="WARNING"),
+        netns.wrap(
+            [
+                *CORRAL,
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                EXAMPLE,
+                *STEPS,
+                "--ckpt-dir",
+                str(d / "ckpt"),
+                "--out",
+                str(d / "p.pt"),
+            ]
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=corral_env(LOGLEVEL="WARNING"),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     params: dict[str, object] = torch.load(d / "p.pt", weights_only=True)
@@ -52,13 +66,35 @@ def assert_same(a: dict[str, object], path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a), "parameters differ from the uninterrupted run"
 
 
-def test_worker_crash_resumes_from_checkpoint(netns: NetNS, reference: dict[str, object], tmp_path: Path) -> None:
+def test_worker_crash_resumes_from_checkpoint(
+    netns: NetNS, reference: dict[str, object], tmp_path: Path
+) -> None:
     marker = tmp_path / "crashed"
     r = subprocess.run(
-        netns.wrap([*CORRAL, "--standalone", "--nproc-per-node", "2", "--max-restarts", "1", EXAMPLE,
-                    *STEPS, "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "p.pt"),
-                    "--crash-at-step", "130", "--crash-once-marker", str(marker)]),
-        capture_output=True, text=True, timeout=120, env=corral_env(),
+        netns.wrap(
+            [
+                *CORRAL,
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                "--max-restarts",
+                "1",
+                EXAMPLE,
+                *STEPS,
+                "--ckpt-dir",
+                str(tmp_path / "ckpt"),
+                "--out",
+                str(tmp_path / "p.pt"),
+                "--crash-at-step",
+                "130",
+                "--crash-once-marker",
+                str(marker),
+            ]
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=corral_env(),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert marker.exists()
@@ -67,11 +103,21 @@ def test_worker_crash_resumes_from_checkpoint(netns: NetNS, reference: dict[str,
     assert_same(reference, tmp_path / "p.pt")
 
 
-def test_agent_killed_and_replaced_resumes(netns: NetNS, reference: dict[str, object], tmp_path: Path, procs: Procs) -> None:
+def test_agent_killed_and_replaced_resumes(
+    netns: NetNS, reference: dict[str, object], tmp_path: Path, procs: Procs
+) -> None:
     """2 nodes of a 2:2 job; one agent is SIGKILLed mid-training and a new node takes its place."""
     port = subprocess.run(
-        netns.wrap(["python", "-c", "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"]),
-        capture_output=True, text=True, check=True,
+        netns.wrap(
+            [
+                "python",
+                "-c",
+                "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])",
+            ]
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
 
     def agent(n: int, out: object) -> subprocess.Popen[bytes]:
@@ -80,13 +126,37 @@ def test_agent_killed_and_replaced_resumes(netns: NetNS, reference: dict[str, ob
 
     def start(n: int, out: object, err: object) -> subprocess.Popen[bytes]:
         return procs.start(
-            netns.wrap([*CORRAL, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-                        "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "ddp", "--local-addr",
-                        f"127.0.0.{n}", "--max-restarts", "0", "--rdzv-conf",
-                        "keep_alive_interval=0.5,keep_alive_max_attempt=3,read_timeout=10",
-                        EXAMPLE, *STEPS, "--ckpt-dir", str(tmp_path / "ckpt"), "--out",
-                        str(tmp_path / "p.pt"), "--log-every", "10"]),
-            stdout=out, stderr=err,
+            netns.wrap(
+                [
+                    *CORRAL,
+                    "--nnodes",
+                    "2",
+                    "--nproc-per-node",
+                    "1",
+                    "--rdzv-backend",
+                    "c10d",
+                    "--rdzv-endpoint",
+                    f"127.0.0.1:{port}",
+                    "--rdzv-id",
+                    "ddp",
+                    "--local-addr",
+                    f"127.0.0.{n}",
+                    "--max-restarts",
+                    "0",
+                    "--rdzv-conf",
+                    "keep_alive_interval=0.5,keep_alive_max_attempt=3,read_timeout=10",
+                    EXAMPLE,
+                    *STEPS,
+                    "--ckpt-dir",
+                    str(tmp_path / "ckpt"),
+                    "--out",
+                    str(tmp_path / "p.pt"),
+                    "--log-every",
+                    "10",
+                ]
+            ),
+            stdout=out,
+            stderr=err,
             env=corral_env(),
         )
 
@@ -107,5 +177,7 @@ def test_agent_killed_and_replaced_resumes(netns: NetNS, reference: dict[str, ob
     assert replacement.wait(timeout=60) == 0, (tmp_path / "agent3.err").read_text()[-3000:]
     assert "restart 0: starting at step 0" in "".join(seen)
     # the new round resumed from a checkpoint, not from scratch; a scale event is not a restart
-    assert "restart 0: starting at step 60" in rest or "restart 0: starting at step 80" in rest, rest
+    assert "restart 0: starting at step 60" in rest or "restart 0: starting at step 80" in rest, (
+        rest
+    )
     assert_same(reference, tmp_path / "p.pt")

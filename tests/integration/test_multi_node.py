@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tests.etcd_fixtures import etcd_available, find_leader, shared_single, start_cluster
 from tests.helpers import CORRAL, Hub, HubWorker, Procs, corral_env
 
@@ -27,9 +26,20 @@ def free_port() -> int:
 class Cluster:
     """Agents of one job, each with its own --local-addr 127.0.0.<n>."""
 
-    def __init__(self, procs: Procs, hub: Hub, tmp: Path, nnodes: str, *, conf: str = FAST,
-                 max_restarts: int = 3, nproc: int = 1, extra: tuple[str, ...] = (),
-                 backend: str = "c10d", endpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        procs: Procs,
+        hub: Hub,
+        tmp: Path,
+        nnodes: str,
+        *,
+        conf: str = FAST,
+        max_restarts: int = 3,
+        nproc: int = 1,
+        extra: tuple[str, ...] = (),
+        backend: str = "c10d",
+        endpoint: str | None = None,
+    ) -> None:
         self.procs, self.hub, self.tmp = procs, hub, tmp
         self.port = free_port()
         self.backend = backend
@@ -40,16 +50,35 @@ class Cluster:
         self.agents: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(self, n: int, *worker_args: str) -> subprocess.Popen[bytes]:
-        err = open(self.tmp / f"agent{n}.err", "wb")  # noqa: SIM115 - closed by the OS at exit
+        err = open(self.tmp / f"agent{n}.err", "wb")
         cmd = [
-            *CORRAL, "--nnodes", self.nnodes, "--nproc-per-node", str(self.nproc),
-            "--rdzv-backend", self.backend, "--rdzv-endpoint", self.endpoint,
-            "--rdzv-id", self.run_id, "--local-addr", f"127.0.0.{n}",
-            "--max-restarts", str(self.max_restarts), "--rdzv-conf", self.conf, *self.extra,
-            str(self.hub.script), *worker_args,
+            *CORRAL,
+            "--nnodes",
+            self.nnodes,
+            "--nproc-per-node",
+            str(self.nproc),
+            "--rdzv-backend",
+            self.backend,
+            "--rdzv-endpoint",
+            self.endpoint,
+            "--rdzv-id",
+            self.run_id,
+            "--local-addr",
+            f"127.0.0.{n}",
+            "--max-restarts",
+            str(self.max_restarts),
+            "--rdzv-conf",
+            self.conf,
+            *self.extra,
+            str(self.hub.script),
+            *worker_args,
         ]
-        p = self.procs.start(cmd, stdout=subprocess.DEVNULL, stderr=err,
-                             env=corral_env(HUB=self.hub.path, TMPDIR=str(self.tmp)))
+        p = self.procs.start(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=corral_env(HUB=self.hub.path, TMPDIR=str(self.tmp)),
+        )
         err.close()
         self.agents[n] = p
         return p
@@ -68,7 +97,9 @@ ETCD_CONF = FAST.replace("keep_alive_interval=0.5", "keep_alive_interval=1")
 
 
 @pytest.fixture(params=["c10d", "etcd"])
-def cluster_factory(request: pytest.FixtureRequest, procs: Procs, hub: Hub, tmp_path: Path) -> Iterator[object]:
+def cluster_factory(
+    request: pytest.FixtureRequest, procs: Procs, hub: Hub, tmp_path: Path
+) -> Iterator[object]:
     """Clusters of agents on the embedded store, and on a real etcd (the same tests)."""
     backend = request.param
     endpoint = None
@@ -87,7 +118,7 @@ def cluster_factory(request: pytest.FixtureRequest, procs: Procs, hub: Hub, tmp_
     yield make
 
 
-def ws(n: int):  # noqa: ANN201
+def ws(n: int):
     return lambda w: w["WORLD_SIZE"] == str(n)
 
 
@@ -108,7 +139,9 @@ def test_sigkill_of_one_agent_survivors_rerun_at_world_2(cluster_factory, hub: H
     victim.wait(timeout=10)
     second = hub.collect(2, where=ws(2))
     assert_one_round(second, 2)
-    assert all(w["TORCHELASTIC_RESTART_COUNT"] == "0" for w in second), "a scale event is not a restart"
+    assert all(w["TORCHELASTIC_RESTART_COUNT"] == "0" for w in second), (
+        "a scale event is not a restart"
+    )
     assert {int(w["GROUP_RANK"]) for w in second} == {0, 1}
     for w in second:
         w.release(0)
@@ -194,14 +227,18 @@ def test_spent_budget_same_root_cause_everywhere(cluster_factory, hub: Hub) -> N
 
 
 @pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed")
-def test_etcd_cluster_loses_follower_then_leader_job_goes_on(procs: Procs, hub: Hub, tmp_path: Path) -> None:
+def test_etcd_cluster_loses_follower_then_leader_job_goes_on(
+    procs: Procs, hub: Hub, tmp_path: Path
+) -> None:
     """3 etcd members; a follower dies during the rendezvous, the leader while the job runs.
 
     The job goes on, and the rendezvous state survives: losing an agent afterwards
     still gives a consistent new round of the survivors.
     """
     with start_cluster(3) as etcd:
-        c = Cluster(procs, hub, tmp_path, "2:3", conf=ETCD_CONF, backend="etcd", endpoint=etcd.endpoints)
+        c = Cluster(
+            procs, hub, tmp_path, "2:3", conf=ETCD_CONF, backend="etcd", endpoint=etcd.endpoints
+        )
         leader = find_leader(etcd)
         follower = next(m for m in etcd.members if m is not leader)
         c.start(1)
@@ -225,16 +262,39 @@ def test_etcd_cluster_loses_follower_then_leader_job_goes_on(procs: Procs, hub: 
             assert c.wait(n, timeout=40) == 0, c.stderr(n)
 
 
-def test_static_failure_anywhere_restarts_every_node(procs: Procs, hub: Hub, tmp_path: Path) -> None:
+def test_static_failure_anywhere_restarts_every_node(
+    procs: Procs, hub: Hub, tmp_path: Path
+) -> None:
     port = free_port()
     agents = []
     for rank in (0, 1):
-        err = open(tmp_path / f"static{rank}.err", "wb")  # noqa: SIM115
-        agents.append(procs.start(
-            [*CORRAL, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(rank),
-             "--master-addr", "127.0.0.1", "--master-port", str(port), "--max-restarts", "1",
-             "--local-addr", f"127.0.0.{rank + 1}", str(hub.script), "--fail-rank=1"],
-            stdout=subprocess.DEVNULL, stderr=err, env=corral_env(HUB=hub.path, TMPDIR=str(tmp_path))))
+        err = open(tmp_path / f"static{rank}.err", "wb")
+        agents.append(
+            procs.start(
+                [
+                    *CORRAL,
+                    "--nnodes",
+                    "2",
+                    "--nproc-per-node",
+                    "1",
+                    "--node-rank",
+                    str(rank),
+                    "--master-addr",
+                    "127.0.0.1",
+                    "--master-port",
+                    str(port),
+                    "--max-restarts",
+                    "1",
+                    "--local-addr",
+                    f"127.0.0.{rank + 1}",
+                    str(hub.script),
+                    "--fail-rank=1",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=corral_env(HUB=hub.path, TMPDIR=str(tmp_path)),
+            )
+        )
         err.close()
     first = hub.collect(2)
     assert {w["TORCHELASTIC_RESTART_COUNT"] for w in first} == {"0"}

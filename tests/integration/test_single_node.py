@@ -12,7 +12,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from tests.helpers import CORRAL, Procs, corral_env
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,7 +23,9 @@ def script(tmp: Path, name: str, body: str) -> str:
     return str(p)
 
 
-def run(args: list[str], tmp: Path, timeout: float = 45, **env: str) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], tmp: Path, timeout: float = 45, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CORRAL, *args],
         capture_output=True,
@@ -50,7 +51,19 @@ ENV_DUMP = """
 
 def test_worker_environment(tmp_path: Path) -> None:
     s = script(tmp_path, "dump.py", ENV_DUMP)
-    r = run(["--standalone", "--nproc-per-node", "3", "--max-restarts", "2", s, str(tmp_path), "lr=${local_rank}"], tmp_path)
+    r = run(
+        [
+            "--standalone",
+            "--nproc-per-node",
+            "3",
+            "--max-restarts",
+            "2",
+            s,
+            str(tmp_path),
+            "lr=${local_rank}",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     envs = [json.loads((tmp_path / f"env{i}.json").read_text()) for i in range(3)]
     for i, e in enumerate(envs):
@@ -75,27 +88,37 @@ def test_worker_environment(tmp_path: Path) -> None:
 
 
 def test_restarts_counted_and_success_after_retries(tmp_path: Path) -> None:
-    s = script(tmp_path, "flaky.py", """
+    s = script(
+        tmp_path,
+        "flaky.py",
+        """
         import os, sys
         n = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
         open(f"{sys.argv[1]}/seen{os.environ['RANK']}_{n}", "w").close()
         if n < 2 and os.environ["RANK"] == "1":
             sys.exit(5)
-    """)
-    r = run(["--standalone", "--nproc-per-node", "2", "--max-restarts", "2", s, str(tmp_path)], tmp_path)
+    """,
+    )
+    r = run(
+        ["--standalone", "--nproc-per-node", "2", "--max-restarts", "2", s, str(tmp_path)], tmp_path
+    )
     assert r.returncode == 0, r.stderr
     seen = sorted(p.name for p in tmp_path.glob("seen*"))
     assert {"seen1_0", "seen1_1", "seen1_2", "seen0_2"} <= set(seen)
 
 
 def test_budget_spent_exit_code_is_workers(tmp_path: Path) -> None:
-    s = script(tmp_path, "fail.py", """
+    s = script(
+        tmp_path,
+        "fail.py",
+        """
         import os, sys
         if os.environ["LOCAL_RANK"] == "1":
             print("custom-marker-on-stderr", file=sys.stderr, flush=True)
             sys.exit(7)
         import time; time.sleep(30)
-    """)
+    """,
+    )
     r = run(["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", s], tmp_path)
     assert r.returncode == 7, r.stderr
     assert "custom-marker-on-stderr" in r.stderr
@@ -105,17 +128,24 @@ def test_budget_spent_exit_code_is_workers(tmp_path: Path) -> None:
 
 
 def test_signal_death_exit_code(tmp_path: Path) -> None:
-    s = script(tmp_path, "die.py", """
+    s = script(
+        tmp_path,
+        "die.py",
+        """
         import os, signal
         os.kill(os.getpid(), signal.SIGKILL)
-    """)
+    """,
+    )
     r = run(["--standalone", "--nproc-per-node", "1", s], tmp_path)
     assert r.returncode == 128 + 9, r.stderr
     assert "SIGKILL" in r.stderr
 
 
 def test_root_cause_from_error_file(tmp_path: Path) -> None:
-    s = script(tmp_path, "rec.py", """
+    s = script(
+        tmp_path,
+        "rec.py",
+        """
         import os
         from corral import record
 
@@ -125,7 +155,8 @@ def test_root_cause_from_error_file(tmp_path: Path) -> None:
                 raise ValueError("boom from rank one")
 
         main()
-    """)
+    """,
+    )
     r = run(["--standalone", "--nproc-per-node", "2", s], tmp_path)
     assert r.returncode == 1, r.stderr
     assert "ValueError: boom from rank one" in r.stderr
@@ -133,7 +164,10 @@ def test_root_cause_from_error_file(tmp_path: Path) -> None:
 
 
 def test_signal_forwarded_then_agent_exits_128_plus_n(tmp_path: Path, procs: Procs) -> None:
-    s = script(tmp_path, "sig.py", """
+    s = script(
+        tmp_path,
+        "sig.py",
+        """
         import os, signal, sys, time
         def on(sig, frame):
             open(f"{sys.argv[1]}/got{os.environ['RANK']}", "w").close()
@@ -141,9 +175,14 @@ def test_signal_forwarded_then_agent_exits_128_plus_n(tmp_path: Path, procs: Pro
         signal.signal(signal.SIGUSR1, on)
         print("ready", flush=True)
         time.sleep(60)
-    """)
-    p = procs.start([*CORRAL, "--standalone", "--nproc-per-node", "2", s, str(tmp_path)],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=corral_env(TMPDIR=str(tmp_path)))
+    """,
+    )
+    p = procs.start(
+        [*CORRAL, "--standalone", "--nproc-per-node", "2", s, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=corral_env(TMPDIR=str(tmp_path)),
+    )
     assert p.stdout is not None
     ready = 0
     while ready < 2:
@@ -156,14 +195,21 @@ def test_signal_forwarded_then_agent_exits_128_plus_n(tmp_path: Path, procs: Pro
 
 
 def test_no_orphans_after_agent_sigkill(tmp_path: Path, procs: Procs) -> None:
-    s = script(tmp_path, "tree.py", """
+    s = script(
+        tmp_path,
+        "tree.py",
+        """
         import os, subprocess, sys, time
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         print(f"pids {os.getpid()} {child.pid}", flush=True)
         time.sleep(120)
-    """)
-    p = procs.start([*CORRAL, "--standalone", "--nproc-per-node", "2", s],
-                    stdout=subprocess.PIPE, env=corral_env(TMPDIR=str(tmp_path)))
+    """,
+    )
+    p = procs.start(
+        [*CORRAL, "--standalone", "--nproc-per-node", "2", s],
+        stdout=subprocess.PIPE,
+        env=corral_env(TMPDIR=str(tmp_path)),
+    )
     assert p.stdout is not None
     pids: list[int] = []
     while len(pids) < 4:
@@ -187,16 +233,37 @@ def _not_zombie(p: psutil.Process) -> bool:
 
 
 def test_log_layout_and_tee_prefix(tmp_path: Path) -> None:
-    s = script(tmp_path, "talk.py", """
+    s = script(
+        tmp_path,
+        "talk.py",
+        """
         import os, sys
         print(f"hello from {os.environ['LOCAL_RANK']} attempt {os.environ['TORCHELASTIC_RESTART_COUNT']}")
         print("to-stderr", file=sys.stderr)
         if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0" and os.environ["LOCAL_RANK"] == "0":
             sys.exit(1)
-    """)
+    """,
+    )
     logs = tmp_path / "logs"
-    r = run(["--standalone", "--nproc-per-node", "2", "--max-restarts", "1", "--log-dir", str(logs),
-             "-t", "3", "--local-ranks-filter", "1", "--rdzv-id", "ignored", s], tmp_path)
+    r = run(
+        [
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--max-restarts",
+            "1",
+            "--log-dir",
+            str(logs),
+            "-t",
+            "3",
+            "--local-ranks-filter",
+            "1",
+            "--rdzv-id",
+            "ignored",
+            s,
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     (run_dir,) = list(logs.iterdir())
     for attempt in (0, 1):
@@ -219,9 +286,14 @@ def test_module_mode(tmp_path: Path) -> None:
     pkg = tmp_path / "mypkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "job.py").write_text("import os, sys\nopen(sys.argv[1] + '/m' + os.environ['RANK'], 'w').close()\n")
-    r = run(["--standalone", "--nproc-per-node", "2", "-m", "mypkg.job", str(tmp_path)], tmp_path,
-            PYTHONPATH=str(tmp_path))
+    (pkg / "job.py").write_text(
+        "import os, sys\nopen(sys.argv[1] + '/m' + os.environ['RANK'], 'w').close()\n"
+    )
+    r = run(
+        ["--standalone", "--nproc-per-node", "2", "-m", "mypkg.job", str(tmp_path)],
+        tmp_path,
+        PYTHONPATH=str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "m0").exists() and (tmp_path / "m1").exists()
     assert sys.executable  # workers run with this interpreter

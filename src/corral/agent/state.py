@@ -20,7 +20,9 @@ _LEGAL: dict[AgentState, frozenset[AgentState]] = {
     AgentState.INIT: frozenset({AgentState.RENDEZVOUS, AgentState.FAILED}),
     AgentState.RENDEZVOUS: frozenset({AgentState.RUNNING, AgentState.FAILED, AgentState.SUCCEEDED}),
     AgentState.RUNNING: frozenset({AgentState.STOPPING, AgentState.SUCCEEDED}),
-    AgentState.STOPPING: frozenset({AgentState.RENDEZVOUS, AgentState.FAILED, AgentState.SUCCEEDED}),
+    AgentState.STOPPING: frozenset(
+        {AgentState.RENDEZVOUS, AgentState.FAILED, AgentState.SUCCEEDED}
+    ),
     AgentState.SUCCEEDED: frozenset(),
     AgentState.FAILED: frozenset(),
 }
