@@ -304,3 +304,25 @@ def test_static_failure_anywhere_restarts_every_node(
     assert sorted(int(w["RANK"]) for w in second) == [0, 1]
     for p in agents:
         assert p.wait(timeout=30) == 3  # the budget is spent on the second failure
+
+
+def test_token_authenticates_agents_and_refuses_a_wrong_one(
+    procs: Procs, hub: Hub, tmp_path: Path
+) -> None:
+    """With a shared token the store refuses any peer that cannot answer its HMAC challenge."""
+    c = Cluster(procs, hub, tmp_path, "2:2", conf=FAST + ",token=s3cret-token")
+    c.start(1)
+    c.start(2)
+    workers = hub.collect(2, where=ws(2))
+    assert_one_round(workers, 2)
+    intruder = Cluster(procs, hub, tmp_path, "2:2", conf=FAST + ",token=wrong-token")
+    intruder.port, intruder.endpoint, intruder.run_id = c.port, c.endpoint, c.run_id
+    intruder.start(9)
+    assert intruder.wait(9, timeout=30) == 1
+    err = intruder.stderr(9)
+    assert "auth" in err.lower(), err
+    assert "Traceback" not in err
+    for w in workers:  # the job was not disturbed
+        w.release(0)
+    assert c.wait(1) == 0, c.stderr(1)
+    assert c.wait(2) == 0, c.stderr(2)
