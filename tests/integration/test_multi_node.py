@@ -326,3 +326,17 @@ def test_token_authenticates_agents_and_refuses_a_wrong_one(
         w.release(0)
     assert c.wait(1) == 0, c.stderr(1)
     assert c.wait(2) == 0, c.stderr(2)
+
+
+def test_etcd_unreachable_at_start_is_a_clear_error(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    (tmp_path / "w.py").write_text("")
+    r = subprocess.run(
+        [*CORRAL, "--nnodes", "1", "--rdzv-backend", "etcd", "--rdzv-endpoint", f"127.0.0.1:{port}",
+         "--rdzv-id", "x", "--rdzv-conf", "read_timeout=2", str(tmp_path / "w.py")],
+        capture_output=True, text=True, timeout=30, env=corral_env(), cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert f"127.0.0.1:{port}" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2, r.stderr
