@@ -54,8 +54,8 @@ class Ops:
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> WriteResult:
         return await self._call("create", self.store.create(key, value, lease=lease))
 
-    async def delete(self, key: str) -> int:
-        return await self._call("delete", self.store.delete(key))
+    async def delete(self, key: str, *, prefix: bool = False) -> int:
+        return await self._call("delete", self.store.delete(key, prefix=prefix))
 
     async def grant(self, ttl: float) -> int:
         return await self._call("grant", self.store.grant(ttl))

@@ -40,7 +40,13 @@ class NodeDesc:
 
 @dataclass(frozen=True, slots=True)
 class RoundInfo:
-    """This node's view of a closed round: everything the worker environment needs."""
+    """This node's view of a closed round: everything the worker environment needs.
+
+    ``members`` (the nodes in group-rank order) may be empty: the dynamic
+    backend gives each node only its own assignment (O(1) bytes per node),
+    and only the node that closed the round has the list. Nothing the agent
+    needs depends on it; the sizes, ranks and master address are always set.
+    """
 
     run_id: str
     round: int

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 
 from corral.clock import Clock, MonotonicClock
@@ -32,6 +33,7 @@ from corral.rendezvous.state import (
     REASON_JOB_ENDED,
     REASON_MEMBER_LOST,
     REASON_NODE_WAITING,
+    Assignment,
     ClosedRound,
     Outcome,
     RoundPointer,
@@ -53,10 +55,13 @@ _KINDS = {
 }
 
 
-# Closed records are immutable (create-only), so one decode per value
-# serves every handle in this process: simulated nodes (tests, bench) and an
-# agent that rejoins. A real node decodes each record once anyway.
+# Closed and member records are immutable, so one decode per value serves
+# every handle in this process: simulated nodes (tests, bench) and an agent
+# that rejoins. A real node decodes each record once anyway.
 _CLOSED_CACHE: dict[bytes, ClosedRound] = {}
+
+# The closer writes the per-member assignments this many at a time (pipelined).
+_WRITE_BATCH = 256
 
 
 def _decode_closed(kv: KeyValue) -> ClosedRound:
@@ -68,6 +73,13 @@ def _decode_closed(kv: KeyValue) -> ClosedRound:
             _CLOSED_CACHE.pop(next(iter(_CLOSED_CACHE)))
         _CLOSED_CACHE[ident] = rec
     return rec
+
+
+def _index(members: Sequence[NodeDesc], node_id: str) -> int:
+    for i, mm in enumerate(members):
+        if mm.node_id == node_id:
+            return i
+    raise RendezvousError(f"node {node_id!r} is not in the member list")
 
 
 def _change(p: RoundPointer) -> RoundChange:
@@ -139,9 +151,12 @@ class DynamicRendezvous:
         self._evicted = asyncio.Event()
         self._bg: asyncio.Task[None] | None = None
         self._waiting = False
-        # Per round this node has seen: the pointer (value, mod revision) and the closed record.
+        # Per round this node has seen: the pointer (value, mod revision); per round it
+        # is a member of: the closed summary, its mod revision and this node's assignment.
         self._pointers: dict[int, tuple[RoundPointer, int]] = {}
-        self._closed: dict[int, tuple[ClosedRound, int]] = {}
+        self._closed: dict[int, tuple[ClosedRound, int, Assignment]] = {}
+        # Full member lists read or written by this node (few: see _members_of).
+        self._members: dict[int, ClosedRound] = {}
         self._closed_flag = False
 
     # --- public API -----------------------------------------------------------
@@ -344,27 +359,89 @@ class DynamicRendezvous:
             await self._ops.delete(self._k.waiting_key(me))
         cres = await self._ops.create(self._k.closer(r), me.encode(), lease=lease)
         if cres.succeeded:
-            closed_kv = await self._close_round(ptr, lease)
+            closed_kv, full = await self._close_round(ptr, lease)
         else:
-            closed_kv = await self._follow(ptr, lease)
-        return await self._after_close(r, closed_kv, ptr_rev, lease)
+            closed_kv, full = await self._follow(ptr, lease)
+        return await self._after_close(r, closed_kv, ptr_rev, lease, full=full)
 
     async def _after_close(
-        self, r: int, closed_kv: KeyValue, ptr_rev: int, lease: int, *, member: bool = True
+        self,
+        r: int,
+        closed_kv: KeyValue,
+        ptr_rev: int,
+        lease: int,
+        *,
+        member: bool = True,
+        full: ClosedRound | None = None,
     ) -> RoundInfo | None:
+        """This node's place in closed round r: O(1) bytes unless it wrote the member list.
+
+        ``full``: the member list this node wrote as the closer (used only if its
+        ``closed`` is the one that won).
+        """
+        me = self._node.node_id
         closed = _decode_closed(closed_kv)
-        info = m.round_info(self._run_id, closed, self._node.node_id) if member else None
-        if info is not None:
-            self._closed[r] = (closed, closed_kv.mod_revision)
+        if full is not None and full.tag != closed.tag:
+            full = None
+        if closed.members:
+            full = closed  # a record that carries its members
+        assignment: Assignment | None = None
+        if member and full is not None:
+            idx = full.rank_of(me)
+            if idx is not None:
+                assignment = m.assignments(full.members)[idx]
+        elif member:
+            akv = await self._ops.get(self._k.rank(r, closed.tag, me))
+            if akv is not None:
+                assignment = Assignment.from_json(akv.value)
+        if full is not None:
+            self._members[r] = full
+        if assignment is not None:
+            self._closed[r] = (closed, closed_kv.mod_revision, assignment)
+            info = m.round_info_of(
+                self._run_id, closed, assignment, full.members if full is not None else ()
+            )
             log.info(
                 "round %d closed: node %s is group rank %d of %d (restart %d)",
-                r, self._node.node_id, info.group_rank, info.group_world_size, info.restart_count,
+                r, me, info.group_rank, info.group_world_size, info.restart_count,
             )  # fmt: skip
             return info
-        await self._wait_next_round(r, closed, closed_kv.mod_revision, ptr_rev, lease)
+        members = await self._members_of(r, closed)
+        await self._wait_next_round(r, members, closed_kv.mod_revision, ptr_rev, lease)
         return None
 
-    async def _follow(self, ptr: RoundPointer, lease: int) -> KeyValue:
+    async def _members_of(self, r: int, closed: ClosedRound) -> ClosedRound:
+        """The full member list of round r (closed summary ``closed``): one read, cached.
+
+        Only a few nodes need it: the closer of round r+1, rank 0 for scale-up and
+        success, a waiting node, and a member whose predecessor left after success.
+        """
+        if closed.members:
+            return closed
+        have = self._members.get(r)
+        if have is not None and have.tag == closed.tag:
+            return have
+        kv = await self._ops.get(self._k.members(r, closed.tag))
+        if kv is None:
+            raise RendezvousError(f"round {r} is closed but its member list is missing")
+        full = _decode_closed(kv)
+        self._members[r] = full
+        return full
+
+    async def _write_members(self, full: ClosedRound) -> None:
+        """As the closer: store the member list once and each member's own assignment."""
+        r, tag, k = full.round, full.tag, self._k
+        await self._ops.put(k.members(r, tag), full.to_json())
+        writes = [
+            (k.rank(r, tag, mm.node_id), a.to_json())
+            for mm, a in zip(full.members, m.assignments(full.members), strict=True)
+        ]
+        for i in range(0, len(writes), _WRITE_BATCH):
+            await asyncio.gather(
+                *(self._ops.put(key, v) for key, v in writes[i : i + _WRITE_BATCH])
+            )
+
+    async def _follow(self, ptr: RoundPointer, lease: int) -> tuple[KeyValue, ClosedRound | None]:
         """Wait for ``closed``; take over as closer if the closer's lease ends first."""
         r = ptr.round
         closed_key = self._k.closed(r)
@@ -374,7 +451,7 @@ class DynamicRendezvous:
             await mux.start("closer", self._ops.watch(self._k.closer(r)))
             kv = await self._ops.get(closed_key)
             if kv is not None:
-                return kv
+                return kv, None
             if await self._ops.get(self._k.closer(r)) is None:
                 # The closer left before our watch began: a synthetic delete.
                 mux.push("closer", None)
@@ -385,7 +462,7 @@ class DynamicRendezvous:
                 if isinstance(ev, StoreError):
                     raise ev
                 if tag == "closed" and ev is not None and ev.type is EventType.PUT:
-                    return ev.kv
+                    return ev.kv, None
                 if tag == "closer" and (ev is None or ev.type is EventType.DELETE):
                     res = await self._ops.create(
                         self._k.closer(r), self._node.node_id.encode(), lease=lease
@@ -395,8 +472,15 @@ class DynamicRendezvous:
                         break
         return await self._close_round(ptr, lease)
 
-    async def _close_round(self, ptr: RoundPointer, lease: int) -> KeyValue:
-        """As the closer: watch the joins and write ``closed`` when machine.close_decision says so."""
+    async def _close_round(
+        self, ptr: RoundPointer, lease: int
+    ) -> tuple[KeyValue, ClosedRound | None]:
+        """As the closer: watch the joins and close when machine.close_decision says so.
+
+        Writes the member list and the assignments first, then ``closed``
+        (create-only: the first closer wins; its tag names its lists). Returns
+        the ``closed`` key and, if this node's record won, its full record.
+        """
         r = ptr.round
         k = self._k
         nodes_prefix = k.nodes(r)
@@ -408,7 +492,7 @@ class DynamicRendezvous:
         if r > 0:
             pkv = await self._ops.get(k.closed(r - 1))
             if pkv is not None:
-                prev = ClosedRound.from_json(pkv.value)
+                prev = await self._members_of(r - 1, _decode_closed(pkv))
                 live, _ = await self._ops.range(prev_prefix)
                 prev_ids = {mm.node_id for mm in prev.members}
                 expected = {kv.key[len(prev_prefix) :] for kv in live} & prev_ids
@@ -445,13 +529,26 @@ class DynamicRendezvous:
                         members = m.fixed_ranks(list(joined.values()))
                     else:
                         members = m.assign_ranks(list(joined.values()), prev, self._max)
-                    rec = ClosedRound(
-                        r, ptr.restart_count, members, members[0].addr, members[0].master_port
+                    full = ClosedRound(
+                        r,
+                        ptr.restart_count,
+                        members,
+                        members[0].addr,
+                        members[0].master_port,
+                        tag=f"{self._node.node_id}.{lease:x}",
                     )
-                    res = await self._ops.create(k.closed(r), rec.to_json())
+                    await self._write_members(full)
+                    res = await self._ops.create(k.closed(r), full.summary().to_json())
                     assert res.kv is not None
+                    if not res.succeeded:
+                        return res.kv, None
                     log.info("closed round %d with %d nodes (%s)", r, len(members), d.why)
-                    return res.kv
+                    if r >= 2:
+                        # Assignments of round r-2 are read by no one now (a node that
+                        # still looks finds none and rejoins); member lists stay.
+                        with contextlib.suppress(StoreError):
+                            await self._ops.delete(k.ranks(r - 2), prefix=True)
+                    return res.kv, full
                 item = await mux.next(self._clock, None if d.wake_at is None else d.wake_at - now)
                 if item is None:
                     continue
@@ -462,7 +559,7 @@ class DynamicRendezvous:
                     raise LeaseNotFound(f"lease {lease} ended while closing round {r}")
                 assert ev is not None
                 if tag == "closed" and ev.type is EventType.PUT:
-                    return ev.kv
+                    return ev.kv, None
                 if tag == "nodes":
                     nid = ev.kv.key[len(nodes_prefix) :]
                     if ev.type is EventType.PUT:
@@ -530,30 +627,31 @@ class DynamicRendezvous:
         r = rnd.round
         if self._evicted.is_set() or r not in self._closed:
             return RoundChange(ChangeKind.MEMBER_LOST, None, "this node is no longer a member")
-        closed, closed_rev = self._closed[r]
+        closed, closed_rev, assignment = self._closed[r]
         start = closed_rev + 1
-        members = closed.members
-        n = len(members)
-        rank = rnd.group_rank
+        n = closed.node_count
+        rank = assignment.group_rank
+        pred_id = assignment.pred
         coordinator = done and rank == 0
         done_ids: set[str] = set()
+        # The member list, read only when needed (rank 0's scale-up and success
+        # checks, a predecessor that left after success): O(1) bytes otherwise.
+        member_ids: set[str] = set()
         async with watching() as mux:
             mux.add("round", self._ops.watch(self._k.round, start_revision=start))
             mux.add_event("evicted", self._evicted)
-            pred = (rank - 1) % n
             if n > 1:
-                mux.add(
-                    "pred",
-                    self._ops.watch(self._k.node(r, members[pred].node_id), start_revision=start),
-                )
+                mux.add("pred", self._ops.watch(self._k.node(r, pred_id), start_revision=start))
             if rank == 0 and n < self._max:
                 mux.add(
                     "waiting", self._ops.watch(self._k.waiting, prefix=True, start_revision=start)
                 )
             if coordinator:
+                members = (await self._members_of(r, closed)).members
+                member_ids = {mm.node_id for mm in members}
                 done_ids = await self._watch_done(mux, r)
             while True:
-                if coordinator and done_ids >= {mm.node_id for mm in members}:
+                if coordinator and done_ids >= member_ids:
                     return await self._finish_success(r)
                 item = await mux.next(self._clock)
                 assert item is not None
@@ -568,22 +666,26 @@ class DynamicRendezvous:
                     if ptr.round > r:
                         return _change(ptr)
                 elif tag == "pred" and ev.type is EventType.DELETE:
-                    gone = members[pred].node_id
+                    gone = pred_id
                     if await self._ops.get(self._k.done_key(r, gone)) is None:
                         return await self._bump(r, REASON_MEMBER_LOST, f"lost node {gone}")
                     # A done node leaving is not lost; watch the one before it. It
                     # may have been the success coordinator: take that role too.
-                    pred = (pred - 1) % n
+                    members = (await self._members_of(r, closed)).members
+                    pred = (_index(members, gone) - 1) % n
                     if pred == rank:
                         mux.drop("pred")
                     else:
-                        key = self._k.node(r, members[pred].node_id)
+                        pred_id = members[pred].node_id
+                        key = self._k.node(r, pred_id)
                         mux.add("pred", self._ops.watch(key, start_revision=ev.revision))
                     if done and not coordinator:
                         coordinator = True
+                        member_ids = {mm.node_id for mm in members}
                         done_ids = await self._watch_done(mux, r)
                 elif tag == "waiting" and ev.type is EventType.PUT:
                     nid = ev.kv.key[len(self._k.waiting) :]
+                    members = (await self._members_of(r, closed)).members
                     if m.scale_up_wanted(members, nid, self._max):
                         return await self._bump(r, REASON_NODE_WAITING, f"node {nid} waiting")
                 elif tag == "done" and ev.type is EventType.PUT:

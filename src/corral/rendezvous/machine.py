@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from corral.rendezvous.api import NodeDesc, RoundInfo
 from corral.rendezvous.state import (
     REASON_FAILURE,
+    Assignment,
     ClosedRound,
     RoundPointer,
 )
@@ -25,12 +26,14 @@ __all__ = [
     "FailureStep",
     "Joiner",
     "assign_ranks",
+    "assignments",
     "close_decision",
     "failure_step",
     "fixed_ranks",
     "next_pointer",
     "root_cause",
     "round_info",
+    "round_info_of",
     "scale_up_wanted",
 ]
 
@@ -190,6 +193,42 @@ def round_info(run_id: str, closed: ClosedRound, node_id: str) -> RoundInfo | No
         members=closed.members,
         rank_offset=offset,
         world_size=sum(m.local_world_size for m in closed.members),
+        master_addr=closed.master_addr,
+        master_port=closed.master_port,
+        restart_count=closed.restart_count,
+    )
+
+
+def assignments(members: Sequence[NodeDesc]) -> list[Assignment]:
+    """Each member's assignment, in rank order: rank, rank offset, ring predecessor."""
+    out: list[Assignment] = []
+    offset = 0
+    n = len(members)
+    for i, mem in enumerate(members):
+        pred = members[(i - 1) % n].node_id if n > 1 else ""
+        out.append(Assignment(i, offset, pred))
+        offset += mem.local_world_size
+    return out
+
+
+def round_info_of(
+    run_id: str,
+    closed: ClosedRound,
+    assignment: Assignment,
+    members: tuple[NodeDesc, ...] = (),
+) -> RoundInfo:
+    """A member's view of a closed round from the ``closed`` summary and its own assignment.
+
+    ``members`` is the member list when this node has it (the closer), else empty.
+    """
+    return RoundInfo(
+        run_id=run_id,
+        round=closed.round,
+        group_rank=assignment.group_rank,
+        group_world_size=closed.node_count,
+        members=members,
+        rank_offset=assignment.rank_offset,
+        world_size=closed.world_size,
         master_addr=closed.master_addr,
         master_port=closed.master_port,
         restart_count=closed.restart_count,

@@ -10,7 +10,11 @@ store is reported, not silently misread. Layout (under ``<prefix>/<run_id>/``)::
     waiting/<node_id>             NodeDesc of a node waiting for the next round (lease)
     r/<r>/nodes/<node_id>         NodeDesc of a joiner of round r (lease); create revision = order
     r/<r>/closer                  node id of the node that closes round r (lease, create-only)
-    r/<r>/closed                  ClosedRound: ordered members, master addr/port (create-only)
+    r/<r>/closed                  ClosedRound summary: sizes, master addr/port, tag; no members
+                                  (create-only; small: every node reads it)
+    r/<r>/members/<tag>           ClosedRound with the members in rank order (read by few)
+    r/<r>/ranks/<tag>/<node_id>   Assignment of one member: group rank, rank offset, ring
+                                  predecessor (each member reads only its own)
     r/<r>/failures/<node_id>/<lr> FailureReport of one failed worker
     r/<r>/done/<node_id>          a member whose workers all succeeded in round r
 """
@@ -27,6 +31,7 @@ from corral.reporting.failures import FailureReport
 
 __all__ = [
     "VERSION",
+    "Assignment",
     "ClosedRound",
     "Keys",
     "Outcome",
@@ -129,19 +134,50 @@ class RoundPointer:
 
 @dataclass(frozen=True, slots=True)
 class ClosedRound:
-    """The value of ``r/<r>/closed``: the members in rank order and where rank 0 serves."""
+    """A closed round: the members in rank order, sizes, and where rank 0 serves.
+
+    Two forms share this record. The full one (``members`` in rank order) is
+    stored once per round at ``r/<r>/members/<tag>``. The *summary* (``members``
+    empty, :meth:`summary`) is the value of ``r/<r>/closed``, the one record
+    every node reads: O(1) bytes whatever the round's size. ``node_count`` and
+    ``world_size`` are the round's sizes (-1: derive them from ``members``);
+    ``tag`` names the closer's attempt whose ``members`` and ``ranks`` keys
+    belong to this round.
+    """
 
     round: int
     restart_count: int
     members: tuple[NodeDesc, ...]
     master_addr: str
     master_port: int
+    node_count: int = -1
+    world_size: int = -1
+    tag: str = ""
+
+    def __post_init__(self) -> None:
+        if self.node_count < 0:
+            object.__setattr__(self, "node_count", len(self.members))
+        if self.world_size < 0:
+            object.__setattr__(self, "world_size", sum(m.local_world_size for m in self.members))
 
     def rank_of(self, node_id: str) -> int | None:
         for i, m in enumerate(self.members):
             if m.node_id == node_id:
                 return i
         return None
+
+    def summary(self) -> ClosedRound:
+        """The same round without its member list (the ``closed`` record)."""
+        return ClosedRound(
+            self.round,
+            self.restart_count,
+            (),
+            self.master_addr,
+            self.master_port,
+            self.node_count,
+            self.world_size,
+            self.tag,
+        )
 
     def to_json(self) -> bytes:
         return _dump(
@@ -151,6 +187,9 @@ class ClosedRound:
                 "members": [_node_dict(m) for m in self.members],
                 "master_addr": self.master_addr,
                 "master_port": self.master_port,
+                "node_count": self.node_count,
+                "world_size": self.world_size,
+                "tag": self.tag,
             }
         )
 
@@ -164,9 +203,39 @@ class ClosedRound:
                 members=tuple(_node_from(m, "closed round") for m in d["members"]),
                 master_addr=str(d["master_addr"]),
                 master_port=int(d["master_port"]),
+                node_count=int(d.get("node_count", -1)),
+                world_size=int(d.get("world_size", -1)),
+                tag=str(d.get("tag", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RendezvousError(f"corrupt closed round record: {d!r:.80}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """The value of ``r/<r>/ranks/<tag>/<node_id>``: one member's place in round r.
+
+    ``pred`` is the node id of its predecessor in the ring of ranks (rank k-1;
+    rank 0's is the last rank), the one key it watches while the round runs;
+    empty in a round of one node.
+    """
+
+    group_rank: int
+    rank_offset: int
+    pred: str = ""
+
+    def to_json(self) -> bytes:
+        return _dump(
+            {"group_rank": self.group_rank, "rank_offset": self.rank_offset, "pred": self.pred}
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Assignment:
+        d = _load(data, "rank assignment")
+        try:
+            return cls(int(d["group_rank"]), int(d["rank_offset"]), str(d["pred"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RendezvousError(f"corrupt rank assignment record: {d!r:.80}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +314,15 @@ class Keys:
 
     def closed(self, r: int) -> str:
         return f"{self.base}r/{r}/closed"
+
+    def members(self, r: int, tag: str) -> str:
+        return f"{self.base}r/{r}/members/{tag}"
+
+    def ranks(self, r: int) -> str:
+        return f"{self.base}r/{r}/ranks/"
+
+    def rank(self, r: int, tag: str, node_id: str) -> str:
+        return f"{self.base}r/{r}/ranks/{tag}/{node_id}"
 
     def failures(self, r: int) -> str:
         return f"{self.base}r/{r}/failures/"
