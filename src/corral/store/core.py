@@ -86,7 +86,11 @@ class StoreCore:
         # Every event with revision > compacted is still in history.
         self.compacted = 0
         self._exact: dict[str, dict[int, _Watcher]] = {}
+        self._exact_of: dict[int, str] = {}  # watch id -> key, for cancel
+        # Prefix watches, by id and grouped by prefix: a write visits the prefixes,
+        # not every watch (many watches of one prefix cost one startswith).
         self._prefix: dict[int, _Watcher] = {}
+        self._prefix_by: dict[str, dict[int, _Watcher]] = {}
         self._next_watch = 1
 
     # --- reads ---------------------------------------------------------------
@@ -273,24 +277,43 @@ class StoreCore:
         self._next_watch += 1
         w = _Watcher(wid, key, prefix, start, callback)
         if start <= self.revision:
-            past = [e for e in self._history if e.revision >= start and _matches(w, e.kv.key)]
+            # Scan back from the newest event and stop at the start: a recent start
+            # revision costs the events since, not the whole history.
+            past: list[WatchEvent] = []
+            for e in reversed(self._history):
+                if e.revision < start:
+                    break
+                if _matches(w, e.kv.key):
+                    past.append(e)
             if past:
+                past.reverse()
                 callback(past)
         if prefix:
             self._prefix[wid] = w
+            self._prefix_by.setdefault(key, {})[wid] = w
         else:
             self._exact.setdefault(key, {})[wid] = w
+            self._exact_of[wid] = key
         return wid
 
     def cancel_watch(self, watch_id: int) -> None:
         """Stop a watch; unknown ids are ignored."""
-        if self._prefix.pop(watch_id, None) is not None:
+        w = self._prefix.pop(watch_id, None)
+        if w is not None:
+            group = self._prefix_by.get(w.key)
+            if group is not None:
+                group.pop(watch_id, None)
+                if not group:
+                    del self._prefix_by[w.key]
             return
-        for key, ws in self._exact.items():
-            if ws.pop(watch_id, None) is not None:
-                if not ws:
-                    del self._exact[key]
-                return
+        key = self._exact_of.pop(watch_id, None)
+        if key is None:
+            return
+        ws = self._exact.get(key)
+        if ws is not None:
+            ws.pop(watch_id, None)
+            if not ws:
+                del self._exact[key]
 
     def compact(self, revision: int) -> None:
         """Forget history up to and including ``revision`` (like etcd's compaction)."""
@@ -318,23 +341,43 @@ class StoreCore:
                         w.callback(events)
             if self._prefix:
                 k = ev.kv.key
-                for w in list(self._prefix.values()):
-                    if w.start <= rev and k.startswith(w.key):
+                for w in self._prefix_watchers(k):
+                    if w.start <= rev:
                         w.callback(events)
             return
         for ev in events:
             for w in list(self._exact.get(ev.kv.key, {}).values()):
                 if w.start <= rev:
                     w.callback([ev])
-        for w in list(self._prefix.values()):
-            if w.start <= rev:
-                mine = [e for e in events if e.kv.key.startswith(w.key)]
-                if mine:
-                    w.callback(mine)
+        if not self._prefix:
+            return
+        for pfx, group in list(self._prefix_by.items()):
+            mine = [e for e in events if e.kv.key.startswith(pfx)]
+            if mine:
+                for w in list(group.values()):
+                    if w.start <= rev:
+                        w.callback(mine)
+
+    def _prefix_watchers(self, key: str) -> list[_Watcher]:
+        """The prefix watches that match ``key``, in registration order."""
+        by = self._prefix_by
+        if len(by) <= len(key):
+            groups = [g for p, g in by.items() if key.startswith(p)]
+        else:
+            groups = [g for g in (by.get(key[:i]) for i in range(1, len(key) + 1)) if g]
+        if not groups:
+            return []
+        if len(groups) == 1:
+            return list(groups[0].values())
+        return sorted((w for g in groups for w in g.values()), key=_by_id)
 
 
 def _by_key(kv: KeyValue) -> str:
     return kv.key
+
+
+def _by_id(w: _Watcher) -> int:
+    return w.id
 
 
 def _matches(w: _Watcher, key: str) -> bool:
