@@ -197,7 +197,7 @@ async def test_standalone_main_subprocess() -> None:
             proc.stdout.close()
 
 
-async def test_non_loopback_without_token_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+async def test_loopback_without_token_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
     srv = StoreServer()
     caplog.set_level(logging.WARNING, logger="corral.store.tcp.server")
     # 127.0.0.1 is loopback: no warning.
