@@ -106,6 +106,59 @@ class _Connection(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[p.Message]] = {}
         self.streams: dict[int, _Stream] = {}
         self.lost: StoreError | None = None
+        self.loop = asyncio.get_running_loop()
+        # Frames queued by requests made in one turn of the loop go out in one write.
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
+        # Request deadlines in the order they were made (one timeout per store, so
+        # in time order too): one timer for the oldest instead of one per request.
+        self.deadlines: deque[tuple[float, int, asyncio.Future[p.Message]]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame; every frame queued in this turn of the loop is written at once."""
+        self.out.append(frame)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        out = self.out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(data)
+
+    def track(self, fut: asyncio.Future[p.Message], rid: int, timeout: float) -> None:
+        """Fail ``fut`` with StoreTimeout if it has no answer within ``timeout`` seconds."""
+        deadline = self.loop.time() + timeout
+        self.deadlines.append((deadline, rid, fut))
+        if self.timer is None:
+            self.timer = self.loop.call_at(deadline, self._sweep)
+
+    def untrack(self) -> None:
+        """Forget the answered requests at the head of the deadline queue."""
+        dq = self.deadlines
+        while dq and dq[0][2].done():
+            dq.popleft()
+
+    def _sweep(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        dq = self.deadlines
+        while dq:
+            deadline, rid, fut = dq[0]
+            if not fut.done():
+                if deadline > now:
+                    break
+                _expire(fut, self.store, rid)
+            dq.popleft()
+        if dq:
+            self.timer = self.loop.call_at(dq[0][0], self._sweep)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they quack alike.
@@ -180,6 +233,11 @@ class _Connection(asyncio.Protocol):
 
     def _end(self) -> None:
         err = self.lost or StoreUnavailable("connection closed")
+        self.out.clear()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.deadlines.clear()
         pending, self.pending = self.pending, {}
         for fut in pending.values():
             if not fut.done():
@@ -283,17 +341,16 @@ class TcpStore:
 
     async def _call(self, msg: p.Message, rid: int) -> p.Message:
         conn = self._conn or await self._ensure()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[p.Message] = loop.create_future()
+        fut: asyncio.Future[p.Message] = conn.loop.create_future()
         conn.pending[rid] = fut
         assert conn.transport is not None
-        conn.transport.write(p.encode(msg))
-        timer = loop.call_later(self.request_timeout, _expire, fut, self, rid)
+        conn.send(p.encode(msg))
+        conn.track(fut, rid, self.request_timeout)
         try:
             reply = await fut
         finally:
-            timer.cancel()
             conn.pending.pop(rid, None)
+            conn.untrack()
         if type(reply) is p.ErrorReply:
             raise _error(reply.code, reply.message)
         return reply
@@ -380,7 +437,7 @@ class TcpStore:
         finally:
             if conn.streams.pop(wid, None) is not None and conn.transport is not None:
                 if not conn.transport.is_closing():
-                    conn.transport.write(p.encode(p.CancelWatch(wid)))
+                    conn.send(p.encode(p.CancelWatch(wid)))
 
     async def close(self) -> None:
         """Close the connection: the server ends this client's leases at once."""
