@@ -7,8 +7,9 @@ node, in a subprocess with a time limit per K).
 
     python bench/rendezvous.py [--nodes 16 64 ...] [--store tcp://H:P] [--reps 3]
 
-Prints human lines, then last one JSON line:
-``{"bench": "rendezvous", "figures": [{"name": "K=16", "unit": "s", "corral": s,
+Prints human lines, then last one JSON line, always (a K whose run fails is
+recorded with ``"corral": null`` and its error, and the next K is tried):
+``{"bench": "rendezvous", "figures": [{"name": "K=16", "unit": "s", "corral": s_or_null,
 "torchrun": s_or_null, "ratio": torchrun/corral_or_null}]}``.
 """
 
@@ -61,8 +62,7 @@ asyncio.run(main())
 @contextlib.contextmanager
 def corral_server() -> Iterator[tuple[str, int]]:
     """A ``corral store`` server on a free loopback port, in a subprocess."""
-    # The server runs on the default asyncio loop (``corral store`` picks uvloop
-    # when installed, whose transports its connection_made assert rejects).
+    # The server runs on the default asyncio loop, as an embedded store in an agent does.
     proc = subprocess.Popen(
         [sys.executable, "-c", _SERVER_CHILD],
         stdout=subprocess.PIPE,
@@ -180,7 +180,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-torch", action="store_true")
     args = ap.parse_args(argv)
     _raise_nofile()
-    figures = []
+    figures: list[dict[str, object]] = []
+    try:
+        _run(args, figures)
+    finally:
+        # Last line, whatever happened above.
+        print(json.dumps({"bench": "rendezvous", "figures": figures}), flush=True)
+    return 0
+
+
+def _corral_k(host: str, port: int, k: int, reps: int) -> tuple[float | None, list[float], str]:
+    """Median of ``reps`` runs of K nodes; None (and the error) if a run fails."""
+    times: list[float] = []
+    try:
+        for _ in range(reps):
+            times.append(asyncio.run(corral_once(host, port, k)))
+    except Exception as exc:  # a failed K is recorded, the bench goes on
+        return None, times, f"{type(exc).__name__}: {exc}"[:300]
+    return statistics.median(times), times, ""
+
+
+def _run(args: argparse.Namespace, figures: list[dict[str, object]]) -> None:
     with contextlib.ExitStack() as stack:
         if args.store:
             u = urlsplit(args.store)
@@ -189,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             host, port = stack.enter_context(corral_server())
         torch_gave_up = False
         for k in args.nodes:
-            times = [asyncio.run(corral_once(host, port, k)) for _ in range(args.reps)]
-            ours = statistics.median(times)
+            ours, times, error = _corral_k(host, port, k, args.reps)
             theirs: float | None = None
             note = "skipped"
             if not args.no_torch and not torch_gave_up:
@@ -199,23 +218,23 @@ def main(argv: list[str] | None = None) -> int:
                 torch_gave_up = theirs is None
             elif torch_gave_up:
                 note = "skipped (timed out at a smaller K)"
-            ratio = round(theirs / ours, 2) if theirs is not None else None
+            ratio = round(theirs / ours, 2) if theirs is not None and ours else None
+            mine = f"{ours:.3f} s" if ours is not None else f"FAILED ({error})"
             print(
-                f"K={k}: corral {ours:.3f} s (runs {', '.join(f'{t:.3f}' for t in times)}); "
+                f"K={k}: corral {mine} (runs {', '.join(f'{t:.3f}' for t in times)}); "
                 f"torch {note}" + (f"; torch/corral {ratio}x" if ratio else ""),
                 flush=True,
             )
-            figures.append(
-                {
-                    "name": f"K={k}",
-                    "unit": "s",
-                    "corral": round(ours, 4),
-                    "torchrun": round(theirs, 4) if theirs is not None else None,
-                    "ratio": ratio,
-                }
-            )
-    print(json.dumps({"bench": "rendezvous", "figures": figures}))
-    return 0
+            fig: dict[str, object] = {
+                "name": f"K={k}",
+                "unit": "s",
+                "corral": round(ours, 4) if ours is not None else None,
+                "torchrun": round(theirs, 4) if theirs is not None else None,
+                "ratio": ratio,
+            }
+            if error:
+                fig["error"] = error
+            figures.append(fig)
 
 
 if __name__ == "__main__":
