@@ -522,7 +522,8 @@ async def _serve(host: str, port: int, token: str | None) -> int:
 def main(argv: list[str]) -> int:
     """``corral store --host H --port P [--token-file F | --token T]``: run the server alone.
 
-    The token may also come from ``CORRAL_TOKEN``. Prints
+    The token may also come from ``CORRAL_TOKEN``. Runs on uvloop when it is
+    importable, unless ``CORRAL_NO_UVLOOP`` is set. Prints
     ``corral store listening on tcp://H:P`` once listening; exits 0 on SIGTERM/SIGINT.
     """
     parser = argparse.ArgumentParser(
@@ -560,12 +561,14 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if not os.environ.get("CORRAL_NO_UVLOOP"):  # uvloop is optional; this opts out of it
+        try:
+            import uvloop  # type: ignore[import-not-found,unused-ignore]
 
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
+            loop_factory = uvloop.new_event_loop
+        except ImportError:
+            pass
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(_serve(args.host, args.port, token))
