@@ -10,7 +10,11 @@ Figures (medians over a few repetitions, in seconds):
   (SIGKILL of its agent, and by default of its worker too, as when a host
   dies), to the survivors' workers running again in a new attempt.  ``idle``
   workers run forever doing nothing; ``allreduce`` workers loop on a gloo
-  all_reduce, which is how torchrun notices a lost peer at all.
+  all_reduce, which is how torchrun notices a lost peer at all; a second
+  allreduce figure runs to the survivors' gloo group re-formed at WORLD_SIZE 2
+  (the new round really works).  torchrun's agent 1 is given ``is_host=1``
+  (the others ``is_host=0``) so that, as with corral, the node lost is never
+  the one hosting the c10d store.
 * ``d``: a third agent joins a running ``--nnodes 2:3`` job, to all three
   workers running at WORLD_SIZE 3.  torchrun runs as is (its cached agent
   store) and, in a second figure, with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``.
@@ -60,6 +64,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 Report = dict[str, Any]
+Values = dict[str, float | None]  # figure key ("" for the main one) -> seconds, None: failed
 
 TOOLS: dict[str, list[str]] = {
     "corral": [sys.executable, "-m", "corral"],
@@ -153,6 +158,16 @@ def kill_pids(pids: Sequence[int], timeout: float = 15.0) -> None:
         sel.close()
         for fd in fds:
             os.close(fd)
+
+
+def kill_marked(var: str, value: str) -> None:
+    """Kill every process marked ``var=value``, again while new ones appear (a child
+    forked between a scan and its parent's death is caught by the next scan)."""
+    for _ in range(10):
+        pids = pids_marked(var, value)
+        if not pids:
+            return
+        kill_pids(pids)
 
 
 class Namespace:
@@ -295,7 +310,7 @@ class Run:
         del self.agents[n]
 
     def close(self) -> None:
-        kill_pids(pids_marked(RUN_VAR, self.token))
+        kill_marked(RUN_VAR, self.token)
         for agent in self.agents.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(agent.proc.pid, signal.SIGKILL)
@@ -406,6 +421,7 @@ class Options:
     cap_allreduce: float
     last_call: float
     victim: str
+    etcd_conf: str
     keep_logs: bool
 
 
@@ -439,7 +455,7 @@ class Bench:
 
     def close(self) -> None:
         try:
-            kill_pids(pids_marked(SESSION_VAR, self.session))
+            kill_marked(SESSION_VAR, self.session)
             for etcd in self.etcd.values():
                 etcd.close()
         finally:
@@ -457,6 +473,19 @@ class Bench:
         if name not in self.etcd:
             self.etcd[name] = Etcd(self, 3 if name == "etcd3" else 1)
         return "etcd", self.etcd[name].endpoint
+
+    def conf(self, tool: str, backend: str, n: int, *items: str) -> str:
+        """``--rdzv-conf`` for agent ``n``: ``items``, plus ``--etcd-conf`` on etcd.
+
+        torchrun's agents get ``is_host`` so that agent 1 hosts the c10d store
+        (as corral's does: its --local-addr is the endpoint's host); left to
+        itself, whichever torchrun agent binds first hosts it, and (c) would
+        now and then kill the store with the node.
+        """
+        extra = [self.opts.etcd_conf] if backend == "etcd" and self.opts.etcd_conf else []
+        if tool == "torchrun" and backend == "c10d":
+            extra.append(f"is_host={int(n == 1)}")
+        return ",".join([*items, *extra])
 
     def cmd(
         self,
@@ -525,22 +554,23 @@ def since(t0: float, reports: list[Report]) -> float:
     return max(float(r["t"]) for r in reports) - t0
 
 
-def scenario_b(bench: Bench, tool: str, k: int) -> float:
+def scenario_b(bench: Bench, tool: str, k: int) -> Values:
     backend, endpoint = bench.store("embedded")
     with bench.run(f"b{k}-{tool}") as run:
         t0 = time.monotonic()
         for n in range(1, k + 1):
             run.start(bench.cmd(tool, n, str(k), backend, endpoint, run.token, "", "idle"), n)
         reports = run.wait(at_world(k, range(1, k + 1)), SETUP_TIMEOUT, f"{k} workers running")
-        return since(t0, reports)
+        return {"": since(t0, reports)}
 
 
-def scenario_c(bench: Bench, tool: str, mode: str, store: str) -> float:
+def scenario_c(bench: Bench, tool: str, mode: str, store: str) -> Values:
     backend, endpoint = bench.store(store)
     phase = "ready" if mode == "allreduce" else "start"
     with bench.run(f"c-{mode}-{store}-{tool}") as run:
         for n in (1, 2, 3):
-            run.start(bench.cmd(tool, n, "2:3", backend, endpoint, run.token, "", mode), n)
+            conf = bench.conf(tool, backend, n)
+            run.start(bench.cmd(tool, n, "2:3", backend, endpoint, run.token, conf, mode), n)
         first = run.wait(at_world(3, (1, 2, 3), phase), SETUP_TIMEOUT, "first round of 3 running")
         before = frozenset(r["pid"] for r in run.mine())
         victim = [r["pid"] for r in first if r["agent"] == "3"]
@@ -548,42 +578,70 @@ def scenario_c(bench: Bench, tool: str, mode: str, store: str) -> float:
         run.kill_node(3, victim, with_workers=bench.opts.victim == "node")
         cap = bench.opts.cap_allreduce if mode == "allreduce" else bench.opts.cap
         reports = run.wait(at_world(2, (1, 2), "start", before), cap, "survivors running again")
-        return since(t0, reports)
+        values: Values = {"": since(t0, reports)}
+        if mode == "allreduce":  # does the new round work? to the survivors' group re-formed
+            again = at_world(2, (1, 2), "ready", before)
+            try:
+                values["gloo"] = since(t0, run.wait(again, cap, "gloo group at WORLD_SIZE 2"))
+            except Failed as exc:
+                print(f"    {tool}: {exc}", flush=True)
+                values["gloo"] = None
+        return values
 
 
-def scenario_d(bench: Bench, tool: str, store: str, env: dict[str, str]) -> float:
+def scenario_d(bench: Bench, tool: str, store: str, env: dict[str, str]) -> Values:
     backend, endpoint = bench.store(store)
-    conf = f"last_call_timeout={bench.opts.last_call:g}"
+    last_call = f"last_call_timeout={bench.opts.last_call:g}"
+
+    def cmd(n: int) -> list[str]:
+        conf = bench.conf(tool, backend, n, last_call)
+        return bench.cmd(tool, n, "2:3", backend, endpoint, run.token, conf, "idle")
+
     with bench.run(f"d-{store}-{tool}") as run:
         for n in (1, 2):
-            run.start(bench.cmd(tool, n, "2:3", backend, endpoint, run.token, conf, "idle"), n, env)
+            run.start(cmd(n), n, env)
         run.wait(at_world(2, (1, 2)), SETUP_TIMEOUT, "first round of 2 running")
         before = frozenset(r["pid"] for r in run.mine())
         t0 = time.monotonic()
-        run.start(bench.cmd(tool, 3, "2:3", backend, endpoint, run.token, conf, "idle"), 3, env)
+        run.start(cmd(3), 3, env)
         reports = run.wait(
             at_world(3, (1, 2, 3), "start", before), bench.opts.cap, "3 workers at WORLD_SIZE 3"
         )
-        return since(t0, reports)
+        return {"": since(t0, reports)}
 
 
-def repeat(bench: Bench, label: str, fn: Callable[[], float]) -> float | None:
-    """Median of up to ``reps`` repetitions within the figure's time budget; None on failure."""
-    values: list[float] = []
+def repeat(bench: Bench, label: str, fn: Callable[[], Values]) -> Values:
+    """Medians of up to ``reps`` repetitions within the figure's time budget.
+
+    A key is None when a repetition failed it; a figure that fails once is not
+    repeated.
+    """
+    runs: list[Values] = []
     spent = 0.0
     for rep in range(bench.opts.reps):
         started = time.monotonic()
         try:
-            values.append(fn())
+            values = fn()
         except Failed as exc:
             print(f"  {label}: rep {rep + 1} FAILED: {exc}", flush=True)
-            return None
+            runs.append({"": None})
+            break
+        runs.append(values)
         took = time.monotonic() - started
         spent += took
-        print(f"  {label}: rep {rep + 1}: {values[-1]:.3f} s", flush=True)
-        if spent + took > bench.opts.budget:
+        shown = "  ".join(
+            f"{k or 'value'} {'FAILED' if v is None else f'{v:.3f} s'}" for k, v in values.items()
+        )
+        print(f"  {label}: rep {rep + 1}: {shown}", flush=True)
+        if None in values.values() or spent + took > bench.opts.budget:
             break
-    return statistics.median(values)
+    keys = {k for values in runs for k in values}
+    result: Values = {}
+    for key in keys:
+        got = [values.get(key) for values in runs]
+        ok = [v for v in got if v is not None]
+        result[key] = statistics.median(ok) if len(ok) == len(got) else None
+    return result
 
 
 @dataclass
@@ -609,46 +667,55 @@ def measure(bench: Bench) -> list[Figure]:
     opts = bench.opts
     figures: list[Figure] = []
 
-    def both(name: str, scenario: Callable[[str], float]) -> Figure:
-        fig = Figure(name)
+    def both(
+        name: str, scenario: Callable[[str], Values], extra: dict[str, str] | None = None
+    ) -> dict[str, Figure]:
+        """Run ``scenario`` for each tool; one Figure per key of its values."""
+        names = {"": name, **(extra or {})}
+        figs = {key: Figure(n) for key, n in names.items()}
         print(f"[{name}]", flush=True)
         for tool in opts.tools:
-            setattr(fig, tool, repeat(bench, tool, partial(scenario, tool)))
-        figures.append(fig)
-        return fig
+            values = repeat(bench, tool, partial(scenario, tool))
+            for key, fig in figs.items():
+                setattr(fig, tool, values.get(key))
+        figures.extend(figs.values())
+        return figs
 
     if "b" in opts.parts and "embedded" in opts.stores:
         for k in opts.ks:
             both(f"b K={k}", partial(scenario_b, bench, k=k))
     if "c" in opts.parts and "embedded" in opts.stores:
-        for mode in ("idle", "allreduce"):
-            both(f"c {mode}", partial(scenario_c, bench, mode=mode, store="embedded"))
+        both("c idle", partial(scenario_c, bench, mode="idle", store="embedded"))
+        gloo = "c allreduce, to the survivors' gloo group re-formed at WORLD_SIZE 2"
+        both(
+            "c allreduce",
+            partial(scenario_c, bench, mode="allreduce", store="embedded"),
+            {"gloo": gloo},
+        )
     if "d" in opts.parts and "embedded" in opts.stores:
-        d = both("d", partial(scenario_d, bench, store="embedded", env={}))
+        d = both("d", partial(scenario_d, bench, store="embedded", env={}))[""]
         if "torchrun" in opts.tools:
             name = "d (torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1; corral as in d)"
             print(f"[{name}]", flush=True)
-            fig = Figure(name, corral=d.corral)
             unshared = partial(scenario_d, bench, "torchrun", "embedded", UNSHARED_STORE)
-            fig.torchrun = repeat(bench, "torchrun", unshared)
-            figures.append(fig)
+            figures.append(Figure(name, d.corral, repeat(bench, "torchrun", unshared)[""]))
     if "corral" in opts.tools:
         for store in ("etcd", "etcd3"):
             if store not in opts.stores:
                 continue
-            label = "etcd-1" if store == "etcd" else "etcd-3"
-            for part, fn in (
-                ("c", partial(scenario_c, bench, "corral", "idle", store)),
-                ("d", partial(scenario_d, bench, "corral", store, {})),
+            label = ("etcd-1" if store == "etcd" else "etcd-3") + (
+                f" [{opts.etcd_conf}]" if opts.etcd_conf else ""
+            )
+            for part, title, fn in (
+                ("c", "c idle", partial(scenario_c, bench, "corral", "idle", store)),
+                ("d", "d", partial(scenario_d, bench, "corral", store, {})),
             ):
                 if part not in opts.parts:
                     continue
-                name = (
-                    f"{part}{' idle' if part == 'c' else ''} {label} (corral on etcd; torchrun n/a)"
-                )
+                name = f"{title} {label} (corral on etcd; torchrun n/a)"
                 print(f"[{name}]", flush=True)
                 try:
-                    value = repeat(bench, "corral", fn)
+                    value = repeat(bench, "corral", fn)[""]
                 except RuntimeError as exc:  # etcd did not start
                     print(f"  corral: {exc}", flush=True)
                     value = None
@@ -701,6 +768,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         default="node",
         help="(c) kills the agent and its workers (node, as a lost host) or the agent only",
     )
+    p.add_argument(
+        "--etcd-conf",
+        default="",
+        help="extra --rdzv-conf for corral on etcd (default none: a lost node is seen when "
+        "its lease expires, keep_alive_interval x keep_alive_max_attempt = 15 s)",
+    )
     p.add_argument("--keep-logs", action="store_true", help="keep agent logs in the temp dir")
     a = p.parse_args(argv)
     opts = Options(
@@ -714,6 +787,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         cap_allreduce=a.cap_allreduce,
         last_call=a.last_call,
         victim=a.victim,
+        etcd_conf=a.etcd_conf,
         keep_logs=a.keep_logs,
     )
     for bad, allowed, what in (
