@@ -304,8 +304,13 @@ def _backend(text: str) -> str:
             "--rdzv-backend etcd-v2: the etcd v2 API is not supported; use etcd (etcd's v3 API)"
         )
     if name not in RDZV_BACKENDS:
+        from corral.rendezvous.registry import is_plugin_backend
+
+        if is_plugin_backend(text.strip()):
+            return text.strip()
         raise ConfigError(
-            f"--rdzv-backend {text}: expected one of {', '.join(RDZV_BACKENDS)} (or etcd-v3)"
+            f"--rdzv-backend {text}: expected one of {', '.join(RDZV_BACKENDS)} (or etcd-v3), "
+            "or a name registered in the 'corral.rendezvous' entry-point group"
         )
     return name
 

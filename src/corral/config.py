@@ -280,7 +280,7 @@ class LaunchConfig:
     ``rdzv_id`` a fresh id and ``rdzv_conf.is_host`` True.
     """
 
-    entrypoint: str
+    entrypoint: str = ""  # corral.launch() may give it instead; the launch path checks it
     args: tuple[str, ...] = ()
     min_nodes: int = 1
     max_nodes: int = 1
@@ -321,9 +321,10 @@ class LaunchConfig:
             raise ConfigError(
                 f"--nproc-per-node {self.nproc_per_node}: expected an integer > 0, auto, cpu or gpu"
             )
-        if self.rdzv_backend not in RDZV_BACKENDS:
+        if self.rdzv_backend not in RDZV_BACKENDS and not _plugin_backend(self.rdzv_backend):
             raise ConfigError(
-                f"--rdzv-backend {self.rdzv_backend}: expected one of {', '.join(RDZV_BACKENDS)}"
+                f"--rdzv-backend {self.rdzv_backend}: expected one of {', '.join(RDZV_BACKENDS)} "
+                "or a name registered in the 'corral.rendezvous' entry-point group"
             )
         if self.rdzv_endpoint:
             try:
@@ -347,8 +348,6 @@ class LaunchConfig:
             raise ConfigError(
                 f"--start-method {self.start_method}: expected one of {', '.join(START_METHODS)}"
             )
-        if not self.entrypoint:
-            raise ConfigError("training_script '': expected a script, module or command to run")
         if self.module and self.no_python:
             raise ConfigError(
                 f"--no-python -m {self.entrypoint}: use one of --no-python and -m/--module, not both"
@@ -393,3 +392,10 @@ class LaunchConfig:
 
 RDZV_BACKENDS = ("static", "c10d", "etcd")
 START_METHODS = ("spawn", "fork", "forkserver")
+
+
+def _plugin_backend(name: str) -> bool:
+    """A third-party rendezvous backend (entry points are read only for unknown names)."""
+    from corral.rendezvous.registry import is_plugin_backend
+
+    return is_plugin_backend(name)

@@ -17,9 +17,11 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthenticationFailed",
     "ConfigError",
+    "Interrupted",
     "JobFailed",
     "LauncherError",
     "LeaseNotFound",
+    "NodeRefused",
     "ProtocolError",
     "RendezvousClosed",
     "RendezvousError",
@@ -103,6 +105,37 @@ class WorkerFailed(LauncherError):
     @property
     def root_cause(self) -> FailureReport | None:
         return self.failures[0] if self.failures else None
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit code: the root cause's code (128+N for signal N), else 1."""
+        rc = self.root_cause
+        return rc.exit_code if rc is not None else 1
+
+
+class NodeRefused(LauncherError):
+    """This node refuses to run the round (e.g. a failed health check in ``before_start``).
+
+    The agent leaves the rendezvous (other nodes see a lost node) and exits non-zero.
+    """
+
+
+class Interrupted(LauncherError):
+    """A handled signal (``signals_to_handle``) stopped the agent; the workers were stopped.
+
+    Attributes:
+        signum: the signal; the CLI exits with 128 + signum.
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal as _signal
+
+        try:
+            name = _signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        super().__init__(f"interrupted by {name}; the workers were stopped")
+        self.signum = signum
 
 
 class JobFailed(LauncherError):

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -22,16 +23,21 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from corral.agent.net import is_local_address, local_address_towards, numeric_host
+from corral.agent.policy import ImmediatePolicy, RestartPolicy
 from corral.agent.state import AgentState, StateMachine
 from corral.clock import Clock, MonotonicClock
 from corral.config import LaunchConfig
 from corral.errors import (
+    ConfigError,
+    Interrupted,
     JobFailed,
     LauncherError,
+    NodeRefused,
     RendezvousClosed,
     StoreUnavailable,
+    WorkerFailed,
 )
-from corral.rendezvous.api import ChangeKind, Decision, NodeDesc, Rendezvous, RoundChange, RoundInfo
+from corral.rendezvous.api import Decision, NodeDesc, Rendezvous, RoundChange, RoundInfo
 from corral.reporting.failures import FailureReport
 
 __all__ = ["Agent", "AgentHooks"]
@@ -47,14 +53,28 @@ class _Signalled(Exception):
         self.signum = signum
 
 
+def _summary(root: FailureReport | None) -> str:
+    """One line for WorkerFailed: which worker failed the job, how and why."""
+    if root is None:
+        return "job failed (no failure report available)"
+    how = f"died of {root.signal_name}" if root.exitcode < 0 else f"exited with code {root.exitcode}"
+    why = f": {root.message}" if root.message else ""
+    return f"job failed: worker rank {root.rank} (node {root.group_rank}, host {root.host}) {how}{why}"
+
+
 @dataclass
 class AgentHooks:
     """Extension points (see docs/api.md).
 
     Attributes:
-        before_start: called with the round before the worker group starts; may
-            raise LauncherError to refuse to run (e.g. a failed health check).
-        on_outcome: called with (round, result-kind, failures) after each group ends.
+        before_start: awaited with the round before the worker group starts. To
+            refuse to run (e.g. a failed health check) raise
+            :class:`~corral.errors.NodeRefused` (any LauncherError is taken as a
+            refusal): the agent leaves the rendezvous (the other nodes see a lost
+            node) and ends with NodeRefused (the CLI: exit code 1 and the message).
+        on_outcome: awaited with (round, kind, failures) after each group ends;
+            kind is ``"succeeded"``, ``"failed"`` or a :class:`ChangeKind` value.
+            Its exceptions are logged, never raised (alerting must not stop a job).
     """
 
     before_start: Callable[[RoundInfo], Awaitable[None]] | None = None
@@ -64,11 +84,20 @@ class AgentHooks:
 class Agent:
     """Runs this node's part of a job described by a :class:`LaunchConfig`.
 
+    Extension points (docs/api.md): :class:`AgentHooks` (``before_start``,
+    ``on_outcome``), a :class:`~corral.agent.policy.RestartPolicy`, and the
+    :meth:`worker_env` method, which a subclass may override to add variables.
+
     Args:
         cfg: the validated configuration.
         environ: the environment workers inherit (default: ``os.environ``).
         clock: monotonic clock (tests may pass a fake one for pure parts).
         hooks: optional extension points.
+        policy: node-local restart judgement (default: :class:`ImmediatePolicy`).
+        handle_signals: install handlers for ``cfg.signals_to_handle`` (forward to
+            the workers, stop, raise Interrupted). None: only when running in the
+            main thread (signal handlers cannot be installed elsewhere); the
+            previous handlers are restored when the agent ends.
     """
 
     def __init__(
@@ -78,11 +107,16 @@ class Agent:
         environ: Mapping[str, str] | None = None,
         clock: Clock | None = None,
         hooks: AgentHooks | None = None,
+        policy: RestartPolicy | None = None,
+        handle_signals: bool | None = None,
     ) -> None:
         self.cfg = cfg
         self.environ = dict(os.environ if environ is None else environ)
         self.clock = clock or MonotonicClock()
         self.hooks = hooks or AgentHooks()
+        self.policy: RestartPolicy = policy or ImmediatePolicy()
+        self.handle_signals = handle_signals
+        self.results: dict[int, Any] = {}
         self.machine = StateMachine()
         self.host = socket.gethostname()
         self.node_id = f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -95,40 +129,115 @@ class Agent:
     # -- public ---------------------------------------------------------------
 
     async def run(self) -> int:
-        """Run until the job ends; return the process exit code (CONTRACT.md)."""
+        """Run until the job ends; return the process exit code (CONTRACT.md).
+
+        The CLI's entry: :meth:`execute`, with its errors turned into exit codes
+        (128+N for a signal N, the root cause's code, 1 for a launcher error)
+        and a root-cause block or one error line on stderr.
+        """
+        try:
+            await self.execute()
+        except Interrupted as exc:
+            return 128 + exc.signum
+        except WorkerFailed as exc:
+            self._print_root_cause(exc.root_cause, len(exc.failures))
+            return exc.exit_code
+        except LauncherError as exc:
+            print(f"corral: error: {exc}", file=sys.stderr, flush=True)
+            return 1
+        return 0
+
+    async def execute(self) -> dict[int, Any]:
+        """Run until the job ends; return this node's results by global rank.
+
+        A worker's result is what a function entrypoint returned (read from the
+        file its wrapper wrote; see :mod:`corral.workers._fn_entry`), None for
+        a command.
+
+        Raises:
+            WorkerFailed: the job failed; ``failures[0]`` is the job-wide root cause.
+            NodeRefused: ``before_start`` refused a round.
+            Interrupted: a handled signal stopped the agent.
+            LauncherError: any other launcher or rendezvous error.
+        """
         from corral.workers.logs import RunLogs
         from corral.workers.reaper import Reaper
 
         loop = asyncio.get_running_loop()
         reaper = Reaper()
         reaper.start()
+        installed: dict[int, Any] = {}
         try:
-            for sig in self.cfg.signals_to_handle:
-                loop.add_signal_handler(sig, self._on_signal, sig)
+            installed = self._install_signal_handlers(loop)
             async with AsyncExitStack() as stack:
                 logs = RunLogs.from_config(self.cfg)
                 stack.callback(logs.close)
                 rdzv = await self._open_rendezvous(stack)
                 try:
-                    return await self._loop(rdzv, logs, reaper)
-                except JobFailed:
+                    await self._loop(rdzv, logs, reaper)
+                    return dict(self.results)
+                except (JobFailed, WorkerFailed):
                     await self._linger()
                     raise
                 finally:
                     if self.machine.state is AgentState.SUCCEEDED:
                         await self._linger()
         except _Signalled as s:
-            return 128 + s.signum
+            raise Interrupted(s.signum) from None
         except JobFailed as exc:
-            self._print_root_cause(exc.root_cause)
-            return exc.exit_code
-        except LauncherError as exc:
-            print(f"corral: error: {exc}", file=sys.stderr, flush=True)
-            return 1
+            self.root_cause = exc.root_cause
+            failures = [exc.root_cause] if exc.root_cause is not None else []
+            raise WorkerFailed(_summary(exc.root_cause), failures) from None
+        except WorkerFailed as exc:
+            self.root_cause = exc.root_cause
+            raise
         finally:
-            for sig in self.cfg.signals_to_handle:
-                loop.remove_signal_handler(sig)
+            self._remove_signal_handlers(loop, installed)
             reaper.close()
+
+    def worker_env(
+        self,
+        base_env: Mapping[str, str],
+        spec: Any,
+        rnd: RoundInfo,
+        local_rank: int,
+        error_file: str,
+    ) -> dict[str, str]:
+        """The environment of one worker: :func:`corral.workers.spec.worker_env`.
+
+        The one place to extend the worker environment: override in a subclass,
+        call ``super().worker_env(...)`` and add to (never remove from) its result.
+        """
+        from corral.workers.spec import worker_env
+
+        return worker_env(base_env, spec, rnd, local_rank, error_file)
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> dict[int, Any]:
+        handle = self.handle_signals
+        if handle is None:
+            handle = threading.current_thread() is threading.main_thread()
+        installed: dict[int, Any] = {}
+        if not handle:
+            return installed
+        try:
+            for sig in self.cfg.signals_to_handle:
+                previous = signal.getsignal(sig)
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed[sig] = previous
+        except (ValueError, RuntimeError) as exc:
+            self._remove_signal_handlers(loop, installed)
+            raise ConfigError(
+                f"handle_signals=True: cannot install signal handlers here ({exc}); "
+                "signals can only be handled in the main thread"
+            ) from exc
+        return installed
+
+    @staticmethod
+    def _remove_signal_handlers(loop: asyncio.AbstractEventLoop, installed: dict[int, Any]) -> None:
+        for sig, previous in installed.items():
+            loop.remove_signal_handler(sig)
+            if previous is not None:  # restore the caller's handler (corral.launch)
+                signal.signal(sig, previous)
 
     # -- the loop -------------------------------------------------------------
 
@@ -157,7 +266,14 @@ class Agent:
                 self.cfg.max_restarts,
             )
             if self.hooks.before_start is not None:
-                await self.hooks.before_start(rnd)
+                try:
+                    await self.hooks.before_start(rnd)
+                except LauncherError as exc:
+                    self.machine.to(AgentState.FAILED)
+                    log.error("round %d: before_start refused to run: %s", rnd.round, exc)
+                    if isinstance(exc, NodeRefused):
+                        raise
+                    raise NodeRefused(f"node refused round {rnd.round}: {exc}") from exc
             group = WorkerGroup(
                 spec,
                 rnd,
@@ -167,6 +283,7 @@ class Agent:
                 node_id=self.node_id,
                 host=self.host,
                 base_env=self.environ,
+                env_builder=self.worker_env,
             )
             attempt += 1
             self._group = group
@@ -185,6 +302,7 @@ class Agent:
                 await self._notify(rnd, outcome.kind.value, [])
                 continue
             if outcome.succeeded:
+                self.results = self._read_results(group)
                 await self._notify(rnd, "succeeded", [])
                 self.machine.to(AgentState.STOPPING)
                 change = await self._race(rdzv.report_success(rnd))
@@ -203,15 +321,25 @@ class Agent:
                 first.signal_name or f"exit code {first.exitcode}",
             )
             await self._notify(rnd, "failed", failures)
+            verdict = self.policy.on_failure(failures)
+            if not verdict.restart:
+                log.warning("restart policy gives up: %s; the job fails now", verdict.reason)
             stop = asyncio.ensure_future(self._stop(group))
             try:
-                decision, root = await self._race(rdzv.report_failure(rnd, failures))
+                decision, root = await self._race(
+                    rdzv.report_failure(rnd, failures, final=not verdict.restart)
+                )
             finally:
                 await stop
             if decision is Decision.RESTART:
+                if verdict.delay > 0:
+                    log.info("waiting %.1fs before rejoining (%s)", verdict.delay, verdict.reason)
+                await self._race(self.policy.before_rejoin(verdict))
                 continue
             self.machine.to(AgentState.FAILED)
-            raise JobFailed("job failed", root or first, (root or first).exit_code)
+            root = root or first
+            others = [f for f in failures if (f.node_id, f.local_rank) != (root.node_id, root.local_rank)]
+            raise WorkerFailed(_summary(root), [root, *others])
 
     async def _race_group(self, group: Any, rdzv: Rendezvous, rnd: RoundInfo) -> Any:
         """Wait for the first of: the group's result, the round's end, a signal."""
@@ -269,14 +397,24 @@ class Agent:
             self._signum = signum
         self._signal_event.set()
 
-    def _print_root_cause(self, report: FailureReport | None) -> None:
+    def _print_root_cause(self, report: FailureReport | None, total: int = 1) -> None:
         from corral.reporting.render import render_root_cause
 
         self.root_cause = report
         if report is None:
             print("corral: job failed (no failure report available)", file=sys.stderr, flush=True)
             return
-        print(render_root_cause(report, 1), file=sys.stderr, flush=True)
+        print(render_root_cause(report, max(total, 1)), file=sys.stderr, flush=True)
+
+    def _read_results(self, group: Any) -> dict[int, Any]:
+        """Each worker's result by global rank (None where it wrote none: a command)."""
+        from corral.workers._fn_entry import read_result
+
+        logs, offset = group.logs, group.rnd.rank_offset
+        return {
+            offset + local_rank: read_result(logs.rank_dir(local_rank))
+            for local_rank in range(group.spec.local_world_size)
+        }
 
     async def _linger(self) -> None:
         """The store's host stays until the other agents have read the job's outcome."""
@@ -308,10 +446,34 @@ class Agent:
             master_port=0,  # 0: a fresh free port each round (CONTRACT.md)
         )
         if cfg.rdzv_backend == "static":
-            from corral.rendezvous.static import open_static_rendezvous
+            from corral.agent.net import resolve_once
+            from corral.rendezvous.static import StaticRendezvous, static_store_endpoint
 
-            rdzv: Rendezvous = await open_static_rendezvous(cfg, node, stack=stack, clock=self.clock)
-            return rdzv
+            master_addr = resolve_once(cfg.master_addr)  # once, at start-up
+            master_port = cfg.master_port or 29500
+            endpoint = static_store_endpoint(master_addr, master_port)
+            store = await self._open_store(
+                stack, addr, endpoint=endpoint, is_host=cfg.node_rank == 0
+            )
+            static = StaticRendezvous(
+                store,
+                run_id=cfg.rdzv_id,
+                node=node,
+                node_rank=cfg.node_rank,
+                nnodes=cfg.max_nodes,
+                master_addr=master_addr,
+                master_port=master_port,
+                max_restarts=cfg.max_restarts,
+                conf=cfg.rdzv_conf,
+                clock=self.clock,
+            )
+            stack.push_async_callback(static.close)
+            return static
+        if cfg.rdzv_backend not in ("c10d", "etcd"):  # a third-party backend by name
+            from corral.rendezvous.registry import load_backend
+
+            factory = load_backend(cfg.rdzv_backend)
+            return await factory(cfg, node, stack=stack, clock=self.clock)
         store = await self._open_store(stack, addr)
         from corral.rendezvous.dynamic import DynamicRendezvous
 
@@ -340,7 +502,14 @@ class Agent:
                 raise LauncherError(f"cannot read token_file {conf.token_file}: {exc}") from exc
         return self.environ.get("CORRAL_TOKEN") or None
 
-    async def _open_store(self, stack: AsyncExitStack, addr: str) -> Any:
+    async def _open_store(
+        self,
+        stack: AsyncExitStack,
+        addr: str,
+        *,
+        endpoint: tuple[str, int] | None = None,
+        is_host: bool | None = None,
+    ) -> Any:
         from corral.store.registry import open_store
 
         cfg = self.cfg
@@ -352,13 +521,14 @@ class Agent:
             store = await open_store(etcd_url_from_conf(cfg.rdzv_endpoint, conf), timeout=conf.read_timeout)
             stack.push_async_callback(store.close)
             return store
-        host, port = cfg.endpoint_host_port
+        host, port = endpoint or cfg.endpoint_host_port
         host_num = numeric_host(host) if host else "127.0.0.1"
         if host_num is None:
             from corral.agent.net import resolve_once
 
             host_num = resolve_once(host)
-        is_host = conf.is_host
+        if is_host is None:
+            is_host = conf.is_host
         if is_host is None:
             is_host = cfg.standalone or (
                 host_num == addr if cfg.local_addr else is_local_address(host_num)

@@ -23,8 +23,11 @@ def _setup_logging() -> None:
 
 
 def run(cfg: LaunchConfig) -> int:
-    """Run this node's agent to the end of the job; return the exit code (CONTRACT.md)."""
-    from corral.agent.agent import Agent
+    """Run this node's agent to the end of the job; return the exit code (CONTRACT.md).
+
+    The same launch path as :func:`corral.launch` (see :func:`corral.api.run_cli`).
+    """
+    from corral.api import run_cli
 
     _setup_logging()
-    return asyncio.run(Agent(cfg).run())
+    return asyncio.run(run_cli(cfg))

@@ -106,7 +106,7 @@ class Rendezvous(Protocol):
         ...
 
     async def report_failure(
-        self, rnd: RoundInfo, failures: list[FailureReport]
+        self, rnd: RoundInfo, failures: list[FailureReport], *, final: bool = False
     ) -> tuple[Decision, FailureReport | None]:
         """Publish this node's failures of round ``rnd`` and decide, job-wide, what comes next.
 
@@ -114,6 +114,11 @@ class Rendezvous(Protocol):
         the job, however many nodes fail) and the answer is RESTART. Otherwise
         the job's outcome becomes failure and the answer is FAIL with the
         job-wide root cause: the earliest failure by store order.
+
+        ``final=True`` spends the budget now (a restart policy gave up): the
+        outcome becomes failure with the job-wide root cause of round ``rnd``
+        even if restarts are left or the job already moved to a later round;
+        the answer is FAIL (unless the job had already ended).
         """
         ...
 

@@ -92,9 +92,9 @@ class StaticRendezvous:
         return await self._inner.watch_round(rnd)
 
     async def report_failure(
-        self, rnd: RoundInfo, failures: list[FailureReport]
+        self, rnd: RoundInfo, failures: list[FailureReport], *, final: bool = False
     ) -> tuple[Decision, FailureReport | None]:
-        return await self._inner.report_failure(rnd, failures)
+        return await self._inner.report_failure(rnd, failures, final=final)
 
     async def report_success(self, rnd: RoundInfo) -> RoundChange | None:
         return await self._inner.report_success(rnd)

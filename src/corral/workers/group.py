@@ -18,7 +18,7 @@ import asyncio
 import enum
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from corral.rendezvous.api import RoundInfo
@@ -85,6 +85,9 @@ class WorkerGroup:
         node_id, host: for failure reports.
         base_env: the agent's environment, which the workers inherit.
         console_out, console_err: the agent's console descriptors (tee, pass-through).
+        env_builder: builds each worker's environment, with :func:`worker_env`'s
+            signature (default :func:`worker_env`; the agent passes its
+            overridable ``Agent.worker_env``).
 
     Use from the event-loop thread only.
     """
@@ -102,6 +105,8 @@ class WorkerGroup:
         base_env: Mapping[str, str],
         console_out: int = 1,
         console_err: int = 2,
+        env_builder: Callable[[Mapping[str, str], WorkerSpec, RoundInfo, int, str], dict[str, str]]
+        | None = None,
     ) -> None:
         self.spec = spec
         self.rnd = rnd
@@ -114,6 +119,7 @@ class WorkerGroup:
         self.base_env = dict(base_env)
         self.console_out = console_out
         self.console_err = console_err
+        self._env_builder = env_builder or worker_env
         self.state = GroupState.CREATED
         self.workers: list[WorkerProcess] = []
         self._exit_order: list[WorkerProcess] = []
@@ -161,7 +167,7 @@ class WorkerGroup:
                 WorkerProcess(
                     local_rank,
                     worker_argv(self.spec, local_rank),
-                    worker_env(
+                    self._env_builder(
                         self.base_env, self.spec, self.rnd, local_rank, logs.error_file(local_rank)
                     ),
                     out_plan,
