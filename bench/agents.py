@@ -444,7 +444,12 @@ class Bench:
         )
         self._port = 20000
         self.inbox = Inbox(self.tmp / "inbox.sock")
-        self.ns = Namespace(self.env)
+        try:
+            self.ns = Namespace(self.env)
+        except BaseException:
+            self.inbox.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         self.etcd: dict[str, Etcd] = {}
 
     def next_port(self) -> int:
@@ -821,6 +826,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         figures = measure(bench)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({exc or 'SIGINT'}); killing every process started", flush=True)
+        return 130
     finally:
         bench.close()
     print(f"total {time.monotonic() - started:.0f} s", flush=True)
