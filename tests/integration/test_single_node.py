@@ -271,11 +271,12 @@ def test_log_layout_and_tee_prefix(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     (run_dir,) = list(logs.iterdir())
-    for attempt in (0, 1):
-        for lr in (0, 1):
-            d = run_dir / f"attempt_{attempt}" / str(lr)
-            assert (d / "stdout.log").read_text().strip() == f"hello from {lr} attempt {attempt}"
-            assert "to-stderr" in (d / "stderr.log").read_text()
+    # attempt 0: rank 0 failed (rank 1 may have been stopped before it printed); attempt 1: both
+    for attempt, lr in ((0, 0), (1, 0), (1, 1)):
+        d = run_dir / f"attempt_{attempt}" / str(lr)
+        assert (d / "stdout.log").read_text().strip() == f"hello from {lr} attempt {attempt}"
+        assert "to-stderr" in (d / "stderr.log").read_text()
+    assert (run_dir / "attempt_0" / "1" / "stdout.log").exists()
     assert "[default1]:hello from 1 attempt 1" in r.stdout
     assert "[default0]:" not in r.stdout  # filtered from the console
 

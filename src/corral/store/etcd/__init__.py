@@ -8,3 +8,13 @@
 
 Nothing is imported here, so that ``corral.store.etcd.url`` stays light.
 """
+
+import os as _os
+
+# The agent forks (workers, the reaper's watchdog) while grpc's threads run;
+# grpc's fork handlers are useless there (children exec at once) and log a line
+# on every fork. Turn them off before grpc initialises (this package is imported
+# before any of its modules import grpc). Workers do not inherit this: their
+# environment is copied from the agent's at start-up.
+_os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+_os.environ.setdefault("GRPC_VERBOSITY", "ERROR")

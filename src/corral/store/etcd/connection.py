@@ -83,6 +83,9 @@ _FAILOVER_DETAILS = (
     "stream removed",
     "socket closed",
     "connection reset",
+    "internal error from core",  # grpc core, when a member dies under a streaming call
+    "broken pipe",
+    "goaway",
 )
 
 
