@@ -102,7 +102,8 @@ def test_open_store_by_a_third_party_scheme(plugin_path: Path) -> None:
 def test_cli_runs_with_a_third_party_rendezvous_backend(plugin_path: Path, tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(
-        "import os\nprint('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])\n"
+        "import os, sys\n"
+        "sys.stdout.write(f\"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}\\n\")\n"
     )
     out = subprocess.run(
         [
