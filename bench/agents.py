@@ -18,9 +18,15 @@ Figures (medians over a few repetitions, in seconds):
 * ``d``: a third agent joins a running ``--nnodes 2:3`` job, to all three
   workers running at WORLD_SIZE 3.  torchrun runs as is (its cached agent
   store) and, in a second figure, with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``.
-* ``c idle etcd-1 (corral only)`` and friends: corral's (c) and (d) on
-  ``--rdzv-backend etcd`` against one etcd and a 3-member etcd cluster that
-  the bench starts on loopback ports.
+* ``c idle etcd-1 (corral on etcd; torchrun n/a)`` and friends: corral's (c)
+  and (d) on ``--rdzv-backend etcd`` against one etcd (``--store etcd``) and a
+  3-member etcd cluster (``--store etcd3``) that the bench starts on loopback
+  ports; the torchrun column is null.  With the default ``--rdzv-conf`` a
+  SIGKILLed agent is seen on etcd when its lease expires (15 s).
+
+Usage: ``python bench/agents.py`` (everything, about 5 minutes on 2 cores);
+``--parts b,c,d``, ``--tools corral,torchrun``, ``--store embedded,etcd,etcd3``,
+``--ks 2,8,16``, ``--reps 3``, ``--budget``, ``--cap``; ``--help`` for more.
 
 Workers report their start (a CLOCK_MONOTONIC timestamp, comparable across
 processes) on a Unix datagram socket that the bench awaits, together with the
