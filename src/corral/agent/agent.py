@@ -547,7 +547,9 @@ class Agent:
                 stack.push_async_callback(server.close)
                 self._server = server
                 bound_host, bound_port = server.address
-                log.info("hosting the rendezvous store on tcp://%s:%d", bound_host, bound_port)
+                (log.debug if cfg.standalone else log.info)(
+                    "hosting the rendezvous store on tcp://%s:%d", bound_host, bound_port
+                )
                 local = server.local_store()
                 stack.push_async_callback(local.close)
                 return local

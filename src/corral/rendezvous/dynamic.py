@@ -401,7 +401,7 @@ class DynamicRendezvous:
             info = m.round_info_of(
                 self._run_id, closed, assignment, full.members if full is not None else ()
             )
-            log.info(
+            log.debug(
                 "round %d closed: node %s is group rank %d of %d (restart %d)",
                 r, me, info.group_rank, info.group_world_size, info.restart_count,
             )  # fmt: skip
@@ -542,7 +542,7 @@ class DynamicRendezvous:
                     assert res.kv is not None
                     if not res.succeeded:
                         return res.kv, None
-                    log.info("closed round %d with %d nodes (%s)", r, len(members), d.why)
+                    log.debug("closed round %d with %d nodes (%s)", r, len(members), d.why)
                     if r >= 2:
                         # Assignments of round r-2 are read by no one now (a node that
                         # still looks finds none and rejoins); member lists stay.

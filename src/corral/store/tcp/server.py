@@ -421,7 +421,7 @@ class StoreServer:
                 host,
                 self._address[1],
             )
-        log.info("store: listening on %s:%d (auth %s)", *self._address, "on" if token else "off")
+        log.debug("store: listening on %s:%d (auth %s)", *self._address, "on" if token else "off")
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no peer is connected, at most ``timeout`` seconds; True if idle.
