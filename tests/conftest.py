@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from corral import _compat
 from tests.helpers import Hub, Procs
 
 
@@ -34,3 +36,18 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         import shutil
 
         shutil.rmtree(d, ignore_errors=True)
+
+
+if _compat.BACKPORTS:  # the Python 3.10 path: every loop needs the backport's task factory
+
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+        from taskgroup.tasks import task_factory
+
+        def backport_loop() -> asyncio.AbstractEventLoop:
+            loop = asyncio.new_event_loop()
+            loop.set_task_factory(task_factory)  # type: ignore[arg-type]
+            return loop
+
+        return {"backport": backport_loop}

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from corral._compat import run as _compat_run
 from corral.config import LaunchConfig
 from corral.errors import ConfigError
 
@@ -212,7 +213,7 @@ def launch(
             "corral.launch() cannot be called from a running event loop (it runs its own); "
             "use 'await corral.launch_async(...)' instead"
         )
-    return asyncio.run(
+    return _compat_run(
         launch_async(config, entrypoint, *args, hooks=hooks, policy=policy, agent_class=agent_class)
     )
 

@@ -57,9 +57,13 @@ def _summary(root: FailureReport | None) -> str:
     """One line for WorkerFailed: which worker failed the job, how and why."""
     if root is None:
         return "job failed (no failure report available)"
-    how = f"died of {root.signal_name}" if root.exitcode < 0 else f"exited with code {root.exitcode}"
+    how = (
+        f"died of {root.signal_name}" if root.exitcode < 0 else f"exited with code {root.exitcode}"
+    )
     why = f": {root.message}" if root.message else ""
-    return f"job failed: worker rank {root.rank} (node {root.group_rank}, host {root.host}) {how}{why}"
+    return (
+        f"job failed: worker rank {root.rank} (node {root.group_rank}, host {root.host}) {how}{why}"
+    )
 
 
 @dataclass
@@ -296,8 +300,12 @@ class Agent:
                 raise
             if isinstance(outcome, RoundChange):
                 self.machine.to(AgentState.STOPPING)
-                log.info("round %d over (%s%s): stopping workers", rnd.round, outcome.kind.value,
-                         f": {outcome.detail}" if outcome.detail else "")
+                log.info(
+                    "round %d over (%s%s): stopping workers",
+                    rnd.round,
+                    outcome.kind.value,
+                    f": {outcome.detail}" if outcome.detail else "",
+                )
                 await self._stop(group)
                 await self._notify(rnd, outcome.kind.value, [])
                 continue
@@ -309,7 +317,9 @@ class Agent:
                 if change is None:
                     self.machine.to(AgentState.SUCCEEDED)
                     return 0
-                log.info("round %d superseded after local success (%s)", rnd.round, change.kind.value)
+                log.info(
+                    "round %d superseded after local success (%s)", rnd.round, change.kind.value
+                )
                 continue
             # local failure
             self.machine.to(AgentState.STOPPING)
@@ -317,7 +327,10 @@ class Agent:
             first = failures[0]
             log.warning(
                 "round %d: worker rank %d (local %d, pid %d) failed with %s; stopping the group",
-                rnd.round, first.rank, first.local_rank, first.pid,
+                rnd.round,
+                first.rank,
+                first.local_rank,
+                first.pid,
                 first.signal_name or f"exit code {first.exitcode}",
             )
             await self._notify(rnd, "failed", failures)
@@ -338,7 +351,9 @@ class Agent:
                 continue
             self.machine.to(AgentState.FAILED)
             root = root or first
-            others = [f for f in failures if (f.node_id, f.local_rank) != (root.node_id, root.local_rank)]
+            others = [
+                f for f in failures if (f.node_id, f.local_rank) != (root.node_id, root.local_rank)
+            ]
             raise WorkerFailed(_summary(root), [root, *others])
 
     async def _race_group(self, group: Any, rdzv: Rendezvous, rnd: RoundInfo) -> Any:
@@ -347,7 +362,9 @@ class Agent:
         watcher = asyncio.ensure_future(rdzv.watch_round(rnd))
         sig = asyncio.ensure_future(self._signal_event.wait())
         try:
-            done, _ = await asyncio.wait({waiter, watcher, sig}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {waiter, watcher, sig}, return_when=asyncio.FIRST_COMPLETED
+            )
             if sig in done:
                 # the signal was forwarded already; give the workers the shutdown
                 # timeout to act on it, then SIGKILL (torchrun's death_sig semantics)
@@ -421,7 +438,9 @@ class Agent:
         if self._server is not None:
             grace = min(self.cfg.rdzv_conf.read_timeout, 10.0)
             if not await self._server.wait_idle(grace):
-                log.warning("agents still connected %.0fs after the job ended; closing the store", grace)
+                log.warning(
+                    "agents still connected %.0fs after the job ended; closing the store", grace
+                )
 
     # -- rendezvous and store -------------------------------------------------
 
@@ -518,7 +537,9 @@ class Agent:
         if cfg.rdzv_backend == "etcd":
             from corral.store.etcd.client import etcd_url_from_conf
 
-            store = await open_store(etcd_url_from_conf(cfg.rdzv_endpoint, conf), timeout=conf.read_timeout)
+            store = await open_store(
+                etcd_url_from_conf(cfg.rdzv_endpoint, conf), timeout=conf.read_timeout
+            )
             stack.push_async_callback(store.close)
             return store
         host, port = endpoint or cfg.endpoint_host_port
@@ -541,7 +562,9 @@ class Agent:
                 await server.start(host_num, port, token=token)
             except (OSError, StoreUnavailable) as exc:
                 if conf.is_host or port == 0:
-                    raise LauncherError(f"cannot host the store on {host_num}:{port}: {exc}") from exc
+                    raise LauncherError(
+                        f"cannot host the store on {host_num}:{port}: {exc}"
+                    ) from exc
                 log.info("store port %s:%d taken (%s); joining as a client", host_num, port, exc)
             else:
                 stack.push_async_callback(server.close)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
 
+from corral._compat import run as _compat_run
 from corral.config import LaunchConfig
 
 __all__ = ["run"]
@@ -30,4 +30,4 @@ def run(cfg: LaunchConfig) -> int:
     from corral.api import run_cli
 
     _setup_logging()
-    return asyncio.run(run_cli(cfg))
+    return _compat_run(run_cli(cfg))

@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+from corral._compat import timeout as _compat_timeout
 from corral.clock import Clock, MonotonicClock
 from corral.errors import StoreError, StoreUnavailable
 from corral.store.api import WatchEvent
@@ -127,7 +128,7 @@ async def watching() -> AsyncIterator[Mux]:
 async def clock_timeout(clock: Clock, seconds: float) -> AsyncIterator[None]:
     """Like ``asyncio.timeout`` but on ``clock``: raises TimeoutError when it passes."""
     if isinstance(clock, MonotonicClock):
-        async with asyncio.timeout(seconds):
+        async with _compat_timeout(seconds):
             yield
         return
     task = asyncio.current_task()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
+from corral._compat import timeout as _compat_timeout
 from corral.clock import Clock
 from corral.config import RdzvConf
 from corral.errors import StoreTimeout
@@ -35,7 +35,7 @@ class Ops:
 
     async def _call(self, what: str, aw: Awaitable[T]) -> T:
         try:
-            async with asyncio.timeout(self._timeout):
+            async with _compat_timeout(self._timeout):
                 return await aw
         except TimeoutError:
             raise StoreTimeout(

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
+from corral._compat import TaskGroup as _CompatTaskGroup
 from corral.clock import Clock, MonotonicClock
 from corral.config import RdzvConf
 from corral.errors import (
@@ -285,7 +286,7 @@ class DynamicRendezvous:
     async def _background(self, lease: int) -> None:
         # The rendezvous owns this task; the TaskGroup holds its background jobs
         # (the keep-alive) and close() cancels it, ending them all.
-        async with asyncio.TaskGroup() as tg:
+        async with _CompatTaskGroup() as tg:
             tg.create_task(self._keepalive(lease))
 
     async def _keepalive(self, lease: int) -> None:

@@ -21,6 +21,7 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from corral._compat import timeout as _compat_timeout
 from corral.rendezvous.api import RoundInfo
 from corral.reporting.failures import FailureReport
 from corral.reporting.render import read_error_file
@@ -270,7 +271,7 @@ class WorkerGroup:
 
     async def _wait_exited(self, timeout: float) -> bool:
         try:
-            async with asyncio.timeout(max(0.0, timeout)):
+            async with _compat_timeout(max(0.0, timeout)):
                 while any(w.running for w in self.workers):
                     self._changed.clear()
                     await self._changed.wait()

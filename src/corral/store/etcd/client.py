@@ -38,6 +38,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 
+from corral._compat import timeout as _compat_timeout
 from corral.errors import LeaseNotFound, StoreCompacted, StoreError, StoreUnavailable
 from corral.store.api import Characteristics, EventType, KeyValue, WatchEvent, WriteResult
 from corral.store.etcd.connection import (
@@ -320,7 +321,7 @@ class _WatchStream:
                         )
                     )
                 )
-                async with asyncio.timeout(max(0.1, min(deadline - loop.time(), 5.0))):
+                async with _compat_timeout(max(0.1, min(deadline - loop.time(), 5.0))):
                     resp = await call.read()
             except (grpc.aio.AioRpcError, TimeoutError) as exc:
                 call.cancel()

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 
+from corral._compat import timeout as _compat_timeout
 from corral.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -224,7 +225,7 @@ class Connection:
             channel = self._channel(endpoint)
             attempt = min(remaining, CONNECT_ATTEMPT)
             try:
-                async with asyncio.timeout(attempt):
+                async with _compat_timeout(attempt):
                     await channel.channel_ready()
                     metadata = await self._authenticate(channel, endpoint)
             except (TimeoutError, grpc.aio.AioRpcError) as exc:

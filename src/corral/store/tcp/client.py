@@ -19,6 +19,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
+from corral._compat import timeout as _compat_timeout
 from corral.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -299,7 +300,7 @@ class TcpStore:
             try:
                 # One attempt may not eat the whole budget: a peer that accepts
                 # but never answers the handshake is retried.
-                async with asyncio.timeout(max(min(remaining, _ATTEMPT_TIMEOUT), 0.001)):
+                async with _compat_timeout(max(min(remaining, _ATTEMPT_TIMEOUT), 0.001)):
                     _, conn = await loop.create_connection(
                         lambda: _Connection(self, self._token), self._host, self._port
                     )
@@ -474,7 +475,7 @@ async def _resolve(host: str, port: int, deadline: float) -> str:
         pass
     loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(max(deadline - loop.time(), 0.001)):
+        async with _compat_timeout(max(deadline - loop.time(), 0.001)):
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, TimeoutError) as exc:
         raise StoreUnavailable(f"cannot resolve store host {host!r}: {exc!r}") from exc

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from corral._compat import Runner as _CompatRunner
+from corral._compat import timeout as _compat_timeout
 from corral.clock import Clock, MonotonicClock
 from corral.errors import (
     ConfigError,
@@ -430,7 +432,7 @@ class StoreServer:
         reads the outcome before the store goes away.
         """
         try:
-            async with asyncio.timeout(max(0.0, timeout)):
+            async with _compat_timeout(max(0.0, timeout)):
                 while self.conns:
                     self._idle.clear()
                     await self._idle.wait()
@@ -570,7 +572,7 @@ def main(argv: list[str]) -> int:
         except ImportError:
             pass
     try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
+        with _CompatRunner(loop_factory=loop_factory) as runner:
             return runner.run(_serve(args.host, args.port, token))
     except StoreError as exc:
         print(f"corral store: {exc}", file=sys.stderr)
