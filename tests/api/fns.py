@@ -44,3 +44,15 @@ def world_size_when_alone() -> int:
 
 def block() -> None:
     time.sleep(60)  # stopped by the agent (cancellation) long before
+
+
+def report_and_block(hub_path: str) -> None:
+    """Tell the test's hub this worker runs (its pid), then block until stopped."""
+    import json
+    import os
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(hub_path)
+    s.sendall((json.dumps({"pid": os.getpid()}) + "\n").encode())
+    time.sleep(60)

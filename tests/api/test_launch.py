@@ -17,6 +17,7 @@ from corral.errors import ConfigError, WorkerFailed
 from corral.rendezvous.api import RoundInfo
 from corral.workers.spec import WorkerSpec
 from tests.api import fns
+from tests.helpers import Hub
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -131,24 +132,14 @@ def test_import_corral_is_lazy() -> None:
     assert "launch_async" in out.stdout
 
 
-async def test_cancelling_launch_async_stops_workers(cfg: LaunchConfig) -> None:
+async def test_cancelling_launch_async_stops_workers(cfg: LaunchConfig, hub: Hub) -> None:
     import psutil
 
-    from corral.agent.agent import AgentHooks
-
-    started = asyncio.Event()
-
-    async def before_start(rnd: RoundInfo) -> None:
-        started.set()
-
-    task = asyncio.ensure_future(
-        corral.launch_async(cfg, fns.block, hooks=AgentHooks(before_start=before_start))
-    )
-    await asyncio.wait_for(started.wait(), 20)
-    # the agent ran on to its next suspension point, after spawning the workers
-    me = psutil.Process()
-    assert len([p for p in me.children() if "_fn_entry" in " ".join(p.cmdline())]) == 2
+    task = asyncio.ensure_future(corral.launch_async(cfg, fns.report_and_block, hub.path))
+    workers = await asyncio.to_thread(hub.collect, 2)  # both workers run
+    procs = [psutil.Process(w["pid"]) for w in workers]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 20)
-    assert me.children(recursive=True) == []
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    assert alive == [], f"workers outlived the cancelled launch: {alive}"

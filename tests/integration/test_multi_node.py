@@ -348,3 +348,25 @@ def test_etcd_unreachable_at_start_is_a_clear_error(tmp_path: Path) -> None:
     assert f"127.0.0.1:{port}" in r.stderr
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2, r.stderr
+
+
+@pytest.mark.skipif(not etcd_available(), reason="etcd binary not installed")
+def test_etcd_sigkilled_agent_seen_before_its_lease_ttl(
+    procs: Procs, hub: Hub, tmp_path: Path
+) -> None:
+    """etcd leases outlive connections (TTL 15 s by default); the liveness ring sees the death at once."""
+    c = Cluster(procs, hub, tmp_path, "2:3", conf="last_call_timeout=10", backend="etcd",
+                endpoint=shared_single().endpoints)  # fmt: skip
+    for n in (1, 2, 3):
+        c.start(n)
+    assert_one_round(hub.collect(3, where=ws(3)), 3)
+    c.agents[2].kill()
+    try:
+        second = hub.collect(2, where=ws(2), timeout=8)  # well under the 15 s lease TTL
+    except TimeoutError:
+        raise AssertionError("\n".join(c.stderr(n)[-2000:] for n in (1, 3))) from None
+    assert_one_round(second, 2)
+    for w in second:
+        w.release(0)
+    for n in (1, 3):
+        assert c.wait(n) == 0, c.stderr(n)

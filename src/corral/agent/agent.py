@@ -22,6 +22,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from corral.agent.liveness import PeerLiveness
 from corral.agent.net import is_local_address, local_address_towards, numeric_host
 from corral.agent.policy import ImmediatePolicy, RestartPolicy
 from corral.agent.state import AgentState, StateMachine
@@ -128,6 +129,7 @@ class Agent:
         self._signum = 0
         self._group: Any = None
         self._server: Any = None
+        self._liveness: PeerLiveness | None = None
         self.root_cause: FailureReport | None = None
 
     # -- public ---------------------------------------------------------------
@@ -361,6 +363,10 @@ class Agent:
         waiter = asyncio.ensure_future(group.wait())
         watcher = asyncio.ensure_future(rdzv.watch_round(rnd))
         sig = asyncio.ensure_future(self._signal_event.wait())
+        # never completes: revokes a dead predecessor's lease, which ends the round for all
+        live = asyncio.ensure_future(
+            self._liveness.watch(rnd) if self._liveness is not None else self._signal_event.wait()
+        )
         try:
             done, _ = await asyncio.wait(
                 {waiter, watcher, sig}, return_when=asyncio.FIRST_COMPLETED
@@ -374,10 +380,10 @@ class Agent:
                 return waiter.result()
             return watcher.result()
         finally:
-            for t in (waiter, watcher, sig):
+            for t in (waiter, watcher, sig, live):
                 if not t.done():
                     t.cancel()
-            await asyncio.gather(waiter, watcher, sig, return_exceptions=True)
+            await asyncio.gather(waiter, watcher, sig, live, return_exceptions=True)
 
     async def _race(self, aw: Awaitable[T]) -> T:
         """Await ``aw`` unless a handled signal arrives first (then raise _Signalled)."""
@@ -487,6 +493,7 @@ class Agent:
                 clock=self.clock,
             )
             stack.push_async_callback(static.close)
+            await self._start_liveness(stack, store, addr, lambda: static.dynamic.lease)
             return static
         if cfg.rdzv_backend not in ("c10d", "etcd"):  # a third-party backend by name
             from corral.rendezvous.registry import load_backend
@@ -507,7 +514,23 @@ class Agent:
             clock=self.clock,
         )
         stack.push_async_callback(dyn.close)
+        await self._start_liveness(stack, store, addr, lambda: dyn.lease)
         return dyn
+
+    async def _start_liveness(
+        self, stack: AsyncExitStack, store: Any, addr: str, lease: Callable[[], int]
+    ) -> None:
+        """Where a lease outlives its connection (etcd), watch the ring predecessor's agent."""
+        if store.characteristics.connection_leases:
+            return
+        from corral.agent.liveness import PeerLiveness
+
+        live = PeerLiveness(
+            store, run_id=self.cfg.rdzv_id, addr=addr, lease=lease, prefix=self.cfg.rdzv_conf.prefix
+        )
+        await live.start()
+        stack.push_async_callback(live.close)
+        self._liveness = live
 
     def _token(self) -> str | None:
         conf = self.cfg.rdzv_conf
