@@ -10,7 +10,11 @@ node, in a subprocess with a time limit per K).
 Prints human lines, then last one JSON line, always (a K whose run fails is
 recorded with ``"corral": null`` and its error, and the next K is tried):
 ``{"bench": "rendezvous", "figures": [{"name": "K=16", "unit": "s", "corral": s_or_null,
-"torchrun": s_or_null, "ratio": torchrun/corral_or_null}]}``.
+"torchrun": s_or_null, "ratio": corral/torchrun_or_null}]}``.
+
+``--backends embedded,etcd,etcd3`` also runs corral over a real etcd (one member,
+and a 3-member cluster) started here; those figures compare with the embedded
+store (``ratio`` = etcd/embedded; torch has no etcd v3 rendezvous).
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 from corral.config import RdzvConf
 from corral.rendezvous.api import NodeDesc
 from corral.rendezvous.dynamic import DynamicRendezvous
-from corral.store.tcp.client import TcpStore, connect
+from corral.store.api import Store
+from corral.store.registry import open_store
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DEFAULT_K = [16, 64, 256, 1024, 4096]
 NODES_PER_CONNECTION = 32  # each connection carries every watch event of its nodes
@@ -86,11 +92,12 @@ def corral_server() -> Iterator[tuple[str, int]]:
             proc.wait()
 
 
-async def corral_once(host: str, port: int, k: int) -> float:
-    conns: list[TcpStore] = []
+async def corral_once(url: str, k: int) -> float:
+    """K nodes over the store at ``url`` (``tcp://`` embedded store, or ``etcd://``)."""
+    conns: list[Store] = []
     n_conns = max(1, -(-k // NODES_PER_CONNECTION))
     for _ in range(n_conns):
-        conns.append(await connect(host, port, timeout=10))
+        conns.append(await open_store(url, timeout=30))
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
     conf = RdzvConf(join_timeout=120, read_timeout=60)
     nodes = [
@@ -178,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions per K (median reported)")
     ap.add_argument("--torch-limit", type=float, default=60.0, help="seconds per torch run")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument(
+        "--backends",
+        default="embedded",
+        help="comma list of embedded, etcd (one member), etcd3 (3-member cluster): corral over "
+        "each store; the etcd figures are named 'K=.. etcd' and compare with the embedded store",
+    )
     args = ap.parse_args(argv)
     _raise_nofile()
     figures: list[dict[str, object]] = []
@@ -189,27 +202,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _corral_k(host: str, port: int, k: int, reps: int) -> tuple[float | None, list[float], str]:
+def _corral_k(url: str, k: int, reps: int) -> tuple[float | None, list[float], str]:
     """Median of ``reps`` runs of K nodes; None (and the error) if a run fails."""
     times: list[float] = []
     try:
         for _ in range(reps):
-            times.append(asyncio.run(corral_once(host, port, k)))
+            times.append(asyncio.run(corral_once(url, k)))
     except Exception as exc:  # a failed K is recorded, the bench goes on
         return None, times, f"{type(exc).__name__}: {exc}"[:300]
     return statistics.median(times), times, ""
 
 
+@contextlib.contextmanager
+def etcd_url(members: int) -> Iterator[str]:
+    """A real etcd (1 or 3 members) on loopback ports, started and removed here."""
+    sys.path.insert(0, REPO)
+    from tests.etcd_fixtures import start_cluster
+
+    cluster = start_cluster(members)
+    try:
+        yield cluster.url(prefix=f"/bench-{uuid.uuid4().hex[:6]}")
+    finally:
+        cluster.stop()
+
+
 def _run(args: argparse.Namespace, figures: list[dict[str, object]]) -> None:
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    embedded: dict[int, float | None] = {}
     with contextlib.ExitStack() as stack:
         if args.store:
-            u = urlsplit(args.store)
-            host, port = u.hostname or "127.0.0.1", u.port or 29400
+            url = args.store
         else:
             host, port = stack.enter_context(corral_server())
+            url = f"tcp://{host}:{port}"
         torch_gave_up = False
         for k in args.nodes:
-            ours, times, error = _corral_k(host, port, k, args.reps)
+            ours, times, error = _corral_k(url, k, args.reps)
+            embedded[k] = ours
             theirs: float | None = None
             note = "skipped"
             if not args.no_torch and not torch_gave_up:
@@ -218,11 +247,11 @@ def _run(args: argparse.Namespace, figures: list[dict[str, object]]) -> None:
                 torch_gave_up = theirs is None
             elif torch_gave_up:
                 note = "skipped (timed out at a smaller K)"
-            ratio = round(theirs / ours, 2) if theirs is not None and ours else None
+            ratio = round(ours / theirs, 4) if theirs and ours is not None else None
             mine = f"{ours:.3f} s" if ours is not None else f"FAILED ({error})"
             print(
                 f"K={k}: corral {mine} (runs {', '.join(f'{t:.3f}' for t in times)}); "
-                f"torch {note}" + (f"; torch/corral {ratio}x" if ratio else ""),
+                f"torch {note}" + (f"; corral/torch {ratio}" if ratio else ""),
                 flush=True,
             )
             fig: dict[str, object] = {
@@ -235,6 +264,36 @@ def _run(args: argparse.Namespace, figures: list[dict[str, object]]) -> None:
             if error:
                 fig["error"] = error
             figures.append(fig)
+    for backend in backends:
+        if backend == "embedded":
+            continue
+        members = {"etcd": 1, "etcd3": 3}.get(backend)
+        if members is None:
+            print(f"unknown backend {backend!r} (embedded, etcd, etcd3)", flush=True)
+            continue
+        with etcd_url(members) as eurl:
+            for k in args.nodes:
+                ours, times, error = _corral_k(eurl, k, args.reps)
+                base = embedded.get(k)
+                ratio = round(ours / base, 4) if ours is not None and base else None
+                print(
+                    f"K={k} on {backend}: corral "
+                    + (f"{ours:.3f} s" if ours is not None else f"FAILED ({error})")
+                    + (f"; etcd/embedded {ratio}" if ratio else ""),
+                    flush=True,
+                )
+                fig = {
+                    # compares corral on etcd with corral on the embedded store (no torch here)
+                    "name": f"K={k} {backend} vs embedded",
+                    "unit": "s",
+                    "corral": round(ours, 4) if ours is not None else None,
+                    "torchrun": None,
+                    "ratio": ratio,
+                    "embedded": round(base, 4) if base else None,
+                }
+                if error:
+                    fig["error"] = error
+                figures.append(fig)
 
 
 if __name__ == "__main__":
