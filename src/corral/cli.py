@@ -481,6 +481,10 @@ def main(argv: list[str] | None = None) -> None:
     with the code the agent returns.
     """
     args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] == "status":
+        from corral.status import main as status_main
+
+        sys.exit(status_main(args[1:]))
     if args and args[0] == "store":
         from corral.store.tcp.server import (  # type: ignore[import-not-found,unused-ignore]
             main as store_main,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -370,3 +371,29 @@ def test_etcd_sigkilled_agent_seen_before_its_lease_ttl(
         w.release(0)
     for n in (1, 3):
         assert c.wait(n) == 0, c.stderr(n)
+
+
+def test_status_shows_the_running_job(cluster_factory, hub: Hub) -> None:
+    """`corral status` reads the job's round, nodes and failures from its store."""
+    c = cluster_factory("2:2")
+    c.start(1)
+    c.start(2)
+    workers = hub.collect(2, where=ws(2))
+    cmd = [*CORRAL, "status", "--rdzv-backend", c.backend, "--rdzv-endpoint", c.endpoint,
+           "--rdzv-id", c.run_id]  # fmt: skip
+    text = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=corral_env())
+    assert text.returncode == 0, text.stderr
+    assert "state: RUNNING round 0" in text.stdout, text.stdout
+    assert "world size 2" in text.stdout
+    assert {"127.0.0.1", "127.0.0.2"} <= set(text.stdout.split())
+    assert text.stdout.count(" live ") == 2
+    snap = subprocess.run([*CORRAL, "status", "--json", *cmd[4:]], capture_output=True,
+                          text=True, timeout=30, env=corral_env())  # fmt: skip
+    data = json.loads(snap.stdout)
+    assert data["round"] == 0 and data["world_size"] == 2 and len(data["nodes"]) == 2
+    for w in workers:
+        w.release(0)
+    assert c.wait(1) == 0 and c.wait(2) == 0
+    if c.backend == "etcd":  # the embedded store left with its hosting agent
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=corral_env())
+        assert "state: SUCCEEDED in round 0" in done.stdout, done.stdout + done.stderr
