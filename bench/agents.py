@@ -21,8 +21,9 @@ Figures (medians over a few repetitions, in seconds):
 * ``c idle etcd-1 (corral on etcd; torchrun n/a)`` and friends: corral's (c)
   and (d) on ``--rdzv-backend etcd`` against one etcd (``--store etcd``) and a
   3-member etcd cluster (``--store etcd3``) that the bench starts on loopback
-  ports; the torchrun column is null.  With the default ``--rdzv-conf`` a
-  SIGKILLed agent is seen on etcd when its lease expires (15 s).
+  ports; the torchrun column is null.  etcd leases outlive connections (15 s
+  TTL by default); corral's liveness ring (src/corral/agent/liveness.py) sees
+  a SIGKILLed agent at once anyway.
 
 Usage: ``python bench/agents.py`` (everything, about 5 minutes on 2 cores);
 ``--parts b,c,d``, ``--tools corral,torchrun``, ``--store embedded,etcd,etcd3``,
