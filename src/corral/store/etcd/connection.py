@@ -85,6 +85,10 @@ _FAILOVER_DETAILS = (
     "socket closed",
     "connection reset",
     "internal error from core",  # grpc core, when a member dies under a streaming call
+    # our own cancel of a call on a session given up (Connection.fail cancels its
+    # watch calls so that they resume elsewhere); a caller's cancellation is an
+    # asyncio.CancelledError instead, never this
+    "locally cancelled by application",
     "broken pipe",
     "goaway",
 )
