@@ -22,7 +22,6 @@ another handle onto the same data, clock and timer, with its own fault switches.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -30,6 +29,7 @@ from corral.clock import Clock, MonotonicClock
 from corral.errors import StoreUnavailable
 from corral.store.api import Characteristics, KeyValue, WatchEvent, WriteResult
 from corral.store.core import StoreCore
+from corral.store.stream import WatchStream
 
 __all__ = ["MemoryStore", "SharedCore", "open_memory_store"]
 
@@ -96,43 +96,6 @@ class SharedCore:
             self.timer = None
 
 
-class _WatchStream:
-    """An async iterator fed by the core's callback; ends with an error when failed."""
-
-    def __init__(self) -> None:
-        self._events: deque[WatchEvent] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
-
-    def push(self, events: list[WatchEvent]) -> None:
-        self._events.extend(events)
-        self._wakeup()
-
-    def fail(self, exc: BaseException) -> None:
-        if self._error is None:
-            self._error = exc
-        self._wakeup()
-
-    def _wakeup(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def __aiter__(self) -> _WatchStream:
-        return self
-
-    async def __anext__(self) -> WatchEvent:
-        while not self._events:
-            if self._error is not None:
-                raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._events.popleft()
-
-
 class MemoryStore:
     """An in-process store: the :class:`~corral.store.api.Store` contract, with fault switches.
 
@@ -149,7 +112,7 @@ class MemoryStore:
         self._fail_exc: BaseException | None = None
         self._partitioned = False
         self._closed = False
-        self._streams: set[_WatchStream] = set()
+        self._streams: set[WatchStream] = set()
 
     @classmethod
     def attach(cls, shared: SharedCore, *, owns_leases: bool = False) -> MemoryStore:
@@ -259,7 +222,7 @@ class MemoryStore:
         self, key: str, prefix: bool, start_revision: int
     ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
         core = self._enter()
-        stream = _WatchStream()
+        stream = WatchStream()
         wid = core.watch(key, stream.push, prefix=prefix, start_revision=start_revision)
         self._streams.add(stream)
         try:

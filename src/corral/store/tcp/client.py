@@ -32,6 +32,7 @@ from corral.errors import (
     StoreUnavailable,
 )
 from corral.store.api import Characteristics, KeyValue, WatchEvent, WriteResult
+from corral.store.stream import WatchStream
 from corral.store.tcp import protocol as p
 from corral.store.tcp.server import hmac_answer
 
@@ -57,44 +58,6 @@ def _error(code: str, message: str) -> LauncherError:
     return cls(message)
 
 
-class _Stream:
-    """One watch's event iterator, fed by the connection."""
-
-    __slots__ = ("error", "events", "waiter")
-
-    def __init__(self) -> None:
-        self.events: deque[WatchEvent] = deque()
-        self.waiter: asyncio.Future[None] | None = None
-        self.error: BaseException | None = None
-
-    def push(self, events: tuple[WatchEvent, ...]) -> None:
-        self.events.extend(events)
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def __aiter__(self) -> _Stream:
-        return self
-
-    async def __anext__(self) -> WatchEvent:
-        while not self.events:
-            if self.error is not None:
-                raise self.error
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        return self.events.popleft()
-
-
 class _Connection(asyncio.Protocol):
     """The byte-moving half: handshake, reply routing, event routing, loss."""
 
@@ -105,7 +68,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending: dict[int, asyncio.Future[p.Message]] = {}
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, WatchStream] = {}
         self.lost: StoreError | None = None
         self.loop = asyncio.get_running_loop()
         # Frames queued by requests made in one turn of the loop go out in one write.
@@ -425,7 +388,7 @@ class TcpStore:
     ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
         conn = self._conn or await self._ensure()
         wid = self._id()
-        stream = _Stream()
+        stream = WatchStream()
         # Registered before the request goes out: events may precede the reply.
         conn.streams[wid] = stream
         try:
