@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 from corral.errors import ConfigError
@@ -175,6 +176,22 @@ class RdzvConf:
     user: str | None = None
     password: str | None = None
     prefix: str = "/corral"
+
+    def resolve_token(self, environ: Mapping[str, str]) -> str | None:
+        """The store's shared secret: ``token``, else the ``token_file``'s content, else
+        ``CORRAL_TOKEN`` from ``environ``; None for none.
+
+        Raises: ConfigError if ``token_file`` cannot be read.
+        """
+        if self.token:
+            return self.token
+        if self.token_file:
+            try:
+                with open(self.token_file, encoding="utf-8") as f:
+                    return f.read().strip()
+            except OSError as exc:
+                raise ConfigError(f"--rdzv-conf token_file={self.token_file}: {exc}") from exc
+        return environ.get("CORRAL_TOKEN") or None
 
     @property
     def lease_ttl(self) -> float:

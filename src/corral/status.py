@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -211,14 +212,7 @@ async def _open(args: argparse.Namespace, conf: RdzvConf) -> tuple[Store, str]:
         host, port = split_host_port(args.rdzv_endpoint, 29400)
     except ValueError as exc:
         raise ConfigError(f"--rdzv-endpoint {args.rdzv_endpoint}: {exc}") from exc
-    token = conf.token
-    if token is None and conf.token_file:
-        with open(conf.token_file, encoding="utf-8") as f:
-            token = f.read().strip()
-    if token is None:
-        import os
-
-        token = os.environ.get("CORRAL_TOKEN") or None
+    token = conf.resolve_token(os.environ)
     url = f"tcp://{host}:{port}"
     return await open_store(url, token=token, timeout=min(conf.read_timeout, 10.0)), url
 

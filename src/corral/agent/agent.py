@@ -532,18 +532,6 @@ class Agent:
         stack.push_async_callback(live.close)
         self._liveness = live
 
-    def _token(self) -> str | None:
-        conf = self.cfg.rdzv_conf
-        if conf.token:
-            return conf.token
-        if conf.token_file:
-            try:
-                with open(conf.token_file, encoding="utf-8") as f:
-                    return f.read().strip()
-            except OSError as exc:
-                raise LauncherError(f"cannot read token_file {conf.token_file}: {exc}") from exc
-        return self.environ.get("CORRAL_TOKEN") or None
-
     async def _open_store(
         self,
         stack: AsyncExitStack,
@@ -556,7 +544,7 @@ class Agent:
 
         cfg = self.cfg
         conf = cfg.rdzv_conf
-        token = self._token()
+        token = conf.resolve_token(self.environ)
         if cfg.rdzv_backend == "etcd":
             from corral.store.etcd.client import etcd_url_from_conf
 
