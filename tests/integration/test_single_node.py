@@ -223,11 +223,18 @@ def test_no_orphans_after_agent_sigkill(tmp_path: Path, procs: Procs) -> None:
         if "pids" in line:
             pids += [int(x) for x in line.split("pids", 1)[1].split()]
     victims = [psutil.Process(pid) for pid in pids]
+    watchdog = [c for c in psutil.Process(p.pid).children() if c.pid not in pids]
+    assert len(watchdog) == 1, watchdog  # the agent's only other child: its watchdog
+    assert list(tmp_path.glob("corral_*")), "the agent's temporary log dir"
     p.kill()  # SIGKILL of the agent only, not its process group
     p.wait(timeout=10)
     _, alive = psutil.wait_procs(victims, timeout=1.0)
     alive = [v for v in alive if _not_zombie(v)]  # dead but not reaped by this sandbox's init
     assert alive == [], f"orphans survived the agent: {alive}"
+    # the watchdog also removes the dead agent's temporary log dir, then exits
+    _, left = psutil.wait_procs(watchdog, timeout=5.0)
+    assert [w for w in left if _not_zombie(w)] == []
+    assert list(tmp_path.glob("corral_*")) == [], "temporary log dir left behind"
 
 
 def _not_zombie(p: psutil.Process) -> bool:

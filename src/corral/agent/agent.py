@@ -178,6 +178,8 @@ class Agent:
             async with AsyncExitStack() as stack:
                 logs = RunLogs.from_config(self.cfg)
                 stack.callback(logs.close)
+                if logs.temporary is not None:
+                    reaper.register_dir(logs.temporary)  # removed even if we are SIGKILLed
                 rdzv = await self._open_rendezvous(stack)
                 try:
                     await self._loop(rdzv, logs, reaper)

@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import shutil
 import signal
 import warnings
 
@@ -56,7 +57,8 @@ def worker_preexec(agent_pid: int) -> None:
 
 
 def _watchdog_main(rfd: int) -> None:  # pragma: no cover - runs in the forked child
-    """The watchdog loop: keep a set of process groups; kill them all at EOF."""
+    """The watchdog loop: keep process groups and temporary directories; at EOF kill
+    every group and remove every directory."""
     # Signals aimed at the agent's process group or session (a scheduler's SIGTERM,
     # a terminal's SIGINT/SIGHUP, SIGUSR1...) must not kill the watchdog: it ends
     # when the agent's pipe closes, after killing whatever is still registered.
@@ -72,6 +74,7 @@ def _watchdog_main(rfd: int) -> None:  # pragma: no cover - runs in the forked c
     ):
         signal.signal(sig, signal.SIG_IGN)
     pgids: set[int] = set()
+    dirs: set[str] = set()
     buf = b""
     while True:
         try:
@@ -85,24 +88,20 @@ def _watchdog_main(rfd: int) -> None:  # pragma: no cover - runs in the forked c
         buf += chunk
         *lines, buf = buf.split(b"\n")
         for line in lines:
-            if not line:
-                continue
             op, arg = line[:1], line[1:]
             if op == b"q":  # orderly close: the agent has stopped its workers itself
                 os._exit(0)
-            try:
-                pgid = int(arg)
-            except ValueError:
-                continue
-            if op == b"+":
-                pgids.add(pgid)
-            elif op == b"-":
-                pgids.discard(pgid)
+            if op == b"d":
+                dirs.add(os.fsdecode(arg))
+            elif op in (b"+", b"-") and arg.isdigit():
+                (pgids.add if op == b"+" else pgids.discard)(int(arg))
     for pgid in pgids:
         try:
             os.killpg(pgid, signal.SIGKILL)
         except OSError:
             pass
+    for path in dirs:  # the agent's temporary directories: nobody else will remove them
+        shutil.rmtree(path, ignore_errors=True)
     os._exit(0)
 
 
@@ -134,10 +133,7 @@ class Reaper:
             pid = os.fork()
         if pid == 0:  # pragma: no cover - the watchdog
             try:
-                os.setsid()
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                os.setsid()  # signal dispositions: _watchdog_main
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     if fd != rfd:
@@ -169,6 +165,12 @@ class Reaper:
     def unregister(self, pgid: int) -> None:
         """Forget ``pgid`` (call once its processes have been reaped)."""
         self._send(b"-%d\n" % pgid)
+
+    def register_dir(self, path: str) -> None:
+        """Have the watchdog remove directory ``path`` if the agent dies (its temporary logs)."""
+        data = os.fsencode(path)
+        if b"\n" not in data and len(data) < 4000:  # one atomic write
+            self._send(b"d" + data + b"\n")
 
     def close(self) -> None:
         """Orderly shutdown: the watchdog exits without killing anything. Idempotent."""
