@@ -366,9 +366,7 @@ class Agent:
         watcher = asyncio.ensure_future(rdzv.watch_round(rnd))
         sig = asyncio.ensure_future(self._signal_event.wait())
         # never completes: revokes a dead predecessor's lease, which ends the round for all
-        live = asyncio.ensure_future(
-            self._liveness.watch(rnd) if self._liveness is not None else self._signal_event.wait()
-        )
+        live = asyncio.ensure_future(self._liveness.watch(rnd)) if self._liveness else None
         try:
             done, _ = await asyncio.wait(
                 {waiter, watcher, sig}, return_when=asyncio.FIRST_COMPLETED
@@ -382,10 +380,11 @@ class Agent:
                 return waiter.result()
             return watcher.result()
         finally:
-            for t in (waiter, watcher, sig, live):
+            tasks = [t for t in (waiter, watcher, sig, live) if t is not None]
+            for t in tasks:
                 if not t.done():
                     t.cancel()
-            await asyncio.gather(waiter, watcher, sig, live, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _race(self, aw: Awaitable[T]) -> T:
         """Await ``aw`` unless a handled signal arrives first (then raise _Signalled)."""

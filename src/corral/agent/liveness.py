@@ -87,10 +87,7 @@ class PeerLiveness:
         # Hold the successor's connection open; our death (the kernel closing it) is the signal.
         self._peers.add(writer)
         try:
-            while await reader.read(1024):
-                pass
-        except OSError:
-            pass
+            await _drain(reader)
         finally:
             self._peers.discard(writer)
             writer.close()
@@ -136,10 +133,7 @@ class PeerLiveness:
         if conn is not None:
             reader, writer = conn
             try:
-                while await reader.read(1024):
-                    pass
-            except OSError:
-                pass
+                await _drain(reader)
             finally:
                 writer.close()
         log.warning(
@@ -148,19 +142,27 @@ class PeerLiveness:
         await self._store.revoke(int(pred["lease"]))
 
     async def _read(self, key: str) -> dict[str, str]:
-        kv = await self._store.get(key)
-        if kv is None:
-            _, rev = await self._store.range(key)
+        """The record at ``key``, waiting for it to be written if need be."""
+        kvs, rev = await self._store.range(key)
+        value = next((kv.value for kv in kvs if kv.key == key), None)
+        if value is None:
             async with self._store.watch(key, start_revision=rev + 1) as events:
-                kv = await self._store.get(key)  # written between the get and the watch?
-                if kv is None:
-                    async for ev in events:
-                        if ev.kv.value:
-                            kv = ev.kv
-                            break
-        if kv is None:
+                async for ev in events:
+                    if ev.kv.value:
+                        value = ev.kv.value
+                        break
+        if value is None:
             raise ValueError(f"no liveness record at {key}")
-        data = json.loads(kv.value)
+        data = json.loads(value)
         if not isinstance(data, dict):
             raise ValueError(f"bad liveness record at {key}")
         return data
+
+
+async def _drain(reader: asyncio.StreamReader) -> None:
+    """Read until the peer's end closes (EOF or reset): that is all the ring carries."""
+    try:
+        while await reader.read(1024):
+            pass
+    except OSError:
+        pass
