@@ -48,12 +48,6 @@ log = logging.getLogger("corral.agent")
 T = TypeVar("T")
 
 
-class _Signalled(Exception):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _summary(root: FailureReport | None) -> str:
     """One line for WorkerFailed: which worker failed the job, how and why."""
     if root is None:
@@ -190,8 +184,6 @@ class Agent:
                 finally:
                     if self.machine.state is AgentState.SUCCEEDED:
                         await self._linger()
-        except _Signalled as s:
-            raise Interrupted(s.signum) from None
         except JobFailed as exc:
             self.root_cause = exc.root_cause
             failures = [exc.root_cause] if exc.root_cause is not None else []
@@ -375,7 +367,7 @@ class Agent:
                 # the signal was forwarded already; give the workers the shutdown
                 # timeout to act on it, then SIGKILL (torchrun's death_sig semantics)
                 await group.stop(self.cfg.shutdown_timeout, first_signal=None)
-                raise _Signalled(self._signum)
+                raise Interrupted(self._signum)
             if waiter in done:
                 return waiter.result()
             return watcher.result()
@@ -387,14 +379,14 @@ class Agent:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _race(self, aw: Awaitable[T]) -> T:
-        """Await ``aw`` unless a handled signal arrives first (then raise _Signalled)."""
+        """Await ``aw`` unless a handled signal arrives first (then raise Interrupted)."""
         task = asyncio.ensure_future(aw)
         sig = asyncio.ensure_future(self._signal_event.wait())
         try:
             done, _ = await asyncio.wait({task, sig}, return_when=asyncio.FIRST_COMPLETED)
             if task in done:
                 return task.result()
-            raise _Signalled(self._signum)
+            raise Interrupted(self._signum)
         finally:
             for t in (task, sig):
                 if not t.done():
