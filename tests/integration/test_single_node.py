@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -309,5 +307,3 @@ def test_module_mode(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "m0").exists() and (tmp_path / "m1").exists()
-    assert sys.executable  # workers run with this interpreter
-    assert os.path.exists(tmp_path / "m1")
