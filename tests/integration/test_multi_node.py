@@ -190,10 +190,11 @@ def test_fourth_agent_joins_running_job(cluster_factory, hub: Hub) -> None:
         assert c.wait(n) == 0, c.stderr(n)
 
 
-def test_store_host_killed_others_exit_with_clear_error(cluster_factory, hub: Hub) -> None:
-    if cluster_factory.backend != "c10d":
-        pytest.skip("etcd has no hosting agent (see the 3-member cluster test)")
-    c = cluster_factory("2:2")
+def test_store_host_killed_others_exit_with_clear_error(
+    procs: Procs, hub: Hub, tmp_path: Path
+) -> None:
+    """The embedded store dies with its hosting agent (etcd has none: see the cluster test)."""
+    c = Cluster(procs, hub, tmp_path, "2:2")
     c.start(1)
     c.start(2)
     hub.collect(2, where=ws(2))
