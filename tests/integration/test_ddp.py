@@ -7,6 +7,7 @@ bit-identical to a run that never stopped.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,8 +142,9 @@ def test_agent_killed_and_replaced_resumes(
                     "ddp",
                     "--local-addr",
                     f"127.0.0.{n}",
+                    # one restart for a transient gloo abort in torch (DESIGN.md, "Two traps")
                     "--max-restarts",
-                    "0",
+                    "1",
                     "--rdzv-conf",
                     "keep_alive_interval=0.5,keep_alive_max_attempt=3,read_timeout=10",
                     EXAMPLE,
@@ -176,8 +178,12 @@ def test_agent_killed_and_replaced_resumes(
     assert host.wait(timeout=60) == 0, (tmp_path / "agent1.err").read_text()[-3000:]
     assert replacement.wait(timeout=60) == 0, (tmp_path / "agent3.err").read_text()[-3000:]
     assert "restart 0: starting at step 0" in "".join(seen)
-    # the new round resumed from a checkpoint, not from scratch; a scale event is not a restart
-    assert "restart 0: starting at step 60" in rest or "restart 0: starting at step 80" in rest, (
-        rest
-    )
+    # the new round resumed from a checkpoint, not from scratch
+    resumed = [int(m) for m in re.findall(r"restart \d+: starting at step (\d+)", rest)]
+    assert resumed and min(resumed) >= 60, rest
+    # a scale event is not a restart: restart 1 appears only if a worker really failed
+    logs = "".join((tmp_path / f"agent{n}.err").read_text() for n in (1, 3))
+    worker_failed = "failed with" in logs
+    assert worker_failed or "restart 1:" not in rest, rest
+    assert "restart 0: starting at step" in rest or worker_failed, rest
     assert_same(reference, tmp_path / "p.pt")
