@@ -6,17 +6,23 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Awaitable
 from typing import Protocol
 
 __all__ = ["Clock", "FakeClock", "MonotonicClock"]
 
 
 class Clock(Protocol):
-    """A monotonic clock: ``now()`` in seconds, and an ``async sleep``."""
+    """A monotonic clock: ``now()`` in seconds, and ``sleep``.
+
+    ``sleep(s)`` fixes its deadline, ``now() + s``, when it is called, not when
+    the awaitable first runs: a sleep wrapped in a task that starts later (as
+    in ``asyncio.wait``) still ends on time.
+    """
 
     def now(self) -> float: ...
 
-    async def sleep(self, seconds: float) -> None: ...
+    def sleep(self, seconds: float) -> Awaitable[None]: ...
 
 
 class MonotonicClock:
@@ -25,8 +31,12 @@ class MonotonicClock:
     def now(self) -> float:
         return time.monotonic()
 
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds))
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        return _sleep_until(time.monotonic() + seconds)
+
+
+async def _sleep_until(deadline: float) -> None:
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
 
 
 class FakeClock:
@@ -43,13 +53,12 @@ class FakeClock:
     def now(self) -> float:
         return self._now
 
-    async def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> Awaitable[None]:
         if seconds <= 0:
-            await asyncio.sleep(0)
-            return
+            return asyncio.sleep(0)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
-        await fut
+        return fut
 
     @property
     def sleepers(self) -> int:

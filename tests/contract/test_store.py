@@ -254,3 +254,18 @@ async def test_watch_compacted(backend: Backend, store: Store, ns: str) -> None:
     async with store.watch(ns + "k", start_revision=last + 1) as events:
         r = await store.put(ns + "k", b"after")
         assert (await nxt(events)).revision == r
+
+
+async def test_put_many(store: Store, ns: str) -> None:
+    # more keys than one etcd transaction holds (128)
+    items = [(f"{ns}many/{i:04d}", f"v{i}".encode()) for i in range(300)]
+    before = await store.put(ns + "before", b"")
+    revision = await store.put_many(items)
+    kvs, now = await store.range(ns + "many/")
+    assert [(kv.key, kv.value, kv.lease) for kv in kvs] == [(k, v, 0) for k, v in items]
+    assert all(before < kv.mod_revision <= revision for kv in kvs)
+    assert revision <= now
+    assert await store.put_many([]) == 0
+    with pytest.raises(ValueError, match="distinct"):
+        await store.put_many([(ns + "x", b"1"), (ns + "x", b"2")])
+    assert await store.get(ns + "x") is None

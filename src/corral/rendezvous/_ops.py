@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
@@ -50,6 +50,9 @@ class Ops:
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         return await self._call("put", self.store.put(key, value, lease=lease))
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> int:
+        return await self._call("put_many", self.store.put_many(items))
 
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> WriteResult:
         return await self._call("create", self.store.create(key, value, lease=lease))

@@ -61,9 +61,6 @@ _KINDS = {
 # that rejoins. A real node decodes each record once anyway.
 _CLOSED_CACHE: dict[bytes, ClosedRound] = {}
 
-# The closer writes the per-member assignments this many at a time (pipelined).
-_WRITE_BATCH = 256
-
 
 def _decode_closed(kv: KeyValue) -> ClosedRound:
     ident = kv.value  # the bytes themselves: never confused across stores
@@ -343,26 +340,40 @@ class DynamicRendezvous:
     async def _join_round(self, ptr: RoundPointer, ptr_rev: int, lease: int) -> RoundInfo | None:
         r = ptr.round
         me = self._node.node_id
-        closed_kv = await self._ops.get(self._k.closed(r))
-        if closed_kv is not None:
+        k = self._k
+        full: ClosedRound | None = None
+        async with watching() as mux:
+            # Watch r/<r>/closer and r/<r>/closed (one prefix) from now, then read
+            # both once: the store replays no history, and a follower needs
+            # nothing more to wait for the close.
+            await mux.start("close", self._ops.watch(k.close_prefix(r), prefix=True))
+            close_kvs, _ = await self._ops.range(k.close_prefix(r))
+            seen = {kv.key: kv for kv in close_kvs}
+            closed_kv = seen.get(k.closed(r))
+            late = closed_kv is not None
+            if closed_kv is None:
+                port = self._node.master_port or free_port(self._node.addr)
+                desc = replace(self._node, master_port=port)
+                res = await self._ops.create(k.node(r, me), encode_node(desc), lease=lease)
+                if not res.succeeded and res.kv is not None and res.kv.lease != lease:
+                    raise RendezvousError(f"node id {me!r} is already used by another live agent")
+                if self._waiting:
+                    self._waiting = False
+                    await self._ops.delete(k.waiting_key(me))
+                if k.closer(r) in seen:
+                    # Someone is closing: follow (and take over if that closer has left).
+                    closed_kv, full = await self._follow(ptr, lease, mux)
+                elif (await self._ops.create(k.closer(r), me.encode(), lease=lease)).succeeded:
+                    mux.drop("close")
+                    closed_kv, full = await self._close_round(ptr, lease)
+                else:
+                    closed_kv, full = await self._follow(ptr, lease, mux)
+        if late:
             # Closed before we looked: a member only if it is our join under this
             # lease (a join cut short by a timeout); an evicted node is not.
-            mine = await self._ops.get(self._k.node(r, me))
+            mine = await self._ops.get(k.node(r, me))
             member = mine is not None and mine.lease == lease
             return await self._after_close(r, closed_kv, ptr_rev, lease, member=member)
-        port = self._node.master_port or free_port(self._node.addr)
-        desc = replace(self._node, master_port=port)
-        res = await self._ops.create(self._k.node(r, me), encode_node(desc), lease=lease)
-        if not res.succeeded and res.kv is not None and res.kv.lease != lease:
-            raise RendezvousError(f"node id {me!r} is already used by another live agent")
-        if self._waiting:
-            self._waiting = False
-            await self._ops.delete(self._k.waiting_key(me))
-        cres = await self._ops.create(self._k.closer(r), me.encode(), lease=lease)
-        if cres.succeeded:
-            closed_kv, full = await self._close_round(ptr, lease)
-        else:
-            closed_kv, full = await self._follow(ptr, lease)
         return await self._after_close(r, closed_kv, ptr_rev, lease, full=full)
 
     async def _after_close(
@@ -432,46 +443,40 @@ class DynamicRendezvous:
     async def _write_members(self, full: ClosedRound) -> None:
         """As the closer: store the member list once and each member's own assignment."""
         r, tag, k = full.round, full.tag, self._k
-        await self._ops.put(k.members(r, tag), full.to_json())
-        writes = [
+        writes = [(k.members(r, tag), full.to_json())]
+        writes += [
             (k.rank(r, tag, mm.node_id), a.to_json())
             for mm, a in zip(full.members, m.assignments(full.members), strict=True)
         ]
-        for i in range(0, len(writes), _WRITE_BATCH):
-            await asyncio.gather(
-                *(self._ops.put(key, v) for key, v in writes[i : i + _WRITE_BATCH])
-            )
+        await self._ops.put_many(writes)
 
-    async def _follow(self, ptr: RoundPointer, lease: int) -> tuple[KeyValue, ClosedRound | None]:
-        """Wait for ``closed``; take over as closer if the closer's lease ends first."""
+    async def _follow(
+        self, ptr: RoundPointer, lease: int, mux: Mux
+    ) -> tuple[KeyValue, ClosedRound | None]:
+        """Wait for ``closed``; take over as closer if the closer's lease ends first.
+
+        ``mux`` carries, as ``"close"``, the watch of ``r/<r>/close`` (both
+        keys) started before a read that found a closer and no ``closed``.
+        """
         r = ptr.round
-        closed_key = self._k.closed(r)
-        async with watching() as mux:
-            # Watch from now, then read: the store replays no history for us.
-            await mux.start("closed", self._ops.watch(closed_key))
-            await mux.start("closer", self._ops.watch(self._k.closer(r)))
-            kv = await self._ops.get(closed_key)
-            if kv is not None:
-                return kv, None
-            if await self._ops.get(self._k.closer(r)) is None:
-                # The closer left before our watch began: a synthetic delete.
-                mux.push("closer", None)
-            while True:
-                item = await mux.next(self._clock)
-                assert item is not None
-                tag, ev = item
-                if isinstance(ev, StoreError):
-                    raise ev
-                if tag == "closed" and ev is not None and ev.type is EventType.PUT:
+        closed_key, closer_key = self._k.closed(r), self._k.closer(r)
+        while True:
+            item = await mux.next(self._clock)
+            assert item is not None
+            _, ev = item
+            if isinstance(ev, StoreError):
+                raise ev
+            assert ev is not None  # only watches feed this mux
+            if ev.kv.key == closed_key:
+                if ev.type is EventType.PUT:
                     return ev.kv, None
-                if tag == "closer" and (ev is None or ev.type is EventType.DELETE):
-                    res = await self._ops.create(
-                        self._k.closer(r), self._node.node_id.encode(), lease=lease
-                    )
-                    if res.succeeded:
-                        log.info("closer of round %d left; %s closes it", r, self._node.node_id)
-                        break
-        return await self._close_round(ptr, lease)
+                continue
+            if ev.type is EventType.DELETE:
+                res = await self._ops.create(closer_key, self._node.node_id.encode(), lease=lease)
+                if res.succeeded:
+                    log.info("closer of round %d left; %s closes it", r, self._node.node_id)
+                    mux.drop("close")
+                    return await self._close_round(ptr, lease)
 
     async def _close_round(
         self, ptr: RoundPointer, lease: int

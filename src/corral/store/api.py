@@ -42,7 +42,7 @@ that says whether they won, with the current value.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -54,6 +54,7 @@ __all__ = [
     "Store",
     "WatchEvent",
     "WriteResult",
+    "check_distinct",
 ]
 
 
@@ -128,6 +129,13 @@ class Characteristics:
     replicated: bool = False
 
 
+def check_distinct(items: Sequence[tuple[str, bytes]]) -> None:
+    """For :meth:`Store.put_many`: raise ValueError if a key appears twice."""
+    keys = {key for key, _ in items}
+    if len(keys) != len(items):
+        raise ValueError("put_many: every key must be distinct")
+
+
 @runtime_checkable
 class Store(Protocol):
     """An async key-value store with revisions, leases and watches (etcd v3 semantics)."""
@@ -156,6 +164,20 @@ class Store(Protocol):
 
         Raises: LeaseNotFound if ``lease`` is not 0 and does not exist;
         StoreUnavailable, StoreTimeout.
+        """
+        ...
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> int:
+        """Write several distinct keys unconditionally, without a lease; return
+        the store revision after the last write (0 for no items).
+
+        For bulk writes (the closer's per-member assignments): a backend sends
+        them in few requests (etcd: transactions of at most 128 puts; tcp:
+        pipelined on one connection). Not atomic as a whole: on an error some
+        keys may have been written, and readers may see a prefix of them
+        before the call returns. Each key is written exactly as by ``put``.
+
+        Raises: ValueError if a key repeats; StoreUnavailable, StoreTimeout.
         """
         ...
 

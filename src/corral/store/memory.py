@@ -22,12 +22,18 @@ another handle onto the same data, clock and timer, with its own fault switches.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from corral.clock import Clock, MonotonicClock
 from corral.errors import StoreUnavailable
-from corral.store.api import Characteristics, KeyValue, WatchEvent, WriteResult
+from corral.store.api import (
+    Characteristics,
+    KeyValue,
+    WatchEvent,
+    WriteResult,
+    check_distinct,
+)
 from corral.store.core import StoreCore
 from corral.store.stream import WatchStream
 
@@ -188,6 +194,14 @@ class MemoryStore:
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         return self._enter().put(key, value, lease=lease)
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> int:
+        check_distinct(items)
+        core = self._enter()
+        revision = 0
+        for key, value in items:
+            revision = core.put(key, value)
+        return revision
 
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> WriteResult:
         return self._enter().create(key, value, lease=lease)

@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -40,7 +40,14 @@ from aetcd import rpc
 
 from corral._compat import timeout as _compat_timeout
 from corral.errors import LeaseNotFound, StoreCompacted, StoreError, StoreUnavailable
-from corral.store.api import Characteristics, EventType, KeyValue, WatchEvent, WriteResult
+from corral.store.api import (
+    Characteristics,
+    EventType,
+    KeyValue,
+    WatchEvent,
+    WriteResult,
+    check_distinct,
+)
 from corral.store.etcd.connection import (
     REQUEST_ATTEMPT,
     WATCH_IDLE,
@@ -58,6 +65,10 @@ log = logging.getLogger(__name__)
 _CHARACTERISTICS = Characteristics(
     linearizable=True, leases=True, connection_leases=False, replicated=True
 )
+
+
+#: Puts per transaction in put_many: etcd's default --max-txn-ops.
+_TXN_OPS = 128
 
 
 def _range_end(key: bytes) -> bytes:
@@ -146,6 +157,29 @@ class EtcdStore:
             return int(resp.header.revision)
 
         return await self._conn.call("put", op)
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> int:
+        # Transactions of at most _TXN_OPS puts (etcd's default --max-txn-ops is
+        # 128), sent together: a few requests and raft entries instead of one per key.
+        check_distinct(items)
+        txns = [
+            rpc.TxnRequest(
+                success=[
+                    rpc.RequestOp(request_put=rpc.PutRequest(key=self._full(key), value=value))
+                    for key, value in items[i : i + _TXN_OPS]
+                ]
+            )
+            for i in range(0, len(items), _TXN_OPS)
+        ]
+
+        async def one(txn: Any) -> int:
+            async def op(s: Session, timeout: float, _retried: bool) -> int:
+                resp = await s.kv.Txn(txn, timeout=timeout, metadata=s.metadata)
+                return int(resp.header.revision)
+
+            return await self._conn.call("put_many", op)
+
+        return max(await asyncio.gather(*(one(t) for t in txns)), default=0)
 
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> WriteResult:
         return await self.compare_and_set(key, value, 0, lease=lease)

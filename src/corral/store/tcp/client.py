@@ -14,7 +14,7 @@ import asyncio
 import ipaddress
 import socket
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypeVar, cast
 from urllib.parse import urlsplit
@@ -31,7 +31,13 @@ from corral.errors import (
     StoreTimeout,
     StoreUnavailable,
 )
-from corral.store.api import Characteristics, KeyValue, WatchEvent, WriteResult
+from corral.store.api import (
+    Characteristics,
+    KeyValue,
+    WatchEvent,
+    WriteResult,
+    check_distinct,
+)
 from corral.store.stream import WatchStream
 from corral.store.tcp import protocol as p
 from corral.store.tcp.server import hmac_answer
@@ -340,6 +346,12 @@ class TcpStore:
         r = await self._call(p.Put(rid, key, value, lease), rid)
         assert isinstance(r, p.RevisionReply)
         return r.revision
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]]) -> int:
+        # Pipelined on this connection: every request is sent before the first answer.
+        check_distinct(items)
+        revisions = await asyncio.gather(*(self.put(key, value) for key, value in items))
+        return max(revisions, default=0)
 
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> WriteResult:
         rid = self._id()
