@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,3 +167,49 @@ async def test_close_ends_open_watch_with_store_unavailable(etcd_url: str) -> No
         await store.close()
         with pytest.raises(StoreUnavailable, match="closed"):
             await asyncio.wait_for(pending, 10)
+
+
+def _watch_metrics(cluster: EtcdCluster) -> tuple[int, int]:
+    """(watch streams, watchers) as etcd itself counts them (its /metrics page)."""
+    url = f"http://{cluster.members[0].endpoint}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    found = dict(
+        re.findall(r"^etcd_debugging_mvcc_(watch_stream_total|watcher_total) (\S+)$", text, re.M)
+    )
+    return int(float(found["watch_stream_total"])), int(float(found["watcher_total"]))
+
+
+async def test_watches_share_one_stream_per_connection() -> None:
+    """50 watches of one client are 50 watchers on ONE etcd watch stream; each
+    gets exactly its own events; closing watches cancels them on the server."""
+    with start_single() as cluster:
+        store = await open_etcd_store(cluster.url("/mux"), timeout=10)
+        try:
+            streams0, watchers0 = await asyncio.to_thread(_watch_metrics, cluster)
+            async with contextlib.AsyncExitStack() as stack:
+                watches = [await stack.enter_async_context(store.watch(f"k{i}")) for i in range(50)]
+                assert await asyncio.to_thread(_watch_metrics, cluster) == (
+                    streams0 + 1,
+                    watchers0 + 50,
+                )
+                revs = [await store.put(f"k{i}", str(i).encode()) for i in range(50)]
+                for i, events in enumerate(watches):
+                    ev = await asyncio.wait_for(anext(events), 10)
+                    assert (ev.kv.key, ev.kv.value, ev.revision) == (
+                        f"k{i}",
+                        str(i).encode(),
+                        revs[i],
+                    )
+            # Closed: the cancels went on the stream before this create, which etcd
+            # answers in order, so the server has dropped all 50 watchers by now.
+            async with store.watch("last", prefix=True) as events:
+                assert await asyncio.to_thread(_watch_metrics, cluster) == (
+                    streams0 + 1,
+                    watchers0 + 1,
+                )
+                rev = await store.put("last/x", b"")
+                ev = await asyncio.wait_for(anext(events), 10)
+                assert ev.revision == rev
+        finally:
+            await store.close()

@@ -38,25 +38,17 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 
-from corral._compat import timeout as _compat_timeout
-from corral.errors import LeaseNotFound, StoreCompacted, StoreError, StoreUnavailable
+from corral.errors import LeaseNotFound, StoreError
 from corral.store.api import (
     Characteristics,
-    EventType,
     KeyValue,
     WatchEvent,
     WriteResult,
     check_distinct,
 )
-from corral.store.etcd.connection import (
-    REQUEST_ATTEMPT,
-    WATCH_IDLE,
-    Connection,
-    Session,
-    is_failover_error,
-    translate_error,
-)
+from corral.store.etcd.connection import Connection, Session
 from corral.store.etcd.url import EtcdTarget, etcd_url_from_conf, parse_etcd_url
+from corral.store.etcd.watch import EtcdWatch
 
 __all__ = ["EtcdStore", "etcd_url_from_conf", "open_etcd_store"]
 
@@ -296,8 +288,13 @@ class EtcdStore:
         self, key: str, *, prefix: bool = False, start_revision: int = 0
     ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
         full = self._full(key)
-        stream = _WatchStream(
-            self, self._conn, full, _range_end(full) if prefix else b"", start_revision
+        stream = EtcdWatch(
+            self._conn,
+            self._kv,
+            full,
+            _range_end(full) if prefix else b"",
+            start_revision,
+            self._target.endpoint_names,
         )
         await stream.open()
         try:
@@ -313,178 +310,6 @@ class EtcdStore:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-class _WatchStream:
-    """One etcd watch; resumes on another member from the next undelivered revision."""
-
-    def __init__(
-        self, store: EtcdStore, conn: Connection, key: bytes, range_end: bytes, start: int
-    ) -> None:
-        self._store = store
-        self._conn = conn
-        self._key = key
-        self._range_end = range_end
-        self._next = start  # first revision not yet delivered; 0 = from now
-        self._session: Session | None = None
-        self._call: Any = None
-        self._pending: list[WatchEvent] = []
-        self._closed = False
-        # The read in flight: a task, so that a caller's timeout (wait_for)
-        # does not cancel the grpc call under it.
-        self._reader: asyncio.Future[Any] | None = None
-        self._probe_sent: float | None = None  # when we asked a silent member for progress
-
-    async def open(self) -> None:
-        """Create the watch on some member, failing over until the deadline."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._conn.timeout
-        reauthenticated = False
-        while True:
-            session = await self._conn.session(deadline)
-            self._conn.acquire(session)
-            # "hasleader": the member ends the watch when it loses its leader,
-            # instead of silently delivering nothing (as etcd's clientv3 does).
-            metadata = (*session.metadata, ("hasleader", "true"))
-            call = session.watch.Watch(metadata=metadata)
-            try:
-                await call.write(
-                    rpc.WatchRequest(
-                        create_request=rpc.WatchCreateRequest(
-                            key=self._key, range_end=self._range_end, start_revision=self._next
-                        )
-                    )
-                )
-                async with _compat_timeout(max(0.1, min(deadline - loop.time(), 5.0))):
-                    resp = await call.read()
-            except (grpc.aio.AioRpcError, TimeoutError) as exc:
-                call.cancel()
-                await self._conn.release(session)
-                if (
-                    isinstance(exc, grpc.aio.AioRpcError)
-                    and "invalid auth token" in (exc.details() or "")
-                    and not reauthenticated
-                ):
-                    reauthenticated = True  # simple tokens expire when idle
-                    await self._conn.reauthenticate(session)
-                    continue
-                if isinstance(exc, grpc.aio.AioRpcError) and not is_failover_error(exc):
-                    raise translate_error(exc, "watch", session.endpoint) from exc
-                await self._conn.fail(session, exc if isinstance(exc, Exception) else "timeout")
-                if loop.time() >= deadline:
-                    raise StoreUnavailable(
-                        f"etcd watch at {self._store.target.endpoint_names()}: no member "
-                        f"accepted the watch within {self._conn.timeout:.1f} s"
-                    ) from exc
-                continue
-            if resp is grpc.aio.EOF:
-                call.cancel()
-                await self._conn.release(session)
-                await self._conn.fail(session, "watch stream closed by the server")
-                continue
-            self._session, self._call = session, call
-            session.watch_calls.add(call)
-            self._check_canceled(resp)
-            if self._next == 0:
-                self._next = int(resp.header.revision) + 1
-            self._take(resp)
-            return
-
-    def _check_canceled(self, resp: Any) -> None:
-        if resp.compact_revision:
-            raise StoreCompacted(
-                f"etcd watch from revision {self._next}: history before revision "
-                f"{resp.compact_revision} was compacted; re-read the state and watch again"
-            )
-
-    def _take(self, resp: Any) -> None:
-        for ev in resp.events:
-            kind = EventType.DELETE if ev.type == rpc.Event.DELETE else EventType.PUT
-            self._pending.append(WatchEvent(kind, self._store._kv(ev.kv)))
-            self._next = max(self._next, int(ev.kv.mod_revision) + 1)
-
-    async def _drop(self, reason: BaseException | str, *, fail_member: bool = True) -> None:
-        session, call, reader = self._session, self._call, self._reader
-        self._session = self._call = self._reader = None
-        self._probe_sent = None
-        if reader is not None:
-            reader.cancel()
-        if call is not None:
-            call.cancel()
-        if session is not None:
-            session.watch_calls.discard(call)
-            await self._conn.release(session)
-            if fail_member:
-                await self._conn.fail(session, reason)
-
-    def __aiter__(self) -> _WatchStream:
-        return self
-
-    async def __anext__(self) -> WatchEvent:
-        loop = asyncio.get_running_loop()
-        while not self._pending:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._call is None:
-                await self.open()
-                continue
-            if self._reader is None:
-                self._reader = asyncio.ensure_future(self._call.read())
-            if self._probe_sent is None:
-                wait = WATCH_IDLE
-            else:
-                wait = self._probe_sent + REQUEST_ATTEMPT - loop.time()
-            done, _ = await asyncio.wait({self._reader}, timeout=max(0.0, wait))
-            if not done:
-                await self._probe(loop.time())
-                continue
-            reader, self._reader = self._reader, None
-            self._probe_sent = None
-            try:
-                resp = reader.result()
-            except asyncio.CancelledError:
-                # The call was cancelled under us (its member was given up, or
-                # the store closed): watch again from the next revision.
-                await self._drop("watch call cancelled", fail_member=False)
-                continue
-            except grpc.aio.AioRpcError as exc:
-                if not is_failover_error(exc):
-                    endpoint = self._session.endpoint if self._session else "?"
-                    await self._drop(exc)
-                    raise translate_error(exc, "watch", endpoint) from exc
-                log.info(
-                    "etcd: watch lost its member (%s); resuming at revision %d",
-                    exc.code().name,
-                    self._next,
-                )
-                await self._drop(exc)
-                continue
-            if resp is grpc.aio.EOF:
-                await self._drop("watch stream closed by the server")
-                continue
-            if resp.canceled:
-                self._check_canceled(resp)
-                # Canceled without compaction (e.g. the member lost its leader): resume elsewhere.
-                await self._drop(f"watch canceled: {resp.cancel_reason or 'no reason given'}")
-                continue
-            self._take(resp)
-        return self._pending.pop(0)
-
-    async def _probe(self, now: float) -> None:
-        """The member was silent: ask for progress, or give it up if it ignored the last ask."""
-        if self._probe_sent is not None:
-            log.info("etcd: watch member did not answer for %.1f s; moving", REQUEST_ATTEMPT)
-            await self._drop("no answer to a watch progress request")
-            return
-        self._probe_sent = now
-        try:
-            await self._call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            pass  # the pending read reports the broken stream
-
-    async def close(self) -> None:
-        self._closed = True
-        await self._drop("watch closed", fail_member=False)
 
 
 async def open_etcd_store(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,8 +108,9 @@ class Session:
     maintenance: Any = None
     users: int = 0
     retired: bool = False
-    #: open watch calls, cancelled when the session is failed so that they resume elsewhere
-    watch_calls: set[Any] = field(default_factory=set)
+    #: the session's watch stream (corral.store.etcd.watch.WatchHub), aborted when
+    #: the session is given up so that its watches resume elsewhere
+    watch_hub: Any = None
 
     def __post_init__(self) -> None:
         self.kv = rpc.KVStub(self.channel)
@@ -267,8 +268,8 @@ class Connection:
                 session.retired = True
                 # Move the watches too: a member one call found dead or hung
                 # would keep an idle watch silent until keep-alive noticed.
-                for call in list(session.watch_calls):
-                    call.cancel()
+                if session.watch_hub is not None:
+                    session.watch_hub.abort("member given up")
                 if session.users == 0:
                     await session.channel.close()
                 else:  # closed by release() when its last call ends; see there
@@ -300,6 +301,9 @@ class Connection:
             self._session = None
             self._retired.clear()
         for s in sessions:
+            if s.watch_hub is not None:
+                s.watch_hub.abort("the etcd store is closed")
+                await s.watch_hub.wait_closed()
             await s.channel.close()
 
     # --- calls -----------------------------------------------------------------
