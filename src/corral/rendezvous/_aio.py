@@ -13,7 +13,7 @@ from corral.clock import Clock, MonotonicClock
 from corral.errors import StoreError, StoreUnavailable
 from corral.store.api import WatchEvent
 
-__all__ = ["Mux", "clock_timeout", "free_port", "watching"]
+__all__ = ["Item", "Mux", "clock_timeout", "free_port", "watching"]
 
 # What a Mux yields: (tag, event), (tag, error) when a watch failed, (tag, None) for a signal.
 Item = tuple[str, WatchEvent | StoreError | None]
@@ -83,6 +83,13 @@ class Mux:
     async def _signal(self, tag: str, ev: asyncio.Event) -> None:
         await ev.wait()
         self._q.put_nowait((tag, None))
+
+    def drain(self) -> list[Item]:
+        """Every item queued now, removed from the queue (no waiting)."""
+        items = []
+        while not self._q.empty():
+            items.append(self._q.get_nowait())
+        return items
 
     async def next(self, clock: Clock, timeout: float | None = None) -> Item | None:
         """The next item; None if ``timeout`` (clock seconds) passes first."""

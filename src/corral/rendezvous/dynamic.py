@@ -8,6 +8,7 @@ module only reads the store, calls them, and writes what they decide.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from corral.errors import (
     StoreError,
 )
 from corral.rendezvous import machine as m
-from corral.rendezvous._aio import Mux, clock_timeout, free_port, watching
+from corral.rendezvous._aio import Item, Mux, clock_timeout, free_port, watching
 from corral.rendezvous._ops import Ops
 from corral.rendezvous.api import ChangeKind, Decision, NodeDesc, RoundChange, RoundInfo
 from corral.rendezvous.state import (
@@ -42,7 +43,7 @@ from corral.rendezvous.state import (
     encode_node,
 )
 from corral.reporting.failures import FailureReport
-from corral.store.api import EventType, KeyValue, Store
+from corral.store.api import EventType, KeyValue, Store, WatchEvent
 
 __all__ = ["DynamicRendezvous"]
 
@@ -360,14 +361,19 @@ class DynamicRendezvous:
                 if self._waiting:
                     self._waiting = False
                     await self._ops.delete(k.waiting_key(me))
-                if k.closer(r) in seen:
+                # What the watch saw since the read (a closer may have appeared).
+                backlog = mux.drain()
+                closer_seen = k.closer(r) in seen or any(
+                    isinstance(ev, WatchEvent) and ev.kv.key == k.closer(r) for _, ev in backlog
+                )
+                if closer_seen:
                     # Someone is closing: follow (and take over if that closer has left).
-                    closed_kv, full = await self._follow(ptr, lease, mux)
+                    closed_kv, full = await self._follow(ptr, lease, mux, backlog)
                 elif (await self._ops.create(k.closer(r), me.encode(), lease=lease)).succeeded:
                     mux.drop("close")
                     closed_kv, full = await self._close_round(ptr, lease)
                 else:
-                    closed_kv, full = await self._follow(ptr, lease, mux)
+                    closed_kv, full = await self._follow(ptr, lease, mux, backlog)
         if late:
             # Closed before we looked: a member only if it is our join under this
             # lease (a join cut short by a timeout); an evicted node is not.
@@ -451,17 +457,20 @@ class DynamicRendezvous:
         await self._ops.put_many(writes)
 
     async def _follow(
-        self, ptr: RoundPointer, lease: int, mux: Mux
+        self, ptr: RoundPointer, lease: int, mux: Mux, backlog: list[Item]
     ) -> tuple[KeyValue, ClosedRound | None]:
         """Wait for ``closed``; take over as closer if the closer's lease ends first.
 
         ``mux`` carries, as ``"close"``, the watch of ``r/<r>/close`` (both
-        keys) started before a read that found a closer and no ``closed``.
+        keys) started before a read that found no ``closed``; ``backlog``: its
+        items already taken from the queue. A closer exists (the read or the
+        backlog saw it, or this node failed to create it).
         """
         r = ptr.round
         closed_key, closer_key = self._k.closed(r), self._k.closer(r)
+        pending = collections.deque(backlog)
         while True:
-            item = await mux.next(self._clock)
+            item = pending.popleft() if pending else await mux.next(self._clock)
             assert item is not None
             _, ev = item
             if isinstance(ev, StoreError):
