@@ -77,29 +77,38 @@ class WatchHub:
         self._call = session.watch.Watch(metadata=(*session.metadata, ("hasleader", "true")))
         self._watches: dict[int, EtcdWatch] = {}
         self._ids = itertools.count(1)
-        self._write_lock = asyncio.Lock()  # grpc allows one write in flight per call
+        # Requests go out through one writer task (grpc allows one write in
+        # flight per call), so callers never wait for a write.
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self.down: _HubDown | None = None
         self._fail_member = False  # give the member up when the stream ends
         conn.acquire(session)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._writer = loop.create_task(self._write_all())
+        self._task = loop.create_task(self._run())
 
     def add(self, watch: EtcdWatch) -> int:
         wid = next(self._ids)
         self._watches[wid] = watch
         return wid
 
-    async def write(self, request: Any) -> None:
-        """Send one request; a broken stream is reported by the reader, not here."""
-        async with self._write_lock:
-            with contextlib.suppress(
-                grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError
-            ):
-                await self._call.write(request)
+    def send(self, request: Any) -> None:
+        """Queue one request; a broken stream is reported by the reader, not here."""
+        if self.down is None:
+            self._outbox.put_nowait(request)
 
-    async def cancel(self, wid: int) -> None:
+    async def _write_all(self) -> None:
+        while True:
+            request = await self._outbox.get()
+            try:
+                await self._call.write(request)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                return  # the stream is broken: the reader reports it
+
+    def cancel(self, wid: int) -> None:
         """End watch ``wid`` (its answers, if any still come, are dropped)."""
-        if self._watches.pop(wid, None) is not None and self.down is None:
-            await self.write(rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=wid)))
+        if self._watches.pop(wid, None) is not None:
+            self.send(rpc.WatchRequest(cancel_request=rpc.WatchCancelRequest(watch_id=wid)))
 
     def abort(self, reason: str) -> None:
         """End the stream now (its session was given up, or the store closes)."""
@@ -129,9 +138,7 @@ class WatchHub:
                         self._fail_member = True
                     elif self._watches:  # an unused stream need not be checked
                         probe_sent = loop.time()
-                        await self.write(
-                            rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
-                        )
+                        self.send(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
                     continue
                 fut, reader, probe_sent = reader, None, None
                 try:
@@ -155,6 +162,7 @@ class WatchHub:
         finally:
             if reader is not None:
                 reader.cancel()
+            self._writer.cancel()
             self._call.cancel()
             self._end(_HubDown("watch stream stopped", failover=True))
             try:
@@ -263,7 +271,7 @@ class EtcdWatch:
             wid = hub.add(self)
             self._created = created = loop.create_future()
             self._hub, self._wid = hub, wid
-            await hub.write(
+            hub.send(
                 rpc.WatchRequest(
                     create_request=rpc.WatchCreateRequest(
                         key=self._key,
@@ -278,7 +286,7 @@ class EtcdWatch:
                     resp = await created
             except TimeoutError:
                 self._hub = None
-                await hub.cancel(wid)
+                hub.cancel(wid)
                 await self._conn.fail(session, "no answer to a watch create")
                 self._check_deadline(deadline, "no member confirmed the watch")
                 continue
@@ -292,7 +300,7 @@ class EtcdWatch:
                 self._created = None
             if resp.canceled:
                 self._hub = None
-                await hub.cancel(wid)
+                hub.cancel(wid)
                 if resp.compact_revision:
                     raise self._compacted(resp)
                 reason = resp.cancel_reason or "no reason given"
@@ -354,7 +362,7 @@ class EtcdWatch:
         self._closed = True
         hub, self._hub = self._hub, None
         if hub is not None:
-            await hub.cancel(self._wid)
+            hub.cancel(self._wid)
 
 
 class _Canceled(Exception):
