@@ -269,3 +269,19 @@ async def test_put_many(store: Store, ns: str) -> None:
     with pytest.raises(ValueError, match="distinct"):
         await store.put_many([(ns + "x", b"1"), (ns + "x", b"2")])
     assert await store.get(ns + "x") is None
+
+
+async def test_range_many(store: Store, ns: str) -> None:
+    await store.put(ns + "a/1", b"1")
+    await store.put(ns + "a/2", b"2")
+    last = await store.put(ns + "b", b"3")
+    (a, b, none), rev = await store.range_many([ns + "a/", ns + "b", ns + "c"])
+    assert [(kv.key, kv.value) for kv in a] == [(ns + "a/1", b"1"), (ns + "a/2", b"2")]
+    assert [(kv.key, kv.value) for kv in b] == [(ns + "b", b"3")]
+    assert none == []
+    assert rev >= last
+    # a watch from rev + 1 misses nothing written after the read
+    async with store.watch(ns + "a/", prefix=True, start_revision=rev + 1) as events:
+        after = await store.put(ns + "a/3", b"4")
+        ev = await nxt(events)
+        assert (ev.kv.key, ev.revision) == (ns + "a/3", after)

@@ -48,6 +48,9 @@ class Ops:
     async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         return await self._call("range", self.store.range(prefix))
 
+    async def range_many(self, prefixes: Sequence[str]) -> tuple[list[list[KeyValue]], int]:
+        return await self._call("range_many", self.store.range_many(prefixes))
+
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         return await self._call("put", self.store.put(key, value, lease=lease))
 
@@ -76,9 +79,15 @@ class Ops:
 
     # --- records ---------------------------------------------------------------
 
-    async def pointer(self, *, create: bool = False) -> tuple[RoundPointer, int]:
-        """The round pointer and its mod revision (round 0 if absent; created if asked)."""
-        kv = await self.get(self.keys.round)
+    async def pointer(
+        self, *, create: bool = False, kv: KeyValue | None = None, read: bool = True
+    ) -> tuple[RoundPointer, int]:
+        """The round pointer and its mod revision (round 0 if absent; created if asked).
+
+        ``read=False``: ``kv`` is the pointer as just read (None: absent).
+        """
+        if read:
+            kv = await self.get(self.keys.round)
         if kv is None:
             first = RoundPointer(0)
             if not create:
@@ -88,6 +97,14 @@ class Ops:
             if kv is None:  # pragma: no cover - a create always returns the key
                 return first, 0
         return RoundPointer.from_json(kv.value), kv.mod_revision
+
+    async def pointer_and(self, prefix: str) -> tuple[RoundPointer, int, list[KeyValue]]:
+        """The pointer (created at round 0 if absent) and every key under ``prefix``, in one read."""
+        (ptr_kvs, kvs), _ = await self.range_many([self.keys.round, prefix])
+        # A range of the pointer's key: keep the key itself only.
+        kv = next((kv for kv in ptr_kvs if kv.key == self.keys.round), None)
+        ptr, rev = await self.pointer(create=True, kv=kv, read=False)
+        return ptr, rev, kvs
 
     async def cas_pointer(self, new: RoundPointer, expected_rev: int) -> bool:
         res = await self._call(

@@ -146,6 +146,7 @@ class DynamicRendezvous:
             settle_cap=max(conf.settle_time * 10, conf.settle_time),
         )
         self._fixed_ranks = fixed_ranks
+        self._expect = 0  # the round this node expects to join next (a guess)
         self._lease = 0
         self._evicted = asyncio.Event()
         self._bg: asyncio.Task[None] | None = None
@@ -313,17 +314,13 @@ class DynamicRendezvous:
     async def _join(self, state: dict[str, int]) -> RoundInfo:
         while True:
             lease = await self._ensure_lease()
-            ptr, rev = await self._ops.pointer(create=True)
-            if ptr.reason == REASON_JOB_ENDED:
-                await self._raise_outcome(ptr)
-            self._pointers[ptr.round] = (ptr, rev)
-            state["round"] = ptr.round
             try:
-                info = await self._join_round(ptr, rev, lease)
+                info = await self._join_round(lease, state)
             except LeaseNotFound:
                 self._evicted.set()  # our lease ended under us: take a new one
                 continue
             if info is not None:
+                self._expect = info.round + 1
                 return info
 
     async def _raise_outcome(self, ptr: RoundPointer) -> None:
@@ -338,17 +335,27 @@ class DynamicRendezvous:
             out.exit_code,
         )
 
-    async def _join_round(self, ptr: RoundPointer, ptr_rev: int, lease: int) -> RoundInfo | None:
-        r = ptr.round
+    async def _join_round(self, lease: int, state: dict[str, int]) -> RoundInfo | None:
         me = self._node.node_id
         k = self._k
         full: ClosedRound | None = None
         async with watching() as mux:
-            # Watch r/<r>/closer and r/<r>/closed (one prefix) from now, then read
-            # both once: the store replays no history, and a follower needs
-            # nothing more to wait for the close.
+            # Watch r/<r>/closer and r/<r>/closed (one prefix) of the round this
+            # node expects, from now; then read the pointer and that prefix in one
+            # request: the store replays no history, and a follower needs nothing
+            # more to wait for the close. If the pointer names another round,
+            # watch and read that round's prefix instead.
+            r = self._expect
             await mux.start("close", self._ops.watch(k.close_prefix(r), prefix=True))
-            close_kvs, _ = await self._ops.range(k.close_prefix(r))
+            ptr, ptr_rev, close_kvs = await self._ops.pointer_and(k.close_prefix(r))
+            if ptr.reason == REASON_JOB_ENDED:
+                await self._raise_outcome(ptr)
+            if ptr.round != r:
+                r = self._expect = ptr.round
+                await mux.start("close", self._ops.watch(k.close_prefix(r), prefix=True))
+                close_kvs, _ = await self._ops.range(k.close_prefix(r))
+            self._pointers[r] = (ptr, ptr_rev)
+            state["round"] = r
             seen = {kv.key: kv for kv in close_kvs}
             closed_kv = seen.get(k.closed(r))
             late = closed_kv is not None

@@ -13,6 +13,7 @@ is one write: all its delete events share one revision, as in etcd.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -78,6 +79,9 @@ class StoreCore:
             raise ConfigError(f"store history ({history}) must be >= 1")
         self.revision = 0
         self._kv: dict[str, KeyValue] = {}
+        # Every key, sorted: a prefix read or delete costs O(log n + matches),
+        # not a scan of the whole store (a long job keeps many rounds' keys).
+        self._sorted: list[str] = []
         self._leases: dict[int, Lease] = {}
         self._deadlines: list[tuple[float, int]] = []  # lazy heap: stale entries skipped
         self._next_lease = 1
@@ -104,9 +108,17 @@ class StoreCore:
 
     def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         """Every key starting with ``prefix``, sorted, and the current revision."""
-        kvs = [kv for k, kv in self._kv.items() if k.startswith(prefix)]
-        kvs.sort(key=_by_key)
-        return kvs, self.revision
+        kv = self._kv
+        return [kv[k] for k in self._keys_under(prefix)], self.revision
+
+    def _keys_under(self, prefix: str) -> list[str]:
+        """The keys starting with ``prefix``, in sorted order."""
+        keys = self._sorted
+        lo = bisect.bisect_left(keys, prefix)
+        hi = lo
+        while hi < len(keys) and keys[hi].startswith(prefix):
+            hi += 1
+        return keys[lo:hi]
 
     def lease(self, lease: int) -> Lease | None:
         """The lease, or None if it has ended."""
@@ -147,7 +159,7 @@ class StoreCore:
     def delete(self, key: str, *, prefix: bool = False) -> int:
         """Delete the key or every key under the prefix; return how many."""
         if prefix:
-            keys = [k for k in self._kv if k.startswith(key)]
+            keys = self._keys_under(key)
         else:
             keys = [key] if key in self._kv else []
         self._delete_keys(keys)
@@ -168,6 +180,8 @@ class StoreCore:
             if prev is not None:
                 prev.keys.discard(key)
         kv = KeyValue(key, value, rev if old is None else old.create_revision, rev, lease)
+        if old is None:
+            bisect.insort(self._sorted, key)
         self._kv[key] = kv
         if owner is not None:
             owner.keys.add(key)
@@ -179,6 +193,7 @@ class StoreCore:
         rev = self.revision + 1
         for k in keys:
             old = self._kv.pop(k)
+            del self._sorted[bisect.bisect_left(self._sorted, k)]
             if old.lease:
                 ls = self._leases.get(old.lease)
                 if ls is not None:
@@ -370,10 +385,6 @@ class StoreCore:
         if len(groups) == 1:
             return list(groups[0].values())
         return sorted((w for g in groups for w in g.values()), key=_by_id)
-
-
-def _by_key(kv: KeyValue) -> str:
-    return kv.key
 
 
 def _by_id(w: _Watcher) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from corral.errors import ConfigError, LeaseNotFound, StoreCompacted
 from corral.store.api import EventType, WatchEvent
@@ -131,3 +133,41 @@ def test_invalid_keys(bad: str) -> None:
 def test_invalid_ttl() -> None:
     with pytest.raises(ConfigError):
         StoreCore().grant(0, now=0)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["put", "put_leased", "delete", "delete_prefix", "revoke"]),
+            st.sampled_from(["", "a", "a/", "a/b", "a/b/c", "ab", "b", "é", "\0"]),
+        ),
+        max_size=60,
+    )
+)
+def test_prefix_reads_match_a_scan(ops: list[tuple[str, str]]) -> None:
+    """The sorted key index gives what a scan of a plain model gives, after any writes."""
+    c = StoreCore()
+    lease = c.grant(10, now=0)
+    model: dict[str, bool] = {}  # key -> attached to the lease
+    for op, key in ops:
+        if not key and op.startswith("put"):
+            continue
+        if op == "put":
+            c.put(key, b"v")
+            model[key] = False
+        elif op == "put_leased" and c.lease(lease) is not None:
+            c.put(key, b"l", lease=lease)
+            model[key] = True
+        elif op == "delete":
+            c.delete(key)
+            model.pop(key, None)
+        elif op == "delete_prefix":
+            c.delete(key, prefix=True)
+            model = {k: v for k, v in model.items() if not k.startswith(key)}
+        elif op == "revoke":
+            c.revoke(lease)
+            model = {k: v for k, v in model.items() if not v}
+        for prefix in ("", "a", "a/", "a/b", "b", "é", "z"):
+            got = [kv.key for kv in c.range(prefix)[0]]
+            assert got == sorted(k for k in model if k.startswith(prefix))
+        assert len(c) == len(model)

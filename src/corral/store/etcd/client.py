@@ -137,6 +137,25 @@ class EtcdStore:
 
         return await self._conn.call("range", op)
 
+    async def range_many(self, prefixes: Sequence[str]) -> tuple[list[list[KeyValue]], int]:
+        # One read-only transaction: every range at one revision, in one request.
+        ranges = []
+        for prefix in prefixes:
+            full = self._full(prefix)
+            ranges.append(
+                rpc.RequestOp(request_range=rpc.RangeRequest(key=full, range_end=_range_end(full)))
+            )
+        txn = rpc.TxnRequest(success=ranges)
+
+        async def op(
+            s: Session, timeout: float, _retried: bool
+        ) -> tuple[list[list[KeyValue]], int]:
+            resp = await s.kv.Txn(txn, timeout=timeout, metadata=s.metadata)
+            kvs = [[self._kv(kv) for kv in r.response_range.kvs] for r in resp.responses]
+            return kvs, int(resp.header.revision)
+
+        return await self._conn.call("range_many", op)
+
     # --- writes ----------------------------------------------------------------
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
