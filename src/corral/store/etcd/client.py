@@ -315,8 +315,8 @@ class EtcdStore:
             start_revision,
             self._target.endpoint_names,
         )
-        await stream.open()
         try:
+            await stream.open()  # cancelled half-way, it may be registered: close it too
             yield stream
         finally:
             await stream.close()
