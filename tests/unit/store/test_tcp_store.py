@@ -208,3 +208,25 @@ async def test_loopback_without_token_does_not_warn(caplog: pytest.LogCaptureFix
 
 def test_hmac_answer_is_hex_sha256() -> None:
     assert len(hmac_answer("t", "n")) == 64
+
+
+async def test_watch_cancelled_while_opening_leaves_no_watch(server: StoreServer) -> None:
+    host, port = server.address
+    client = await connect(host, port, token=TOKEN, timeout=5)
+    try:
+
+        async def watch_forever() -> None:
+            async with client.watch("k"):
+                await asyncio.Event().wait()
+
+        for i in range(30):
+            task = asyncio.create_task(watch_forever())
+            for _ in range(i % 6):  # cancel after 0..5 turns of the loop
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        async with client.watch("last"):  # the server answers requests in order
+            assert server.core.watch_count == 1
+    finally:
+        await client.close()

@@ -411,11 +411,9 @@ class TcpStore:
         # Registered before the request goes out: events may precede the reply.
         conn.streams[wid] = stream
         try:
+            # A caller cancelled while waiting for the reply leaves a watch the
+            # server may have made: the cancel below ends it too (same order).
             await self._call(p.Watch(wid, key, prefix, start_revision), wid)
-        except BaseException:
-            conn.streams.pop(wid, None)
-            raise
-        try:
             yield stream
         finally:
             if conn.streams.pop(wid, None) is not None and conn.transport is not None:
