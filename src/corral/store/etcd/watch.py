@@ -22,7 +22,6 @@ on etcd.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import deque
@@ -158,6 +157,8 @@ class WatchHub:
                     continue
                 watch = self._watches.get(resp.watch_id)
                 if watch is not None:
+                    if resp.canceled and not resp.created:
+                        del self._watches[resp.watch_id]  # etcd ended it
                     watch.feed(resp)
         finally:
             if reader is not None:
@@ -180,9 +181,8 @@ class WatchHub:
             w.hub_down(self, down)
 
     async def wait_closed(self) -> None:
-        """Wait for the reader task to end (after :meth:`abort`)."""
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
+        """Wait for the reader task to end (after :meth:`abort`); its errors stay in it."""
+        await asyncio.wait({self._task})
 
 
 def hub_of(conn: Connection, session: Session) -> WatchHub:
