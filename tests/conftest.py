@@ -8,7 +8,15 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from corral import _compat
+from tests.etcd_fixtures import stop_shared
 from tests.helpers import Hub, Procs
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_etcd() -> Iterator[None]:
+    """The session's shared etcd (started on first use by any test) ends with the session."""
+    yield
+    stop_shared()
 
 
 @pytest.fixture

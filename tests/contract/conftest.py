@@ -22,7 +22,7 @@ lease expiry (a FakeClock advance, or a real sleep for a real server);
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -112,7 +112,7 @@ BACKENDS: list[Any] = [
 ]
 
 # etcd: one real server for the session (tests/etcd_fixtures.py), a fresh key prefix per test.
-from tests.etcd_fixtures import EtcdContractBackend, etcd_available, stop_shared  # noqa: E402
+from tests.etcd_fixtures import EtcdContractBackend, etcd_available  # noqa: E402
 
 BACKENDS.append(
     pytest.param(
@@ -126,12 +126,6 @@ BACKENDS.append(
         ],
     )
 )
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _stop_shared_etcd() -> Iterator[None]:
-    yield
-    stop_shared()
 
 
 @pytest.fixture(params=BACKENDS)

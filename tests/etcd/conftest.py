@@ -9,7 +9,6 @@ one server per module for the cluster, TLS and auth tests.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from tests.etcd_fixtures import (
     EtcdCluster,
     etcd_available,
     shared_single,
-    stop_shared,
 )
 
 _HERE = Path(__file__).parent
@@ -34,12 +32,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if _HERE in path.parents and path.name not in _PURE:
             item.add_marker(pytest.mark.etcd)
             item.add_marker(_SKIP)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _stop_shared_etcd() -> Iterator[None]:
-    yield
-    stop_shared()
 
 
 @pytest.fixture(scope="session")

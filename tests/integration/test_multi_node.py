@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -18,10 +20,21 @@ pytestmark = pytest.mark.timeout(90)
 FAST = "keep_alive_interval=0.5,keep_alive_max_attempt=3,last_call_timeout=10,read_timeout=5,join_timeout=60"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(count: int = 1) -> int:
+    """A port p with p .. p + count - 1 free now, below the kernel's ephemeral
+    range, so that no outgoing connection is handed one of them before the
+    agent that will listen there binds it."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 30_000)
+        with contextlib.ExitStack() as stack:
+            try:
+                for p in range(port, port + count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no {count} consecutive free ports in 20000-30000")
 
 
 class Cluster:
@@ -268,7 +281,7 @@ def test_etcd_cluster_loses_follower_then_leader_job_goes_on(
 def test_static_failure_anywhere_restarts_every_node(
     procs: Procs, hub: Hub, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port = free_port(2)  # rank 0 hosts the agents' store on port + 1
     agents = []
     for rank in (0, 1):
         err = open(tmp_path / f"static{rank}.err", "wb")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +184,10 @@ class Connection:
                 private_key=_read(target.key, "key"),
                 certificate_chain=_read(target.cert, "cert"),
             )
-        self._index = 0
+        # Each client starts at a random member (then goes round the list), so
+        # the agents of a job spread their reads and watches over the cluster
+        # instead of all loading the first endpoint listed.
+        self._index = random.randrange(len(target.endpoints))
         self._generation = 0
         self._session: Session | None = None
         self._lock = asyncio.Lock()
