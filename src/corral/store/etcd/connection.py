@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,10 +183,11 @@ class Connection:
                 private_key=_read(target.key, "key"),
                 certificate_chain=_read(target.cert, "cert"),
             )
-        # Each client starts at a random member (then goes round the list), so
-        # the agents of a job spread their reads and watches over the cluster
-        # instead of all loading the first endpoint listed.
-        self._index = random.randrange(len(target.endpoints))
+        # Start at the first endpoint listed, then go round the list. (Starting
+        # each client at a random member spreads reads and watches, but every
+        # write a follower takes is forwarded to the leader: at K=1024 on a
+        # 3-member cluster sharing 2 cores it was about 15% slower.)
+        self._index = 0
         self._generation = 0
         self._session: Session | None = None
         self._lock = asyncio.Lock()
