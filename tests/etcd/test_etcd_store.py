@@ -220,25 +220,24 @@ async def test_watch_cancelled_while_opening_leaves_no_watcher() -> None:
     with start_single() as cluster:
         store = await open_etcd_store(cluster.url("/mux"), timeout=10)
         try:
-            async with store.watch("warm"):  # the stream exists from here on
-                pass
-            streams0, watchers0 = await asyncio.to_thread(_watch_metrics, cluster)
+            async with store.watch("warm"):  # confirmed: counted in the baseline
+                streams0, watchers0 = await asyncio.to_thread(_watch_metrics, cluster)
 
-            async def watch_forever() -> None:
-                async with store.watch("k"):
-                    await asyncio.Event().wait()
+                async def watch_forever() -> None:
+                    async with store.watch("k"):
+                        await asyncio.Event().wait()
 
-            for i in range(30):
-                task = asyncio.create_task(watch_forever())
-                for _ in range(i % 6):  # cancel after 0..5 turns of the loop
-                    await asyncio.sleep(0)
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            async with store.watch("last"):  # answered after every earlier request
-                assert await asyncio.to_thread(_watch_metrics, cluster) == (
-                    streams0,
-                    watchers0 + 1,
-                )
+                for i in range(30):
+                    task = asyncio.create_task(watch_forever())
+                    for _ in range(i % 6):  # cancel after 0..5 turns of the loop
+                        await asyncio.sleep(0)
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                async with store.watch("last"):  # answered after every earlier request
+                    assert await asyncio.to_thread(_watch_metrics, cluster) == (
+                        streams0,
+                        watchers0 + 1,
+                    )
         finally:
             await store.close()
