@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,6 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from corral.store.api import Store
 
 CORRAL = [sys.executable, "-m", "corral"]
 REPO = Path(__file__).resolve().parent.parent
@@ -165,3 +169,20 @@ class NetNS:
 
     def wrap(self, cmd: Sequence[str]) -> list[str]:
         return ["nsenter", f"--net=/proc/{self.anchor.pid}/ns/net", "--", *cmd]
+
+
+async def cancel_watch_opens(store: Store, key: str, count: int = 30) -> None:
+    """Open ``count`` watches of ``key``, cancelling each after 0..5 turns of the
+    event loop, so that the cancels land at every point of a watch's creation."""
+
+    async def watch_forever() -> None:
+        async with store.watch(key):
+            await asyncio.Event().wait()
+
+    for i in range(count):
+        task = asyncio.create_task(watch_forever())
+        for _ in range(i % 6):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -17,6 +17,7 @@ from corral.store.api import Characteristics, EventType, Store
 from corral.store.etcd.client import EtcdStore, open_etcd_store
 from corral.store.registry import open_store
 from tests.etcd_fixtures import EtcdCluster, enable_auth, free_ports, start_single
+from tests.helpers import cancel_watch_opens
 
 
 async def test_open_through_registry_and_characteristics(etcd_url: str) -> None:
@@ -222,18 +223,7 @@ async def test_watch_cancelled_while_opening_leaves_no_watcher() -> None:
         try:
             async with store.watch("warm"):  # confirmed: counted in the baseline
                 streams0, watchers0 = await asyncio.to_thread(_watch_metrics, cluster)
-
-                async def watch_forever() -> None:
-                    async with store.watch("k"):
-                        await asyncio.Event().wait()
-
-                for i in range(30):
-                    task = asyncio.create_task(watch_forever())
-                    for _ in range(i % 6):  # cancel after 0..5 turns of the loop
-                        await asyncio.sleep(0)
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await cancel_watch_opens(store, "k")
                 async with store.watch("last"):  # answered after every earlier request
                     assert await asyncio.to_thread(_watch_metrics, cluster) == (
                         streams0,

@@ -13,7 +13,7 @@ from corral.clock import Clock, MonotonicClock
 from corral.errors import StoreError, StoreUnavailable
 from corral.store.api import WatchEvent
 
-__all__ = ["Item", "Mux", "clock_timeout", "free_port", "watching"]
+__all__ = ["Mux", "clock_timeout", "free_port", "watching"]
 
 # What a Mux yields: (tag, event), (tag, error) when a watch failed, (tag, None) for a signal.
 Item = tuple[str, WatchEvent | StoreError | None]
@@ -76,19 +76,15 @@ class Mux:
             if entered is not None and not entered.done():
                 entered.set_result(None)  # the error, if any, is in the queue
 
-    def push(self, tag: str, item: WatchEvent | StoreError | None) -> None:
-        """Queue an item as if a source had produced it."""
-        self._q.put_nowait((tag, item))
-
     async def _signal(self, tag: str, ev: asyncio.Event) -> None:
         await ev.wait()
         self._q.put_nowait((tag, None))
 
-    def drain(self) -> list[Item]:
-        """Every item queued now, removed from the queue (no waiting)."""
-        items = []
-        while not self._q.empty():
-            items.append(self._q.get_nowait())
+    def pending(self) -> list[Item]:
+        """The items queued now, in order; they stay queued for :meth:`next`."""
+        items = [self._q.get_nowait() for _ in range(self._q.qsize())]
+        for item in items:
+            self._q.put_nowait(item)
         return items
 
     async def next(self, clock: Clock, timeout: float | None = None) -> Item | None:

@@ -79,15 +79,12 @@ class Ops:
 
     # --- records ---------------------------------------------------------------
 
-    async def pointer(
-        self, *, create: bool = False, kv: KeyValue | None = None, read: bool = True
-    ) -> tuple[RoundPointer, int]:
-        """The round pointer and its mod revision (round 0 if absent; created if asked).
+    async def pointer(self, *, create: bool = False) -> tuple[RoundPointer, int]:
+        """The round pointer and its mod revision (round 0 if absent; created if asked)."""
+        return await self._pointer_of(await self.get(self.keys.round), create=create)
 
-        ``read=False``: ``kv`` is the pointer as just read (None: absent).
-        """
-        if read:
-            kv = await self.get(self.keys.round)
+    async def _pointer_of(self, kv: KeyValue | None, *, create: bool) -> tuple[RoundPointer, int]:
+        """The pointer as read (``kv``; None: absent, then created if asked)."""
         if kv is None:
             first = RoundPointer(0)
             if not create:
@@ -103,7 +100,7 @@ class Ops:
         (ptr_kvs, kvs), _ = await self.range_many([self.keys.round, prefix])
         # A range of the pointer's key: keep the key itself only.
         kv = next((kv for kv in ptr_kvs if kv.key == self.keys.round), None)
-        ptr, rev = await self.pointer(create=True, kv=kv, read=False)
+        ptr, rev = await self._pointer_of(kv, create=True)
         return ptr, rev, kvs
 
     async def cas_pointer(self, new: RoundPointer, expected_rev: int) -> bool:

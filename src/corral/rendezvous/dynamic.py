@@ -8,7 +8,6 @@ module only reads the store, calls them, and writes what they decide.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from corral.errors import (
     StoreError,
 )
 from corral.rendezvous import machine as m
-from corral.rendezvous._aio import Item, Mux, clock_timeout, free_port, watching
+from corral.rendezvous._aio import Mux, clock_timeout, free_port, watching
 from corral.rendezvous._ops import Ops
 from corral.rendezvous.api import ChangeKind, Decision, NodeDesc, RoundChange, RoundInfo
 from corral.rendezvous.state import (
@@ -368,19 +367,19 @@ class DynamicRendezvous:
                 if self._waiting:
                     self._waiting = False
                     await self._ops.delete(k.waiting_key(me))
-                # What the watch saw since the read (a closer may have appeared).
-                backlog = mux.drain()
+                # The read saw a closer, or the watch has seen one since.
                 closer_seen = k.closer(r) in seen or any(
-                    isinstance(ev, WatchEvent) and ev.kv.key == k.closer(r) for _, ev in backlog
+                    isinstance(ev, WatchEvent) and ev.kv.key == k.closer(r)
+                    for _, ev in mux.pending()
                 )
                 if closer_seen:
                     # Someone is closing: follow (and take over if that closer has left).
-                    closed_kv, full = await self._follow(ptr, lease, mux, backlog)
+                    closed_kv, full = await self._follow(ptr, lease, mux)
                 elif (await self._ops.create(k.closer(r), me.encode(), lease=lease)).succeeded:
                     mux.drop("close")
                     closed_kv, full = await self._close_round(ptr, lease)
                 else:
-                    closed_kv, full = await self._follow(ptr, lease, mux, backlog)
+                    closed_kv, full = await self._follow(ptr, lease, mux)
         if late:
             # Closed before we looked: a member only if it is our join under this
             # lease (a join cut short by a timeout); an evicted node is not.
@@ -464,20 +463,18 @@ class DynamicRendezvous:
         await self._ops.put_many(writes)
 
     async def _follow(
-        self, ptr: RoundPointer, lease: int, mux: Mux, backlog: list[Item]
+        self, ptr: RoundPointer, lease: int, mux: Mux
     ) -> tuple[KeyValue, ClosedRound | None]:
         """Wait for ``closed``; take over as closer if the closer's lease ends first.
 
         ``mux`` carries, as ``"close"``, the watch of ``r/<r>/close`` (both
-        keys) started before a read that found no ``closed``; ``backlog``: its
-        items already taken from the queue. A closer exists (the read or the
-        backlog saw it, or this node failed to create it).
+        keys) started before a read that found no ``closed``. A closer exists
+        (the read or the watch saw it, or this node failed to create it).
         """
         r = ptr.round
         closed_key, closer_key = self._k.closed(r), self._k.closer(r)
-        pending = collections.deque(backlog)
         while True:
-            item = pending.popleft() if pending else await mux.next(self._clock)
+            item = await mux.next(self._clock)
             assert item is not None
             _, ev = item
             if isinstance(ev, StoreError):

@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 
 import pytest
+from tests.helpers import cancel_watch_opens
 
 from corral.clock import FakeClock
 from corral.errors import (
@@ -214,18 +215,7 @@ async def test_watch_cancelled_while_opening_leaves_no_watch(server: StoreServer
     host, port = server.address
     client = await connect(host, port, token=TOKEN, timeout=5)
     try:
-
-        async def watch_forever() -> None:
-            async with client.watch("k"):
-                await asyncio.Event().wait()
-
-        for i in range(30):
-            task = asyncio.create_task(watch_forever())
-            for _ in range(i % 6):  # cancel after 0..5 turns of the loop
-                await asyncio.sleep(0)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+        await cancel_watch_opens(client, "k")
         async with client.watch("last"):  # the server answers requests in order
             assert server.core.watch_count == 1
     finally:

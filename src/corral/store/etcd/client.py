@@ -107,6 +107,10 @@ class EtcdStore:
     def _full(self, key: str) -> bytes:
         return self._ns_bytes + key.encode()
 
+    def _prefix_request(self, prefix: str) -> Any:
+        full = self._full(prefix)
+        return rpc.RangeRequest(key=full, range_end=_range_end(full))
+
     def _kv(self, kv: Any) -> KeyValue:
         return KeyValue(
             key=bytes(kv.key)[len(self._ns_bytes) :].decode(),
@@ -128,8 +132,7 @@ class EtcdStore:
         return await self._conn.call("get", op)
 
     async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
-        full = self._full(prefix)
-        req = rpc.RangeRequest(key=full, range_end=_range_end(full))
+        req = self._prefix_request(prefix)
 
         async def op(s: Session, timeout: float, _retried: bool) -> tuple[list[KeyValue], int]:
             resp = await s.kv.Range(req, timeout=timeout, metadata=s.metadata)
@@ -139,13 +142,9 @@ class EtcdStore:
 
     async def range_many(self, prefixes: Sequence[str]) -> tuple[list[list[KeyValue]], int]:
         # One read-only transaction: every range at one revision, in one request.
-        ranges = []
-        for prefix in prefixes:
-            full = self._full(prefix)
-            ranges.append(
-                rpc.RequestOp(request_range=rpc.RangeRequest(key=full, range_end=_range_end(full)))
-            )
-        txn = rpc.TxnRequest(success=ranges)
+        txn = rpc.TxnRequest(
+            success=[rpc.RequestOp(request_range=self._prefix_request(p)) for p in prefixes]
+        )
 
         async def op(
             s: Session, timeout: float, _retried: bool
