@@ -285,3 +285,34 @@ async def test_range_many(store: Store, ns: str) -> None:
         after = await store.put(ns + "a/3", b"4")
         ev = await nxt(events)
         assert (ev.kv.key, ev.revision) == (ns + "a/3", after)
+
+
+async def test_create_and_read(store: Store, ns: str) -> None:
+    lease = await store.grant(30)
+    taken = await store.put(ns + "r/taken", b"old")
+    results, (r, other), rev = await store.create_and_read(
+        [(ns + "r/mine", b"m", lease), (ns + "r/taken", b"new", 0)], [ns + "r/", ns + "q/"]
+    )
+    mine, conflict = results
+    # each create on its own: the first wins, the second finds the key there
+    assert mine.succeeded and mine.kv is not None
+    assert (mine.kv.key, mine.kv.value, mine.kv.lease) == (ns + "r/mine", b"m", lease)
+    assert mine.kv.create_revision == mine.revision > taken
+    assert not conflict.succeeded and conflict.kv is not None
+    assert (conflict.kv.value, conflict.kv.mod_revision) == (b"old", taken)
+    # the reads come after the creates and see them
+    assert [(kv.key, kv.value) for kv in r] == [(ns + "r/mine", b"m"), (ns + "r/taken", b"old")]
+    assert other == []
+    assert rev >= mine.revision
+    # the created key is under the lease
+    await store.revoke(lease)
+    assert await store.get(ns + "r/mine") is None
+    # a second call: the key exists now only if created again
+    again, _, _ = await store.create_and_read([(ns + "r/mine", b"2", 0)], [])
+    assert again[0].succeeded
+    with pytest.raises(ValueError, match="distinct"):
+        await store.create_and_read([(ns + "x", b"1", 0), (ns + "x", b"2", 0)], [])
+    assert await store.get(ns + "x") is None
+    with pytest.raises(LeaseNotFound):
+        await store.create_and_read([(ns + "y", b"1", lease)], [ns])
+    assert await store.get(ns + "y") is None

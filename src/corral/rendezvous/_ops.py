@@ -95,13 +95,28 @@ class Ops:
                 return first, 0
         return RoundPointer.from_json(kv.value), kv.mod_revision
 
-    async def pointer_and(self, prefix: str) -> tuple[RoundPointer, int, list[KeyValue]]:
-        """The pointer (created at round 0 if absent) and every key under ``prefix``, in one read."""
-        (ptr_kvs, kvs), _ = await self.range_many([self.keys.round, prefix])
-        # A range of the pointer's key: keep the key itself only.
-        kv = next((kv for kv in ptr_kvs if kv.key == self.keys.round), None)
-        ptr, rev = await self._pointer_of(kv, create=True)
-        return ptr, rev, kvs
+    async def join_step(
+        self, r: int, node_id: str, desc: bytes, lease: int
+    ) -> tuple[WriteResult, WriteResult, RoundPointer, int, list[KeyValue]]:
+        """One request: create the round pointer (at round 0), this node's key
+        and the closer's key of round r (under ``lease``), each only if absent;
+        then read ``r/<r>/close``.
+
+        Returns the node's and the closer's create results, the pointer as it
+        is after the step, its mod revision, and the keys under ``r/<r>/close``.
+        """
+        k = self.keys
+        creates = [
+            (k.round, RoundPointer(0).to_json(), 0),  # the job's first join makes it
+            (k.node(r, node_id), desc, lease),
+            (k.closer(r), node_id.encode(), lease),
+        ]
+        (ptr_res, mine, closer), (close_kvs,), _ = await self._call(
+            "create_and_read", self.store.create_and_read(creates, [k.close_prefix(r)])
+        )
+        assert ptr_res.kv is not None  # created, or there already
+        ptr, rev = await self._pointer_of(ptr_res.kv, create=False)
+        return mine, closer, ptr, rev, close_kvs
 
     async def cas_pointer(self, new: RoundPointer, expected_rev: int) -> bool:
         res = await self._call(

@@ -42,7 +42,7 @@ from corral.rendezvous.state import (
     encode_node,
 )
 from corral.reporting.failures import FailureReport
-from corral.store.api import EventType, KeyValue, Store, WatchEvent
+from corral.store.api import EventType, KeyValue, Store, WriteResult
 
 __all__ = ["DynamicRendezvous"]
 
@@ -338,55 +338,57 @@ class DynamicRendezvous:
         me = self._node.node_id
         k = self._k
         full: ClosedRound | None = None
+        port = self._node.master_port or free_port(self._node.addr)
+        desc = encode_node(replace(self._node, master_port=port))
         async with watching() as mux:
             # Watch r/<r>/closer and r/<r>/closed (one prefix) of the round this
-            # node expects, from now; then read the pointer and that prefix in one
-            # request: the store replays no history, and a follower needs nothing
-            # more to wait for the close. If the pointer names another round,
-            # watch and read that round's prefix instead.
+            # node expects, from now. Then one request joins round r: it creates
+            # this node's key and, if there is none, the closer's key (the first
+            # joiner closes), and reads the pointer and r/<r>/close. If the
+            # pointer names another round, take back what was created and join
+            # that round the same way.
             r = self._expect
-            await mux.start("close", self._ops.watch(k.close_prefix(r), prefix=True))
-            ptr, ptr_rev, close_kvs = await self._ops.pointer_and(k.close_prefix(r))
-            if ptr.reason == REASON_JOB_ENDED:
-                await self._raise_outcome(ptr)
-            if ptr.round != r:
-                r = self._expect = ptr.round
+            while True:
                 await mux.start("close", self._ops.watch(k.close_prefix(r), prefix=True))
-                close_kvs, _ = await self._ops.range(k.close_prefix(r))
+                mine, closer, ptr, ptr_rev, close_kvs = await self._ops.join_step(
+                    r, me, desc, lease
+                )
+                if not mine.succeeded and mine.kv is not None and mine.kv.lease != lease:
+                    raise RendezvousError(f"node id {me!r} is already used by another live agent")
+                if ptr.round == r and ptr.reason != REASON_JOB_ENDED:
+                    break
+                await self._retract(r, mine, closer)
+                if ptr.reason == REASON_JOB_ENDED:
+                    await self._raise_outcome(ptr)
+                r = self._expect = ptr.round
             self._pointers[r] = (ptr, ptr_rev)
             state["round"] = r
-            seen = {kv.key: kv for kv in close_kvs}
-            closed_kv = seen.get(k.closed(r))
-            late = closed_kv is not None
-            if closed_kv is None:
-                port = self._node.master_port or free_port(self._node.addr)
-                desc = replace(self._node, master_port=port)
-                res = await self._ops.create(k.node(r, me), encode_node(desc), lease=lease)
-                if not res.succeeded and res.kv is not None and res.kv.lease != lease:
-                    raise RendezvousError(f"node id {me!r} is already used by another live agent")
+            closed_kv = next((kv for kv in close_kvs if kv.key == k.closed(r)), None)
+            member = True
+            if closed_kv is not None:
+                # Closed before this join: a member only if this node had joined
+                # under this lease before (a join cut short by a timeout); an
+                # evicted node has not.
+                member = not mine.succeeded
+                await self._retract(r, mine, closer)
+            else:
                 if self._waiting:
                     self._waiting = False
                     await self._ops.delete(k.waiting_key(me))
-                # The read saw a closer, or the watch has seen one since.
-                closer_seen = k.closer(r) in seen or any(
-                    isinstance(ev, WatchEvent) and ev.kv.key == k.closer(r)
-                    for _, ev in mux.pending()
-                )
-                if closer_seen:
-                    # Someone is closing: follow (and take over if that closer has left).
-                    closed_kv, full = await self._follow(ptr, lease, mux)
-                elif (await self._ops.create(k.closer(r), me.encode(), lease=lease)).succeeded:
+                if closer.succeeded:
                     mux.drop("close")
                     closed_kv, full = await self._close_round(ptr, lease)
                 else:
+                    # Someone is closing: follow (and take over if that closer leaves).
                     closed_kv, full = await self._follow(ptr, lease, mux)
-        if late:
-            # Closed before we looked: a member only if it is our join under this
-            # lease (a join cut short by a timeout); an evicted node is not.
-            mine = await self._ops.get(k.node(r, me))
-            member = mine is not None and mine.lease == lease
-            return await self._after_close(r, closed_kv, ptr_rev, lease, member=member)
-        return await self._after_close(r, closed_kv, ptr_rev, lease, full=full)
+        return await self._after_close(r, closed_kv, ptr_rev, lease, member=member, full=full)
+
+    async def _retract(self, r: int, mine: WriteResult, closer: WriteResult) -> None:
+        """Delete the keys a join step created in round r (a round this node is not joining)."""
+        if mine.succeeded:
+            await self._ops.delete(self._k.node(r, self._node.node_id))
+        if closer.succeeded:
+            await self._ops.delete(self._k.closer(r))
 
     async def _after_close(
         self,

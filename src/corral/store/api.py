@@ -129,11 +129,12 @@ class Characteristics:
     replicated: bool = False
 
 
-def check_distinct(items: Sequence[tuple[str, bytes]]) -> None:
-    """For :meth:`Store.put_many`: raise ValueError if a key appears twice."""
-    keys = {key for key, _ in items}
+def check_distinct(items: Sequence[tuple[str, bytes]] | Sequence[tuple[str, bytes, int]]) -> None:
+    """For :meth:`Store.put_many` and :meth:`Store.create_and_read`: raise
+    ValueError if a key appears twice."""
+    keys = {item[0] for item in items}
     if len(keys) != len(items):
-        raise ValueError("put_many: every key must be distinct")
+        raise ValueError("every key must be distinct")
 
 
 @runtime_checkable
@@ -197,6 +198,27 @@ class Store(Protocol):
         Returns: ``succeeded=True`` with the new key, or ``succeeded=False``
         with the existing key (first write wins).
         Raises: LeaseNotFound, StoreUnavailable, StoreTimeout.
+        """
+        ...
+
+    async def create_and_read(
+        self, creates: Sequence[tuple[str, bytes, int]], prefixes: Sequence[str]
+    ) -> tuple[list[WriteResult], list[list[KeyValue]], int]:
+        """Create several keys, each only if absent, then read several prefixes: one request.
+
+        ``creates`` holds distinct ``(key, value, lease)``; each is written
+        exactly as by :meth:`create` (each succeeds or fails on its own). The
+        reads come after the creates and see them. Returns a WriteResult per
+        create, in order; for each prefix its keys, sorted by key; and a
+        revision at or before every read, and at or after every create.
+
+        For a node's join (its own key, the closer's key, then the round's
+        state) in one round trip and, on etcd, one transaction (one raft
+        entry). etcd and the memory store do it all atomically; the tcp store
+        pipelines the requests on one connection, in order.
+
+        Raises: ValueError if a key repeats; LeaseNotFound; StoreUnavailable,
+        StoreTimeout.
         """
         ...
 

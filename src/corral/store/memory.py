@@ -211,6 +211,15 @@ class MemoryStore:
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> WriteResult:
         return self._enter().create(key, value, lease=lease)
 
+    async def create_and_read(
+        self, creates: Sequence[tuple[str, bytes, int]], prefixes: Sequence[str]
+    ) -> tuple[list[WriteResult], list[list[KeyValue]], int]:
+        check_distinct(creates)
+        core = self._enter()
+        results = [core.create(key, value, lease=lease) for key, value, lease in creates]
+        reads = [core.range(prefix)[0] for prefix in prefixes]
+        return results, reads, core.revision
+
     async def compare_and_set(
         self, key: str, value: bytes, expected_mod_revision: int, *, lease: int = 0
     ) -> WriteResult:

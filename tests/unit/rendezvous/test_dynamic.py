@@ -90,6 +90,27 @@ async def test_scale_up_via_waiting_node(job: Job) -> None:
     assert {i.restart_count for i in (a1, b1, c1)} == {0}  # scale events are not restarts
 
 
+async def test_a_late_join_leaves_no_key_in_rounds_it_is_not_in(job: Job) -> None:
+    # Round 1 is full (max 2) and closed; d expects round 0 (a fresh handle):
+    # its join step creates keys in round 0 and round 1 and takes both back.
+    for n in "abd":
+        job.node(n, min_nodes=2, max_nodes=2)
+    _, a0 = await asyncio.gather(*await join_in_order(job, ["b", "a"], 0))
+    job.store.expire(job.nodes["b"].lease)  # round 0's closer: its key goes too
+    job.node("b2", min_nodes=2, max_nodes=2)
+    assert (await job.nodes["a"].watch_round(a0)).new_round == 1
+    a1, b1 = await asyncio.gather(job.nodes["a"].join(), job.nodes["b2"].join())
+    assert (a1.round, b1.round) == (1, 1)
+    closers = {r: await job.store.get(f"{KEY}r/{r}/closer") for r in (0, 1)}
+    assert closers[0] is None and closers[1] is not None
+    d_join = asyncio.create_task(job.nodes["d"].join())
+    await job.until(lambda: job.has_key(KEY + "waiting/d"))
+    for r in (0, 1):
+        assert not await job.has_key(f"{KEY}r/{r}/nodes/d")
+        assert await job.store.get(f"{KEY}r/{r}/closer") == closers[r]
+    d_join.cancel()
+
+
 async def test_scale_down_on_lease_loss_keeps_ranks(job: Job) -> None:
     for n in "abcd":
         job.node(n, min_nodes=2, max_nodes=4)

@@ -194,10 +194,51 @@ class EtcdStore:
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> WriteResult:
         return await self.compare_and_set(key, value, 0, lease=lease)
 
+    async def create_and_read(
+        self, creates: Sequence[tuple[str, bytes, int]], prefixes: Sequence[str]
+    ) -> tuple[list[WriteResult], list[list[KeyValue]], int]:
+        # One transaction (one raft entry): a nested transaction per create
+        # (etcd >= 3.3), then the ranges, which see the creates.
+        check_distinct(creates)
+        ops = [
+            rpc.RequestOp(request_txn=self._create_txn(self._full(key), value, 0, lease))
+            for key, value, lease in creates
+        ]
+        ops += [rpc.RequestOp(request_range=self._prefix_request(p)) for p in prefixes]
+        txn = rpc.TxnRequest(success=ops)
+        n = len(creates)
+
+        async def op(
+            s: Session, timeout: float, retried: bool
+        ) -> tuple[list[WriteResult], list[list[KeyValue]], int]:
+            resp = await s.kv.Txn(txn, timeout=timeout, metadata=s.metadata)
+            revision = int(resp.header.revision)
+            results = [
+                self._write_result(r.response_txn, value, 0, lease, revision, retried, key)
+                for r, (key, value, lease) in zip(resp.responses[:n], creates, strict=True)
+            ]
+            kvs = [[self._kv(kv) for kv in r.response_range.kvs] for r in resp.responses[n:]]
+            return results, kvs, revision
+
+        return await self._conn.call("create_and_read", op)
+
     async def compare_and_set(
         self, key: str, value: bytes, expected_mod_revision: int, *, lease: int = 0
     ) -> WriteResult:
-        full = self._full(key)
+        txn = self._create_txn(self._full(key), value, expected_mod_revision, lease)
+        what = "create" if expected_mod_revision == 0 else "compare_and_set"
+
+        async def op(s: Session, timeout: float, retried: bool) -> WriteResult:
+            resp = await s.kv.Txn(txn, timeout=timeout, metadata=s.metadata)
+            return self._write_result(
+                resp, value, expected_mod_revision, lease, int(resp.header.revision), retried, key
+            )
+
+        return await self._conn.call(what, op)
+
+    @staticmethod
+    def _create_txn(full: bytes, value: bytes, expected_mod_revision: int, lease: int) -> Any:
+        """Compare the key's create (0) or mod revision, then put it; read it back either way."""
         if expected_mod_revision == 0:
             compare = rpc.Compare(
                 key=full,
@@ -213,7 +254,7 @@ class EtcdStore:
                 mod_revision=expected_mod_revision,
             )
         read = rpc.RequestOp(request_range=rpc.RangeRequest(key=full))
-        txn = rpc.TxnRequest(
+        return rpc.TxnRequest(
             compare=[compare],
             # Reading the key back inside the transaction gives its create
             # revision too (a CAS keeps the old one).
@@ -223,28 +264,33 @@ class EtcdStore:
             ],
             failure=[read],
         )
-        what = "create" if expected_mod_revision == 0 else "compare_and_set"
 
-        async def op(s: Session, timeout: float, retried: bool) -> WriteResult:
-            resp = await s.kv.Txn(txn, timeout=timeout, metadata=s.metadata)
-            kvs = resp.responses[-1].response_range.kvs
-            kv = self._kv(kvs[0]) if kvs else None
-            revision = int(resp.header.revision)
-            if resp.succeeded:
-                return WriteResult(True, kv, revision)
-            if (
-                retried
-                and kv is not None
-                and kv.value == value
-                and kv.lease == lease
-                and kv.mod_revision != expected_mod_revision
-            ):
-                # An earlier attempt whose answer was lost was applied.
-                log.info("etcd: %s of %r was applied before failover", what, key)
-                return WriteResult(True, kv, revision)
-            return WriteResult(False, kv, revision)
-
-        return await self._conn.call(what, op)
+    def _write_result(
+        self,
+        resp: Any,
+        value: bytes,
+        expected_mod_revision: int,
+        lease: int,
+        revision: int,
+        retried: bool,
+        key: str,
+    ) -> WriteResult:
+        """The outcome of a :meth:`_create_txn` (``resp``: its TxnResponse)."""
+        kvs = resp.responses[-1].response_range.kvs
+        kv = self._kv(kvs[0]) if kvs else None
+        if resp.succeeded:
+            return WriteResult(True, kv, revision)
+        if (
+            retried
+            and kv is not None
+            and kv.value == value
+            and kv.lease == lease
+            and kv.mod_revision != expected_mod_revision
+        ):
+            # An earlier attempt whose answer was lost was applied.
+            log.info("etcd: conditional write of %r was applied before failover", key)
+            return WriteResult(True, kv, revision)
+        return WriteResult(False, kv, revision)
 
     async def delete(self, key: str, *, prefix: bool = False) -> int:
         full = self._full(key)

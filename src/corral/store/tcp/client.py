@@ -366,6 +366,22 @@ class TcpStore:
         assert isinstance(r, p.WriteReply)
         return r.result
 
+    async def create_and_read(
+        self, creates: Sequence[tuple[str, bytes, int]], prefixes: Sequence[str]
+    ) -> tuple[list[WriteResult], list[list[KeyValue]], int]:
+        # Pipelined on this connection, in order: the server answers the creates
+        # before it reads. Not atomic: other clients' writes may come between.
+        check_distinct(creates)
+        loop = asyncio.get_running_loop()
+        writes = [loop.create_task(self.create(k, v, lease=ls)) for k, v, ls in creates]
+        reads = [loop.create_task(self.range(prefix)) for prefix in prefixes]
+        await asyncio.gather(*writes, *reads)
+        results = [t.result() for t in writes]
+        ranges = [t.result() for t in reads]
+        if not ranges:
+            return results, [], max((r.revision for r in results), default=0)
+        return results, [kvs for kvs, _ in ranges], min(rev for _, rev in ranges)
+
     async def compare_and_set(
         self, key: str, value: bytes, expected_mod_revision: int, *, lease: int = 0
     ) -> WriteResult:
