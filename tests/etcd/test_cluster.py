@@ -144,3 +144,25 @@ async def test_hung_member_moves_calls_and_watches(cluster: EtcdCluster) -> None
         await asyncio.to_thread(find_leader, cluster)  # the member is back in the cluster
     finally:
         await store.close()
+
+
+async def test_client_moves_to_the_leader(cluster: EtcdCluster) -> None:
+    """Listed first or not, the leader is the member a client ends up on (when it
+    is listed); a client given one follower only stays on it."""
+    leader = await asyncio.to_thread(find_leader, cluster)
+    follower = next(m for m in cluster.members if m is not leader)
+    rest = [m.endpoint for m in cluster.members if m is not follower]
+    store = await open_etcd_store(
+        f"etcd://{','.join([follower.endpoint, *rest])}/corral-leader", timeout=20
+    )
+    try:
+        await store.put("k", b"v")
+        assert _connected(store) == leader.endpoint
+    finally:
+        await store.close()
+    only = await open_etcd_store(f"etcd://{follower.endpoint}/corral-leader", timeout=20)
+    try:
+        assert (kv := await only.get("k")) is not None and kv.value == b"v"
+        assert _connected(only) == follower.endpoint
+    finally:
+        await only.close()
