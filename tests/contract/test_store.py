@@ -316,3 +316,16 @@ async def test_create_and_read(store: Store, ns: str) -> None:
     with pytest.raises(LeaseNotFound):
         await store.create_and_read([(ns + "y", b"1", lease)], [ns])
     assert await store.get(ns + "y") is None
+
+
+async def test_get_with_min_revision(store: Store, ns: str) -> None:
+    first = await store.put(ns + "m", b"1")
+    second = await store.put(ns + "m", b"2")
+    for seen in (first, second):
+        kv = await store.get(ns + "m", min_revision=seen)
+        assert kv is not None and kv.mod_revision >= seen
+    # a revision the store has not reached yet: the latest state (etcd: the
+    # member's own read is too old, so it reads through the leader)
+    kv = await store.get(ns + "m", min_revision=second + 1000)
+    assert kv is not None and kv.value == b"2"
+    assert await store.get(ns + "absent", min_revision=second) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import AuthenticationFailed, ConfigError, StoreUnavailable
+from corral.errors import AuthenticationFailed, ConfigError, StoreError, StoreUnavailable
 from corral.store.api import Characteristics, EventType, Store
 from corral.store.etcd.client import EtcdStore, open_etcd_store
 from corral.store.registry import open_store
@@ -26,7 +27,11 @@ async def test_open_through_registry_and_characteristics(etcd_url: str) -> None:
         assert isinstance(store, EtcdStore)
         assert isinstance(store, Store)
         assert store.characteristics == Characteristics(
-            linearizable=True, leases=True, connection_leases=False, replicated=True
+            linearizable=True,
+            leases=True,
+            connection_leases=False,
+            replicated=True,
+            bounded_requests=True,
         )
     finally:
         await store.close()
@@ -230,4 +235,24 @@ async def test_watch_cancelled_while_opening_leaves_no_watcher() -> None:
                         watchers0 + 1,
                     )
         finally:
+            await store.close()
+
+
+async def test_every_request_is_bounded_by_the_store_timeout() -> None:
+    """The store declares bounded_requests, so the rendezvous sets no timer of its
+    own per call: a member that hangs (SIGSTOP) must still end each call in time."""
+    with start_single() as cluster:
+        store = await open_etcd_store(cluster.url("/bounded"), timeout=1.5)
+        member = cluster.members[0]
+        try:
+            await store.put("k", b"v")
+            await asyncio.to_thread(member.kill, signal.SIGSTOP)
+            loop = asyncio.get_running_loop()
+            for call in (store.get("k"), store.create("n", b"v"), store.grant(5)):
+                started = loop.time()
+                with pytest.raises(StoreError):
+                    await asyncio.wait_for(call, 10)
+                assert loop.time() - started < 5
+        finally:
+            member.resume()
             await store.close()

@@ -25,6 +25,9 @@ class Ops:
 
     A request that gets no answer in time raises StoreTimeout, so an
     unreachable store surfaces as a StoreError in bounded time, never a hang.
+    A store that bounds its requests itself (``bounded_requests``: the built-in
+    ones, opened with ``timeout=read_timeout``) is trusted to, and spared a
+    timer per call.
     """
 
     def __init__(self, store: Store, run_id: str, conf: RdzvConf, clock: Clock) -> None:
@@ -32,8 +35,11 @@ class Ops:
         self.keys = Keys(conf.prefix, run_id)
         self._timeout = conf.read_timeout
         self._clock = clock
+        self._bounded = store.characteristics.bounded_requests
 
     async def _call(self, what: str, aw: Awaitable[T]) -> T:
+        if self._bounded:
+            return await aw
         try:
             async with _compat_timeout(self._timeout):
                 return await aw
@@ -42,8 +48,8 @@ class Ops:
                 f"store {what}: no answer within read_timeout ({self._timeout} s)"
             ) from None
 
-    async def get(self, key: str) -> KeyValue | None:
-        return await self._call("get", self.store.get(key))
+    async def get(self, key: str, *, min_revision: int = 0) -> KeyValue | None:
+        return await self._call("get", self.store.get(key, min_revision=min_revision))
 
     async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         return await self._call("range", self.store.range(prefix))

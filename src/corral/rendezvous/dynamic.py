@@ -417,7 +417,10 @@ class DynamicRendezvous:
             if idx is not None:
                 assignment = m.assignments(full.members)[idx]
         elif member:
-            akv = await self._ops.get(self._k.rank(r, closed.tag, me))
+            # Written before closed: any state as of closed's revision has it.
+            akv = await self._ops.get(
+                self._k.rank(r, closed.tag, me), min_revision=closed_kv.mod_revision
+            )
             if akv is not None:
                 assignment = Assignment.from_json(akv.value)
         if full is not None:

@@ -121,12 +121,16 @@ class Characteristics:
         leases: leases with TTLs are supported.
         connection_leases: leases also end the moment their owning connection closes.
         replicated: the store survives the loss of a machine.
+        bounded_requests: every call but ``watch`` ends within the
+            ``timeout`` the store was opened with (with a StoreError if no
+            member answered); callers then need no timer of their own per call.
     """
 
     linearizable: bool = True
     leases: bool = True
     connection_leases: bool = False
     replicated: bool = False
+    bounded_requests: bool = False
 
 
 def check_distinct(items: Sequence[tuple[str, bytes]] | Sequence[tuple[str, bytes, int]]) -> None:
@@ -144,8 +148,15 @@ class Store(Protocol):
     @property
     def characteristics(self) -> Characteristics: ...
 
-    async def get(self, key: str) -> KeyValue | None:
+    async def get(self, key: str, *, min_revision: int = 0) -> KeyValue | None:
         """Return the key, or None if absent.
+
+        ``min_revision``: the caller has seen this revision (a watch event's,
+        say) and needs the key as of it or later, not necessarily the latest.
+        etcd then reads from the member it is connected to without asking the
+        leader (a serializable read) when that member has applied the
+        revision (else, and for a revision not reached yet, it reads the
+        latest); the other stores always read the latest.
 
         Raises: StoreUnavailable, StoreTimeout.
         """

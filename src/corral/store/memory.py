@@ -39,10 +39,13 @@ from corral.store.stream import WatchStream
 
 __all__ = ["MemoryStore", "SharedCore", "open_memory_store"]
 
+# No I/O: every call returns at once.
 _CHARACTERISTICS = Characteristics(
-    linearizable=True, leases=True, connection_leases=False, replicated=False
+    linearizable=True, leases=True, connection_leases=False, replicated=False, bounded_requests=True
 )
-_OWNING = Characteristics(linearizable=True, leases=True, connection_leases=True, replicated=False)
+_OWNING = Characteristics(
+    linearizable=True, leases=True, connection_leases=True, replicated=False, bounded_requests=True
+)
 
 
 class SharedCore:
@@ -186,7 +189,7 @@ class MemoryStore:
         self._shared.expire_due()
         return self._shared.core
 
-    async def get(self, key: str) -> KeyValue | None:
+    async def get(self, key: str, *, min_revision: int = 0) -> KeyValue | None:
         return self._enter().get(key)
 
     async def range(self, prefix: str) -> tuple[list[KeyValue], int]:

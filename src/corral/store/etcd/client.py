@@ -55,7 +55,11 @@ __all__ = ["EtcdStore", "etcd_url_from_conf", "open_etcd_store"]
 log = logging.getLogger(__name__)
 
 _CHARACTERISTICS = Characteristics(
-    linearizable=True, leases=True, connection_leases=False, replicated=True
+    linearizable=True,
+    leases=True,
+    connection_leases=False,
+    replicated=True,
+    bounded_requests=True,  # Connection.call: its timeout, over every attempt
 )
 
 
@@ -122,11 +126,21 @@ class EtcdStore:
 
     # --- reads -----------------------------------------------------------------
 
-    async def get(self, key: str) -> KeyValue | None:
-        req = rpc.RangeRequest(key=self._full(key))
+    async def get(self, key: str, *, min_revision: int = 0) -> KeyValue | None:
+        full = self._full(key)
+        req = rpc.RangeRequest(key=full)
+        local = rpc.RangeRequest(key=full, serializable=True) if min_revision > 0 else None
 
         async def op(s: Session, timeout: float, _retried: bool) -> KeyValue | None:
-            resp = await s.kv.Range(req, timeout=timeout, metadata=s.metadata)
+            resp = None
+            if local is not None:
+                # The member's own state, if it has applied min_revision: no
+                # round to the leader. A lagging member: read through the leader.
+                resp = await s.kv.Range(local, timeout=timeout, metadata=s.metadata)
+                if resp.header.revision < min_revision:
+                    resp = None
+            if resp is None:
+                resp = await s.kv.Range(req, timeout=timeout, metadata=s.metadata)
             return self._kv(resp.kvs[0]) if resp.kvs else None
 
         return await self._conn.call("get", op)

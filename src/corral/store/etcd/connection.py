@@ -354,7 +354,11 @@ class Connection:
         # channel cancels its calls with CancelledError, which would look like
         # a cancellation of the caller.
         session.users -= 1
-        if session.retired and session.users == 0 and session in self._retired:
+        if session.retired and session.users == 0:
+            await self._close_retired(session)
+
+    async def _close_retired(self, session: Session) -> None:
+        if session in self._retired:
             self._retired.discard(session)
             await session.channel.close()
 
@@ -398,14 +402,16 @@ class Connection:
         retried = False
         reauthenticated = False
         while True:
-            session = await self.session(deadline)
+            session = self._session
+            if session is None or self._closed:
+                session = await self.session(deadline)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise StoreTimeout(
                     f"etcd {what} at {self.target.endpoint_names()}: "
                     f"no answer within {self.timeout:.1f} s"
                 )
-            self.acquire(session)
+            session.users += 1  # see acquire()
             try:
                 return await op(session, min(remaining, REQUEST_ATTEMPT), retried)
             except asyncio.CancelledError:
@@ -440,7 +446,9 @@ class Connection:
                     ) from exc
                 retried = True
             finally:
-                await self.release(session)
+                session.users -= 1  # see release()
+                if session.retired and session.users == 0:
+                    await self._close_retired(session)
 
 
 def _short(reason: BaseException | str) -> str:

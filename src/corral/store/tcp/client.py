@@ -47,7 +47,11 @@ __all__ = ["DEFAULT_PORT", "TcpStore", "connect", "open_tcp_store"]
 DEFAULT_PORT = 29400
 _ATTEMPT_TIMEOUT = 10.0
 _CHARACTERISTICS = Characteristics(
-    linearizable=True, leases=True, connection_leases=True, replicated=False
+    linearizable=True,
+    leases=True,
+    connection_leases=True,
+    replicated=False,
+    bounded_requests=True,  # each request: request_timeout (Connection.track)
 )
 _R = TypeVar("_R")
 
@@ -329,8 +333,8 @@ class TcpStore:
         self._next_id += 1
         return self._next_id
 
-    async def get(self, key: str) -> KeyValue | None:
-        rid = self._id()
+    async def get(self, key: str, *, min_revision: int = 0) -> KeyValue | None:
+        rid = self._id()  # the server always answers with the latest
         r = await self._call(p.Get(rid, key), rid)
         assert isinstance(r, p.KvReply)
         return r.kv
