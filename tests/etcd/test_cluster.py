@@ -166,3 +166,29 @@ async def test_client_moves_to_the_leader(cluster: EtcdCluster) -> None:
         assert _connected(only) == follower.endpoint
     finally:
         await only.close()
+
+
+async def test_idle_watch_leaves_a_hung_member(cluster: EtcdCluster) -> None:
+    """A client that only watches notices its member hang by the progress probe
+    (no call of its own fails) and resumes the watch on another member."""
+    watcher = await open_etcd_store(cluster.url("/corral-idle"), timeout=20)
+    writer = await open_etcd_store(cluster.url("/corral-idle"), timeout=20)
+    watcher._conn.watch_idle = 0.3  # test-only: probe after 0.3 s of silence
+    watcher._conn.request_attempt = 0.5
+    try:
+        async with watcher.watch("k") as events:
+            used = _connected(watcher)
+            victim = next(m for m in cluster.members if m.endpoint == used)
+            await asyncio.to_thread(victim.kill, signal.SIGSTOP)
+            try:
+                # the writer's member may be the victim too: its call fails over
+                rev = await writer.put("k", b"while-hung")
+                ev = await asyncio.wait_for(anext(events), 15)
+            finally:
+                victim.resume()
+        assert (ev.revision, ev.kv.value) == (rev, b"while-hung")
+        assert _connected(watcher) != victim.endpoint
+        await asyncio.to_thread(find_leader, cluster)
+    finally:
+        await watcher.close()
+        await writer.close()

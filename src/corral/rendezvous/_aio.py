@@ -35,19 +35,6 @@ class Mux:
         self.drop(tag)
         self._tasks[tag] = asyncio.get_running_loop().create_task(self._pump(tag, cm))
 
-    async def start(
-        self, tag: str, cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]
-    ) -> None:
-        """Like :meth:`add`, but return only once the watch is registered (or failed).
-
-        Used with ``start_revision=0`` (from now) followed by a read: cheaper for
-        the store than a watch from a past revision, which replays history.
-        """
-        self.drop(tag)
-        entered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tasks[tag] = asyncio.get_running_loop().create_task(self._pump(tag, cm, entered))
-        await entered
-
     def add_event(self, tag: str, ev: asyncio.Event) -> None:
         self.drop(tag)
         self._tasks[tag] = asyncio.get_running_loop().create_task(self._signal(tag, ev))
@@ -58,34 +45,19 @@ class Mux:
             t.cancel()
 
     async def _pump(
-        self,
-        tag: str,
-        cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]],
-        entered: asyncio.Future[None] | None = None,
+        self, tag: str, cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]
     ) -> None:
         try:
             async with cm as events:
-                if entered is not None and not entered.done():
-                    entered.set_result(None)
                 async for ev in events:
                     self._q.put_nowait((tag, ev))
             self._q.put_nowait((tag, StoreUnavailable(f"watch {tag!r} ended")))
         except StoreError as exc:
             self._q.put_nowait((tag, exc))
-        finally:
-            if entered is not None and not entered.done():
-                entered.set_result(None)  # the error, if any, is in the queue
 
     async def _signal(self, tag: str, ev: asyncio.Event) -> None:
         await ev.wait()
         self._q.put_nowait((tag, None))
-
-    def pending(self) -> list[Item]:
-        """The items queued now, in order; they stay queued for :meth:`next`."""
-        items = [self._q.get_nowait() for _ in range(self._q.qsize())]
-        for item in items:
-            self._q.put_nowait(item)
-        return items
 
     async def next(self, clock: Clock, timeout: float | None = None) -> Item | None:
         """The next item; None if ``timeout`` (clock seconds) passes first."""

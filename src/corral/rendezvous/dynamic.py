@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
-from corral._compat import TaskGroup as _CompatTaskGroup
 from corral.clock import Clock, MonotonicClock
 from corral.config import RdzvConf
 from corral.errors import (
@@ -24,6 +23,7 @@ from corral.errors import (
     RendezvousError,
     RendezvousTimeout,
     StoreError,
+    StoreUnavailable,
 )
 from corral.rendezvous import machine as m
 from corral.rendezvous._aio import Mux, clock_timeout, free_port, watching
@@ -42,7 +42,7 @@ from corral.rendezvous.state import (
     encode_node,
 )
 from corral.reporting.failures import FailureReport
-from corral.store.api import EventType, KeyValue, Store, WriteResult
+from corral.store.api import EventType, KeyValue, Store, WatchEvent, WriteResult
 
 __all__ = ["DynamicRendezvous"]
 
@@ -278,14 +278,9 @@ class DynamicRendezvous:
         await self._stop_keepalive()
         self._evicted = asyncio.Event()
         self._lease = await self._ops.grant(self._conf.lease_ttl)
-        self._bg = asyncio.get_running_loop().create_task(self._background(self._lease))
+        # The rendezvous owns its keep-alive task; close() cancels it.
+        self._bg = asyncio.get_running_loop().create_task(self._keepalive(self._lease))
         return self._lease
-
-    async def _background(self, lease: int) -> None:
-        # The rendezvous owns this task; the TaskGroup holds its background jobs
-        # (the keep-alive) and close() cancels it, ending them all.
-        async with _CompatTaskGroup() as tg:
-            tg.create_task(self._keepalive(lease))
 
     async def _keepalive(self, lease: int) -> None:
         interval = self._conf.keep_alive_interval
@@ -337,51 +332,50 @@ class DynamicRendezvous:
     async def _join_round(self, lease: int, state: dict[str, int]) -> RoundInfo | None:
         me = self._node.node_id
         k = self._k
-        full: ClosedRound | None = None
         port = self._node.master_port or free_port(self._node.addr)
         desc = encode_node(replace(self._node, master_port=port))
-        async with watching() as mux:
-            # Watch r/<r>/closer and r/<r>/closed (one prefix) of the round this
-            # node expects, from now. Then one request joins round r: it creates
-            # this node's key and, if there is none, the closer's key (the first
-            # joiner closes), and reads the pointer and r/<r>/close. If the
-            # pointer names another round, take back what was created and join
-            # that round the same way.
-            r = self._expect
-            while True:
-                await mux.start("close", self._ops.watch(k.close_prefix(r), prefix=True))
+        # Watch r/<r>/closer and r/<r>/closed (one prefix) of the round this
+        # node expects, from now. Then one request joins round r: it creates
+        # this node's key and, if there is none, the closer's key (the first
+        # joiner closes), and reads the pointer and r/<r>/close. If the pointer
+        # names another round, take back what was created and join that round
+        # the same way.
+        r = self._expect
+        closed_kv: KeyValue | None = None
+        while True:
+            async with self._ops.watch(k.close_prefix(r), prefix=True) as events:
                 mine, closer, ptr, ptr_rev, close_kvs = await self._ops.join_step(
                     r, me, desc, lease
                 )
                 if not mine.succeeded and mine.kv is not None and mine.kv.lease != lease:
                     raise RendezvousError(f"node id {me!r} is already used by another live agent")
-                if ptr.round == r and ptr.reason != REASON_JOB_ENDED:
-                    break
-                await self._retract(r, mine, closer)
-                if ptr.reason == REASON_JOB_ENDED:
-                    await self._raise_outcome(ptr)
-                r = self._expect = ptr.round
-            self._pointers[r] = (ptr, ptr_rev)
-            state["round"] = r
-            closed_kv = next((kv for kv in close_kvs if kv.key == k.closed(r)), None)
-            member = True
-            if closed_kv is not None:
-                # Closed before this join: a member only if this node had joined
-                # under this lease before (a join cut short by a timeout); an
-                # evicted node has not.
-                member = not mine.succeeded
-                await self._retract(r, mine, closer)
-            else:
+                if ptr.round != r or ptr.reason == REASON_JOB_ENDED:
+                    await self._retract(r, mine, closer)
+                    if ptr.reason == REASON_JOB_ENDED:
+                        await self._raise_outcome(ptr)
+                    r = self._expect = ptr.round
+                    continue
+                self._pointers[r] = (ptr, ptr_rev)
+                state["round"] = r
+                closed_kv = next((kv for kv in close_kvs if kv.key == k.closed(r)), None)
+                if closed_kv is not None:
+                    # Closed before this join: a member only if this node had joined
+                    # under this lease before (a join cut short by a timeout); an
+                    # evicted node has not.
+                    await self._retract(r, mine, closer)
+                    member = not mine.succeeded
+                    return await self._after_close(r, closed_kv, ptr_rev, lease, member=member)
                 if self._waiting:
                     self._waiting = False
                     await self._ops.delete(k.waiting_key(me))
-                if closer.succeeded:
-                    mux.drop("close")
-                    closed_kv, full = await self._close_round(ptr, lease)
-                else:
+                if not closer.succeeded:
                     # Someone is closing: follow (and take over if that closer leaves).
-                    closed_kv, full = await self._follow(ptr, lease, mux)
-        return await self._after_close(r, closed_kv, ptr_rev, lease, member=member, full=full)
+                    closed_kv = await self._follow(r, lease, events)
+            break
+        full: ClosedRound | None = None
+        if closed_kv is None:  # this node closes (its watch of r/<r>/close has ended)
+            closed_kv, full = await self._close_round(ptr, lease)
+        return await self._after_close(r, closed_kv, ptr_rev, lease, full=full)
 
     async def _retract(self, r: int, mine: WriteResult, closer: WriteResult) -> None:
         """Delete the keys a join step created in round r (a round this node is not joining)."""
@@ -468,33 +462,28 @@ class DynamicRendezvous:
         await self._ops.put_many(writes)
 
     async def _follow(
-        self, ptr: RoundPointer, lease: int, mux: Mux
-    ) -> tuple[KeyValue, ClosedRound | None]:
-        """Wait for ``closed``; take over as closer if the closer's lease ends first.
+        self, r: int, lease: int, events: AsyncIterator[WatchEvent]
+    ) -> KeyValue | None:
+        """Wait for ``closed`` of round r; None if this node must close it instead.
 
-        ``mux`` carries, as ``"close"``, the watch of ``r/<r>/close`` (both
-        keys) started before a read that found no ``closed``. A closer exists
-        (the read or the watch saw it, or this node failed to create it).
+        ``events``: the watch of ``r/<r>/close`` (both keys) started before the
+        join step that found no ``closed``, and a closer (not this node). When
+        the closer's key goes before ``closed`` comes (its lease ended), every
+        follower tries to create it: the one that does is the new closer.
         """
-        r = ptr.round
         closed_key, closer_key = self._k.closed(r), self._k.closer(r)
-        while True:
-            item = await mux.next(self._clock)
-            assert item is not None
-            _, ev = item
-            if isinstance(ev, StoreError):
-                raise ev
-            assert ev is not None  # only watches feed this mux
+        async for ev in events:
             if ev.kv.key == closed_key:
                 if ev.type is EventType.PUT:
-                    return ev.kv, None
+                    kv: KeyValue = ev.kv
+                    return kv
                 continue
             if ev.type is EventType.DELETE:
                 res = await self._ops.create(closer_key, self._node.node_id.encode(), lease=lease)
                 if res.succeeded:
                     log.info("closer of round %d left; %s closes it", r, self._node.node_id)
-                    mux.drop("close")
-                    return await self._close_round(ptr, lease)
+                    return None
+        raise StoreUnavailable(f"the watch of round {r}'s close ended")
 
     async def _close_round(
         self, ptr: RoundPointer, lease: int

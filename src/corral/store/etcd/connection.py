@@ -179,6 +179,9 @@ class Connection:
     def __init__(self, target: EtcdTarget, *, timeout: float) -> None:
         self.target = target
         self.timeout = timeout
+        #: REQUEST_ATTEMPT and WATCH_IDLE of this connection (tests shorten them).
+        self.request_attempt = REQUEST_ATTEMPT
+        self.watch_idle = WATCH_IDLE
         self._credentials: Any = None
         if target.tls:
             self._credentials = grpc.ssl_channel_credentials(
@@ -413,7 +416,7 @@ class Connection:
                 )
             session.users += 1  # see acquire()
             try:
-                return await op(session, min(remaining, REQUEST_ATTEMPT), retried)
+                return await op(session, min(remaining, self.request_attempt), retried)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is None or task.cancelling() or not self._closed:

@@ -35,8 +35,6 @@ from corral._compat import timeout as _compat_timeout
 from corral.errors import AuthenticationFailed, StoreCompacted, StoreError, StoreUnavailable
 from corral.store.api import EventType, KeyValue, WatchEvent
 from corral.store.etcd.connection import (
-    REQUEST_ATTEMPT,
-    WATCH_IDLE,
     Connection,
     Session,
     is_failover_error,
@@ -83,6 +81,7 @@ class WatchHub:
         self._fail_member = False  # give the member up when the stream ends
         conn.acquire(session)
         loop = asyncio.get_running_loop()
+        self._heard = loop.time()  # when the stream last brought a message
         self._writer = loop.create_task(self._write_all())
         self._task = loop.create_task(self._run())
 
@@ -115,42 +114,28 @@ class WatchHub:
         self._end(_HubDown(reason, failover=True))
 
     async def _run(self) -> None:
+        # One read at a time, straight from the call: a message costs one await.
+        # Silence is watched by _probe, which ends the stream (and so this read)
+        # when a member does not answer.
         loop = asyncio.get_running_loop()
-        reader: asyncio.Future[Any] | None = None
-        probe_sent: float | None = None
+        prober = loop.create_task(self._probe())
         try:
             while self.down is None:
-                if reader is None:
-                    reader = asyncio.ensure_future(self._call.read())
-                wait = (
-                    WATCH_IDLE if probe_sent is None else probe_sent + REQUEST_ATTEMPT - loop.time()
-                )
-                done, _ = await asyncio.wait({reader}, timeout=max(0.0, wait))
-                if not done:
-                    if probe_sent is not None:
-                        log.info(
-                            "etcd: watch stream at %s did not answer for %.1f s; moving",
-                            self.session.endpoint,
-                            REQUEST_ATTEMPT,
-                        )
-                        self._end(_HubDown("no answer to a watch progress request", failover=True))
-                        self._fail_member = True
-                    elif self._watches:  # an unused stream need not be checked
-                        probe_sent = loop.time()
-                        self.send(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
-                    continue
-                fut, reader, probe_sent = reader, None, None
                 try:
-                    resp = fut.result()
+                    resp = await self._call.read()
                 except asyncio.CancelledError:
-                    # The call was cancelled under us: abort() (already ended) or
-                    # the channel closed. Not our caller's cancellation.
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    # The call was cancelled under us: abort(), _probe, or the
+                    # channel closed. Not a cancellation of this task.
                     self._end(_HubDown("watch call cancelled", failover=True))
                     continue
                 except grpc.aio.AioRpcError as exc:
                     self._end(_HubDown(exc, failover=is_failover_error(exc)))
                     self._fail_member = is_failover_error(exc)
                     continue
+                self._heard = loop.time()
                 if resp is grpc.aio.EOF:
                     self._end(_HubDown("watch stream closed by the server", failover=True))
                     self._fail_member = True
@@ -161,8 +146,7 @@ class WatchHub:
                         del self._watches[resp.watch_id]  # etcd ended it
                     watch.feed(resp)
         finally:
-            if reader is not None:
-                reader.cancel()
+            prober.cancel()
             self._writer.cancel()
             self._call.cancel()
             self._end(_HubDown("watch stream stopped", failover=True))
@@ -171,6 +155,31 @@ class WatchHub:
                     await self._conn.fail(self.session, self.down.reason)
             finally:
                 await self._conn.release(self.session)
+
+    async def _probe(self) -> None:
+        """After ``watch_idle`` of silence (with watches open), ask for progress;
+        no message within ``request_attempt`` means the member hangs: end the
+        stream, and give the member up."""
+        loop = asyncio.get_running_loop()
+        idle, attempt = self._conn.watch_idle, self._conn.request_attempt
+        while True:
+            quiet = loop.time() - self._heard
+            if quiet < idle or not self._watches:  # an unused stream need not be checked
+                await asyncio.sleep(idle - quiet if quiet < idle else idle)
+                continue
+            asked = loop.time()
+            self.send(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+            await asyncio.sleep(attempt)
+            if self._heard < asked and self.down is None:
+                log.info(
+                    "etcd: watch stream at %s did not answer for %.1f s; moving",
+                    self.session.endpoint,
+                    attempt,
+                )
+                self._fail_member = True
+                self._end(_HubDown("no answer to a watch progress request", failover=True))
+                self._call.cancel()  # ends the reader's read
+                return
 
     def _end(self, down: _HubDown) -> None:
         if self.down is not None:
