@@ -117,7 +117,10 @@ async def test_connect_gives_up_with_address_and_duration() -> None:
         await connect(host, port, timeout=0.3)
 
 
-async def test_request_timeout() -> None:
+@pytest.mark.parametrize("how", ["connect", "registry"])
+async def test_request_timeout(how: str) -> None:
+    """Each request ends with StoreTimeout; through open_store, the store's one
+    ``timeout`` bounds each request too (it declares bounded_requests)."""
     transports: list[asyncio.Transport] = []
 
     class Mute(asyncio.Protocol):
@@ -135,9 +138,13 @@ async def test_request_timeout() -> None:
     loop = asyncio.get_running_loop()
     srv = await loop.create_server(Mute, "127.0.0.1", 0)
     port = srv.sockets[0].getsockname()[1]
-    store = await connect("127.0.0.1", port, timeout=5, request_timeout=0.2)
+    if how == "connect":
+        store = await connect("127.0.0.1", port, timeout=5, request_timeout=0.2)
+    else:
+        store = await open_store(f"tcp://127.0.0.1:{port}", timeout=1.0)
+        assert store.characteristics.bounded_requests
     with pytest.raises(StoreTimeout, match="no answer"):
-        await store.get("k")
+        await asyncio.wait_for(store.get("k"), 10)
     await store.close()
     for t in transports:
         t.abort()

@@ -521,4 +521,8 @@ async def open_tcp_store(url: str, *, token: str | None = None, timeout: float =
         raise ConfigError(f"store URL {url!r}: bad port ({exc})") from exc
     if not parts.hostname:
         raise ConfigError(f"store URL {url!r} has no host; expected tcp://host:port")
-    return await connect(parts.hostname, port, token=token, timeout=timeout)
+    # ``timeout`` bounds the connect and each request (bounded_requests): the
+    # agent opens the store with timeout=read_timeout.
+    return await connect(
+        parts.hostname, port, token=token, timeout=timeout, request_timeout=timeout
+    )
