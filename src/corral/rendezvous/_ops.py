@@ -103,13 +103,14 @@ class Ops:
 
     async def join_step(
         self, r: int, node_id: str, desc: bytes, lease: int
-    ) -> tuple[WriteResult, WriteResult, RoundPointer, int, list[KeyValue]]:
+    ) -> tuple[WriteResult, WriteResult, RoundPointer, int, list[KeyValue], int]:
         """One request: create the round pointer (at round 0), this node's key
         and the closer's key of round r (under ``lease``), each only if absent;
-        then read ``r/<r>/close``.
+        then read ``close/<r>/``.
 
         Returns the node's and the closer's create results, the pointer as it
-        is after the step, its mod revision, and the keys under ``r/<r>/close``.
+        is after the step, its mod revision, the keys under ``close/<r>/`` and
+        the revision they were read at.
         """
         k = self.keys
         creates = [
@@ -117,12 +118,12 @@ class Ops:
             (k.node(r, node_id), desc, lease),
             (k.closer(r), node_id.encode(), lease),
         ]
-        (ptr_res, mine, closer), (close_kvs,), _ = await self._call(
+        (ptr_res, mine, closer), (close_kvs,), rev = await self._call(
             "create_and_read", self.store.create_and_read(creates, [k.close_prefix(r)])
         )
         assert ptr_res.kv is not None  # created, or there already
-        ptr, rev = await self._pointer_of(ptr_res.kv, create=False)
-        return mine, closer, ptr, rev, close_kvs
+        ptr, ptr_rev = await self._pointer_of(ptr_res.kv, create=False)
+        return mine, closer, ptr, ptr_rev, close_kvs, rev
 
     async def cas_pointer(self, new: RoundPointer, expected_rev: int) -> bool:
         res = await self._call(

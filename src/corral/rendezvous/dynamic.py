@@ -157,6 +157,9 @@ class DynamicRendezvous:
         # Full member lists read or written by this node (few: see _members_of).
         self._members: dict[int, ClosedRound] = {}
         self._closed_flag = False
+        # This node's watch of close/ (see _close_events).
+        self._close_watch: contextlib.AsyncExitStack | None = None
+        self._close_iter: AsyncIterator[WatchEvent] | None = None
 
     # --- public API -----------------------------------------------------------
 
@@ -265,6 +268,7 @@ class DynamicRendezvous:
             return
         self._closed_flag = True
         await self._stop_keepalive()
+        await self._drop_close_events()  # before the revoke: it deletes a closer key
         if self._lease:
             lease, self._lease = self._lease, 0
             with contextlib.suppress(StoreError):
@@ -334,48 +338,64 @@ class DynamicRendezvous:
         k = self._k
         port = self._node.master_port or free_port(self._node.addr)
         desc = encode_node(replace(self._node, master_port=port))
-        # Watch r/<r>/closer and r/<r>/closed (one prefix) of the round this
-        # node expects, from now. Then one request joins round r: it creates
-        # this node's key and, if there is none, the closer's key (the first
-        # joiner closes), and reads the pointer and r/<r>/close. If the pointer
-        # names another round, take back what was created and join that round
-        # the same way.
+        # This node's watch of close/ (every round's closer and closed), opened
+        # before its first join step and kept while it lives. Then one request
+        # joins round r (the round this node expects): it creates this node's
+        # key and, if there is none, the closer's key (the first joiner
+        # closes), and reads the pointer and close/<r>/. If the pointer names
+        # another round, take back what was created and join that round the
+        # same way.
+        events = await self._close_events()
         r = self._expect
-        closed_kv: KeyValue | None = None
         while True:
-            async with self._ops.watch(k.close_prefix(r), prefix=True) as events:
-                mine, closer, ptr, ptr_rev, close_kvs = await self._ops.join_step(
-                    r, me, desc, lease
-                )
-                if not mine.succeeded and mine.kv is not None and mine.kv.lease != lease:
-                    raise RendezvousError(f"node id {me!r} is already used by another live agent")
-                if ptr.round != r or ptr.reason == REASON_JOB_ENDED:
-                    await self._retract(r, mine, closer)
-                    if ptr.reason == REASON_JOB_ENDED:
-                        await self._raise_outcome(ptr)
-                    r = self._expect = ptr.round
-                    continue
-                self._pointers[r] = (ptr, ptr_rev)
-                state["round"] = r
-                closed_kv = next((kv for kv in close_kvs if kv.key == k.closed(r)), None)
-                if closed_kv is not None:
-                    # Closed before this join: a member only if this node had joined
-                    # under this lease before (a join cut short by a timeout); an
-                    # evicted node has not.
-                    await self._retract(r, mine, closer)
-                    member = not mine.succeeded
-                    return await self._after_close(r, closed_kv, ptr_rev, lease, member=member)
-                if self._waiting:
-                    self._waiting = False
-                    await self._ops.delete(k.waiting_key(me))
-                if not closer.succeeded:
-                    # Someone is closing: follow (and take over if that closer leaves).
-                    closed_kv = await self._follow(r, lease, events)
-            break
+            mine, closer, ptr, ptr_rev, close_kvs, rev = await self._ops.join_step(
+                r, me, desc, lease
+            )
+            if not mine.succeeded and mine.kv is not None and mine.kv.lease != lease:
+                raise RendezvousError(f"node id {me!r} is already used by another live agent")
+            if ptr.round == r and ptr.reason != REASON_JOB_ENDED:
+                break
+            await self._retract(r, mine, closer)
+            if ptr.reason == REASON_JOB_ENDED:
+                await self._raise_outcome(ptr)
+            r = self._expect = ptr.round
+        self._pointers[r] = (ptr, ptr_rev)
+        state["round"] = r
+        closed_kv = next((kv for kv in close_kvs if kv.key == k.closed(r)), None)
+        if closed_kv is not None:
+            # Closed before this join: a member only if this node had joined
+            # under this lease before (a join cut short by a timeout); an
+            # evicted node has not.
+            await self._retract(r, mine, closer)
+            member = not mine.succeeded
+            return await self._after_close(r, closed_kv, ptr_rev, lease, member=member)
+        if self._waiting:
+            self._waiting = False
+            await self._ops.delete(k.waiting_key(me))
         full: ClosedRound | None = None
-        if closed_kv is None:  # this node closes (its watch of r/<r>/close has ended)
+        if not closer.succeeded:
+            # Someone is closing: follow (and take over if that closer leaves).
+            closed_kv = await self._follow(r, lease, events, rev)
+        if closed_kv is None:  # this node closes
             closed_kv, full = await self._close_round(ptr, lease)
         return await self._after_close(r, closed_kv, ptr_rev, lease, full=full)
+
+    async def _close_events(self) -> AsyncIterator[WatchEvent]:
+        """This node's watch of close/ (from now), opened on first use."""
+        if self._close_watch is None:
+            stack = contextlib.AsyncExitStack()
+            self._close_iter = await stack.enter_async_context(
+                self._ops.watch(self._k.closes, prefix=True)
+            )
+            self._close_watch = stack
+        assert self._close_iter is not None
+        return self._close_iter
+
+    async def _drop_close_events(self) -> None:
+        stack, self._close_watch, self._close_iter = self._close_watch, None, None
+        if stack is not None:
+            with contextlib.suppress(StoreError):
+                await stack.aclose()
 
     async def _retract(self, r: int, mine: WriteResult, closer: WriteResult) -> None:
         """Delete the keys a join step created in round r (a round this node is not joining)."""
@@ -462,28 +482,36 @@ class DynamicRendezvous:
         await self._ops.put_many(writes)
 
     async def _follow(
-        self, r: int, lease: int, events: AsyncIterator[WatchEvent]
+        self, r: int, lease: int, events: AsyncIterator[WatchEvent], seen: int
     ) -> KeyValue | None:
         """Wait for ``closed`` of round r; None if this node must close it instead.
 
-        ``events``: the watch of ``r/<r>/close`` (both keys) started before the
-        join step that found no ``closed``, and a closer (not this node). When
-        the closer's key goes before ``closed`` comes (its lease ended), every
-        follower tries to create it: the one that does is the new closer.
+        ``events``: this node's watch of close/, opened before the join step
+        that read close/<r>/ at revision ``seen`` (no ``closed``, a closer
+        other than this node): events up to ``seen``, and of other rounds, are
+        skipped. When the closer's key goes before ``closed`` comes (its lease
+        ended), every follower tries to create it: the one that does is the
+        new closer.
         """
         closed_key, closer_key = self._k.closed(r), self._k.closer(r)
-        async for ev in events:
-            if ev.kv.key == closed_key:
-                if ev.type is EventType.PUT:
+        try:
+            async for ev in events:
+                if ev.revision <= seen:
+                    continue
+                if ev.kv.key == closed_key and ev.type is EventType.PUT:
                     kv: KeyValue = ev.kv
                     return kv
-                continue
-            if ev.type is EventType.DELETE:
-                res = await self._ops.create(closer_key, self._node.node_id.encode(), lease=lease)
-                if res.succeeded:
-                    log.info("closer of round %d left; %s closes it", r, self._node.node_id)
-                    return None
-        raise StoreUnavailable(f"the watch of round {r}'s close ended")
+                if ev.kv.key == closer_key and ev.type is EventType.DELETE:
+                    me = self._node.node_id
+                    res = await self._ops.create(closer_key, me.encode(), lease=lease)
+                    if res.succeeded:
+                        log.info("closer of round %d left; %s closes it", r, me)
+                        return None
+        except StoreError:
+            await self._drop_close_events()  # the next join opens a new one
+            raise
+        await self._drop_close_events()
+        raise StoreUnavailable(f"the watch of {self._k.closes} ended")
 
     async def _close_round(
         self, ptr: RoundPointer, lease: int

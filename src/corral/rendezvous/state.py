@@ -9,9 +9,11 @@ store is reported, not silently misread. Layout (under ``<prefix>/<run_id>/``)::
     outcome                       Outcome: the job's end (create-only)
     waiting/<node_id>             NodeDesc of a node waiting for the next round (lease)
     r/<r>/nodes/<node_id>         NodeDesc of a joiner of round r (lease); create revision = order
-    r/<r>/closer                  node id of the node that closes round r (lease, create-only)
-    r/<r>/closed                  ClosedRound summary: sizes, master addr/port, tag; no members
-                                  (create-only; small: every node reads it)
+    close/<r>/closer              node id of the node that closes round r (lease, create-only)
+    close/<r>/closed              ClosedRound summary: sizes, master addr/port, tag; no members
+                                  (create-only; small: every node reads it). Under close/,
+                                  apart from the rest, so that one watch of close/ follows
+                                  every round's close for a node's whole life
     r/<r>/members/<tag>           ClosedRound with the members in rank order (read by few)
     r/<r>/ranks/<tag>/<node_id>   Assignment of one member: group rank, rank offset, ring
                                   predecessor (each member reads only its own)
@@ -292,6 +294,7 @@ class Keys:
         self.round = self.base + "round"
         self.outcome = self.base + "outcome"
         self.waiting = self.base + "waiting/"
+        self.closes = self.base + "close/"
 
     def waiting_key(self, node_id: str) -> str:
         return f"{self.waiting}{node_id}"
@@ -306,14 +309,14 @@ class Keys:
         return f"{self.base}r/{r}/nodes/{node_id}"
 
     def close_prefix(self, r: int) -> str:
-        """Matches both ``closer`` and ``closed``: one watch for a follower."""
-        return f"{self.base}r/{r}/close"
+        """Both ``closer`` and ``closed`` of round r, and nothing else."""
+        return f"{self.closes}{r}/"
 
     def closer(self, r: int) -> str:
-        return f"{self.base}r/{r}/closer"
+        return f"{self.closes}{r}/closer"
 
     def closed(self, r: int) -> str:
-        return f"{self.base}r/{r}/closed"
+        return f"{self.closes}{r}/closed"
 
     def members(self, r: int, tag: str) -> str:
         return f"{self.base}r/{r}/members/{tag}"

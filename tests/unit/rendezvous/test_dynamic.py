@@ -101,13 +101,13 @@ async def test_a_late_join_leaves_no_key_in_rounds_it_is_not_in(job: Job) -> Non
     assert (await job.nodes["a"].watch_round(a0)).new_round == 1
     a1, b1 = await asyncio.gather(job.nodes["a"].join(), job.nodes["b2"].join())
     assert (a1.round, b1.round) == (1, 1)
-    closers = {r: await job.store.get(f"{KEY}r/{r}/closer") for r in (0, 1)}
+    closers = {r: await job.store.get(f"{KEY}close/{r}/closer") for r in (0, 1)}
     assert closers[0] is None and closers[1] is not None
     d_join = asyncio.create_task(job.nodes["d"].join())
     await job.until(lambda: job.has_key(KEY + "waiting/d"))
     for r in (0, 1):
         assert not await job.has_key(f"{KEY}r/{r}/nodes/d")
-        assert await job.store.get(f"{KEY}r/{r}/closer") == closers[r]
+        assert await job.store.get(f"{KEY}close/{r}/closer") == closers[r]
     d_join.cancel()
 
 
@@ -148,6 +148,22 @@ async def test_failure_restarts_job_at_once_and_counts_once(job: Job) -> None:
         (1, 1, 1),
         (1, 2, 1),
     ]
+
+
+async def test_each_node_keeps_one_close_watch_for_its_life(job: Job) -> None:
+    # A restart round costs a node no new watch: its watch of close/ stays open
+    # from its first join until it leaves.
+    for n in "ab":
+        job.node(n, min_nodes=2, max_nodes=2, max_restarts=1)
+    infos = await asyncio.gather(*await join_in_order(job, ["a", "b"], 0))
+    assert job.store.core.watch_count == 2
+    decision = await job.nodes["b"].report_failure(infos[1], [failure("b", 0)])
+    assert decision == (Decision.RESTART, None)
+    new = await asyncio.wait_for(asyncio.gather(*(job.nodes[n].join() for n in "ab")), 2)
+    assert {i.round for i in new} == {1}
+    assert job.store.core.watch_count == 2
+    await asyncio.gather(*(job.nodes[n].close() for n in "ab"))
+    assert job.store.core.watch_count == 0
 
 
 async def test_budget_spent_gives_everyone_the_same_root_cause(job: Job) -> None:
@@ -230,14 +246,14 @@ async def test_hung_node_cannot_disturb_the_new_round(job: Job) -> None:
         asyncio.gather(job.nodes["a"].join(), job.nodes["b"].join()), 2
     )
     ptr_before = await pointer(job)
-    closed_before = await job.store.get(f"{KEY}r/1/closed")
+    closed_before = await job.store.get(f"{KEY}close/1/closed")
     # c resumes: its workers of round 0 "failed", and it reports so.
     c = job.nodes["c"]
     assert await c.report_failure(infos[2], [failure("c", 4)]) == (Decision.RESTART, None)
     change = await asyncio.wait_for(c.watch_round(infos[2]), 2)
     assert change.kind is ChangeKind.MEMBER_LOST
     assert await pointer(job) == ptr_before  # no restart counted, no round started
-    assert await job.store.get(f"{KEY}r/1/closed") == closed_before
+    assert await job.store.get(f"{KEY}close/1/closed") == closed_before
     # c rejoins as a new member: it waits, and the running round scales up for it.
     wa = asyncio.create_task(job.nodes["a"].watch_round(a1))
     c_join = asyncio.create_task(c.join())

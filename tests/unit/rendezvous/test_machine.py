@@ -175,6 +175,9 @@ def test_keys() -> None:
     assert k.node(3, "n1") == "/corral/job/r/3/nodes/n1"
     assert k.closed(3).startswith(k.close_prefix(3))
     assert k.closer(3).startswith(k.close_prefix(3))
+    assert k.close_prefix(3).startswith(k.closes)
+    assert not k.closed(30).startswith(k.close_prefix(3))  # round 3's prefix is round 3's alone
+    assert not k.node(3, "closer").startswith(k.closes)
     assert k.failure(3, "n1", 2) == "/corral/job/r/3/failures/n1/2"
     with pytest.raises(RendezvousError):
         Keys("/corral", "a/b")
