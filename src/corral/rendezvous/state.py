@@ -140,7 +140,7 @@ class ClosedRound:
 
     Two forms share this record. The full one (``members`` in rank order) is
     stored once per round at ``r/<r>/members/<tag>``. The *summary* (``members``
-    empty, :meth:`summary`) is the value of ``r/<r>/closed``, the one record
+    empty, :meth:`summary`) is the value of ``close/<r>/closed``, the one record
     every node reads: O(1) bytes whatever the round's size. ``node_count`` and
     ``world_size`` are the round's sizes (-1: derive them from ``members``);
     ``tag`` names the closer's attempt whose ``members`` and ``ranks`` keys
