@@ -22,6 +22,7 @@ from corral.errors import (
     RendezvousClosed,
     RendezvousError,
     RendezvousTimeout,
+    StoreCompacted,
     StoreError,
     StoreUnavailable,
 )
@@ -492,26 +493,45 @@ class DynamicRendezvous:
         skipped. When the closer's key goes before ``closed`` comes (its lease
         ended), every follower tries to create it: the one that does is the
         new closer.
+
+        The watch is kept between joins, so it may have to resume (on another
+        etcd member) from a revision the store has compacted since: then it is
+        made again from now, and close/<r>/ read again.
         """
         closed_key, closer_key = self._k.closed(r), self._k.closer(r)
-        try:
-            async for ev in events:
-                if ev.revision <= seen:
-                    continue
-                if ev.kv.key == closed_key and ev.type is EventType.PUT:
-                    kv: KeyValue = ev.kv
-                    return kv
-                if ev.kv.key == closer_key and ev.type is EventType.DELETE:
-                    me = self._node.node_id
-                    res = await self._ops.create(closer_key, me.encode(), lease=lease)
-                    if res.succeeded:
-                        log.info("closer of round %d left; %s closes it", r, me)
-                        return None
-        except StoreError:
-            await self._drop_close_events()  # the next join opens a new one
-            raise
-        await self._drop_close_events()
-        raise StoreUnavailable(f"the watch of {self._k.closes} ended")
+        me = self._node.node_id
+        gone = False  # the closer's key was seen to go
+        while True:
+            if gone:
+                gone = False
+                res = await self._ops.create(closer_key, me.encode(), lease=lease)
+                if res.succeeded:
+                    log.info("closer of round %d left; %s closes it", r, me)
+                    return None
+            try:
+                async for ev in events:
+                    if ev.revision <= seen:
+                        continue
+                    if ev.kv.key == closed_key and ev.type is EventType.PUT:
+                        kv: KeyValue = ev.kv
+                        return kv
+                    if ev.kv.key == closer_key and ev.type is EventType.DELETE:
+                        gone = True
+                        break
+                else:
+                    raise StoreUnavailable(f"the watch of {self._k.closes} ended")
+            except StoreCompacted:
+                log.info("watch of %s resumed too late (compacted); watching again", self._k.closes)
+                await self._drop_close_events()
+                events = await self._close_events()
+                kvs, seen = await self._ops.range(self._k.close_prefix(r))
+                state = {kv.key: kv for kv in kvs}
+                if closed_key in state:
+                    return state[closed_key]
+                gone = closer_key not in state
+            except StoreError:
+                await self._drop_close_events()  # the next join opens a new one
+                raise
 
     async def _close_round(
         self, ptr: RoundPointer, lease: int

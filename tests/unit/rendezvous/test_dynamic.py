@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from corral.errors import JobFailed, RendezvousClosed, RendezvousTimeout, StoreError
-from corral.rendezvous.api import ChangeKind, Decision, RoundInfo
+from corral.errors import (
+    JobFailed,
+    RendezvousClosed,
+    RendezvousTimeout,
+    StoreCompacted,
+    StoreError,
+)
+from corral.rendezvous.api import ChangeKind, Decision, NodeDesc, RoundInfo
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.rendezvous.state import ClosedRound, RoundPointer
 from corral.reporting.failures import FailureReport
+from corral.store.api import WatchEvent
+from corral.store.memory import MemoryStore
 
-from .conftest import Job, advance, spin
+from .conftest import CONF, Job, advance, spin
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -164,6 +175,57 @@ async def test_each_node_keeps_one_close_watch_for_its_life(job: Job) -> None:
     assert job.store.core.watch_count == 2
     await asyncio.gather(*(job.nodes[n].close() for n in "ab"))
     assert job.store.core.watch_count == 0
+
+
+class CompactedOnce:
+    """A store whose first watch of close/ fails with StoreCompacted once an
+    event comes (as a kept etcd watch does when it must resume on another
+    member from a revision compacted since); everything else is the store's."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self.close_watches = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    @contextlib.asynccontextmanager
+    async def watch(
+        self, key: str, *, prefix: bool = False, start_revision: int = 0
+    ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
+        async with self._store.watch(key, prefix=prefix, start_revision=start_revision) as events:
+            if not key.endswith("/close/"):
+                yield events
+                return
+            self.close_watches += 1
+            if self.close_watches > 1:
+                yield events
+                return
+
+            async def compacted() -> AsyncIterator[WatchEvent]:
+                await anext(events)
+                raise StoreCompacted("history compacted (test fault)")
+                yield  # pragma: no cover
+
+            yield compacted()
+
+
+async def test_a_kept_close_watch_that_cannot_resume_is_made_again(job: Job) -> None:
+    job.node("a", min_nodes=2, max_nodes=2)
+    faulty = CompactedOnce(job.store.session())
+    job.nodes["b"] = DynamicRendezvous(
+        faulty,  # type: ignore[arg-type]
+        run_id="job",
+        node=NodeDesc(node_id="b", addr="127.0.0.1", local_world_size=2, host="b"),
+        min_nodes=2,
+        max_nodes=2,
+        max_restarts=0,
+        conf=CONF,
+        clock=job.clock,
+    )
+    a0, b0 = await asyncio.wait_for(asyncio.gather(*await join_in_order(job, ["a", "b"], 0)), 5)
+    assert (a0.group_rank, b0.group_rank) == (0, 1)
+    assert faulty.close_watches == 2
 
 
 async def test_budget_spent_gives_everyone_the_same_root_cause(job: Job) -> None:
