@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -119,6 +119,25 @@ def _kill_leader(cluster: EtcdCluster) -> None:
     find_leader(cluster).kill()
 
 
+async def _put_while_hung(
+    cluster: EtcdCluster,
+    watcher: EtcdStore,
+    writer: EtcdStore,
+    events: AsyncIterator[WatchEvent],
+    wait: float,
+) -> tuple[EtcdMember, int, WatchEvent]:
+    """SIGSTOP the member ``watcher`` uses, put k=while-hung with ``writer``, and
+    return that member (resumed), the put's revision and the next watch event."""
+    victim = next(m for m in cluster.members if m.endpoint == _connected(watcher))
+    await asyncio.to_thread(victim.kill, signal.SIGSTOP)
+    try:
+        rev = await writer.put("k", b"while-hung")
+        ev = await asyncio.wait_for(anext(events), wait)
+    finally:
+        victim.resume()
+    return victim, rev, ev
+
+
 def _restart_stopped(cluster: EtcdCluster) -> None:
     stopped: list[EtcdMember] = [m for m in cluster.members if not m.running]
     for m in stopped:
@@ -130,16 +149,9 @@ async def test_hung_member_moves_calls_and_watches(cluster: EtcdCluster) -> None
     timeout, and the same client's idle watch moves with it, missing nothing."""
     store = await open_etcd_store(cluster.url("/corral-hung"), timeout=20)
     try:
-        used = _connected(store)
-        victim = next(m for m in cluster.members if m.endpoint == used)
         async with store.watch("k") as events:
-            await asyncio.to_thread(victim.kill, signal.SIGSTOP)
-            try:
-                rev = await store.put("k", b"after-stop")
-                ev = await asyncio.wait_for(anext(events), 10)
-            finally:
-                victim.resume()
-        assert ev.revision == rev and ev.kv.value == b"after-stop"
+            victim, rev, ev = await _put_while_hung(cluster, store, store, events, 10)
+        assert ev.revision == rev and ev.kv.value == b"while-hung"
         assert _connected(store) != victim.endpoint
         await asyncio.to_thread(find_leader, cluster)  # the member is back in the cluster
     finally:
@@ -177,15 +189,8 @@ async def test_idle_watch_leaves_a_hung_member(cluster: EtcdCluster) -> None:
     watcher._conn.request_attempt = 0.5
     try:
         async with watcher.watch("k") as events:
-            used = _connected(watcher)
-            victim = next(m for m in cluster.members if m.endpoint == used)
-            await asyncio.to_thread(victim.kill, signal.SIGSTOP)
-            try:
-                # the writer's member may be the victim too: its call fails over
-                rev = await writer.put("k", b"while-hung")
-                ev = await asyncio.wait_for(anext(events), 15)
-            finally:
-                victim.resume()
+            # the writer's member may be the victim too: its put fails over
+            victim, rev, ev = await _put_while_hung(cluster, watcher, writer, events, 15)
         assert (ev.revision, ev.kv.value) == (rev, b"while-hung")
         assert _connected(watcher) != victim.endpoint
         await asyncio.to_thread(find_leader, cluster)
