@@ -214,12 +214,13 @@ class EtcdStore:
         # One transaction (one raft entry): a nested transaction per create
         # (etcd >= 3.3), then the ranges, which see the creates.
         check_distinct(creates)
-        ops = [
-            rpc.RequestOp(request_txn=self._create_txn(self._full(key), value, 0, lease))
-            for key, value, lease in creates
-        ]
-        ops += [rpc.RequestOp(request_range=self._prefix_request(p)) for p in prefixes]
-        txn = rpc.TxnRequest(success=ops)
+        txn = rpc.TxnRequest()
+        for key, value, lease in creates:
+            self._conditional_put(txn.success.add().request_txn, self._full(key), value, 0, lease)
+        for p in prefixes:
+            full = self._full(p)
+            read = txn.success.add().request_range
+            read.key, read.range_end = full, _range_end(full)
         n = len(creates)
 
         async def op(
@@ -239,7 +240,9 @@ class EtcdStore:
     async def compare_and_set(
         self, key: str, value: bytes, expected_mod_revision: int, *, lease: int = 0
     ) -> WriteResult:
-        txn = self._create_txn(self._full(key), value, expected_mod_revision, lease)
+        txn = self._conditional_put(
+            rpc.TxnRequest(), self._full(key), value, expected_mod_revision, lease
+        )
         what = "create" if expected_mod_revision == 0 else "compare_and_set"
 
         async def op(s: Session, timeout: float, retried: bool) -> WriteResult:
@@ -251,33 +254,31 @@ class EtcdStore:
         return await self._conn.call(what, op)
 
     @staticmethod
-    def _create_txn(full: bytes, value: bytes, expected_mod_revision: int, lease: int) -> Any:
-        """Compare the key's create (0) or mod revision, then put it; read it back either way."""
+    def _conditional_put(
+        txn: Any, full: bytes, value: bytes, expected_mod_revision: int, lease: int
+    ) -> Any:
+        """Fill ``txn`` (an empty TxnRequest): compare the key's create (0) or
+        mod revision, then put it; read it back either way. Returns ``txn``.
+
+        Built in place: protobuf copies a message passed to a constructor, and
+        this runs on every join (about 2.5x faster than nested constructors).
+        """
+        compare = txn.compare.add()
+        compare.key = full
+        compare.result = rpc.Compare.EQUAL
         if expected_mod_revision == 0:
-            compare = rpc.Compare(
-                key=full,
-                target=rpc.Compare.CREATE,
-                result=rpc.Compare.EQUAL,
-                create_revision=0,
-            )
+            compare.target = rpc.Compare.CREATE
+            compare.create_revision = 0
         else:
-            compare = rpc.Compare(
-                key=full,
-                target=rpc.Compare.MOD,
-                result=rpc.Compare.EQUAL,
-                mod_revision=expected_mod_revision,
-            )
-        read = rpc.RequestOp(request_range=rpc.RangeRequest(key=full))
-        return rpc.TxnRequest(
-            compare=[compare],
-            # Reading the key back inside the transaction gives its create
-            # revision too (a CAS keeps the old one).
-            success=[
-                rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value, lease=lease)),
-                read,
-            ],
-            failure=[read],
-        )
+            compare.target = rpc.Compare.MOD
+            compare.mod_revision = expected_mod_revision
+        put = txn.success.add().request_put
+        put.key, put.value, put.lease = full, value, lease
+        # Reading the key back inside the transaction gives its create revision
+        # too (a CAS keeps the old one).
+        txn.success.add().request_range.key = full
+        txn.failure.add().request_range.key = full
+        return txn
 
     def _write_result(
         self,
@@ -289,7 +290,7 @@ class EtcdStore:
         retried: bool,
         key: str,
     ) -> WriteResult:
-        """The outcome of a :meth:`_create_txn` (``resp``: its TxnResponse)."""
+        """The outcome of a :meth:`_conditional_put` (``resp``: its TxnResponse)."""
         kvs = resp.responses[-1].response_range.kvs
         kv = self._kv(kvs[0]) if kvs else None
         if resp.succeeded:
