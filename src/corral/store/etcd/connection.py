@@ -1,11 +1,12 @@
 """One gRPC channel to one etcd member at a time, with failover and error translation.
 
-etcd clients talk to any member; a write reaches the leader through it. So
-on connecting we ask the member for the leader and move there when the leader
-is one of the listed endpoints (one hop less per write and linearizable
-read; best effort). When the member we use goes away (connection refused or reset, ``no leader``, no
-answer within the attempt timeout) we retire its channel and connect to the
-next endpoint in the list, round-robin, until the operation's deadline.
+etcd clients talk to any member; a write reaches the leader through it. So on
+connecting we ask the member for the leader and move there when the leader is
+one of the listed endpoints (one hop less per write and linearizable read;
+best effort). When the member we use goes away (connection refused or reset,
+``no leader``, no answer within the attempt timeout) we retire its channel and
+connect to the next endpoint in the list, round-robin, until the operation's
+deadline.
 
 Calls are retried on the next member only when that is safe; the store layer
 says so per call (reads, puts, lease calls: yes; create/compare-and-set: yes,
