@@ -54,9 +54,6 @@ class Ops:
     async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         return await self._call("range", self.store.range(prefix))
 
-    async def range_many(self, prefixes: Sequence[str]) -> tuple[list[list[KeyValue]], int]:
-        return await self._call("range_many", self.store.range_many(prefixes))
-
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         return await self._call("put", self.store.put(key, value, lease=lease))
 

@@ -171,16 +171,6 @@ class Store(Protocol):
         """
         ...
 
-    async def range_many(self, prefixes: Sequence[str]) -> tuple[list[list[KeyValue]], int]:
-        """Several :meth:`range` reads in one request: for each prefix its keys,
-        sorted by key, and a revision at or before every read (start watches at
-        revision + 1 to miss nothing). etcd and the memory store read them all
-        at one revision; the tcp store pipelines them and returns the smallest.
-
-        Raises: StoreUnavailable, StoreTimeout.
-        """
-        ...
-
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Write the key unconditionally; return the write's revision.
 

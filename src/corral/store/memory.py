@@ -195,11 +195,6 @@ class MemoryStore:
     async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
         return self._enter().range(prefix)
 
-    async def range_many(self, prefixes: Sequence[str]) -> tuple[list[list[KeyValue]], int]:
-        core = self._enter()
-        results = [core.range(prefix) for prefix in prefixes]
-        return [kvs for kvs, _ in results], (results[0][1] if results else core.revision)
-
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         return self._enter().put(key, value, lease=lease)
 

@@ -120,6 +120,8 @@ async def test_a_late_join_leaves_no_key_in_rounds_it_is_not_in(job: Job) -> Non
         assert not await job.has_key(f"{KEY}r/{r}/nodes/d")
         assert await job.store.get(f"{KEY}close/{r}/closer") == closers[r]
     d_join.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await d_join
 
 
 async def test_scale_down_on_lease_loss_keeps_ranks(job: Job) -> None:

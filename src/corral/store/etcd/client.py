@@ -111,9 +111,11 @@ class EtcdStore:
     def _full(self, key: str) -> bytes:
         return self._ns_bytes + key.encode()
 
-    def _prefix_request(self, prefix: str) -> Any:
+    def _set_prefix(self, req: Any, prefix: str) -> Any:
+        """Make RangeRequest ``req`` read every key under ``prefix``; return it."""
         full = self._full(prefix)
-        return rpc.RangeRequest(key=full, range_end=_range_end(full))
+        req.key, req.range_end = full, _range_end(full)
+        return req
 
     def _kv(self, kv: Any) -> KeyValue:
         return KeyValue(
@@ -146,28 +148,13 @@ class EtcdStore:
         return await self._conn.call("get", op)
 
     async def range(self, prefix: str) -> tuple[list[KeyValue], int]:
-        req = self._prefix_request(prefix)
+        req = self._set_prefix(rpc.RangeRequest(), prefix)
 
         async def op(s: Session, timeout: float, _retried: bool) -> tuple[list[KeyValue], int]:
             resp = await s.kv.Range(req, timeout=timeout, metadata=s.metadata)
             return [self._kv(kv) for kv in resp.kvs], resp.header.revision
 
         return await self._conn.call("range", op)
-
-    async def range_many(self, prefixes: Sequence[str]) -> tuple[list[list[KeyValue]], int]:
-        # One read-only transaction: every range at one revision, in one request.
-        txn = rpc.TxnRequest(
-            success=[rpc.RequestOp(request_range=self._prefix_request(p)) for p in prefixes]
-        )
-
-        async def op(
-            s: Session, timeout: float, _retried: bool
-        ) -> tuple[list[list[KeyValue]], int]:
-            resp = await s.kv.Txn(txn, timeout=timeout, metadata=s.metadata)
-            kvs = [[self._kv(kv) for kv in r.response_range.kvs] for r in resp.responses]
-            return kvs, int(resp.header.revision)
-
-        return await self._conn.call("range_many", op)
 
     # --- writes ----------------------------------------------------------------
 
@@ -217,10 +204,8 @@ class EtcdStore:
         txn = rpc.TxnRequest()
         for key, value, lease in creates:
             self._conditional_put(txn.success.add().request_txn, self._full(key), value, 0, lease)
-        for p in prefixes:
-            full = self._full(p)
-            read = txn.success.add().request_range
-            read.key, read.range_end = full, _range_end(full)
+        for prefix in prefixes:
+            self._set_prefix(txn.success.add().request_range, prefix)
         n = len(creates)
 
         async def op(

@@ -358,11 +358,7 @@ class Connection:
         # channel cancels its calls with CancelledError, which would look like
         # a cancellation of the caller.
         session.users -= 1
-        if session.retired and session.users == 0:
-            await self._close_retired(session)
-
-    async def _close_retired(self, session: Session) -> None:
-        if session in self._retired:
+        if session.retired and session.users == 0 and session in self._retired:
             self._retired.discard(session)
             await session.channel.close()
 
@@ -415,7 +411,7 @@ class Connection:
                     f"etcd {what} at {self.target.endpoint_names()}: "
                     f"no answer within {self.timeout:.1f} s"
                 )
-            session.users += 1  # see acquire()
+            self.acquire(session)
             try:
                 return await op(session, min(remaining, self.request_attempt), retried)
             except asyncio.CancelledError:
@@ -450,9 +446,7 @@ class Connection:
                     ) from exc
                 retried = True
             finally:
-                session.users -= 1  # see release()
-                if session.retired and session.users == 0:
-                    await self._close_retired(session)
+                await self.release(session)
 
 
 def _short(reason: BaseException | str) -> str:

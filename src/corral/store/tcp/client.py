@@ -345,13 +345,6 @@ class TcpStore:
         assert isinstance(r, p.RangeReply)
         return list(r.kvs), r.revision
 
-    async def range_many(self, prefixes: Sequence[str]) -> tuple[list[list[KeyValue]], int]:
-        # Pipelined on this connection; the smallest revision is at or before every read.
-        results = await asyncio.gather(*(self.range(prefix) for prefix in prefixes))
-        if not results:
-            return [], (await self.range("\0"))[1]
-        return [kvs for kvs, _ in results], min(rev for _, rev in results)
-
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         rid = self._id()
         r = await self._call(p.Put(rid, key, value, lease), rid)
