@@ -339,14 +339,12 @@ class DynamicRendezvous:
         k = self._k
         port = self._node.master_port or free_port(self._node.addr)
         desc = encode_node(replace(self._node, master_port=port))
-        # This node's watch of close/ (every round's closer and closed), opened
-        # before its first join step and kept while it lives. Then one request
-        # joins round r (the round this node expects): it creates this node's
-        # key and, if there is none, the closer's key (the first joiner
-        # closes), and reads the pointer and close/<r>/. If the pointer names
-        # another round, take back what was created and join that round the
-        # same way.
-        events = await self._close_events()
+        # One request joins round r (the round this node expects): it creates
+        # this node's key and, if there is none, the closer's key (the first
+        # joiner closes), and reads the pointer and close/<r>/. If the pointer
+        # names another round, take back what was created and join that round
+        # the same way. A follower then waits on its watch of close/ (see
+        # _close_events).
         r = self._expect
         while True:
             mine, closer, ptr, ptr_rev, close_kvs, rev = await self._ops.join_step(
@@ -376,17 +374,24 @@ class DynamicRendezvous:
         full: ClosedRound | None = None
         if not closer.succeeded:
             # Someone is closing: follow (and take over if that closer leaves).
-            closed_kv = await self._follow(r, lease, events, rev)
+            closed_kv = await self._follow(r, lease, rev)
         if closed_kv is None:  # this node closes
             closed_kv, full = await self._close_round(ptr, lease)
         return await self._after_close(r, closed_kv, ptr_rev, lease, full=full)
 
-    async def _close_events(self) -> AsyncIterator[WatchEvent]:
-        """This node's watch of close/ (from now), opened on first use."""
+    async def _close_events(self, start_revision: int = 0) -> AsyncIterator[WatchEvent]:
+        """This node's watch of close/ (every round's closer and closed), kept while it lives.
+
+        Opened on first use, from ``start_revision`` (0: from now): the first
+        time this node follows a closer, from just after its join step's read,
+        so that it gets no event of what that read already saw (such as the
+        closer's key being created). Kept open, it costs a later round's join
+        no watch create or cancel; a join skips the events up to its own read.
+        """
         if self._close_watch is None:
             stack = contextlib.AsyncExitStack()
             self._close_iter = await stack.enter_async_context(
-                self._ops.watch(self._k.closes, prefix=True)
+                self._ops.watch(self._k.closes, prefix=True, start_revision=start_revision)
             )
             self._close_watch = stack
         assert self._close_iter is not None
@@ -482,21 +487,20 @@ class DynamicRendezvous:
         ]
         await self._ops.put_many(writes)
 
-    async def _follow(
-        self, r: int, lease: int, events: AsyncIterator[WatchEvent], seen: int
-    ) -> KeyValue | None:
+    async def _follow(self, r: int, lease: int, seen: int) -> KeyValue | None:
         """Wait for ``closed`` of round r; None if this node must close it instead.
 
-        ``events``: this node's watch of close/, opened before the join step
-        that read close/<r>/ at revision ``seen`` (no ``closed``, a closer
-        other than this node): events up to ``seen``, and of other rounds, are
-        skipped. When the closer's key goes before ``closed`` comes (its lease
-        ended), every follower tries to create it: the one that does is the
-        new closer.
+        ``seen``: the revision at which this node's join step read close/<r>/
+        (no ``closed``, a closer other than this node). Events come from this
+        node's watch of close/ (:meth:`_close_events`, opened here from
+        ``seen + 1`` if it is not open yet); events up to ``seen``, and of
+        other rounds, are skipped. When the closer's key goes before
+        ``closed`` comes (its lease ended), every follower tries to create it:
+        the one that does is the new closer.
 
         The watch is kept between joins, so it may have to resume (on another
-        etcd member) from a revision the store has compacted since: then it is
-        made again from now, and close/<r>/ read again.
+        etcd member) from a revision the store has compacted since: then
+        close/<r>/ is read again and the watch made again from that read.
         """
         closed_key, closer_key = self._k.closed(r), self._k.closer(r)
         me = self._node.node_id
@@ -509,6 +513,7 @@ class DynamicRendezvous:
                     log.info("closer of round %d left; %s closes it", r, me)
                     return None
             try:
+                events = await self._close_events(seen + 1)
                 async for ev in events:
                     if ev.revision <= seen:
                         continue
@@ -523,7 +528,6 @@ class DynamicRendezvous:
             except StoreCompacted:
                 log.info("watch of %s resumed too late (compacted); watching again", self._k.closes)
                 await self._drop_close_events()
-                events = await self._close_events()
                 kvs, seen = await self._ops.range(self._k.close_prefix(r))
                 state = {kv.key: kv for kv in kvs}
                 if closed_key in state:
