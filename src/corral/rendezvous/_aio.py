@@ -35,6 +35,21 @@ class Mux:
         self.drop(tag)
         self._tasks[tag] = asyncio.get_running_loop().create_task(self._pump(tag, cm))
 
+    async def open(
+        self, tag: str, cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]
+    ) -> None:
+        """:meth:`add`, and return once the watch is in place (or has failed:
+        its error is then the tag's first item)."""
+        ready = asyncio.Event()
+        self.drop(tag)
+        loop = asyncio.get_running_loop()
+        task = self._tasks[tag] = loop.create_task(self._pump(tag, cm, ready))
+        waiter = loop.create_task(ready.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
     def add_event(self, tag: str, ev: asyncio.Event) -> None:
         self.drop(tag)
         self._tasks[tag] = asyncio.get_running_loop().create_task(self._signal(tag, ev))
@@ -45,15 +60,23 @@ class Mux:
             t.cancel()
 
     async def _pump(
-        self, tag: str, cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]
+        self,
+        tag: str,
+        cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]],
+        ready: asyncio.Event | None = None,
     ) -> None:
         try:
             async with cm as events:
+                if ready is not None:
+                    ready.set()
                 async for ev in events:
                     self._q.put_nowait((tag, ev))
             self._q.put_nowait((tag, StoreUnavailable(f"watch {tag!r} ended")))
         except StoreError as exc:
             self._q.put_nowait((tag, exc))
+        finally:
+            if ready is not None:
+                ready.set()
 
     async def _signal(self, tag: str, ev: asyncio.Event) -> None:
         await ev.wait()

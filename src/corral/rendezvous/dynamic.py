@@ -38,9 +38,12 @@ from corral.rendezvous.state import (
     Assignment,
     ClosedRound,
     Outcome,
+    RankTable,
     RoundPointer,
     decode_node,
     encode_node,
+    rank_table_count,
+    rank_table_of,
 )
 from corral.reporting.failures import FailureReport
 from corral.store.api import EventType, KeyValue, Store, WatchEvent, WriteResult
@@ -339,12 +342,14 @@ class DynamicRendezvous:
         k = self._k
         port = self._node.master_port or free_port(self._node.addr)
         desc = encode_node(replace(self._node, master_port=port))
-        # One request joins round r (the round this node expects): it creates
-        # this node's key and, if there is none, the closer's key (the first
-        # joiner closes), and reads the pointer and close/<r>/. If the pointer
-        # names another round, take back what was created and join that round
-        # the same way. A follower then waits on its watch of close/ (see
-        # _close_events).
+        # This node's watch of close/ (every round's closer and closed), opened
+        # before its first join step and kept while it lives. Then one request
+        # joins round r (the round this node expects): it creates this node's
+        # key and, if there is none, the closer's key (the first joiner
+        # closes), and reads the pointer and close/<r>/. If the pointer names
+        # another round, take back what was created and join that round the
+        # same way.
+        events = await self._close_events()
         r = self._expect
         while True:
             mine, closer, ptr, ptr_rev, close_kvs, rev = await self._ops.join_step(
@@ -374,24 +379,17 @@ class DynamicRendezvous:
         full: ClosedRound | None = None
         if not closer.succeeded:
             # Someone is closing: follow (and take over if that closer leaves).
-            closed_kv = await self._follow(r, lease, rev)
+            closed_kv = await self._follow(r, lease, events, rev)
         if closed_kv is None:  # this node closes
             closed_kv, full = await self._close_round(ptr, lease)
         return await self._after_close(r, closed_kv, ptr_rev, lease, full=full)
 
-    async def _close_events(self, start_revision: int = 0) -> AsyncIterator[WatchEvent]:
-        """This node's watch of close/ (every round's closer and closed), kept while it lives.
-
-        Opened on first use, from ``start_revision`` (0: from now): the first
-        time this node follows a closer, from just after its join step's read,
-        so that it gets no event of what that read already saw (such as the
-        closer's key being created). Kept open, it costs a later round's join
-        no watch create or cancel; a join skips the events up to its own read.
-        """
+    async def _close_events(self) -> AsyncIterator[WatchEvent]:
+        """This node's watch of close/ (from now), opened on first use."""
         if self._close_watch is None:
             stack = contextlib.AsyncExitStack()
             self._close_iter = await stack.enter_async_context(
-                self._ops.watch(self._k.closes, prefix=True, start_revision=start_revision)
+                self._ops.watch(self._k.closes, prefix=True)
             )
             self._close_watch = stack
         assert self._close_iter is not None
@@ -437,12 +435,17 @@ class DynamicRendezvous:
             if idx is not None:
                 assignment = m.assignments(full.members)[idx]
         elif member:
+            if closed.rank_tables < 1:
+                raise RendezvousError(
+                    f"round {r} was closed with no rank tables (by another corral version?)"
+                )
             # Written before closed: any state as of closed's revision has it.
-            akv = await self._ops.get(
-                self._k.rank(r, closed.tag, me), min_revision=closed_kv.mod_revision
+            index = rank_table_of(me, closed.rank_tables)
+            tkv = await self._ops.get(
+                self._k.rank_table(r, closed.tag, index), min_revision=closed_kv.mod_revision
             )
-            if akv is not None:
-                assignment = Assignment.from_json(akv.value)
+            if tkv is not None:
+                assignment = RankTable.from_json(tkv.value).assignments.get(me)
         if full is not None:
             self._members[r] = full
         if assignment is not None:
@@ -478,29 +481,30 @@ class DynamicRendezvous:
         return full
 
     async def _write_members(self, full: ClosedRound) -> None:
-        """As the closer: store the member list once and each member's own assignment."""
+        """As the closer: store the member list once and the rank tables."""
         r, tag, k = full.round, full.tag, self._k
         writes = [(k.members(r, tag), full.to_json())]
         writes += [
-            (k.rank(r, tag, mm.node_id), a.to_json())
-            for mm, a in zip(full.members, m.assignments(full.members), strict=True)
+            (k.rank_table(r, tag, i), t.to_json())
+            for i, t in enumerate(m.rank_tables(full.members))
         ]
         await self._ops.put_many(writes)
 
-    async def _follow(self, r: int, lease: int, seen: int) -> KeyValue | None:
+    async def _follow(
+        self, r: int, lease: int, events: AsyncIterator[WatchEvent], seen: int
+    ) -> KeyValue | None:
         """Wait for ``closed`` of round r; None if this node must close it instead.
 
-        ``seen``: the revision at which this node's join step read close/<r>/
-        (no ``closed``, a closer other than this node). Events come from this
-        node's watch of close/ (:meth:`_close_events`, opened here from
-        ``seen + 1`` if it is not open yet); events up to ``seen``, and of
-        other rounds, are skipped. When the closer's key goes before
-        ``closed`` comes (its lease ended), every follower tries to create it:
-        the one that does is the new closer.
+        ``events``: this node's watch of close/, opened before the join step
+        that read close/<r>/ at revision ``seen`` (no ``closed``, a closer
+        other than this node): events up to ``seen``, and of other rounds, are
+        skipped. When the closer's key goes before ``closed`` comes (its lease
+        ended), every follower tries to create it: the one that does is the
+        new closer.
 
         The watch is kept between joins, so it may have to resume (on another
-        etcd member) from a revision the store has compacted since: then
-        close/<r>/ is read again and the watch made again from that read.
+        etcd member) from a revision the store has compacted since: then it is
+        made again from now, and close/<r>/ read again.
         """
         closed_key, closer_key = self._k.closed(r), self._k.closer(r)
         me = self._node.node_id
@@ -513,7 +517,6 @@ class DynamicRendezvous:
                     log.info("closer of round %d left; %s closes it", r, me)
                     return None
             try:
-                events = await self._close_events(seen + 1)
                 async for ev in events:
                     if ev.revision <= seen:
                         continue
@@ -528,6 +531,7 @@ class DynamicRendezvous:
             except StoreCompacted:
                 log.info("watch of %s resumed too late (compacted); watching again", self._k.closes)
                 await self._drop_close_events()
+                events = await self._close_events()
                 kvs, seen = await self._ops.range(self._k.close_prefix(r))
                 state = {kv.key: kv for kv in kvs}
                 if closed_key in state:
@@ -549,31 +553,39 @@ class DynamicRendezvous:
         r = ptr.round
         k = self._k
         nodes_prefix = k.nodes(r)
-        kvs, rev = await self._ops.range(nodes_prefix)
-        joined = {kv.key[len(nodes_prefix) :]: self._joiner(kv) for kv in kvs}
+        prev_prefix = k.nodes(r - 1)
         prev: ClosedRound | None = None
         expected: set[str] = set()
-        prev_prefix = k.nodes(r - 1)
-        if r > 0:
-            pkv = await self._ops.get(k.closed(r - 1))
+        # Each watch is in place before the read it follows (events up to the
+        # read's revision are skipped). A watch from a past revision would do
+        # too, but etcd serves one from its "unsynced" watchers, caught up
+        # every 100 ms: that delay would be the close's.
+        seen: dict[str, int] = {}
+        async with watching() as mux:
+            await asyncio.gather(
+                mux.open("nodes", self._ops.watch(nodes_prefix, prefix=True)),
+                mux.open("closed", self._ops.watch(k.closed(r))),
+            )
+            kvs, seen["nodes"] = await self._ops.range(nodes_prefix)
+            joined = {kv.key[len(nodes_prefix) :]: self._joiner(kv) for kv in kvs}
+            pkv = await self._ops.get(k.closed(r - 1)) if r > 0 else None
             if pkv is not None:
+                # A restart: every live member of round r-1, and every waiting
+                # node, is expected (see machine.close_decision).
                 prev = await self._members_of(r - 1, _decode_closed(pkv))
-                live, _ = await self._ops.range(prev_prefix)
+                await asyncio.gather(
+                    mux.open("prev", self._ops.watch(prev_prefix, prefix=True)),
+                    mux.open("waiting", self._ops.watch(k.waiting, prefix=True)),
+                )
+                live, seen["prev"] = await self._ops.range(prev_prefix)
                 prev_ids = {mm.node_id for mm in prev.members}
                 expected = {kv.key[len(prev_prefix) :] for kv in live} & prev_ids
-        wkvs, _ = await self._ops.range(k.waiting)
-        expected |= {kv.key[len(k.waiting) :] for kv in wkvs}
-        now = self._clock.now()
-        min_at: float | None = now if len(joined) >= self._min else None
-        last_arrival = now
-        async with watching() as mux:
-            mux.add("nodes", self._ops.watch(nodes_prefix, prefix=True, start_revision=rev + 1))
-            mux.add("closed", self._ops.watch(k.closed(r), start_revision=rev + 1))
-            if prev is not None:
-                mux.add("prev", self._ops.watch(prev_prefix, prefix=True, start_revision=rev + 1))
-            if expected:
-                mux.add("waiting", self._ops.watch(k.waiting, prefix=True, start_revision=rev + 1))
+                wkvs, seen["waiting"] = await self._ops.range(k.waiting)
+                expected |= {kv.key[len(k.waiting) :] for kv in wkvs}
             mux.add_event("evicted", self._evicted)
+            now = self._clock.now()
+            min_at: float | None = now if len(joined) >= self._min else None
+            last_arrival = now
             while True:
                 now = self._clock.now()
                 if len(joined) >= self._min:
@@ -601,6 +613,7 @@ class DynamicRendezvous:
                         members[0].addr,
                         members[0].master_port,
                         tag=f"{self._node.node_id}.{lease:x}",
+                        rank_tables=rank_table_count(len(members)),
                     )
                     await self._write_members(full)
                     res = await self._ops.create(k.closed(r), full.summary().to_json())
@@ -623,6 +636,8 @@ class DynamicRendezvous:
                 if tag == "evicted":
                     raise LeaseNotFound(f"lease {lease} ended while closing round {r}")
                 assert ev is not None
+                if ev.revision <= seen.get(tag, 0):
+                    continue  # the read already had it
                 if tag == "closed" and ev.type is EventType.PUT:
                     return ev.kv, None
                 if tag == "nodes":

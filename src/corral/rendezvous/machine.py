@@ -16,7 +16,10 @@ from corral.rendezvous.state import (
     REASON_FAILURE,
     Assignment,
     ClosedRound,
+    RankTable,
     RoundPointer,
+    rank_table_count,
+    rank_table_of,
 )
 from corral.reporting.failures import FailureReport
 
@@ -31,6 +34,7 @@ __all__ = [
     "failure_step",
     "fixed_ranks",
     "next_pointer",
+    "rank_tables",
     "root_cause",
     "round_info",
     "round_info_of",
@@ -209,6 +213,16 @@ def assignments(members: Sequence[NodeDesc]) -> list[Assignment]:
         out.append(Assignment(i, offset, pred))
         offset += mem.local_world_size
     return out
+
+
+def rank_tables(members: Sequence[NodeDesc]) -> list[RankTable]:
+    """The rank tables of a round with ``members`` (in rank order): table
+    ``rank_table_of(node_id, len(tables))`` holds that member's assignment."""
+    n = rank_table_count(len(members))
+    tables: list[dict[str, Assignment]] = [{} for _ in range(n)]
+    for mem, a in zip(members, assignments(members), strict=True):
+        tables[rank_table_of(mem.node_id, n)][mem.node_id] = a
+    return [RankTable(t) for t in tables]
 
 
 def round_info_of(

@@ -15,8 +15,10 @@ store is reported, not silently misread. Layout (under ``<prefix>/<run_id>/``)::
                                   apart from the rest, so that one watch of close/ follows
                                   every round's close for a node's whole life
     r/<r>/members/<tag>           ClosedRound with the members in rank order (read by few)
-    r/<r>/ranks/<tag>/<node_id>   Assignment of one member: group rank, rank offset, ring
-                                  predecessor (each member reads only its own)
+    r/<r>/ranks/<tag>/<i>         RankTable i of ``rank_tables``: the Assignment (group rank,
+                                  rank offset, ring predecessor) of each member whose id
+                                  hashes to i, about ASSIGNMENTS_PER_KEY of them (each
+                                  member reads only the one table its id names)
     r/<r>/failures/<node_id>/<lr> FailureReport of one failed worker
     r/<r>/done/<node_id>          a member whose workers all succeeded in round r
 """
@@ -24,6 +26,8 @@ store is reported, not silently misread. Layout (under ``<prefix>/<run_id>/``)::
 from __future__ import annotations
 
 import json
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,17 +36,27 @@ from corral.rendezvous.api import NodeDesc
 from corral.reporting.failures import FailureReport
 
 __all__ = [
+    "ASSIGNMENTS_PER_KEY",
     "VERSION",
     "Assignment",
     "ClosedRound",
     "Keys",
     "Outcome",
+    "RankTable",
     "RoundPointer",
     "decode_node",
     "encode_node",
+    "rank_table_count",
+    "rank_table_of",
 ]
 
 VERSION = 1
+
+# Members per rank table: the closer writes about n / ASSIGNMENTS_PER_KEY keys
+# for a round of n nodes, and each member reads one table of about this many
+# assignments (a key per member made the close write n keys, and on etcd 3.4
+# every request copies the writes not yet committed to its backend).
+ASSIGNMENTS_PER_KEY = 16
 
 # Why a round started (RoundPointer.reason); mirrors api.ChangeKind values.
 REASON_START = "start"
@@ -144,7 +158,7 @@ class ClosedRound:
     every node reads: O(1) bytes whatever the round's size. ``node_count`` and
     ``world_size`` are the round's sizes (-1: derive them from ``members``);
     ``tag`` names the closer's attempt whose ``members`` and ``ranks`` keys
-    belong to this round.
+    belong to this round; ``rank_tables`` is how many ``ranks`` keys it wrote.
     """
 
     round: int
@@ -155,6 +169,7 @@ class ClosedRound:
     node_count: int = -1
     world_size: int = -1
     tag: str = ""
+    rank_tables: int = 0
 
     def __post_init__(self) -> None:
         if self.node_count < 0:
@@ -179,6 +194,7 @@ class ClosedRound:
             self.node_count,
             self.world_size,
             self.tag,
+            self.rank_tables,
         )
 
     def to_json(self) -> bytes:
@@ -192,6 +208,7 @@ class ClosedRound:
                 "node_count": self.node_count,
                 "world_size": self.world_size,
                 "tag": self.tag,
+                "rank_tables": self.rank_tables,
             }
         )
 
@@ -208,6 +225,7 @@ class ClosedRound:
                 node_count=int(d.get("node_count", -1)),
                 world_size=int(d.get("world_size", -1)),
                 tag=str(d.get("tag", "")),
+                rank_tables=int(d.get("rank_tables", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RendezvousError(f"corrupt closed round record: {d!r:.80}") from exc
@@ -215,7 +233,7 @@ class ClosedRound:
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    """The value of ``r/<r>/ranks/<tag>/<node_id>``: one member's place in round r.
+    """One member's place in round r (kept in a :class:`RankTable`).
 
     ``pred`` is the node id of its predecessor in the ring of ranks (rank k-1;
     rank 0's is the last rank), the one key it watches while the round runs;
@@ -226,18 +244,46 @@ class Assignment:
     rank_offset: int
     pred: str = ""
 
+
+def rank_table_count(node_count: int) -> int:
+    """How many rank tables a round of ``node_count`` members has."""
+    return max(1, -(-node_count // ASSIGNMENTS_PER_KEY))
+
+
+def rank_table_of(node_id: str, tables: int) -> int:
+    """The rank table that holds ``node_id``'s assignment (the same in every process)."""
+    return zlib.crc32(node_id.encode()) % tables
+
+
+@dataclass(frozen=True, slots=True)
+class RankTable:
+    """The value of ``r/<r>/ranks/<tag>/<i>``: the assignments of the members in table i."""
+
+    assignments: Mapping[str, Assignment]
+
     def to_json(self) -> bytes:
         return _dump(
-            {"group_rank": self.group_rank, "rank_offset": self.rank_offset, "pred": self.pred}
+            {
+                "ranks": {
+                    node_id: [a.group_rank, a.rank_offset, a.pred]
+                    for node_id, a in self.assignments.items()
+                }
+            }
         )
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> Assignment:
-        d = _load(data, "rank assignment")
+    def from_json(cls, data: bytes | str) -> RankTable:
+        d = _load(data, "rank table")
         try:
-            return cls(int(d["group_rank"]), int(d["rank_offset"]), str(d["pred"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RendezvousError(f"corrupt rank assignment record: {d!r:.80}") from exc
+            ranks = d["ranks"]
+            return cls(
+                {
+                    str(node_id): Assignment(int(g), int(off), str(pred))
+                    for node_id, (g, off, pred) in ranks.items()
+                }
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RendezvousError(f"corrupt rank table record: {d!r:.80}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,8 +370,8 @@ class Keys:
     def ranks(self, r: int) -> str:
         return f"{self.base}r/{r}/ranks/"
 
-    def rank(self, r: int, tag: str, node_id: str) -> str:
-        return f"{self.base}r/{r}/ranks/{tag}/{node_id}"
+    def rank_table(self, r: int, tag: str, index: int) -> str:
+        return f"{self.base}r/{r}/ranks/{tag}/{index}"
 
     def failures(self, r: int) -> str:
         return f"{self.base}r/{r}/failures/"

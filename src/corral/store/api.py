@@ -269,9 +269,10 @@ class Store(Protocol):
         """Watch a key (or a prefix) for changes.
 
         ``async with store.watch(k, start_revision=r) as events: async for ev in events: ...``
-        yields every put/delete with revision >= ``start_revision`` (0: changes
-        after the call), in revision order, without polling. Leaving the block
-        cancels the watch.
+        yields every put/delete with revision >= ``start_revision`` (0: every
+        change after the block is entered: the watch is in place on entry, so
+        a read made then misses nothing between its revision and the events),
+        in revision order, without polling. Leaving the block cancels the watch.
 
         Raises (on entry or while iterating): StoreCompacted if
         ``start_revision`` is older than retained history; StoreUnavailable if

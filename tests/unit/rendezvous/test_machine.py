@@ -8,12 +8,16 @@ from corral.errors import RendezvousError
 from corral.rendezvous import machine as m
 from corral.rendezvous.api import NodeDesc
 from corral.rendezvous.state import (
+    ASSIGNMENTS_PER_KEY,
     ClosedRound,
     Keys,
     Outcome,
+    RankTable,
     RoundPointer,
     decode_node,
     encode_node,
+    rank_table_count,
+    rank_table_of,
 )
 from corral.reporting.failures import FailureReport
 
@@ -151,6 +155,27 @@ def test_scale_up_wanted(members: str, waiting: str, max_nodes: int, want: bool)
     assert m.scale_up_wanted([_n(c) for c in members], waiting, max_nodes) is want
 
 
+@pytest.mark.parametrize("n", [1, 2, ASSIGNMENTS_PER_KEY, ASSIGNMENTS_PER_KEY + 1, 1000])
+def test_rank_tables_hold_every_assignment_once_where_its_member_looks(n: int) -> None:
+    members = [NodeDesc(f"node{i}", "10.0.0.1", 1 + i % 3) for i in range(n)]
+    tables = m.rank_tables(members)
+    assert len(tables) == rank_table_count(n) == -(-n // ASSIGNMENTS_PER_KEY)
+    want = m.assignments(members)
+    for mem, a in zip(members, want, strict=True):
+        assert tables[rank_table_of(mem.node_id, len(tables))].assignments[mem.node_id] == a
+    assert sum(len(t.assignments) for t in tables) == n
+    if n >= 1000:  # the hash spreads members: no table is far above the mean
+        assert max(len(t.assignments) for t in tables) <= 3 * ASSIGNMENTS_PER_KEY
+    for t in tables:
+        assert RankTable.from_json(t.to_json()) == t
+
+
+def test_rank_table_of_is_the_same_in_every_process() -> None:
+    # crc32, not hash(): Python salts str hashes per process
+    assert rank_table_of("node7", 64) == 53
+    assert rank_table_of("a", 1) == 0
+
+
 def test_records_round_trip() -> None:
     p = RoundPointer(4, 1, "failure", "x")
     assert RoundPointer.from_json(p.to_json()) == p
@@ -167,6 +192,18 @@ def test_records_round_trip() -> None:
 def test_corrupt_records_are_reported(data: bytes) -> None:
     with pytest.raises(RendezvousError):
         RoundPointer.from_json(data)
+    with pytest.raises(RendezvousError):
+        RankTable.from_json(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"version": 1, "ranks": []}', b'{"version": 1, "ranks": {"a": [1]}}',
+     b'{"version": 1, "ranks": {"a": ["x", 0, ""]}}'],
+)  # fmt: skip
+def test_corrupt_rank_tables_are_reported(data: bytes) -> None:
+    with pytest.raises(RendezvousError):
+        RankTable.from_json(data)
 
 
 def test_keys() -> None:
