@@ -286,6 +286,7 @@ async def test_create_and_read(store: Store, ns: str) -> None:
     assert (conflict.kv.value, conflict.kv.mod_revision) == (b"old", taken)
     # the reads come after the creates and see them
     assert [(kv.key, kv.value) for kv in r] == [(ns + "r/mine", b"m"), (ns + "r/taken", b"old")]
+    assert r[0] == mine.kv  # the key a create returns is the key as stored
     assert other == []
     assert rev >= mine.revision
     # a watch from rev + 1 misses nothing written after the read

@@ -20,6 +20,8 @@ __all__ = ["Ops"]
 T = TypeVar("T")
 
 
+_FIRST_POINTER = RoundPointer(0).to_json()
+
 class Ops:
     """Store access for one run: ``read_timeout`` bounds each request (real time).
 
@@ -111,7 +113,7 @@ class Ops:
         """
         k = self.keys
         creates = [
-            (k.round, RoundPointer(0).to_json(), 0),  # the job's first join makes it
+            (k.round, _FIRST_POINTER, 0),  # the job's first join makes it
             (k.node(r, node_id), desc, lease),
             (k.closer(r), node_id.encode(), lease),
         ]
