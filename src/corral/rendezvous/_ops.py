@@ -22,6 +22,7 @@ T = TypeVar("T")
 
 _FIRST_POINTER = RoundPointer(0).to_json()
 
+
 class Ops:
     """Store access for one run: ``read_timeout`` bounds each request (real time).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -57,10 +58,12 @@ class Job:
         max_restarts: int = 0,
         conf: RdzvConf = CONF,
         run_id: str = "job",
+        over: Any = None,
     ) -> DynamicRendezvous:
+        """A node; ``over``: a wrapper of ``store.session()`` (a fault) to use instead."""
         sess = self.store.session()
         r = DynamicRendezvous(
-            sess,
+            over if over is not None else sess,
             run_id=run_id,
             node=NodeDesc(node_id=name, addr="127.0.0.1", local_world_size=2, host=name),
             min_nodes=min_nodes,

@@ -23,7 +23,7 @@ from corral.reporting.failures import FailureReport
 from corral.store.api import WatchEvent
 from corral.store.memory import MemoryStore
 
-from .conftest import CONF, Job, advance, spin
+from .conftest import Job, advance, spin
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -215,16 +215,7 @@ class CompactedOnce:
 async def test_a_kept_close_watch_that_cannot_resume_is_made_again(job: Job) -> None:
     job.node("a", min_nodes=2, max_nodes=2)
     faulty = CompactedOnce(job.store.session())
-    job.nodes["b"] = DynamicRendezvous(
-        faulty,  # type: ignore[arg-type]
-        run_id="job",
-        node=NodeDesc(node_id="b", addr="127.0.0.1", local_world_size=2, host="b"),
-        min_nodes=2,
-        max_nodes=2,
-        max_restarts=0,
-        conf=CONF,
-        clock=job.clock,
-    )
+    job.node("b", min_nodes=2, max_nodes=2, over=faulty)
     a0, b0 = await asyncio.wait_for(asyncio.gather(*await join_in_order(job, ["a", "b"], 0)), 5)
     assert (a0.group_rank, b0.group_rank) == (0, 1)
     assert faulty.close_watches == 2
@@ -255,16 +246,7 @@ async def test_the_closer_skips_events_its_read_already_covers(job: Job) -> None
     # Without the skip, the closer would count ghost (its put event comes
     # before its delete event) and close at max_nodes with a node that is gone.
     racy = JoinAndLeaveBeforeRead(job.store.session())
-    job.nodes["a"] = DynamicRendezvous(
-        racy,  # type: ignore[arg-type]
-        run_id="job",
-        node=NodeDesc(node_id="a", addr="127.0.0.1", local_world_size=2, host="a"),
-        min_nodes=2,
-        max_nodes=2,
-        max_restarts=0,
-        conf=CONF,
-        clock=job.clock,
-    )
+    job.node("a", min_nodes=2, max_nodes=2, over=racy)
     job.node("b", min_nodes=2, max_nodes=2)
     first = await join_in_order(job, ["a"], 0)
 
@@ -274,10 +256,11 @@ async def test_the_closer_skips_events_its_read_already_covers(job: Job) -> None
     await job.until(read_done)
     infos = await asyncio.wait_for(asyncio.gather(*first, *await join_in_order(job, ["b"], 0)), 5)
     assert [(i.group_rank, i.group_world_size) for i in infos] == [(0, 2), (1, 2)]
-    members = await job.nodes["b"]._members_of(
-        0, ClosedRound.from_json((await job.store.get(f"{KEY}close/0/closed")).value)
-    )  # type: ignore[union-attr]
-    assert [mm.node_id for mm in members.members] == ["a", "b"]
+    closed = await job.store.get(f"{KEY}close/0/closed")
+    assert closed is not None
+    full = await job.store.get(f"{KEY}r/0/members/{ClosedRound.from_json(closed.value).tag}")
+    assert full is not None
+    assert [mm.node_id for mm in ClosedRound.from_json(full.value).members] == ["a", "b"]
 
 
 async def test_budget_spent_gives_everyone_the_same_root_cause(job: Job) -> None:
