@@ -35,20 +35,16 @@ class Mux:
         self.drop(tag)
         self._tasks[tag] = asyncio.get_running_loop().create_task(self._pump(tag, cm))
 
-    async def open(
+    async def start(
         self, tag: str, cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]
     ) -> None:
         """:meth:`add`, and return once the watch is in place (or has failed:
-        its error is then the tag's first item)."""
-        ready = asyncio.Event()
+        its error is then the tag's first item). A read made after it misses
+        nothing the watch does not deliver."""
         self.drop(tag)
-        loop = asyncio.get_running_loop()
-        task = self._tasks[tag] = loop.create_task(self._pump(tag, cm, ready))
-        waiter = loop.create_task(ready.wait())
-        try:
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
+        entered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tasks[tag] = asyncio.get_running_loop().create_task(self._pump(tag, cm, entered))
+        await entered
 
     def add_event(self, tag: str, ev: asyncio.Event) -> None:
         self.drop(tag)
@@ -63,20 +59,20 @@ class Mux:
         self,
         tag: str,
         cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]],
-        ready: asyncio.Event | None = None,
+        entered: asyncio.Future[None] | None = None,
     ) -> None:
         try:
             async with cm as events:
-                if ready is not None:
-                    ready.set()
+                if entered is not None:
+                    entered.set_result(None)
                 async for ev in events:
                     self._q.put_nowait((tag, ev))
             self._q.put_nowait((tag, StoreUnavailable(f"watch {tag!r} ended")))
         except StoreError as exc:
             self._q.put_nowait((tag, exc))
         finally:
-            if ready is not None:
-                ready.set()
+            if entered is not None and not entered.done():
+                entered.set_result(None)  # the error, if any, is in the queue
 
     async def _signal(self, tag: str, ev: asyncio.Event) -> None:
         await ev.wait()

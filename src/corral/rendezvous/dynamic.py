@@ -563,8 +563,8 @@ class DynamicRendezvous:
         seen: dict[str, int] = {}
         async with watching() as mux:
             await asyncio.gather(
-                mux.open("nodes", self._ops.watch(nodes_prefix, prefix=True)),
-                mux.open("closed", self._ops.watch(k.closed(r))),
+                mux.start("nodes", self._ops.watch(nodes_prefix, prefix=True)),
+                mux.start("closed", self._ops.watch(k.closed(r))),
             )
             kvs, seen["nodes"] = await self._ops.range(nodes_prefix)
             joined = {kv.key[len(nodes_prefix) :]: self._joiner(kv) for kv in kvs}
@@ -574,8 +574,8 @@ class DynamicRendezvous:
                 # node, is expected (see machine.close_decision).
                 prev = await self._members_of(r - 1, _decode_closed(pkv))
                 await asyncio.gather(
-                    mux.open("prev", self._ops.watch(prev_prefix, prefix=True)),
-                    mux.open("waiting", self._ops.watch(k.waiting, prefix=True)),
+                    mux.start("prev", self._ops.watch(prev_prefix, prefix=True)),
+                    mux.start("waiting", self._ops.watch(k.waiting, prefix=True)),
                 )
                 live, seen["prev"] = await self._ops.range(prev_prefix)
                 prev_ids = {mm.node_id for mm in prev.members}

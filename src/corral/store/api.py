@@ -183,7 +183,7 @@ class Store(Protocol):
         """Write several distinct keys unconditionally, without a lease; return
         the store revision after the last write (0 for no items).
 
-        For bulk writes (the closer's per-member assignments): a backend sends
+        For bulk writes (the closer's member list and rank tables): a backend sends
         them in few requests (etcd: transactions of at most 128 puts; tcp:
         pipelined on one connection). Not atomic as a whole: on an error some
         keys may have been written, and readers may see a prefix of them
