@@ -14,7 +14,8 @@ recorded with ``"corral": null`` and its error, and the next K is tried):
 
 ``--backends embedded,etcd,etcd3`` also runs corral over a real etcd (one member,
 and a 3-member cluster) started here; those figures compare with the embedded
-store (``ratio`` = etcd/embedded; torch has no etcd v3 rendezvous).
+store (``ratio`` = etcd/embedded; torch has no etcd v3 rendezvous). The
+stores' runs alternate, each after a pause of SETTLE seconds (see ``_run``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from corral.config import RdzvConf
 from corral.rendezvous.api import NodeDesc
@@ -43,7 +45,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DEFAULT_K = [16, 64, 256, 1024, 4096]
 NODES_PER_CONNECTION = 32  # each connection carries every watch event of its nodes
-FREEZE_GC = True  # see _corral_k; --no-gc-freeze
+FREEZE_GC = True  # see _once; --no-gc-freeze
+#: pause before each run: what the last run left to do (etcd revoking its
+#: leases, committing, collecting) is done before the next one starts
+SETTLE = 0.5
 
 
 def _raise_nofile() -> None:
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-gc-freeze",
         action="store_true",
-        help="do not freeze the objects made before each run (see _corral_k)",
+        help="do not freeze the objects made before each run (see _once)",
     )
     args = ap.parse_args(argv)
     global FREEZE_GC
@@ -211,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _corral_k(url: str, k: int, reps: int) -> tuple[float | None, list[float], str]:
-    """Median of ``reps`` runs of K nodes; None (and the error) if a run fails.
+def _once(url: str, k: int) -> float:
+    """One run of K nodes over ``url``, with the objects made so far frozen.
 
     The K simulated nodes share one interpreter. CPython runs a full garbage
     collection when the long-lived objects have grown by a quarter: K nodes'
@@ -222,19 +227,34 @@ def _corral_k(url: str, k: int, reps: int) -> tuple[float | None, list[float], s
     so far frozen (``gc.freeze``; the collector still runs on everything the
     run allocates). Same for every store; ``--no-gc-freeze`` measures without.
     """
-    times: list[float] = []
+    time.sleep(SETTLE)
+    if FREEZE_GC:
+        gc.collect()
+        gc.freeze()
     try:
-        for _ in range(reps):
-            if FREEZE_GC:
-                gc.collect()
-                gc.freeze()
-            try:
-                times.append(asyncio.run(corral_once(url, k)))
-            finally:
-                gc.unfreeze()
-    except Exception as exc:  # a failed K is recorded, the bench goes on
-        return None, times, f"{type(exc).__name__}: {exc}"[:300]
-    return statistics.median(times), times, ""
+        return asyncio.run(corral_once(url, k))
+    finally:
+        gc.unfreeze()
+
+
+@dataclass
+class _Series:
+    """The runs of one store at one K; a failed run ends the series with its error."""
+
+    times: list[float] = field(default_factory=list)
+    error: str = ""
+
+    def run(self, url: str, k: int) -> None:
+        if self.error:
+            return
+        try:
+            self.times.append(_once(url, k))
+        except Exception as exc:  # a failed K is recorded, the bench goes on
+            self.error = f"{type(exc).__name__}: {exc}"[:300]
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.times) if self.times and not self.error else None
 
 
 @contextlib.contextmanager
@@ -251,18 +271,34 @@ def etcd_url(members: int) -> Iterator[str]:
 
 
 def _run(args: argparse.Namespace, figures: list[dict[str, object]]) -> None:
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    embedded: dict[int, float | None] = {}
+    """Every store is up for the whole bench, and their runs alternate (embedded,
+    etcd, etcd3, embedded, ...): a machine that is slower for a while (a busy
+    neighbour, a throttled core) slows every store alike, not the one measured
+    then. The idle etcd clusters cost a few percent of one core meanwhile."""
+    members_of = {"embedded": 0, "etcd": 1, "etcd3": 3}
+    backends = ["embedded"]
+    for b in (b.strip() for b in args.backends.split(",")):
+        if b and b not in members_of:
+            print(f"unknown backend {b!r} (embedded, etcd, etcd3)", flush=True)
+        elif b and b not in backends:
+            backends.append(b)
     with contextlib.ExitStack() as stack:
+        urls: dict[str, str] = {}
         if args.store:
-            url = args.store
+            urls["embedded"] = args.store
         else:
             host, port = stack.enter_context(corral_server())
-            url = f"tcp://{host}:{port}"
+            urls["embedded"] = f"tcp://{host}:{port}"
+        for b in backends[1:]:
+            urls[b] = stack.enter_context(etcd_url(members_of[b]))
         torch_gave_up = False
         for k in args.nodes:
-            ours, times, error = _corral_k(url, k, args.reps)
-            embedded[k] = ours
+            series = {b: _Series() for b in backends}
+            for _ in range(args.reps):
+                for b in backends:
+                    series[b].run(urls[b], k)
+            emb = series["embedded"]
+            ours = emb.median
             theirs: float | None = None
             note = "skipped"
             if not args.no_torch and not torch_gave_up:
@@ -272,9 +308,9 @@ def _run(args: argparse.Namespace, figures: list[dict[str, object]]) -> None:
             elif torch_gave_up:
                 note = "skipped (timed out at a smaller K)"
             ratio = round(ours / theirs, 4) if theirs and ours is not None else None
-            mine = f"{ours:.3f} s" if ours is not None else f"FAILED ({error})"
+            mine = f"{ours:.3f} s" if ours is not None else f"FAILED ({emb.error})"
             print(
-                f"K={k}: corral {mine} (runs {', '.join(f'{t:.3f}' for t in times)}); "
+                f"K={k}: corral {mine} (runs {', '.join(f'{t:.3f}' for t in emb.times)}); "
                 f"torch {note}" + (f"; corral/torch {ratio}" if ratio else ""),
                 flush=True,
             )
@@ -285,39 +321,32 @@ def _run(args: argparse.Namespace, figures: list[dict[str, object]]) -> None:
                 "torchrun": round(theirs, 4) if theirs is not None else None,
                 "ratio": ratio,
             }
-            if error:
-                fig["error"] = error
+            if emb.error:
+                fig["error"] = emb.error
             figures.append(fig)
-    for backend in backends:
-        if backend == "embedded":
-            continue
-        members = {"etcd": 1, "etcd3": 3}.get(backend)
-        if members is None:
-            print(f"unknown backend {backend!r} (embedded, etcd, etcd3)", flush=True)
-            continue
-        with etcd_url(members) as eurl:
-            for k in args.nodes:
-                ours, times, error = _corral_k(eurl, k, args.reps)
-                base = embedded.get(k)
-                ratio = round(ours / base, 4) if ours is not None and base else None
+            for b in backends[1:]:
+                s = series[b]
+                med = s.median
+                eratio = round(med / ours, 4) if med is not None and ours else None
                 print(
-                    f"K={k} on {backend}: corral "
-                    + (f"{ours:.3f} s" if ours is not None else f"FAILED ({error})")
-                    + (f"; etcd/embedded {ratio}" if ratio else ""),
+                    f"K={k} on {b}: corral "
+                    + (f"{med:.3f} s" if med is not None else f"FAILED ({s.error})")
+                    + f" (runs {', '.join(f'{t:.3f}' for t in s.times)})"
+                    + (f"; etcd/embedded {eratio}" if eratio else ""),
                     flush=True,
                 )
-                fig = {
+                efig: dict[str, object] = {
                     # compares corral on etcd with corral on the embedded store (no torch here)
-                    "name": f"K={k} {backend} vs embedded",
+                    "name": f"K={k} {b} vs embedded",
                     "unit": "s",
-                    "corral": round(ours, 4) if ours is not None else None,
+                    "corral": round(med, 4) if med is not None else None,
                     "torchrun": None,
-                    "ratio": ratio,
-                    "embedded": round(base, 4) if base else None,
+                    "ratio": eratio,
+                    "embedded": round(ours, 4) if ours else None,
                 }
-                if error:
-                    fig["error"] = error
-                figures.append(fig)
+                if s.error:
+                    efig["error"] = s.error
+                figures.append(efig)
 
 
 if __name__ == "__main__":
