@@ -289,14 +289,20 @@ def _run(args: argparse.Namespace, figures: list[dict[str, object]]) -> None:
         else:
             host, port = stack.enter_context(corral_server())
             urls["embedded"] = f"tcp://{host}:{port}"
+        down: dict[str, str] = {}  # a store that did not start: its error, for every K
         for b in backends[1:]:
-            urls[b] = stack.enter_context(etcd_url(members_of[b]))
+            try:
+                urls[b] = stack.enter_context(etcd_url(members_of[b]))
+            except Exception as exc:
+                down[b] = f"{b} did not start: {type(exc).__name__}: {exc}"[:300]
+                print(down[b], flush=True)
         torch_gave_up = False
         for k in args.nodes:
-            series = {b: _Series() for b in backends}
+            series = {b: _Series(error=down.get(b, "")) for b in backends}
             for _ in range(args.reps):
                 for b in backends:
-                    series[b].run(urls[b], k)
+                    if b in urls:
+                        series[b].run(urls[b], k)
             emb = series["embedded"]
             ours = emb.median
             theirs: float | None = None
@@ -331,7 +337,7 @@ def _run(args: argparse.Namespace, figures: list[dict[str, object]]) -> None:
                 print(
                     f"K={k} on {b}: corral "
                     + (f"{med:.3f} s" if med is not None else f"FAILED ({s.error})")
-                    + f" (runs {', '.join(f'{t:.3f}' for t in s.times)})"
+                    + (f" (runs {', '.join(f'{t:.3f}' for t in s.times)})" if s.times else "")
                     + (f"; etcd/embedded {eratio}" if eratio else ""),
                     flush=True,
                 )
