@@ -126,8 +126,11 @@ def test_budget_spent_exit_code_is_workers(tmp_path: Path) -> None:
     assert r.returncode == 7, r.stderr
     assert "custom-marker-on-stderr" in r.stderr
     assert "Traceback" not in r.stderr.split("custom-marker-on-stderr")[-1]
-    # the sibling stopped by the agent is not reported as a failure
-    assert "local_rank: 0" not in r.stderr.lower().replace("local rank", "local_rank")
+    # the sibling stopped by the agent is not reported as a failure: the root-cause block
+    # names rank 1 only, and counts no other failed worker
+    assert "corral: worker rank 1 (local rank 1," in r.stderr
+    assert "corral: worker rank 0 " not in r.stderr
+    assert "other worker" not in r.stderr
 
 
 def test_signal_death_exit_code(tmp_path: Path) -> None:
