@@ -129,6 +129,16 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
         None,
         "Seconds from SIGTERM to SIGKILL (else TORCH_ELASTIC_SHUTDOWN_TIMEOUT, else 30).",
     ),
+    (
+        ("--hang-timeout", "--hang_timeout"),
+        None,
+        "Seconds without progress after which a rank is hung (off when unset; docs/hangs.md).",
+    ),
+    (
+        ("--hang-startup-timeout", "--hang_startup_timeout"),
+        "600",
+        "Seconds allowed before a rank's first progress when --hang-timeout is on.",
+    ),
 )
 # Options torchrun reads from neither the environment nor with an env action.
 _PLAIN_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
@@ -337,6 +347,13 @@ def _shutdown_timeout(text: str | None, environ: Mapping[str, str]) -> float:
     return 30.0
 
 
+def _hang_timeout(text: str | None) -> float | None:
+    """``--hang-timeout``: unset, empty, ``0`` or ``off`` is off; else seconds > 0."""
+    if text is None or text.strip().lower() in ("", "0", "off"):
+        return None
+    return _float("--hang-timeout", text, "expected seconds > 0, or 0/off for no hang detection")
+
+
 def _port(option: str, text: str | None) -> int | None:
     if text is None or text == "":
         return None
@@ -390,6 +407,10 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
     signals = parse_signals("--signals-to-handle", a["signals_to_handle"])
     shutdown_timeout = _shutdown_timeout(a["shutdown_timeout"], environ)
     ranks_filter = _ranks_filter(a["local_ranks_filter"])
+    hang_timeout = _hang_timeout(a["hang_timeout"])
+    hang_startup_timeout = _float(
+        "--hang-startup-timeout", a["hang_startup_timeout"], "expected seconds > 0"
+    )
 
     standalone: bool = a["standalone"]
     endpoint: str = a["rdzv_endpoint"].strip()
@@ -438,6 +459,8 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
         signals_to_handle=signals,
         shutdown_timeout=shutdown_timeout,
         virtual_local_rank=a["virtual_local_rank"],
+        hang_timeout=hang_timeout,
+        hang_startup_timeout=hang_startup_timeout,
     )
 
 

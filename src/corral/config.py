@@ -325,6 +325,8 @@ class LaunchConfig:
     signals_to_handle: tuple[int, ...] = DEFAULT_SIGNALS
     shutdown_timeout: float = 30.0
     virtual_local_rank: bool = False
+    hang_timeout: float | None = None  # None: hang detection off (docs/hangs.md)
+    hang_startup_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         nnodes = f"{self.min_nodes}:{self.max_nodes}"
@@ -396,6 +398,14 @@ class LaunchConfig:
                 raise ConfigError(f"--signals-to-handle {sig}: not a signal number") from exc
         if not self.shutdown_timeout >= 0:
             raise ConfigError(f"--shutdown-timeout {self.shutdown_timeout}: expected seconds >= 0")
+        if self.hang_timeout is not None and not self.hang_timeout > 0:
+            raise ConfigError(
+                f"--hang-timeout {self.hang_timeout}: expected seconds > 0 (leave it unset for off)"
+            )
+        if not self.hang_startup_timeout > 0:
+            raise ConfigError(
+                f"--hang-startup-timeout {self.hang_startup_timeout}: expected seconds > 0"
+            )
 
     @property
     def elastic(self) -> bool:
