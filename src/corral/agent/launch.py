@@ -28,6 +28,8 @@ def run(cfg: LaunchConfig) -> int:
     The same launch path as :func:`corral.launch` (see :func:`corral.api.run_cli`).
     """
     from corral.api import run_cli
+    from corral.workers.sweep import claim_children
 
     _setup_logging()
+    claim_children()  # this process runs only the agent: orphans of workers come back to it
     return _compat_run(run_cli(cfg))

@@ -29,6 +29,7 @@ from corral.workers.logs import AttemptLogs, RunLogs
 from corral.workers.process import WorkerProcess
 from corral.workers.reaper import Reaper
 from corral.workers.spec import WorkerSpec, worker_argv, worker_env
+from corral.workers.sweep import MARKER_VAR, sweep
 
 __all__ = ["GroupResult", "GroupState", "WorkerGroup"]
 
@@ -127,6 +128,8 @@ class WorkerGroup:
         self._failures: list[FailureReport] = []
         self._changed = asyncio.Event()
         self._registered: set[int] = set()
+        #: ``CORRAL_WORKER_TOKEN`` of this group's processes (set by :meth:`start`).
+        self.marker = ""
 
     # --- state ----------------------------------------------------------------
 
@@ -161,16 +164,19 @@ class WorkerGroup:
             assert isinstance(self._logs_src, RunLogs)
             self.logs = self._logs_src.new_attempt(self.spec.local_world_size)
         logs = self.logs
+        self.marker = self.reaper.new_marker("g")
         self.workers = []
         for local_rank in range(self.spec.local_world_size):
             out_plan, err_plan = logs.plans(local_rank)
+            env = self._env_builder(
+                self.base_env, self.spec, self.rnd, local_rank, logs.error_file(local_rank)
+            )
+            env[MARKER_VAR] = self.marker  # finds every descendant, whatever its session
             self.workers.append(
                 WorkerProcess(
                     local_rank,
                     worker_argv(self.spec, local_rank),
-                    self._env_builder(
-                        self.base_env, self.spec, self.rnd, local_rank, logs.error_file(local_rank)
-                    ),
+                    env,
                     out_plan,
                     err_plan,
                     console_out=self.console_out,
@@ -318,5 +324,9 @@ class WorkerGroup:
             for pgid in sorted(self._registered):
                 self.reaper.unregister(pgid)
             self._registered.clear()
+            if self.marker:  # descendants that left the process group (setsid, daemons)
+                swept = await sweep(self.marker, known=self.reaper.known_children())
+                if swept:
+                    log.info("ended %d leftover process(es) of the workers: %s", len(swept), swept)
             self._to(GroupState.STOPPED)
             self._changed.set()

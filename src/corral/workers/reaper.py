@@ -10,11 +10,13 @@ Two independent mechanisms:
   each worker's process group on it. When the pipe reaches EOF, the agent is
   gone however it died (SIGKILL included): the watchdog SIGKILLs every
   registered process group, which takes down the workers' own children
-  (data-loader processes) too, and exits.
+  (data-loader processes) too, then every process that carries this agent's
+  worker marker in its environment (:mod:`corral.workers.sweep`): a
+  descendant that left its worker's session (``setsid``, a daemon) too.
 
-The watchdog does nothing but ``os.read``/``os.killpg`` after the fork: no
-imports, no locks, no logging, so forking from a process that already has
-threads is safe.
+The watchdog does nothing but ``os`` calls (read, kill, /proc reads) after
+the fork: no imports, no locks, no logging, so forking from a process that
+already has threads is safe.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import secrets
 import shutil
 import signal
 import warnings
+
+from corral.workers.sweep import kill_marked, marker_needle
 
 __all__ = ["Reaper", "worker_preexec"]
 
@@ -56,9 +61,10 @@ def worker_preexec(agent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _watchdog_main(rfd: int) -> None:  # pragma: no cover - runs in the forked child
+def _watchdog_main(rfd: int, needle: bytes) -> None:  # pragma: no cover - the forked child
     """The watchdog loop: keep process groups and temporary directories; at EOF kill
-    every group and remove every directory."""
+    every group, then every process whose environment holds ``needle`` (the
+    agent's marker prefix), and remove every directory."""
     # Signals aimed at the agent's process group or session (a scheduler's SIGTERM,
     # a terminal's SIGINT/SIGHUP, SIGUSR1...) must not kill the watchdog: it ends
     # when the agent's pipe closes, after killing whatever is still registered.
@@ -100,6 +106,7 @@ def _watchdog_main(rfd: int) -> None:  # pragma: no cover - runs in the forked c
             os.killpg(pgid, signal.SIGKILL)
         except OSError:
             pass
+    kill_marked(needle)
     for path in dirs:  # the agent's temporary directories: nobody else will remove them
         shutil.rmtree(path, ignore_errors=True)
     os._exit(0)
@@ -116,6 +123,23 @@ class Reaper:
     def __init__(self) -> None:
         self._wfd: int | None = None
         self._pid: int | None = None
+        self._tags = 0
+        self._known: set[int] = set()
+        #: This agent's random marker token; see :meth:`new_marker`.
+        self.token = secrets.token_hex(8)
+
+    def new_marker(self, kind: str = "g") -> str:
+        """A fresh marker value ``<token>.<kind><n>`` for one worker group or standby.
+
+        Put it in the processes' environment as ``CORRAL_WORKER_TOKEN``; the
+        watchdog kills every process whose value starts with ``<token>.``.
+        """
+        self._tags += 1
+        return f"{self.token}.{kind}{self._tags}"
+
+    def known_children(self) -> frozenset[int]:
+        """The live children this agent started itself (the watchdog, workers, standbys)."""
+        return frozenset(self._known | ({self._pid} if self._pid is not None else set()))
 
     @property
     def pid(self) -> int | None:
@@ -141,7 +165,7 @@ class Reaper:
                 # Drop every other inherited descriptor (store sockets, the write end, null).
                 os.closerange(3, rfd)
                 os.closerange(rfd + 1, 1 << 20)
-                _watchdog_main(rfd)
+                _watchdog_main(rfd, marker_needle(self.token + "."))
             finally:
                 os._exit(0)
         os.close(rfd)
@@ -159,11 +183,17 @@ class Reaper:
             self._wfd = None
 
     def register(self, pgid: int) -> None:
-        """Have the watchdog SIGKILL process group ``pgid`` if the agent dies."""
+        """Have the watchdog SIGKILL process group ``pgid`` if the agent dies.
+
+        ``pgid`` is a child's pid (it leads its group): it counts among
+        :meth:`known_children` until :meth:`unregister`.
+        """
+        self._known.add(pgid)
         self._send(b"+%d\n" % pgid)
 
     def unregister(self, pgid: int) -> None:
         """Forget ``pgid`` (call once its processes have been reaped)."""
+        self._known.discard(pgid)
         self._send(b"-%d\n" % pgid)
 
     def register_dir(self, path: str) -> None:

@@ -105,3 +105,142 @@ def test_sigkill_agent_leaves_no_orphans(
         if agent.stdout:
             agent.stdout.close()
         psutil.wait_procs(procs, timeout=2.0)
+
+
+# A worker whose descendants leave its process group and session: a setsid child, a
+# double-forked daemon (its middle process exits, so it is an orphan), and a grandchild
+# in the worker's group that ignores SIGTERM. The worker prints (or says) all three pids.
+ESCAPEES = r"""
+import os, signal, subprocess, sys
+setsid_child = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+r, w = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    pid = os.fork()
+    if pid == 0:
+        os.execvp("sleep", ["sleep", "1001"])
+    os.write(w, str(pid).encode())
+    os._exit(0)
+os.wait()
+daemon = int(os.read(r, 32))
+stubborn = subprocess.Popen([sys.executable, "-c",
+    "import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); signal.pause()"],
+    stdout=subprocess.PIPE)
+stubborn.stdout.readline()
+report = f"{os.getpid()} {setsid_child.pid} {daemon} {stubborn.pid}"
+if "BEACON" in os.environ:
+    fd = os.open(os.environ["BEACON"], os.O_WRONLY); os.write(fd, (report + "\n").encode()); os.close(fd)
+else:
+    print(report, flush=True)
+signal.pause()
+"""
+
+ESCAPE_AGENT = r"""
+import asyncio, os, sys
+from corral.rendezvous.api import RoundInfo
+from corral.workers import Reaper, RunLogs, WorkerGroup, WorkerSpec
+from corral.workers.sweep import claim_children
+
+async def main():
+    claim_children()  # as the CLI does
+    reaper = Reaper(); reaper.start()
+    logs = RunLogs("escape", log_dir=sys.argv[1])
+    spec = WorkerSpec(sys.executable, ("-c", sys.argv[2]), no_python=True, local_world_size=2)
+    rnd = RoundInfo("escape", 0, 0, 1, (), 0, 2, "127.0.0.1", 29500, 0)
+    env = {k: v for k, v in os.environ.items() if k != "BEACON"}
+    g = WorkerGroup(spec, rnd, attempt=0, logs=logs, reaper=reaper, node_id="n", host="h",
+                    base_env=env)
+    await g.start()
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def _gone_by(pids: list[int], deadline_s: float) -> list[int]:
+    """Poll until every pid is gone or a zombie (bounded by ``deadline_s``); return the living."""
+    import time
+
+    end = time.monotonic() + deadline_s
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > end:
+            return alive
+        psutil.wait_procs([], timeout=0.01)  # a bounded pause between polls
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def test_escapees_die_with_sigkilled_agent(subreaper: None, tmp_path: Path) -> None:
+    agent = subprocess.Popen(
+        [sys.executable, "-c", ESCAPE_AGENT, str(tmp_path), ESCAPEES],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    pids: list[int] = []
+    try:
+        assert agent.stdout is not None
+        for _ in range(2):
+            pids += [int(p) for p in agent.stdout.readline().split()]
+        assert len(pids) == 8
+        escapees = [p for i, p in enumerate(pids) if i % 4]
+        assert all(psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in escapees)
+        agent.kill()
+        agent.wait()
+        alive = _gone_by(pids, 1.0)
+        assert not alive, f"still running 1 s after the agent's SIGKILL: {alive}"
+    finally:
+        _kill_all(pids)
+        agent.kill()
+        agent.wait()
+        if agent.stdout:
+            agent.stdout.close()
+        psutil.wait_procs([p for p in psutil.Process().children() if p.pid in pids], timeout=2.0)
+
+
+async def test_escapees_die_on_graceful_stop(tmp_path: Path) -> None:
+    from corral.workers import Reaper, RunLogs, WorkerGroup, WorkerSpec
+
+    from .conftest import Beacon, round_info
+
+    beacon = Beacon(tmp_path)
+    reaper = Reaper()
+    reaper.start()
+    logs = RunLogs("escape", log_dir=str(tmp_path / "logs"))
+    spec = WorkerSpec(sys.executable, ("-c", ESCAPEES), no_python=True, local_world_size=2)
+    g = WorkerGroup(
+        spec,
+        round_info(2),
+        attempt=0,
+        logs=logs,
+        reaper=reaper,
+        node_id="n",
+        host="h",
+        base_env={**os.environ, "BEACON": beacon.path},
+    )
+    pids: list[int] = []
+    try:
+        await g.start()
+        for line in await beacon.lines(2, timeout=20):
+            pids += [int(p) for p in line.split()]
+        await g.stop(0.5)  # SIGTERM: the stubborn grandchild ignores it, the others never get it
+        alive = _gone_by(pids, 2.0)
+        assert not alive, f"still running after the group stopped: {alive}"
+    finally:
+        _kill_all(pids)
+        await g.stop(0.1)
+        beacon.close()
+        logs.close()
+        reaper.close()
