@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+from corral._aio import task_scope
+from corral._compat import TaskGroup
 from corral._compat import timeout as _compat_timeout
 from corral.clock import Clock, MonotonicClock
 from corral.errors import StoreError, StoreUnavailable
@@ -22,18 +23,22 @@ Item = tuple[str, WatchEvent | StoreError | None]
 class Mux:
     """Merges several store watches (and asyncio events) into one queue, tagged.
 
-    Each source runs in a task owned by :func:`watching`, which cancels and
-    awaits them all when its block ends. A watch that fails delivers its
-    ``StoreError`` as an item instead of raising, so the consumer decides.
+    Each source runs in a task of the task group of :func:`watching`, which
+    cancels and awaits them all when its block ends. A watch that fails with a
+    ``StoreError`` delivers it as an item instead of raising, so the consumer
+    decides. Any other failure of a source (a bug, an untranslated error) is
+    not an item: it cancels the consumer's block at once, wherever it waits,
+    and ``async with watching()`` raises it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tg: TaskGroup) -> None:
+        self._tg = tg
         self._q: asyncio.Queue[Item] = asyncio.Queue()
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def add(self, tag: str, cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]) -> None:
         self.drop(tag)
-        self._tasks[tag] = asyncio.get_running_loop().create_task(self._pump(tag, cm))
+        self._tasks[tag] = self._tg.create_task(self._pump(tag, cm))
 
     async def start(
         self, tag: str, cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]
@@ -43,12 +48,12 @@ class Mux:
         nothing the watch does not deliver."""
         self.drop(tag)
         entered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tasks[tag] = asyncio.get_running_loop().create_task(self._pump(tag, cm, entered))
+        self._tasks[tag] = self._tg.create_task(self._pump(tag, cm, entered))
         await entered
 
     def add_event(self, tag: str, ev: asyncio.Event) -> None:
         self.drop(tag)
-        self._tasks[tag] = asyncio.get_running_loop().create_task(self._signal(tag, ev))
+        self._tasks[tag] = self._tg.create_task(self._signal(tag, ev))
 
     def drop(self, tag: str) -> None:
         t = self._tasks.pop(tag, None)
@@ -72,7 +77,7 @@ class Mux:
             self._q.put_nowait((tag, exc))
         finally:
             if entered is not None and not entered.done():
-                entered.set_result(None)  # the error, if any, is in the queue
+                entered.set_result(None)  # a StoreError is in the queue; others fail the scope
 
     async def _signal(self, tag: str, ev: asyncio.Event) -> None:
         await ev.wait()
@@ -86,36 +91,34 @@ class Mux:
             return await self._q.get()
         if timeout <= 0:
             return None
-        getter = asyncio.ensure_future(self._q.get())
-        sleeper = asyncio.ensure_future(clock.sleep(timeout))
         try:
-            await asyncio.wait({getter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        return None
+            async with clock_timeout(clock, timeout):
+                return await self._q.get()  # a cancelled get() leaves the item queued
+        except TimeoutError:
+            return None
 
-    async def aclose(self) -> None:
+    def cancel_all(self) -> None:
+        """Cancel every source (the task group awaits them when the block ends)."""
         tasks = list(self._tasks.values())
         self._tasks.clear()
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
 
 
 @asynccontextmanager
 async def watching() -> AsyncIterator[Mux]:
-    """``async with watching() as mux``: every source added ends with the block."""
-    mux = Mux()
-    try:
-        yield mux
-    finally:
-        await mux.aclose()
+    """``async with watching() as mux``: every source added ends with the block.
+
+    The sources' tasks live in a :func:`corral._aio.task_scope`: leaving the
+    block cancels and awaits them; a source that fails with anything but a
+    ``StoreError`` ends the block with that error.
+    """
+    async with task_scope() as tg:
+        mux = Mux(tg)
+        try:
+            yield mux
+        finally:
+            mux.cancel_all()
 
 
 @asynccontextmanager
@@ -135,17 +138,17 @@ async def clock_timeout(clock: Clock, seconds: float) -> AsyncIterator[None]:
         fired = True
         task.cancel()
 
-    timer = asyncio.get_running_loop().create_task(_timer())
     try:
-        yield
+        async with task_scope() as tg:
+            timer = tg.create_task(_timer())
+            try:
+                yield
+            finally:
+                timer.cancel()
     except asyncio.CancelledError:
         if fired and task.uncancel() == 0:
             raise TimeoutError(f"deadline of {seconds} s passed") from None
         raise
-    finally:
-        timer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await timer
 
 
 def free_port(addr: str) -> int:
