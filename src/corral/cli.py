@@ -139,6 +139,21 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
         "600",
         "Seconds allowed before a rank's first progress when --hang-timeout is on.",
     ),
+    (
+        ("--events-file", "--events_file"),
+        None,
+        "Append the agent's events to this file as JSON Lines (docs/events.md).",
+    ),
+    (
+        ("--metrics-port", "--metrics_port"),
+        None,
+        "Serve Prometheus metrics on this port (off when unset; docs/events.md).",
+    ),
+    (
+        ("--metrics-addr", "--metrics_addr"),
+        "0.0.0.0",
+        "Address the metrics endpoint binds (127.0.0.1: this host only).",
+    ),
 )
 # Options torchrun reads from neither the environment nor with an env action.
 _PLAIN_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
@@ -151,6 +166,10 @@ _FLAG_OPTIONS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("--no-python", "--no_python"), "Run the script itself, not with python."),
     (("--run-path", "--run_path"), "Run the script with runpy.run_path."),
     (("--virtual-local-rank", "--virtual_local_rank"), "LOCAL_RANK 0, one device per worker."),
+    (
+        ("--collapse-logs", "--collapse_logs"),
+        "Print a line several local ranks print at once only once, as [role0-7]: (docs/events.md).",
+    ),
 )
 
 
@@ -461,6 +480,10 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
         virtual_local_rank=a["virtual_local_rank"],
         hang_timeout=hang_timeout,
         hang_startup_timeout=hang_startup_timeout,
+        events_file=a["events_file"] or None,
+        metrics_port=_port("--metrics-port", a["metrics_port"]),
+        metrics_addr=a["metrics_addr"].strip() or "0.0.0.0",
+        collapse_logs=a["collapse_logs"],
     )
 
 

@@ -327,6 +327,10 @@ class LaunchConfig:
     virtual_local_rank: bool = False
     hang_timeout: float | None = None  # None: hang detection off (docs/hangs.md)
     hang_startup_timeout: float = 600.0
+    events_file: str | None = None  # JSON Lines of the agent's events (docs/events.md)
+    metrics_port: int | None = None  # None: no Prometheus endpoint
+    metrics_addr: str = "0.0.0.0"  # where --metrics-port listens
+    collapse_logs: bool = False  # one console line for a line many local ranks print
 
     def __post_init__(self) -> None:
         nnodes = f"{self.min_nodes}:{self.max_nodes}"
@@ -402,6 +406,8 @@ class LaunchConfig:
             raise ConfigError(
                 f"--hang-timeout {self.hang_timeout}: expected seconds > 0 (leave it unset for off)"
             )
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port {self.metrics_port}: expected a port in 0..65535")
         if not self.hang_startup_timeout > 0:
             raise ConfigError(
                 f"--hang-startup-timeout {self.hang_startup_timeout}: expected seconds > 0"

@@ -38,6 +38,7 @@ from corral.errors import (
     StoreUnavailable,
     WorkerFailed,
 )
+from corral.events import types as ev
 from corral.rendezvous.api import Decision, NodeDesc, Rendezvous, RoundChange, RoundInfo
 from corral.reporting.failures import FailureReport
 
@@ -108,6 +109,7 @@ class Agent:
         hooks: AgentHooks | None = None,
         policy: RestartPolicy | None = None,
         handle_signals: bool | None = None,
+        events: Callable[[ev.Event], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.environ = dict(os.environ if environ is None else environ)
@@ -120,6 +122,9 @@ class Agent:
         self.host = socket.gethostname()
         self.node_id = f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._signal_event = asyncio.Event()
+        self._events = events  # the caller's EventSink (docs/events.md)
+        self.observers: Any = None  # corral.events.observe.Observers, while executing
+        self._round = -1
         self._signum = 0
         self._group: Any = None
         self._server: Any = None
@@ -174,6 +179,12 @@ class Agent:
                 stack.callback(logs.close)
                 if logs.temporary is not None:
                     reaper.register_dir(logs.temporary)  # removed even if we are SIGKILLed
+                from corral.events.observe import Observers
+
+                self.observers = await stack.enter_async_context(
+                    Observers(self.cfg, node_id=self.node_id, sink=self._events,
+                              run_dir=logs.run_dir if self.cfg.log_dir else None)
+                )  # fmt: skip
                 rdzv = await self._open_rendezvous(stack)
                 try:
                     await self._loop(rdzv, logs, reaper)
@@ -182,6 +193,7 @@ class Agent:
                     await self._linger()
                     raise
                 finally:
+                    self._job_ended(sys.exc_info()[1])
                     if self.machine.state is AgentState.SUCCEEDED:
                         await self._linger()
         except JobFailed as exc:
@@ -251,6 +263,7 @@ class Agent:
             self.machine.to(AgentState.RENDEZVOUS)
             try:
                 rnd = await self._race(rdzv.join())
+                self._round_closed(rnd, spec.local_world_size)
             except RendezvousClosed:
                 self.machine.to(AgentState.SUCCEEDED)
                 return 0
@@ -290,6 +303,7 @@ class Agent:
             self.machine.to(AgentState.RUNNING)
             try:
                 await group.start()
+                self._workers_started(group, rnd, attempt - 1)
                 outcome = await self._race_group(group, rdzv, rnd)
             except BaseException:
                 await group.stop(self.cfg.shutdown_timeout)
@@ -302,11 +316,14 @@ class Agent:
                     outcome.kind.value,
                     f": {outcome.detail}" if outcome.detail else "",
                 )
+                self._round_over(rnd, outcome.kind.value, outcome.detail)
                 await self._stop(group)
                 await self._notify(rnd, outcome.kind.value, [])
+                self._restart(rnd, outcome.kind.value, outcome.detail)
                 continue
             if outcome.succeeded:
                 self.results = self._read_results(group)
+                self._round_over(rnd, "succeeded", "", exited=group.pids)
                 await self._notify(rnd, "succeeded", [])
                 self.machine.to(AgentState.STOPPING)
                 change = await self._race(rdzv.report_success(rnd))
@@ -329,6 +346,7 @@ class Agent:
                 first.pid,
                 first.signal_name or f"exit code {first.exitcode}",
             )
+            self._round_over(rnd, "failure", f"rank {first.rank} failed", failed=failures)
             await self._notify(rnd, "failed", failures)
             verdict = self.policy.on_failure(failures)
             if not verdict.restart:
@@ -341,6 +359,7 @@ class Agent:
             finally:
                 await stop
             if decision is Decision.RESTART:
+                self._restart(rnd, "failure", f"rank {first.rank} failed")
                 if verdict.delay > 0:
                     log.info("waiting %.1fs before rejoining (%s)", verdict.delay, verdict.reason)
                 await self._race(self.policy.before_rejoin(verdict))
@@ -394,7 +413,9 @@ class Agent:
             await asyncio.gather(task, sig, return_exceptions=True)
 
     async def _stop(self, group: Any) -> None:
+        t0 = self.clock.now()
         await group.stop(self.cfg.shutdown_timeout)
+        self._emit(ev.WorkersStopped, group.rnd.round, seconds=self.clock.now() - t0)
         if self._group is group:
             self._group = None
 
@@ -411,6 +432,7 @@ class Agent:
             self._group.send_signal(signum)
         if not self._signum:
             self._signum = signum
+        self._emit(ev.SignalReceived, self._round, signal=signal.Signals(signum).name)
         self._signal_event.set()
 
     def _print_root_cause(self, report: FailureReport | None, total: int = 1) -> None:
@@ -440,6 +462,39 @@ class Agent:
                 log.warning(
                     "agents still connected %.0fs after the job ended; closing the store", grace
                 )
+
+    # -- events (docs/events.md) ------------------------------------------------
+
+    def _emit(self, cls: type[ev.Event], round: int, **fields: Any) -> None:
+        """Hand an event to the sinks; nothing is built when nobody listens."""
+        if self.observers is not None and self.observers.sink:
+            self.observers.emit(cls, round, **fields)
+
+    def _round_closed(self, rnd: RoundInfo, local_world_size: int) -> None:
+        from corral.events.agent import round_closed
+
+        self._round = rnd.round
+        round_closed(self, rnd, local_world_size)
+
+    def _workers_started(self, group: Any, rnd: RoundInfo, attempt: int) -> None:
+        from corral.events.agent import workers_started
+
+        workers_started(self, group, rnd, attempt)
+
+    def _round_over(self, rnd: RoundInfo, cause: str, detail: str, **kw: Any) -> None:
+        from corral.events.agent import round_over
+
+        round_over(self, rnd, cause, detail, **kw)
+
+    def _restart(self, rnd: RoundInfo, cause: str, detail: str) -> None:
+        if cause != "job_ended":
+            self._emit(ev.RestartDecided, rnd.round, cause=cause, detail=detail,
+                       restart_count=rnd.restart_count, max_restarts=self.cfg.max_restarts)  # fmt: skip
+
+    def _job_ended(self, exc: BaseException | None) -> None:
+        from corral.events.agent import job_ended
+
+        job_ended(self, exc)
 
     # -- rendezvous and store -------------------------------------------------
 
@@ -473,6 +528,8 @@ class Agent:
             store = await self._open_store(
                 stack, addr, endpoint=endpoint, is_host=cfg.node_rank == 0
             )
+            if self.observers is not None:
+                self.observers.attach_store(stack, store)  # the job's journal (docs/events.md)
             static = StaticRendezvous(
                 store,
                 run_id=cfg.rdzv_id,
@@ -494,6 +551,8 @@ class Agent:
             factory = load_backend(cfg.rdzv_backend)
             return await factory(cfg, node, stack=stack, clock=self.clock)
         store = await self._open_store(stack, addr)
+        if self.observers is not None:
+            self.observers.attach_store(stack, store)  # the job's journal (docs/events.md)
         from corral.rendezvous.dynamic import DynamicRendezvous
 
         dyn = DynamicRendezvous(

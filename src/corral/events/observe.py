@@ -1,0 +1,160 @@
+"""What watches one agent: its event sinks and the tasks behind them, set up from the config.
+
+:class:`Observers` is an async context manager the agent enters once. It
+owns the agent's :class:`~corral.events.sinks.Fanout` (the caller's sink,
+the JSON Lines files of ``--events-file`` and ``--log-dir``, the job
+journal, the metrics) and a task group for the journal writer and the
+metrics endpoint. Leaving it cancels those tasks and closes the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+from corral._compat import TaskGroup
+from corral.config import LaunchConfig
+from corral.events.sinks import EventSink, Fanout, JsonlSink
+from corral.events.store import JournalWriter
+from corral.events.types import Event, stamp
+
+__all__ = ["Observers"]
+
+log = logging.getLogger("corral.events")
+
+
+class Observers:
+    """The agent's event sinks and their background tasks.
+
+    Args:
+        cfg: the launch configuration (``events_file``, ``metrics_port``,
+            ``metrics_addr``, ``log_dir``, the run id and key prefix).
+        node_id: this agent's node id (on every event).
+        sink: the caller's sink (``Agent(events=...)``), if any.
+        run_dir: this agent's log directory when ``--log-dir`` is given:
+            ``events.jsonl`` is written there too.
+    """
+
+    def __init__(
+        self,
+        cfg: LaunchConfig,
+        *,
+        node_id: str,
+        sink: EventSink | None = None,
+        run_dir: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.node_id = node_id
+        self.sink = Fanout([sink] if sink is not None else [])
+        self.run_dir = run_dir
+        self.journal = JournalWriter(prefix=cfg.rdzv_conf.prefix, run_id=cfg.rdzv_id)
+        self.metrics: Any = None
+        self.metrics_address: tuple[str, int] | None = None
+        self._stack = AsyncExitStack()
+        self._tg: TaskGroup | None = None
+        self._tasks: list[Any] = []
+        self._probe: Callable[[], Awaitable[None]] | None = None
+
+    def emit(self, cls: type[Event], round: int, **fields: Any) -> None:
+        """Build event ``cls`` (stamped now) and hand it to every sink; free when none listens."""
+        if self.sink:
+            self.sink(stamp(cls, self.node_id, round, **fields))
+
+    async def __aenter__(self) -> Observers:
+        stack = self._stack
+        await stack.__aenter__()
+        try:
+            paths = [self.cfg.events_file] if self.cfg.events_file else []
+            if self.run_dir is not None:
+                paths.append(os.path.join(self.run_dir, "events.jsonl"))
+            for path in paths:
+                try:
+                    jsonl = JsonlSink(path)
+                except OSError as exc:
+                    from corral.errors import ConfigError
+
+                    raise ConfigError(f"--events-file {path}: cannot open ({exc})") from exc
+                self.sink.add(jsonl)
+                stack.callback(jsonl.close)
+            self.sink.add(self.journal)
+            self._tg = await stack.enter_async_context(TaskGroup())
+            stack.callback(self._cancel_tasks)  # runs before the task group waits for them
+            port = self.cfg.metrics_port
+            if port is not None:
+                await self._start_metrics(port)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    def attach_store(self, stack: AsyncExitStack, store: Any) -> None:
+        """The job's store is open: start writing the journal (and probing the store).
+
+        ``stack`` is the one the store's close is on: the final journal flush
+        is pushed on it so that it runs before the store closes.
+        """
+        self.journal.attach(store)
+        if self._tg is not None:
+            self._tasks.append(self._tg.create_task(self.journal.run()))
+        stack.push_async_callback(self.journal.final_flush)
+        if self.metrics is not None:
+            from corral.rendezvous.state import Keys
+
+            key = Keys(self.cfg.rdzv_conf.prefix, self.cfg.rdzv_id).round
+
+            async def probe() -> None:
+                await store.get(key)
+
+            self._probe = probe
+
+    async def _start_metrics(self, port: int) -> None:
+        import asyncio
+
+        from corral.events.metrics import Metrics, serve_metrics
+
+        self.metrics = Metrics(max_restarts=self.cfg.max_restarts, node=self.node_id)
+        self.sink.add(self.metrics)
+        self.journal.on_latency = self.metrics.store_rtt.observe
+        ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+
+        def started(addr: tuple[str, int]) -> None:
+            if not ready.done():
+                ready.set_result(addr)
+
+        async def probe() -> None:
+            if self._probe is not None:
+                await self._probe()
+
+        async def serve() -> None:
+            try:
+                await serve_metrics(self.metrics, self.cfg_addr, port, probe=probe, started=started)
+            except OSError as exc:
+                if not ready.done():
+                    ready.set_exception(exc)
+                else:  # pragma: no cover - the listening socket failed later
+                    log.warning("metrics endpoint stopped: %s", exc)
+
+        assert self._tg is not None
+        self._tasks.append(self._tg.create_task(serve()))
+        try:
+            self.metrics_address = await ready
+        except OSError as exc:
+            from corral.errors import LauncherError
+
+            raise LauncherError(
+                f"--metrics-port {port}: cannot listen on {self.cfg_addr}:{port} ({exc})"
+            ) from exc
+
+    @property
+    def cfg_addr(self) -> str:
+        return self.cfg.metrics_addr or "0.0.0.0"
+
+    def _cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
