@@ -20,8 +20,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+from corral._aio import first_of, task_scope
 from corral.agent.liveness import PeerLiveness
 from corral.agent.net import is_local_address, local_address_towards, numeric_host
 from corral.agent.policy import ImmediatePolicy, RestartPolicy
@@ -351,13 +352,14 @@ class Agent:
             verdict = self.policy.on_failure(failures)
             if not verdict.restart:
                 log.warning("restart policy gives up: %s; the job fails now", verdict.reason)
-            stop = asyncio.ensure_future(self._stop(group))
-            try:
-                decision, root = await self._race(
-                    rdzv.report_failure(rnd, failures, final=not verdict.restart)
-                )
-            finally:
-                await stop
+            async with task_scope() as tg:  # stop the siblings while the failures go out
+                stop = tg.create_task(self._stop(group))
+                try:
+                    decision, root = await self._race(
+                        rdzv.report_failure(rnd, failures, final=not verdict.restart)
+                    )
+                finally:
+                    await stop  # every worker is stopped before the scope ends
             if decision is Decision.RESTART:
                 self._restart(rnd, "failure", f"rank {first.rank} failed")
                 if verdict.delay > 0:
@@ -372,45 +374,34 @@ class Agent:
             raise WorkerFailed(_summary(root), [root, *others])
 
     async def _race_group(self, group: Any, rdzv: Rendezvous, rnd: RoundInfo) -> Any:
-        """Wait for the first of: the group's result, the round's end, a signal."""
-        waiter = asyncio.ensure_future(group.wait())
-        watcher = asyncio.ensure_future(rdzv.watch_round(rnd))
-        sig = asyncio.ensure_future(self._signal_event.wait())
-        # never completes: revokes a dead predecessor's lease, which ends the round for all
-        live = asyncio.ensure_future(self._liveness.watch(rnd)) if self._liveness else None
-        try:
-            done, _ = await asyncio.wait(
-                {waiter, watcher, sig}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if sig in done:
-                # the signal was forwarded already; give the workers the shutdown
-                # timeout to act on it, then SIGKILL (torchrun's death_sig semantics)
-                await group.stop(self.cfg.shutdown_timeout, first_signal=None)
-                raise Interrupted(self._signum)
-            if waiter in done:
-                return waiter.result()
-            return watcher.result()
-        finally:
-            tasks = [t for t in (waiter, watcher, sig, live) if t is not None]
-            for t in tasks:
-                if not t.done():
-                    t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        """Wait for the first of: a signal, the group's result, the round's end.
+
+        The liveness watch (it never returns: it revokes a dead predecessor's
+        lease, which ends the round for all) runs beside the race in the same
+        task scope: an error of it fails this race at once, as itself.
+        """
+        async with task_scope() as tg:
+            live = tg.create_task(self._liveness.watch(rnd)) if self._liveness else None
+            try:
+                i, result = await first_of(
+                    self._signal_event.wait(), group.wait(), rdzv.watch_round(rnd)
+                )
+                if i == 0:
+                    # the signal was forwarded already; give the workers the shutdown
+                    # timeout to act on it, then SIGKILL (torchrun's death_sig semantics)
+                    await group.stop(self.cfg.shutdown_timeout, first_signal=None)
+                    raise Interrupted(self._signum)
+                return result
+            finally:
+                if live is not None:
+                    live.cancel()  # the scope awaits it
 
     async def _race(self, aw: Awaitable[T]) -> T:
         """Await ``aw`` unless a handled signal arrives first (then raise Interrupted)."""
-        task = asyncio.ensure_future(aw)
-        sig = asyncio.ensure_future(self._signal_event.wait())
-        try:
-            done, _ = await asyncio.wait({task, sig}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                return task.result()
+        i, result = await first_of(aw, self._signal_event.wait())
+        if i == 1:
             raise Interrupted(self._signum)
-        finally:
-            for t in (task, sig):
-                if not t.done():
-                    t.cancel()
-            await asyncio.gather(task, sig, return_exceptions=True)
+        return cast(T, result)
 
     async def _stop(self, group: Any) -> None:
         t0 = self.clock.now()
