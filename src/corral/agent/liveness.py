@@ -66,31 +66,27 @@ class PeerLiveness:
         self._lease = lease
         self._base = f"{prefix.rstrip('/')}/{run_id}/live/"
         self._server: asyncio.Server | None = None
-        self._peers: set[asyncio.StreamWriter] = set()
+        self._peers: set[asyncio.BaseTransport] = set()
         self._published: str | None = None
         self.port = 0
 
     async def start(self) -> None:
-        """Listen on a free port of this agent's address."""
-        self._server = await asyncio.start_server(self._accept, self._addr, 0)
+        """Listen on a free port of this agent's address.
+
+        Accepted connections are plain protocols (no task per peer): each is
+        held open until the peer closes it or :meth:`close` runs.
+        """
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Held(self._peers), self._addr, 0)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            for w in list(self._peers):
-                w.close()
+            for t in list(self._peers):
+                t.close()
             await self._server.wait_closed()
             self._server = None
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Hold the successor's connection open; our death (the kernel closing it) is the signal.
-        self._peers.add(writer)
-        try:
-            await _drain(reader)
-        finally:
-            self._peers.discard(writer)
-            writer.close()
 
     def key(self, rnd: int, group_rank: int) -> str:
         return f"{self._base}{rnd}/{group_rank}"
@@ -98,12 +94,18 @@ class PeerLiveness:
     async def watch(self, rnd: RoundInfo) -> NoReturn:
         """Publish this node for ``rnd`` and watch its ring predecessor until cancelled.
 
-        Never returns; store errors are logged (the lease TTL still applies).
+        Never returns. A store or network error, or a bad record, turns the ring
+        off for this round with a warning (the lease TTL still applies); any
+        other error is raised, and fails the agent's race (its task scope).
         """
         try:
             await self._watch(rnd)
         except (LauncherError, OSError, ValueError) as exc:
-            log.debug("peer liveness for round %d off: %s", rnd.round, exc)
+            log.warning(
+                "peer liveness for round %d off (leases alone watch the predecessor): %s",
+                rnd.round,
+                exc,
+            )
         await asyncio.Event().wait()
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -153,10 +155,30 @@ class PeerLiveness:
                         break
         if value is None:
             raise ValueError(f"no liveness record at {key}")
-        data = json.loads(value)
-        if not isinstance(data, dict):
-            raise ValueError(f"bad liveness record at {key}")
+        data = json.loads(value)  # a JSONDecodeError is a ValueError
+        if not isinstance(data, dict) or not {"addr", "port", "lease"} <= data.keys():
+            raise ValueError(f"bad liveness record at {key}: {value[:200]!r}")
         return data
+
+
+class _Held(asyncio.Protocol):
+    """A successor's connection, held open: our death (the kernel closing it) is its signal."""
+
+    def __init__(self, peers: set[asyncio.BaseTransport]) -> None:
+        self._peers = peers
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._peers.add(transport)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the ring carries nothing
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._peers.discard(self._transport)
+            self._transport.close()
 
 
 async def _drain(reader: asyncio.StreamReader) -> None:
