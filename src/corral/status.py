@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from corral._compat import run as _compat_run
 from corral.config import RdzvConf, split_host_port
@@ -57,6 +58,8 @@ class JobStatus:
     failures: list[FailureReport] = field(default_factory=list)
     failures_round: int | None = None
     outcome: Outcome | None = None
+    incidents: list[dict[str, Any]] = field(default_factory=list)  # docs/events.md
+    goodput: float | None = None
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -73,6 +76,9 @@ async def read_status(store: Store, *, run_id: str, prefix: str, label: str) -> 
     out = await store.get(k.outcome)
     if out is not None:
         st.outcome = Outcome.from_json(out.value)
+    from corral.events.report import read_incidents
+
+    st.incidents, st.goodput = await read_incidents(store, prefix=prefix, run_id=run_id)
     ptr_kv = await store.get(k.round)
     if ptr_kv is None:
         return st  # no agent has started this job (yet)
@@ -174,6 +180,9 @@ def render(st: JobStatus) -> str:
         lines.extend(f"  {_failure_line(f)}" for f in st.failures[:5])
         if len(st.failures) > 5:
             lines.append(f"  ... and {len(st.failures) - 5} more")
+    from corral.events.report import incident_lines
+
+    lines.extend(incident_lines(st.incidents, st.goodput))
     return "\n".join(lines)
 
 
