@@ -60,8 +60,11 @@ class Procs:
 
 
 def corral_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "TORCHELASTIC_"))}
+    # the tests' own environment, not the scheduler's that may run them (docs/schedulers.md)
+    drop = ("PET_", "TORCHELASTIC_", "SLURM_", "SKYPILOT_", "JOB_COMPLETION_INDEX")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.pop("CORRAL_TOKEN", None)
+    env.pop("KUBERNETES_SERVICE_HOST", None)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

@@ -57,6 +57,11 @@ class _Env(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         setattr(namespace, self.dest, values)
+        given = getattr(namespace, "_given", None)  # dests given on the command line
+        if given is None:
+            given = set()
+            setattr(namespace, "_given", given)
+        given.add(self.dest)
 
 
 class _CheckEnv(argparse.Action):
@@ -128,6 +133,17 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
         ("--shutdown-timeout", "--shutdown_timeout"),
         None,
         "Seconds from SIGTERM to SIGKILL (else TORCH_ELASTIC_SHUTDOWN_TIMEOUT, else 30).",
+    ),
+    (
+        ("--on-signal", "--on_signal"),
+        None,
+        "On a handled signal: stop (the whole job) or leave (this node leaves; the others "
+        "go on). Default: stop when MIN == MAX, leave when MIN < MAX.",
+    ),
+    (
+        ("--scheduler",),
+        "auto",
+        "Read the job from a scheduler's environment: auto, none, slurm, kubernetes, skypilot.",
     ),
     (
         ("--hang-timeout", "--hang_timeout"),
@@ -407,6 +423,10 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
     """
     ns = build_parser(environ).parse_args(argv)
     a: dict[str, Any] = vars(ns)
+    from corral.schedulers import apply_scheduler  # docs/schedulers.md
+
+    sched = apply_scheduler(a, a.pop("_given", set()), environ)
+    a = sched.values
 
     if a["logs_specs"] is not None:
         raise ConfigError(
@@ -478,6 +498,9 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
         signals_to_handle=signals,
         shutdown_timeout=shutdown_timeout,
         virtual_local_rank=a["virtual_local_rank"],
+        on_signal=(a["on_signal"] or "").strip().lower() or None,
+        scheduler_summary=sched.summary,
+        scheduler_ignored=sched.ignored,
         hang_timeout=hang_timeout,
         hang_startup_timeout=hang_startup_timeout,
         events_file=a["events_file"] or None,

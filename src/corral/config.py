@@ -325,6 +325,9 @@ class LaunchConfig:
     signals_to_handle: tuple[int, ...] = DEFAULT_SIGNALS
     shutdown_timeout: float = 30.0
     virtual_local_rank: bool = False
+    on_signal: str | None = None  # stop | leave; None: stop when MIN == MAX, else leave
+    scheduler_summary: str = ""  # what a scheduler's environment gave (docs/schedulers.md)
+    scheduler_ignored: tuple[str, ...] = ()  # half-set environments, one line each
     hang_timeout: float | None = None  # None: hang detection off (docs/hangs.md)
     hang_startup_timeout: float = 600.0
     events_file: str | None = None  # JSON Lines of the agent's events (docs/events.md)
@@ -400,6 +403,8 @@ class LaunchConfig:
                 signal.Signals(sig)
             except ValueError as exc:
                 raise ConfigError(f"--signals-to-handle {sig}: not a signal number") from exc
+        if self.on_signal not in (None, "stop", "leave"):
+            raise ConfigError(f"--on-signal {self.on_signal}: expected stop or leave")
         if not self.shutdown_timeout >= 0:
             raise ConfigError(f"--shutdown-timeout {self.shutdown_timeout}: expected seconds >= 0")
         if self.hang_timeout is not None and not self.hang_timeout > 0:
@@ -416,6 +421,11 @@ class LaunchConfig:
     @property
     def elastic(self) -> bool:
         return self.min_nodes != self.max_nodes
+
+    @property
+    def signal_action(self) -> str:
+        """What a handled signal does: ``--on-signal``, else stop (MIN == MAX) or leave."""
+        return self.on_signal or ("leave" if self.elastic else "stop")
 
     @property
     def endpoint_host_port(self) -> tuple[str, int]:

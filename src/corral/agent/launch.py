@@ -31,5 +31,10 @@ def run(cfg: LaunchConfig) -> int:
     from corral.workers.sweep import claim_children
 
     _setup_logging()
+    log = logging.getLogger("corral")
+    if cfg.scheduler_summary:  # the first line: what a scheduler gave (docs/schedulers.md)
+        log.info("%s", cfg.scheduler_summary)
+    for line in cfg.scheduler_ignored:
+        log.warning("%s", line)
     claim_children()  # this process runs only the agent: orphans of workers come back to it
     return _compat_run(run_cli(cfg))
