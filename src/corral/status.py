@@ -47,6 +47,7 @@ class JobStatus:
     revision: int
     round: int | None = None
     restart_count: int = 0
+    max_restarts: int = -1  # the job's --max-restarts (-1: not recorded)
     reason: str = ""
     detail: str = ""
     closed: bool = False
@@ -89,6 +90,7 @@ async def read_status(store: Store, *, run_id: str, prefix: str, label: str) -> 
         ptr.reason,
         ptr.detail,
     )
+    st.max_restarts = ptr.max_restarts
     r = ptr.round
     live_kvs, _ = await store.range(k.nodes(r))
     live = {Keys.leaf(kv.key): decode_node(kv.value) for kv in live_kvs}
@@ -124,6 +126,8 @@ async def read_status(store: Store, *, run_id: str, prefix: str, label: str) -> 
 
 
 def _failure_line(f: FailureReport) -> str:
+    if f.lost and f.message:
+        return f.message  # a whole node lost: the message names it
     how = f"died of {f.signal_name}" if f.exitcode < 0 else f"exited with code {f.exitcode}"
     why = f": {f.message}" if f.message else ""
     if not why and f.stderr_tail:
@@ -140,7 +144,10 @@ def render(st: JobStatus) -> str:
             lines.append(f"state: SUCCEEDED in round {o.round}")
         else:
             root = _failure_line(o.root_cause) if o.root_cause else "no report"
-            lines.append(f"state: FAILED in round {o.round} (exit code {o.exit_code})")
+            lines.append(
+                f"state: FAILED in round {o.round} (exit code {o.exit_code}); "
+                f"restarts {_restarts(st)}"
+            )
             lines.append(f"root cause: {root}")
     elif st.round is None:
         lines.append("state: no agent has joined this job")
@@ -149,8 +156,7 @@ def render(st: JobStatus) -> str:
         why = st.reason.replace("_", " ") + (f": {st.detail}" if st.detail else "")
         phase = "RUNNING" if st.closed else "RENDEZVOUS"
         lines.append(
-            f"state: {phase} round {st.round} (started by {why}); "
-            f"failure restarts so far: {st.restart_count}"
+            f"state: {phase} round {st.round} (started by {why}); restarts {_restarts(st)}"
         )
     if st.closed and st.nodes:
         lines.append(
@@ -184,6 +190,11 @@ def render(st: JobStatus) -> str:
 
     lines.extend(incident_lines(st.incidents, st.goodput))
     return "\n".join(lines)
+
+
+def _restarts(st: JobStatus) -> str:
+    """``used/allowed``: every restart of the worker group counts, whatever its cause."""
+    return f"{st.restart_count}/{st.max_restarts if st.max_restarts >= 0 else '?'}"
 
 
 def _who(n: NodeDesc) -> str:

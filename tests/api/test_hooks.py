@@ -56,6 +56,7 @@ async def test_other_node_treats_refusal_as_a_lost_node() -> None:
         rdzv_id="refusal",
         rdzv_conf=conf,
         shutdown_timeout=5.0,
+        max_restarts=1,  # B's leaving restarts A's group: that counts (one of one)
     )
     host = replace(job, rdzv_conf=replace(conf, is_host=True))
     guest = replace(job, rdzv_conf=replace(conf, is_host=False))

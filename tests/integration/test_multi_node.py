@@ -153,8 +153,8 @@ def test_sigkill_of_one_agent_survivors_rerun_at_world_2(cluster_factory, hub: H
     victim.wait(timeout=10)
     second = hub.collect(2, where=ws(2))
     assert_one_round(second, 2)
-    assert all(w["TORCHELASTIC_RESTART_COUNT"] == "0" for w in second), (
-        "a scale event is not a restart"
+    assert all(w["TORCHELASTIC_RESTART_COUNT"] == "1" for w in second), (
+        "a lost node counts one restart"
     )
     assert {int(w["GROUP_RANK"]) for w in second} == {0, 1}
     for w in second:
@@ -180,6 +180,7 @@ def test_hung_agent_is_evicted_and_cannot_disturb(cluster_factory, hub: Hub) -> 
     # a consistent round of 3 follows, with fresh ranks and a fresh MASTER_PORT
     third = hub.collect(3, where=lambda w: w["WORLD_SIZE"] == "3" and w not in first)
     assert_one_round(third, 3)
+    assert third[0]["TORCHELASTIC_RESTART_COUNT"] == "2"  # its loss and its return: one each
     assert third[0]["MASTER_PORT"] not in {second[0]["MASTER_PORT"], first[0]["MASTER_PORT"]}
     for w in third:
         w.release(0)
@@ -196,7 +197,7 @@ def test_fourth_agent_joins_running_job(cluster_factory, hub: Hub) -> None:
     c.start(4)
     second = hub.collect(4, where=ws(4))
     assert_one_round(second, 4)
-    assert all(w["TORCHELASTIC_RESTART_COUNT"] == "0" for w in second)
+    assert all(w["TORCHELASTIC_RESTART_COUNT"] == "1" for w in second)  # a scale-up counts one
     for w in second:
         w.release(0)
     for n in (1, 2, 3, 4):
@@ -398,6 +399,7 @@ def test_status_shows_the_running_job(cluster_factory, hub: Hub) -> None:
     text = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=corral_env())
     assert text.returncode == 0, text.stderr
     assert "state: RUNNING round 0" in text.stdout, text.stdout
+    assert "restarts 0/3" in text.stdout, text.stdout  # used/allowed
     assert "world size 2" in text.stdout
     assert {"127.0.0.1", "127.0.0.2"} <= set(text.stdout.split())
     assert text.stdout.count(" live ") == 2

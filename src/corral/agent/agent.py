@@ -54,6 +54,8 @@ def _summary(root: FailureReport | None) -> str:
     """One line for WorkerFailed: which worker failed the job, how and why."""
     if root is None:
         return "job failed (no failure report available)"
+    if root.lost and root.message:
+        return f"job failed: {root.message}"  # a whole node lost, named in the message
     how = (
         f"died of {root.signal_name}" if root.exitcode < 0 else f"exited with code {root.exitcode}"
     )

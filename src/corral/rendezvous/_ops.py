@@ -20,9 +20,6 @@ __all__ = ["Ops"]
 T = TypeVar("T")
 
 
-_FIRST_POINTER = RoundPointer(0).to_json()
-
-
 class Ops:
     """Store access for one run: ``read_timeout`` bounds each request (real time).
 
@@ -33,8 +30,13 @@ class Ops:
     timer per call.
     """
 
-    def __init__(self, store: Store, run_id: str, conf: RdzvConf, clock: Clock) -> None:
+    def __init__(
+        self, store: Store, run_id: str, conf: RdzvConf, clock: Clock, *, max_restarts: int = -1
+    ) -> None:
         self.store = store
+        # The job's first pointer (whoever joins first makes it) records the budget.
+        self._first = RoundPointer(0, max_restarts=max_restarts)
+        self._first_json = self._first.to_json()
         self.keys = Keys(conf.prefix, run_id)
         self._timeout = conf.read_timeout
         self._clock = clock
@@ -92,7 +94,7 @@ class Ops:
     async def _pointer_of(self, kv: KeyValue | None, *, create: bool) -> tuple[RoundPointer, int]:
         """The pointer as read (``kv``; None: absent, then created if asked)."""
         if kv is None:
-            first = RoundPointer(0)
+            first = self._first
             if not create:
                 return first, 0
             res = await self.create(self.keys.round, first.to_json())
@@ -114,7 +116,7 @@ class Ops:
         """
         k = self.keys
         creates = [
-            (k.round, _FIRST_POINTER, 0),  # the job's first join makes it
+            (k.round, self._first_json, 0),  # the job's first join makes it
             (k.node(r, node_id), desc, lease),
             (k.closer(r), node_id.encode(), lease),
         ]

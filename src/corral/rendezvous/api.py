@@ -57,7 +57,7 @@ class RoundInfo:
     world_size: int
     master_addr: str
     master_port: int
-    restart_count: int  # failure restarts the job has had (same on every node)
+    restart_count: int  # restarts the job has had, of any cause (same on every node)
 
 
 class ChangeKind(enum.Enum):

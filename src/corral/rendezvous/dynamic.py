@@ -99,7 +99,8 @@ class DynamicRendezvous:
             offered as is every round (the static backend).
         min_nodes, max_nodes: the round closes with MAX nodes, or MIN after
             the last call, or MIN when every expected node is back.
-        max_restarts: failure restarts of the whole job.
+        max_restarts: restarts of the whole job's worker group, whatever their
+            cause (a failure, a lost node, a node that joins); round 0 is none.
         conf: timeouts (join_timeout, last_call_timeout, keep_alive_*,
             read_timeout, settle_time) and the key prefix.
         clock: monotonic clock for the last call, settle window, keep-alive
@@ -133,7 +134,7 @@ class DynamicRendezvous:
         if "/" in node.node_id or not node.node_id:
             raise ConfigError(f"node id {node.node_id!r} must be non-empty and contain no '/'")
         self._clock: Clock = clock if clock is not None else MonotonicClock()
-        self._ops = Ops(store, run_id, conf, self._clock)
+        self._ops = Ops(store, run_id, conf, self._clock, max_restarts=max_restarts)
         self._k = self._ops.keys
         self._run_id = run_id
         self._node = node
@@ -243,7 +244,7 @@ class DynamicRendezvous:
                     log.info("round %d failed; job restarts as round %d", r, new.round)
                     return Decision.RESTART, None
                 continue
-            end = RoundPointer(ptr.round + 1, ptr.restart_count, REASON_JOB_ENDED, "failed")
+            end = m.end_pointer(ptr, "failed")
             if await self._ops.cas_pointer(end, rev):
                 out = await self._ops.outcome_of(end)
                 return Decision.FAIL, out.root_cause
@@ -670,7 +671,9 @@ class DynamicRendezvous:
         me = self._node.node_id
         await self._ops.put(self._k.waiting_key(me), encode_node(self._node), lease=lease)
         self._waiting = True
-        log.info("round %d closed without node %s: waiting", r, me)
+        ptr = self._pointers[r][0]
+        n, cap, used = len(closed.members), self._max, ptr.restart_count
+        log.info("%s", m.waiting_line(me, r, n, cap, used, self._max_restarts))
         nodes_prefix = self._k.nodes(r)
         async with watching() as mux:
             mux.add("round", self._ops.watch(self._k.round, start_revision=ptr_rev + 1))
@@ -683,9 +686,8 @@ class DynamicRendezvous:
                     key=lambda kv: kv.create_revision,
                 )
                 if not live:
-                    ptr, prev = self._pointers[r]
-                    new = m.next_pointer(ptr, REASON_MEMBER_LOST, f"every member of round {r} left")
-                    await self._ops.cas_pointer(new, prev)
+                    first = closed.members[0].node_id
+                    await self._lost(r, closed, first, f"every member of round {r} left")
                     return
                 mux.add("member", self._ops.watch(live[0].key, start_revision=rev + 1))
                 while True:
@@ -748,7 +750,7 @@ class DynamicRendezvous:
                 elif tag == "pred" and ev.type is EventType.DELETE:
                     gone = pred_id
                     if await self._ops.get(self._k.done_key(r, gone)) is None:
-                        return await self._bump(r, REASON_MEMBER_LOST, f"lost node {gone}")
+                        return await self._lost(r, closed, gone)
                     # A done node leaving is not lost; watch the one before it. It
                     # may have been the success coordinator: take that role too.
                     members = (await self._members_of(r, closed)).members
@@ -766,8 +768,15 @@ class DynamicRendezvous:
                 elif tag == "waiting" and ev.type is EventType.PUT:
                     nid = ev.kv.key[len(self._k.waiting) :]
                     members = (await self._members_of(r, closed)).members
-                    if m.scale_up_wanted(members, nid, self._max):
+                    ptr = self._pointers[r][0]
+                    step = m.scale_up_step(members, nid, self._max, ptr, self._max_restarts)
+                    if step is m.ScaleUp.ADMIT:
                         return await self._bump(r, REASON_NODE_WAITING, f"node {nid} waiting")
+                    if step is m.ScaleUp.SPARE:
+                        log.info(
+                            "node %s waits to join round %d; not admitted: restart budget spent "
+                            "(%s restarts)", nid, r, m.restarts_text(ptr.restart_count, self._max_restarts),
+                        )  # fmt: skip
                 elif tag == "done" and ev.type is EventType.PUT:
                     done_ids.add(ev.kv.key[len(self._k.done(r)) :])
 
@@ -780,7 +789,7 @@ class DynamicRendezvous:
     async def _finish_success(self, r: int) -> RoundChange:
         ptr, rev = self._pointers.get(r) or await self._ops.pointer()
         if ptr.round == r:
-            end = RoundPointer(r + 1, ptr.restart_count, REASON_JOB_ENDED, "success")
+            end = m.end_pointer(ptr, "success")
             if await self._ops.cas_pointer(end, rev):
                 await self._ops.outcome_of(end)
                 log.info("every member of round %d succeeded: job succeeded", r)
@@ -788,6 +797,25 @@ class DynamicRendezvous:
         cur, _ = await self._ops.pointer()
         if cur.reason == REASON_JOB_ENDED:
             await self._ops.outcome_of(cur)
+        return _change(cur)
+
+    async def _lost(self, r: int, closed: ClosedRound, gone: str, detail: str = "") -> RoundChange:
+        """Member ``gone`` of round r was lost (``detail``: how, if not its lease alone):
+        restart (counts one), or with the budget spent end the job with a root
+        cause that names the node as lost (machine.lost_node_report)."""
+        ptr, rev = self._pointers[r]
+        if m.budget_left(ptr, self._max_restarts):
+            return await self._bump(r, REASON_MEMBER_LOST, detail or f"lost node {gone}")
+        members = (await self._members_of(r, closed)).members
+        why = [detail] if detail else []  # else: the lost node's lease ended
+        report = m.lost_node_report(members, gone, r, ptr.restart_count, *why)
+        await self._ops.create(self._k.lost(r, gone), report.to_json())
+        end = m.end_pointer(ptr, "failed")
+        if await self._ops.cas_pointer(end, rev):
+            out = await self._ops.outcome_of(end)
+            log.error("%s: the job fails", out.root_cause.message if out.root_cause else detail)
+            return _change(end)
+        cur, _ = await self._ops.pointer()
         return _change(cur)
 
     async def _bump(self, r: int, reason: str, detail: str) -> RoundChange:

@@ -20,6 +20,8 @@ store is reported, not silently misread. Layout (under ``<prefix>/<run_id>/``)::
                                   hashes to i, about ASSIGNMENTS_PER_KEY of them (each
                                   member reads only the one table its id names)
     r/<r>/failures/<node_id>/<lr> FailureReport of one failed worker
+    r/<r>/failures/<node_id>/lost FailureReport naming member node_id as lost, written when
+                                  its loss ends the job (the restart budget spent)
     r/<r>/done/<node_id>          a member whose workers all succeeded in round r
 """
 
@@ -119,15 +121,22 @@ def decode_node(data: bytes | str) -> NodeDesc:
 class RoundPointer:
     """The value of ``round``: which round is current and the job's restart count.
 
-    ``restart_count`` counts failure restarts of the whole job; it is carried
-    from round to round and grows by one only when a round starts because of a
-    failure, so every node reads the same TORCHELASTIC_RESTART_COUNT.
+    ``restart_count`` counts the restarts of the whole job's worker group; it
+    is carried from round to round and grows by one whenever a round after the
+    first starts, whatever the cause (a failure, a lost member, a waiting node:
+    ``reason``), never for the job's end. Every node reads the same
+    TORCHELASTIC_RESTART_COUNT.
+
+    ``max_restarts`` is the budget as the node that made the first pointer
+    was given it (``--max-restarts``), carried along for ``corral status``;
+    -1: not recorded. Each node decides with its own ``--max-restarts``.
     """
 
     round: int
     restart_count: int = 0
     reason: str = REASON_START
     detail: str = ""
+    max_restarts: int = -1
 
     def to_json(self) -> bytes:
         return _dump(
@@ -136,6 +145,7 @@ class RoundPointer:
                 "restart_count": self.restart_count,
                 "reason": self.reason,
                 "detail": self.detail,
+                "max_restarts": self.max_restarts,
             }
         )
 
@@ -143,7 +153,13 @@ class RoundPointer:
     def from_json(cls, data: bytes | str) -> RoundPointer:
         d = _load(data, "round")
         try:
-            return cls(int(d["round"]), int(d["restart_count"]), str(d["reason"]), str(d["detail"]))
+            return cls(
+                int(d["round"]),
+                int(d["restart_count"]),
+                str(d["reason"]),
+                str(d["detail"]),
+                int(d.get("max_restarts", -1)),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise RendezvousError(f"corrupt round record: {d!r:.80}") from exc
 
@@ -378,6 +394,10 @@ class Keys:
 
     def failure(self, r: int, node_id: str, local_rank: int) -> str:
         return f"{self.base}r/{r}/failures/{node_id}/{local_rank}"
+
+    def lost(self, r: int, node_id: str) -> str:
+        """The report of member ``node_id`` lost in round r (a failure key of its own)."""
+        return f"{self.base}r/{r}/failures/{node_id}/lost"
 
     def done(self, r: int) -> str:
         return f"{self.base}r/{r}/done/"

@@ -43,7 +43,7 @@ class StaticRendezvous:
         node_rank: this node's group rank, 0..nnodes-1.
         nnodes: the world's size in nodes.
         master_addr, master_port: MASTER_ADDR/MASTER_PORT for every round.
-        max_restarts: failure restarts of the whole job.
+        max_restarts: restarts of the whole job, whatever their cause.
         conf: rendezvous timeouts.
         clock: for tests.
     """

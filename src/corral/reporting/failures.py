@@ -26,6 +26,9 @@ class FailureReport:
         timestamp: unix seconds when the agent saw the exit (informational only:
             the job-wide order is the store's, never wall clocks).
         round: the rendezvous round. restart_count: job restarts before this attempt.
+        lost: not a worker's failure but a whole node lost (its agent left the
+            rendezvous) when the restart budget was spent; ``message`` names
+            the node, ``local_rank`` is -1.
     """
 
     rank: int
@@ -42,6 +45,7 @@ class FailureReport:
     round: int = 0
     restart_count: int = 0
     error_file: str | None = None
+    lost: bool = False
 
     @property
     def signal_name(self) -> str | None:

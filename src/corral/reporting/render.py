@@ -78,6 +78,8 @@ def render_root_cause(report: FailureReport, total_failures: int) -> str:
         report: the root cause.
         total_failures: how many workers failed in all (others are summarised).
     """
+    if report.lost and report.message:  # a whole node lost: the message names it
+        return f"corral: {report.message}"
     if report.exitcode < 0:
         how = f"died of {report.signal_name}"
     else:

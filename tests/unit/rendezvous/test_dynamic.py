@@ -86,7 +86,7 @@ async def test_min_nodes_waits_for_last_call(job: Job) -> None:
 
 async def test_scale_up_via_waiting_node(job: Job) -> None:
     for n in "abc":
-        job.node(n, min_nodes=2, max_nodes=3)
+        job.node(n, min_nodes=2, max_nodes=3, max_restarts=1)
     tasks = await join_in_order(job, ["a", "b"], 0)
     await advance(job.clock, 31)
     a0, b0 = await asyncio.gather(*tasks)
@@ -98,17 +98,18 @@ async def test_scale_up_via_waiting_node(job: Job) -> None:
     a1, b1 = await asyncio.gather(job.nodes["a"].join(), job.nodes["b"].join())
     c1 = await asyncio.wait_for(c_join, 5)
     assert [(i.round, i.group_rank) for i in (a1, b1, c1)] == [(1, 0), (1, 1), (1, 2)]
-    assert {i.restart_count for i in (a1, b1, c1)} == {0}  # scale events are not restarts
+    assert {i.restart_count for i in (a0, b0)} == {0}  # the first formation is no restart
+    assert {i.restart_count for i in (a1, b1, c1)} == {1}  # a scale-up counts one restart
 
 
 async def test_a_late_join_leaves_no_key_in_rounds_it_is_not_in(job: Job) -> None:
     # Round 1 is full (max 2) and closed; d expects round 0 (a fresh handle):
     # its join step creates keys in round 0 and round 1 and takes both back.
     for n in "abd":
-        job.node(n, min_nodes=2, max_nodes=2)
+        job.node(n, min_nodes=2, max_nodes=2, max_restarts=1)
     _, a0 = await asyncio.gather(*await join_in_order(job, ["b", "a"], 0))
     job.store.expire(job.nodes["b"].lease)  # round 0's closer: its key goes too
-    job.node("b2", min_nodes=2, max_nodes=2)
+    job.node("b2", min_nodes=2, max_nodes=2, max_restarts=1)
     assert (await job.nodes["a"].watch_round(a0)).new_round == 1
     a1, b1 = await asyncio.gather(job.nodes["a"].join(), job.nodes["b2"].join())
     assert (a1.round, b1.round) == (1, 1)
@@ -126,7 +127,7 @@ async def test_a_late_join_leaves_no_key_in_rounds_it_is_not_in(job: Job) -> Non
 
 async def test_scale_down_on_lease_loss_keeps_ranks(job: Job) -> None:
     for n in "abcd":
-        job.node(n, min_nodes=2, max_nodes=4)
+        job.node(n, min_nodes=2, max_nodes=4, max_restarts=1)
     infos = await asyncio.gather(*await join_in_order(job, list("abcd"), 0))
     survivors = {"a": infos[0], "c": infos[2], "d": infos[3]}
     watches = {n: asyncio.create_task(job.nodes[n].watch_round(i)) for n, i in survivors.items()}
@@ -137,7 +138,7 @@ async def test_scale_down_on_lease_loss_keeps_ranks(job: Job) -> None:
     # Every expected node (the live members of round 0) is back: no last call.
     new = await asyncio.wait_for(asyncio.gather(*(job.nodes[n].join() for n in "acd")), 5)
     assert [(i.round, i.group_rank) for i in new] == [(1, 0), (1, 2), (1, 1)]
-    assert {i.restart_count for i in new} == {0}
+    assert {i.restart_count for i in new} == {1}  # a lost node counts one restart
 
 
 async def test_failure_restarts_job_at_once_and_counts_once(job: Job) -> None:
@@ -360,7 +361,9 @@ async def test_hung_node_cannot_disturb_the_new_round(job: Job) -> None:
     a2, b2 = await asyncio.gather(job.nodes["a"].join(), job.nodes["b"].join())
     c2 = await asyncio.wait_for(c_join, 2)
     assert [(i.round, i.group_rank) for i in (a2, b2, c2)] == [(2, 0), (2, 1), (2, 2)]
-    assert c2.restart_count == 0
+    # c's loss (round 1) and its return (round 2) count one restart each; its
+    # stale report counted none
+    assert {i.restart_count for i in (a2, b2, c2)} == {2}
 
 
 async def test_partition_surfaces_store_error(job: Job) -> None:
@@ -378,7 +381,7 @@ async def test_partition_surfaces_store_error(job: Job) -> None:
 
 async def test_waiting_node_restarts_an_abandoned_round(job: Job) -> None:
     for n in "abc":
-        job.node(n, min_nodes=2, max_nodes=2)
+        job.node(n, min_nodes=2, max_nodes=2, max_restarts=1)
     await asyncio.gather(*await join_in_order(job, ["a", "b"], 0))
     c_join = asyncio.create_task(job.nodes["c"].join())
     await job.until(lambda: job.has_key(KEY + "waiting/c"))
@@ -386,13 +389,14 @@ async def test_waiting_node_restarts_an_abandoned_round(job: Job) -> None:
         job.store.expire(job.nodes[n].lease)  # every member of round 0 dies
     await spin()
     assert (await pointer(job)).round == 1
+    assert (await pointer(job)).restart_count == 1
     a_join = asyncio.create_task(job.nodes["a"].join())  # a's agent comes back
     ic, _ia = await asyncio.wait_for(asyncio.gather(c_join, a_join), 2)
-    assert (ic.round, ic.group_world_size) == (1, 2)
+    assert (ic.round, ic.group_world_size, ic.restart_count) == (1, 2, 1)
 
 
 async def test_evicted_node_rejoins_with_a_new_lease(job: Job) -> None:
-    r = job.node("a", min_nodes=1, max_nodes=1)
+    r = job.node("a", min_nodes=1, max_nodes=1, max_restarts=1)
     info = await r.join()
     old = r.lease
     w = asyncio.create_task(r.watch_round(info))
@@ -402,6 +406,7 @@ async def test_evicted_node_rejoins_with_a_new_lease(job: Job) -> None:
     assert change.kind is ChangeKind.MEMBER_LOST and change.new_round is None
     info2 = await asyncio.wait_for(r.join(), 2)
     assert r.lease != old and info2.round >= 1
+    assert info2.restart_count == 1  # the group restarts: one restart
 
 
 async def test_constructor_validates() -> None:

@@ -111,13 +111,35 @@ def test_round_info_rank_offsets_with_mixed_local_world_sizes() -> None:
     assert m.round_info("run", closed, "zz") is None
 
 
+@pytest.mark.parametrize("reason", ["failure", "member_lost", "node_waiting"])
+def test_every_restart_counts_whatever_its_cause(reason: str) -> None:
+    nxt = m.next_pointer(RoundPointer(5, 2, "start", max_restarts=4), reason, "why")
+    assert nxt == RoundPointer(6, 3, reason, "why", 4)
+
+
+@pytest.mark.parametrize("reason", ["start", "job_ended", "bogus"])
+def test_next_pointer_takes_only_restart_reasons(reason: str) -> None:
+    with pytest.raises(ValueError, match="restart reason"):
+        m.next_pointer(RoundPointer(0), reason)
+
+
+@pytest.mark.parametrize("status", ["success", "failed"])
+def test_the_end_is_no_restart(status: str) -> None:
+    end = m.end_pointer(RoundPointer(3, 2, "member_lost", "x", 5), status)
+    assert end == RoundPointer(4, 2, "job_ended", status, 5)
+
+
 @pytest.mark.parametrize(
-    ("reason", "restarts_after"),
-    [("failure", 3), ("member_lost", 2), ("node_waiting", 2)],
+    ("ptr", "max_restarts", "left"),
+    [
+        (RoundPointer(0, 0), 0, False),  # --max-restarts 0: round 0 only
+        (RoundPointer(0, 0), 1, True),
+        (RoundPointer(1, 1, "member_lost"), 1, False),  # one lost node spent a budget of 1
+        (RoundPointer(4, 2, "node_waiting"), 3, True),
+    ],
 )
-def test_only_failures_count_restarts(reason: str, restarts_after: int) -> None:
-    nxt = m.next_pointer(RoundPointer(5, 2, "start"), reason, "why")
-    assert (nxt.round, nxt.restart_count, nxt.reason) == (6, restarts_after, reason)
+def test_budget_left(ptr: RoundPointer, max_restarts: int, left: bool) -> None:
+    assert m.budget_left(ptr, max_restarts) is left
 
 
 @pytest.mark.parametrize(
@@ -128,12 +150,14 @@ def test_only_failures_count_restarts(reason: str, restarts_after: int) -> None:
         (2, RoundPointer(2, 3), 3, m.FailureStep.FAIL),  # budget spent
         (2, RoundPointer(2, 2), 3, m.FailureStep.RESTART),
         (1, RoundPointer(2, 1), 0, m.FailureStep.ALREADY_MOVED),  # someone moved on: join it
+        (1, RoundPointer(1, 1, "member_lost"), 1, m.FailureStep.FAIL),  # a scale event spent it
     ],
 )
 def test_failure_step(
     failed_round: int, ptr: RoundPointer, max_restarts: int, step: m.FailureStep
 ) -> None:
     assert m.failure_step(failed_round, ptr, max_restarts) is step
+    assert m.restart_step(failed_round, ptr, max_restarts) is step
 
 
 def _f(rank: int) -> FailureReport:
@@ -153,6 +177,60 @@ def test_root_cause_is_earliest_by_revision() -> None:
 )
 def test_scale_up_wanted(members: str, waiting: str, max_nodes: int, want: bool) -> None:
     assert m.scale_up_wanted([_n(c) for c in members], waiting, max_nodes) is want
+
+
+@pytest.mark.parametrize(
+    ("members", "waiting", "restarts", "max_restarts", "step"),
+    [
+        ("ab", "c", 0, 1, m.ScaleUp.ADMIT),  # room and budget: restart with c (counts one)
+        ("ab", "c", 1, 1, m.ScaleUp.SPARE),  # room, budget spent: c waits as a spare
+        ("ab", "c", 0, 0, m.ScaleUp.SPARE),  # --max-restarts 0: never admitted mid-job
+        ("abc", "d", 0, 5, m.ScaleUp.NO_ROOM),  # at max_nodes
+        ("abc", "d", 5, 5, m.ScaleUp.NO_ROOM),
+        ("ab", "a", 0, 5, m.ScaleUp.NO_ROOM),  # already a member
+    ],
+)
+def test_scale_up_step(
+    members: str, waiting: str, restarts: int, max_restarts: int, step: m.ScaleUp
+) -> None:
+    ptr = RoundPointer(2, restarts, "failure")
+    assert m.scale_up_step([_n(c) for c in members], waiting, 3, ptr, max_restarts) is step
+
+
+@pytest.mark.parametrize(
+    ("count", "max_nodes", "restarts", "max_restarts", "spare"),
+    [(2, 3, 1, 1, True), (2, 3, 0, 1, False), (3, 3, 1, 1, False)],
+)
+def test_waiting_line_says_why_a_node_waits(
+    count: int, max_nodes: int, restarts: int, max_restarts: int, spare: bool
+) -> None:
+    line = m.waiting_line("n9", 4, count, max_nodes, restarts, max_restarts)
+    assert "\n" not in line and "n9" in line and "round 4" in line
+    assert ("spare" in line and "budget is spent (1/1 restarts)" in line) is spare
+
+
+def test_lost_node_report_names_the_node() -> None:
+    members = (
+        NodeDesc("a", "10.0.0.1", 4, host="ha", pid=11),
+        NodeDesc("b", "10.0.0.2", 2, host="hb", pid=22),
+        NodeDesc("c", "10.0.0.3", 1, host="hc", pid=33),
+    )
+    rep = m.lost_node_report(members, "b", 3, 1)
+    assert rep.lost and (rep.rank, rep.local_rank, rep.group_rank) == (4, -1, 1)
+    assert (rep.node_id, rep.host, rep.pid, rep.round, rep.restart_count) == ("b", "hb", 22, 3, 1)
+    assert rep.exit_code == 1
+    assert rep.message is not None
+    assert "node 1 (hb, 10.0.0.2, node id b) was lost in round 3" in rep.message
+    assert "lease ended" in rep.message and "restart budget spent" in rep.message
+    assert FailureReport.from_json(rep.to_json()) == rep  # travels through the store
+    why = m.lost_node_report(members, "a", 3, 1, "every member of round 3 left")
+    assert why.group_rank == 0 and why.message and "every member of round 3 left" in why.message
+    with pytest.raises(ValueError, match="not a member"):
+        m.lost_node_report(members, "zz", 3, 1)
+
+
+def test_restarts_text() -> None:
+    assert m.restarts_text(1, 3) == "1/3"
 
 
 @pytest.mark.parametrize("n", [1, 2, ASSIGNMENTS_PER_KEY, ASSIGNMENTS_PER_KEY + 1, 1000])
@@ -177,8 +255,11 @@ def test_rank_table_of_is_the_same_in_every_process() -> None:
 
 
 def test_records_round_trip() -> None:
-    p = RoundPointer(4, 1, "failure", "x")
+    p = RoundPointer(4, 1, "failure", "x", max_restarts=3)
     assert RoundPointer.from_json(p.to_json()) == p
+    # a pointer written without the budget (an older corral): not recorded
+    old = b'{"version":1,"round":2,"restart_count":1,"reason":"failure","detail":""}'
+    assert RoundPointer.from_json(old) == RoundPointer(2, 1, "failure", "", -1)
     c = _closed("abc")
     assert ClosedRound.from_json(c.to_json()) == c
     o = Outcome("failed", 3, _f(2), 7)
@@ -216,5 +297,7 @@ def test_keys() -> None:
     assert not k.closed(30).startswith(k.close_prefix(3))  # round 3's prefix is round 3's alone
     assert not k.node(3, "closer").startswith(k.closes)
     assert k.failure(3, "n1", 2) == "/corral/job/r/3/failures/n1/2"
+    assert k.lost(3, "n1") == "/corral/job/r/3/failures/n1/lost"  # read with the failures
+    assert k.lost(3, "n1").startswith(k.failures(3))
     with pytest.raises(RendezvousError):
         Keys("/corral", "a/b")

@@ -1,0 +1,186 @@
+"""One restart budget for the job, whatever the cause (simulated nodes, MemoryStore, FakeClock).
+
+Every restart of the worker group counts once, job-wide: a worker failure, a
+lost node, a node that joins a running job. Round 0 is none. With the budget
+spent, a failure or a lost node ends the job (a lost node is named as lost),
+and a node that arrives at a running job waits as a spare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from corral.errors import JobFailed, RendezvousClosed
+from corral.rendezvous.api import ChangeKind, Decision
+from corral.rendezvous.state import Outcome, RoundPointer
+
+from .conftest import Job, advance, spin
+from .test_dynamic import KEY, failure, join_in_order, pointer
+
+pytestmark = pytest.mark.timeout(10)
+
+
+async def test_a_second_lost_node_with_the_budget_spent_ends_the_job_naming_it(job: Job) -> None:
+    for n in "abc":
+        job.node(n, min_nodes=2, max_nodes=3, max_restarts=1)
+    infos = await asyncio.gather(*await join_in_order(job, list("abc"), 0))
+    assert {i.restart_count for i in infos} == {0}
+    watches = [
+        asyncio.create_task(job.nodes[n].watch_round(i))
+        for n, i in zip("ab", infos[:2], strict=True)
+    ]
+    job.store.expire(job.nodes["c"].lease)  # c lost: restart 1 of 1
+    changes = await asyncio.wait_for(asyncio.gather(*watches), 2)
+    assert {(c.kind, c.new_round) for c in changes} == {(ChangeKind.MEMBER_LOST, 1)}
+    a1, b1 = await asyncio.wait_for(asyncio.gather(job.nodes["a"].join(), job.nodes["b"].join()), 2)
+    assert {(i.round, i.restart_count) for i in (a1, b1)} == {(1, 1)}
+    wa = asyncio.create_task(job.nodes["a"].watch_round(a1))
+    job.store.expire(job.nodes["b"].lease)  # b lost too: the budget is spent
+    change = await asyncio.wait_for(wa, 2)
+    assert change.kind is ChangeKind.JOB_ENDED
+    ptr = await pointer(job)
+    assert (ptr.reason, ptr.detail, ptr.restart_count) == ("job_ended", "failed", 1)
+    with pytest.raises(JobFailed) as ei:
+        await job.nodes["a"].join()
+    root = ei.value.root_cause
+    assert root is not None and root.lost and root.node_id == "b"
+    assert (root.group_rank, root.round, root.exit_code) == (1, 1, 1)
+    assert root.message is not None and "node 1 (b, 127.0.0.1, node id b) was lost" in root.message
+    assert "b" in str(ei.value) and ei.value.exit_code == 1
+    out = await job.store.get(KEY + "outcome")
+    assert out is not None and Outcome.from_json(out.value).root_cause == root
+
+
+async def test_a_lost_node_with_max_restarts_0_fails_the_job_at_once(job: Job) -> None:
+    for n in "ab":
+        job.node(n, min_nodes=1, max_nodes=2, max_restarts=0)
+    ia, _ib = await asyncio.gather(*await join_in_order(job, ["a", "b"], 0))
+    wa = asyncio.create_task(job.nodes["a"].watch_round(ia))
+    job.store.expire(job.nodes["b"].lease)
+    assert (await asyncio.wait_for(wa, 2)).kind is ChangeKind.JOB_ENDED
+    out = await job.nodes["a"].outcome()
+    assert out is not None and not out.succeeded
+    assert out.root_cause is not None and out.root_cause.lost and out.root_cause.node_id == "b"
+
+
+async def test_status_and_the_root_cause_name_the_lost_node(job: Job) -> None:
+    from corral.agent.agent import _summary
+    from corral.reporting.render import render_root_cause
+    from corral.status import read_status, render
+
+    for n in "ab":
+        job.node(n, min_nodes=1, max_nodes=2, max_restarts=0)
+    ia, _ib = await asyncio.gather(*await join_in_order(job, ["a", "b"], 0))
+    running = render(await read_status(job.store, run_id="job", prefix="/corral", label="mem"))
+    assert "state: RUNNING round 0 (started by start); restarts 0/0" in running, running
+    wa = asyncio.create_task(job.nodes["a"].watch_round(ia))
+    job.store.expire(job.nodes["b"].lease)
+    await asyncio.wait_for(wa, 2)
+    text = render(await read_status(job.store, run_id="job", prefix="/corral", label="mem"))
+    assert "state: FAILED in round 0 (exit code 1); restarts 0/0" in text, text
+    assert "root cause: node 1 (b, 127.0.0.1, node id b) was lost in round 0" in text, text
+    out = await job.nodes["a"].outcome()
+    assert out is not None and out.root_cause is not None
+    block = render_root_cause(out.root_cause, 1)
+    assert block == f"corral: {out.root_cause.message}" and "worker rank" not in block
+    assert _summary(out.root_cause) == f"job failed: {out.root_cause.message}"
+
+
+async def test_a_node_arriving_with_the_budget_spent_waits_as_a_spare(
+    job: Job, caplog: pytest.LogCaptureFixture
+) -> None:
+    for n in "abc":
+        job.node(n, min_nodes=2, max_nodes=3, max_restarts=1)
+    tasks = await join_in_order(job, ["a", "b"], 0)
+    await advance(job.clock, 31)  # below max: the last call closes round 0
+    _ia, ib = await asyncio.gather(*tasks)
+    # a failure spends the budget of 1
+    assert await job.nodes["b"].report_failure(ib, [failure("b", 2)]) == (Decision.RESTART, None)
+    a1, b1 = await asyncio.wait_for(asyncio.gather(job.nodes["a"].join(), job.nodes["b"].join()), 2)
+    assert {(i.round, i.restart_count) for i in (a1, b1)} == {(1, 1)}
+    wa = asyncio.create_task(job.nodes["a"].watch_round(a1))
+    before = await pointer(job)
+    caplog.set_level(logging.INFO, logger="corral.rendezvous.dynamic")
+    c_join = asyncio.create_task(job.nodes["c"].join())
+    await job.until(lambda: job.has_key(KEY + "waiting/c"))
+    await spin()
+    # a (rank 0, below max) saw c wait and did not restart for it
+    assert not wa.done() and not c_join.done()
+    assert await pointer(job) == before
+    spare = [r.getMessage() for r in caplog.records if "spare" in r.getMessage()]
+    assert len(spare) == 1 and "budget is spent (1/1 restarts)" in spare[0], spare
+    admitted = [r.getMessage() for r in caplog.records if "not admitted" in r.getMessage()]
+    assert any("node c" in msg for msg in admitted), admitted
+    # the job ends well: the spare ends with it (RendezvousClosed: the agent exits 0)
+    wa.cancel()
+    sa = asyncio.create_task(job.nodes["a"].report_success(a1))
+    assert await asyncio.wait_for(job.nodes["b"].report_success(b1), 2) is None
+    assert await asyncio.wait_for(sa, 2) is None
+    with pytest.raises(RendezvousClosed):
+        await asyncio.wait_for(c_join, 2)
+
+
+async def test_a_spare_joins_when_an_allowed_restart_happens_for_another_reason(job: Job) -> None:
+    # Each node decides with its own --max-restarts. a (rank 0) was given 1, b 2: after
+    # one restart, a sees the budget spent and does not admit c; b's failure is still
+    # within b's budget, so the job restarts for it, and the spare joins that round.
+    job.node("a", min_nodes=2, max_nodes=3, max_restarts=1)
+    for n in "bc":
+        job.node(n, min_nodes=2, max_nodes=3, max_restarts=2)
+    tasks = await join_in_order(job, ["a", "b"], 0)
+    await advance(job.clock, 31)  # below max: the last call closes round 0
+    _ia, ib = await asyncio.gather(*tasks)
+    assert await job.nodes["b"].report_failure(ib, [failure("b", 2)]) == (Decision.RESTART, None)
+    a1, b1 = await asyncio.wait_for(asyncio.gather(job.nodes["a"].join(), job.nodes["b"].join()), 2)
+    assert (a1.group_rank, a1.restart_count) == (0, 1)
+    wa = asyncio.create_task(job.nodes["a"].watch_round(a1))
+    c_join = asyncio.create_task(job.nodes["c"].join())
+    await job.until(lambda: job.has_key(KEY + "waiting/c"))
+    await spin()
+    assert not wa.done() and not c_join.done()
+    assert await job.nodes["b"].report_failure(b1, [failure("b", 2)]) == (Decision.RESTART, None)
+    assert (await asyncio.wait_for(wa, 2)).kind is ChangeKind.FAILURE
+    infos = await asyncio.wait_for(
+        asyncio.gather(job.nodes["a"].join(), job.nodes["b"].join(), c_join), 2
+    )
+    assert {(i.round, i.restart_count, i.group_world_size) for i in infos} == {(2, 2, 3)}
+
+
+async def test_every_cause_counts_once_and_the_count_is_equal_everywhere(job: Job) -> None:
+    for n in "abcd":
+        job.node(n, min_nodes=2, max_nodes=3, max_restarts=5)
+    infos = await asyncio.gather(*await join_in_order(job, list("abc"), 0))
+    seen = [[i.restart_count for i in infos]]
+    # 1: a failure (two nodes report it: still one restart)
+    await asyncio.gather(
+        job.nodes["b"].report_failure(infos[1], [failure("b", 2)]),
+        job.nodes["c"].report_failure(infos[2], [failure("c", 4)]),
+    )
+    infos = await asyncio.wait_for(asyncio.gather(*(job.nodes[n].join() for n in "abc")), 2)
+    seen.append([i.restart_count for i in infos])
+    # 2: a lost node
+    watches = [
+        asyncio.create_task(job.nodes[n].watch_round(i))
+        for n, i in zip("ab", infos[:2], strict=True)
+    ]
+    job.store.expire(job.nodes["c"].lease)
+    await asyncio.wait_for(asyncio.gather(*watches), 2)
+    infos = await asyncio.wait_for(asyncio.gather(*(job.nodes[n].join() for n in "ab")), 2)
+    seen.append([i.restart_count for i in infos])
+    # 3: a node that joins the running job
+    watches = [
+        asyncio.create_task(job.nodes[n].watch_round(i))
+        for n, i in zip("ab", infos[:2], strict=True)
+    ]
+    d_join = asyncio.create_task(job.nodes["d"].join())
+    changes = await asyncio.wait_for(asyncio.gather(*watches), 2)
+    assert {c.kind for c in changes} == {ChangeKind.NODE_WAITING}
+    infos = await asyncio.wait_for(
+        asyncio.gather(job.nodes["a"].join(), job.nodes["b"].join(), d_join), 2
+    )
+    seen.append([i.restart_count for i in infos])
+    assert seen == [[0, 0, 0], [1, 1, 1], [2, 2], [3, 3, 3]]
+    assert await pointer(job) == RoundPointer(3, 3, "node_waiting", "node d waiting", 5)
