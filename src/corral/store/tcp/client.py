@@ -19,6 +19,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
+from corral._aio import task_scope
 from corral._compat import timeout as _compat_timeout
 from corral.errors import (
     AuthenticationFailed,
@@ -283,6 +284,8 @@ class TcpStore:
                         if conn.transport is not None:
                             conn.transport.abort()
                         raise
+                if conn.lost is not None:  # lost between its welcome and now: try again
+                    raise conn.lost
                 sock = conn.transport.get_extra_info("socket") if conn.transport else None
                 if sock is not None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -313,8 +316,23 @@ class TcpStore:
 
     # --- requests ----------------------------------------------------------------
 
+    def _live(self, conn: _Connection) -> _Connection:
+        """``conn`` if it is still up; else forget it and raise StoreUnavailable at once.
+
+        A connection can be lost after :meth:`_ensure` handed it out: a request
+        registered on it would wait for ``request_timeout`` and end in StoreTimeout.
+        """
+        lost = conn.lost
+        if lost is None:
+            return conn
+        if self._conn is conn:
+            self._conn = None
+        if isinstance(lost, StoreUnavailable):
+            raise lost
+        raise StoreUnavailable(str(lost)) from lost
+
     async def _call(self, msg: p.Message, rid: int) -> p.Message:
-        conn = self._conn or await self._ensure()
+        conn = self._live(self._conn or await self._ensure())
         fut: asyncio.Future[p.Message] = conn.loop.create_future()
         conn.pending[rid] = fut
         assert conn.transport is not None
@@ -353,9 +371,11 @@ class TcpStore:
 
     async def put_many(self, items: Sequence[tuple[str, bytes]]) -> int:
         # Pipelined on this connection: every request is sent before the first answer.
+        # The first error cancels the other requests (their answers are then ignored).
         check_distinct(items)
-        revisions = await asyncio.gather(*(self.put(key, value) for key, value in items))
-        return max(revisions, default=0)
+        async with task_scope() as tg:
+            puts = [tg.create_task(self.put(key, value)) for key, value in items]
+        return max((t.result() for t in puts), default=0)
 
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> WriteResult:
         rid = self._id()
@@ -368,11 +388,11 @@ class TcpStore:
     ) -> tuple[list[WriteResult], list[list[KeyValue]], int]:
         # Pipelined on this connection, in order: the server answers the creates
         # before it reads. Not atomic: other clients' writes may come between.
+        # The first error cancels the other requests.
         check_distinct(creates)
-        loop = asyncio.get_running_loop()
-        writes = [loop.create_task(self.create(k, v, lease=ls)) for k, v, ls in creates]
-        reads = [loop.create_task(self.range(prefix)) for prefix in prefixes]
-        await asyncio.gather(*writes, *reads)
+        async with task_scope() as tg:
+            writes = [tg.create_task(self.create(k, v, lease=ls)) for k, v, ls in creates]
+            reads = [tg.create_task(self.range(prefix)) for prefix in prefixes]
         results = [t.result() for t in writes]
         ranges = [t.result() for t in reads]
         if not ranges:
@@ -418,7 +438,7 @@ class TcpStore:
     async def _watch(
         self, key: str, prefix: bool, start_revision: int
     ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
-        conn = self._conn or await self._ensure()
+        conn = self._live(self._conn or await self._ensure())
         wid = self._id()
         stream = WatchStream()
         # Registered before the request goes out: events may precede the reply.
