@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from corral.store.tcp import protocol as p
+from corral.store.tcp.auth import hmac_answer
 from corral.store.tcp.client import connect
-from corral.store.tcp.server import ServerLimits, StoreServer, hmac_answer
+from corral.store.tcp.server import ServerLimits, StoreServer
 
 WAIT = 10.0
 TOKEN = "fuzz-token"

@@ -24,8 +24,9 @@ from corral.errors import (
 from corral.store.api import EventType
 from corral.store.registry import open_store
 from corral.store.tcp import protocol as p
+from corral.store.tcp.auth import hmac_answer
 from corral.store.tcp.client import connect
-from corral.store.tcp.server import ServerLimits, StoreServer, _is_loopback, hmac_answer
+from corral.store.tcp.server import ServerLimits, StoreServer, _is_loopback
 
 WAIT = 10.0
 TOKEN = "s3cret"

@@ -41,7 +41,7 @@ from corral.store.api import (
 )
 from corral.store.stream import WatchStream
 from corral.store.tcp import protocol as p
-from corral.store.tcp.server import hmac_answer
+from corral.store.tcp.auth import hmac_answer
 
 __all__ = ["DEFAULT_PORT", "TcpStore", "connect", "open_tcp_store"]
 

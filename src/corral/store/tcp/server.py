@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import ipaddress
 import logging
 import os
-import secrets
 import signal
 import sys
 from collections.abc import Callable
@@ -41,6 +38,7 @@ from corral.store.api import Store, WatchEvent
 from corral.store.core import StoreCore
 from corral.store.memory import MemoryStore, SharedCore
 from corral.store.tcp import protocol as p
+from corral.store.tcp.auth import check_answer, new_nonce
 
 __all__ = ["ServerLimits", "StoreServer", "main"]
 
@@ -73,11 +71,6 @@ class ServerLimits:
 _HANDSHAKE_MAX_FRAME = 4096
 
 
-def hmac_answer(token: str, nonce: str) -> str:
-    """The client's answer to a challenge: hex HMAC-SHA256 of the nonce under the token."""
-    return hmac.new(token.encode(), nonce.encode(), hashlib.sha256).hexdigest()
-
-
 class _Conn(asyncio.Protocol):
     """One peer: handshake, request dispatch, watches, and its share of the bounds."""
 
@@ -87,7 +80,7 @@ class _Conn(asyncio.Protocol):
         self.peer = "?"
         self.decoder = p.Decoder(_HANDSHAKE_MAX_FRAME)
         self.authed = False
-        self.nonce = secrets.token_hex(16)
+        self.nonce = new_nonce()
         self.out: list[bytes] = []
         self.queued = False
         self.watches: dict[int, int] = {}  # client watch id -> core watch id
@@ -166,7 +159,7 @@ class _Conn(asyncio.Protocol):
             )
             return []
         token = self.server.token
-        if token is not None and not hmac.compare_digest(hello.mac, hmac_answer(token, self.nonce)):
+        if token is not None and not check_answer(token, self.nonce, hello.mac):
             self._refuse("auth", "authentication failed: wrong token")
             return []
         self.authed = True
