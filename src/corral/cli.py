@@ -554,6 +554,10 @@ def main(argv: list[str] | None = None) -> None:
         from corral.status import main as status_main
 
         sys.exit(status_main(args[1:]))
+    if args and args[0] == "timeline":
+        from corral.timeline import main as timeline_main
+
+        sys.exit(timeline_main(args[1:]))
     if args and args[0] == "store":
         from corral.store.tcp.server import (  # type: ignore[import-not-found,unused-ignore]
             main as store_main,
