@@ -12,7 +12,9 @@ Rank 0 writes a checkpoint (model, optimizer, step) atomically every
 ``--ckpt-every`` steps; every rank resumes from it at start. With
 ``--crash-at-step S --crash-once-marker PATH`` rank 1 raises at step S the first
 time only (the marker file remembers it), through torch's ``record``, so the
-launcher gets an error file. Rank 0 writes the final parameters to ``--out``.
+launcher gets an error file. ``--hang-at-step S --hang-rank R --hang-once-marker
+PATH`` makes rank R hang at step S the first time only: it sleeps forever in
+``hang_here`` (or freezes itself with SIGSTOP, ``--hang-how sigstop``). Rank 0 writes the final parameters to ``--out``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import signal
 import sys
 import time
 
@@ -43,6 +46,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--crash-at-step", type=int, default=None)
     p.add_argument("--crash-once-marker", default=None)
     p.add_argument("--crash-rank", type=int, default=1)
+    p.add_argument("--hang-at-step", type=int, default=None, help="hang once (marker) at step S")
+    p.add_argument("--hang-rank", type=int, default=1)
+    p.add_argument("--hang-how", choices=("sleep", "sigstop"), default="sleep")
+    p.add_argument("--hang-once-marker", default=None)
     p.add_argument("--log-every", type=int, default=0, help="rank 0 prints 'step N' every N steps")
     return p.parse_args(argv)
 
@@ -88,6 +95,14 @@ def save_checkpoint(path: str, model: nn.Module, opt: torch.optim.Optimizer, ste
     os.replace(tmp, path)
 
 
+def hang_here(how: str) -> None:
+    """Stop making progress for good: sleep forever, or freeze (SIGSTOP to itself)."""
+    if how == "sigstop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    while True:
+        time.sleep(3600)
+
+
 @record
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
@@ -123,6 +138,16 @@ def main(argv: list[str] | None = None) -> None:
                 with open(args.crash_once_marker, "w") as f:
                     f.write(f"{time.time()}\n")
                 raise RuntimeError(f"injected crash at step {step} on rank {rank}")
+            if (
+                args.hang_at_step is not None
+                and step == args.hang_at_step
+                and rank == args.hang_rank
+                and args.hang_once_marker
+                and not os.path.exists(args.hang_once_marker)
+            ):
+                with open(args.hang_once_marker, "w") as f:
+                    f.write(f"{time.time()}\n")
+                hang_here(args.hang_how)
             x, y = batch(args.seed, step, rank)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(ddp(x), y)

@@ -37,6 +37,7 @@ __all__ = [
     "launch",
     "launch_async",
     "open_store",
+    "progress",
     "record",
 ]
 
@@ -59,6 +60,8 @@ _LAZY: dict[str, str] = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "progress":  # the module itself is callable: corral.progress(step=None)
+        return importlib.import_module("corral.progress")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'corral' has no attribute {name!r}")

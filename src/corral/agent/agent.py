@@ -33,6 +33,7 @@ from corral.errors import (
     ConfigError,
     Interrupted,
     JobFailed,
+    JobStopped,
     LauncherError,
     NodeRefused,
     RendezvousClosed,
@@ -132,6 +133,9 @@ class Agent:
         self._group: Any = None
         self._server: Any = None
         self._liveness: PeerLiveness | None = None
+        self._told: Interrupted | None = None  # what a handled signal ended this agent with
+        self._store: Any = None  # the job's store, once open (hang records: docs/hangs.md)
+        self._hangs: Any = None  # corral.hangs.watch.HangWatch with --hang-timeout
         self.root_cause: FailureReport | None = None
 
     # -- public ---------------------------------------------------------------
@@ -146,6 +150,8 @@ class Agent:
         try:
             await self.execute()
         except Interrupted as exc:
+            if isinstance(exc, JobStopped):  # "stopped by SIGTERM on node X" on every node
+                print(f"corral: {exc}", file=sys.stderr, flush=True)
             return 128 + exc.signum
         except WorkerFailed as exc:
             self._print_root_cause(exc.root_cause, len(exc.failures))
@@ -195,6 +201,12 @@ class Agent:
                 except (JobFailed, WorkerFailed):
                     await self._linger()
                     raise
+                except Interrupted as exc:  # a handled signal: agent/preempt.py
+                    if self._signum and not isinstance(exc, JobStopped):
+                        exc = await self._tell_job(rdzv, None)
+                    if isinstance(exc, JobStopped):
+                        await self._linger()
+                    raise exc from None
                 finally:
                     self._job_ended(sys.exc_info()[1])
                     if self.machine.state is AgentState.SUCCEEDED:
@@ -313,6 +325,10 @@ class Agent:
                 raise
             if isinstance(outcome, RoundChange):
                 self.machine.to(AgentState.STOPPING)
+                if outcome.stop_signal:  # a handled signal on another node stopped the job
+                    from corral.agent.preempt import stop_for_change
+
+                    raise await stop_for_change(group, outcome, self.cfg.shutdown_timeout)
                 log.info(
                     "round %d over (%s%s): stopping workers",
                     rnd.round,
@@ -347,7 +363,7 @@ class Agent:
                 first.rank,
                 first.local_rank,
                 first.pid,
-                first.signal_name or f"exit code {first.exitcode}",
+                "a hang" if first.hang else first.signal_name or f"exit code {first.exitcode}",
             )
             self._round_over(rnd, "failure", f"rank {first.rank} failed", failed=failures)
             await self._notify(rnd, "failed", failures)
@@ -385,18 +401,48 @@ class Agent:
         async with task_scope() as tg:
             live = tg.create_task(self._liveness.watch(rnd)) if self._liveness else None
             try:
+                hangs = self._hang_watch()  # with --hang-timeout: a 4th racer (docs/hangs.md)
                 i, result = await first_of(
-                    self._signal_event.wait(), group.wait(), rdzv.watch_round(rnd)
+                    self._signal_event.wait(),
+                    group.wait(),
+                    rdzv.watch_round(rnd),
+                    *([hangs.watch(group, rnd)] if hangs is not None else []),
                 )
+                if i == 3:  # a hang: the group fails with the hang's reports
+                    from corral.workers.group import GroupResult
+
+                    return GroupResult(succeeded=False, failures=result)
                 if i == 0:
-                    # the signal was forwarded already; give the workers the shutdown
-                    # timeout to act on it, then SIGKILL (torchrun's death_sig semantics)
+                    # the signal was forwarded already; tell the job (--on-signal: stop
+                    # it everywhere, or leave it), give the workers the shutdown timeout
+                    # to act on it, then SIGKILL (torchrun's death_sig semantics)
+                    err = await self._tell_job(rdzv, rnd)
                     await group.stop(self.cfg.shutdown_timeout, first_signal=None)
-                    raise Interrupted(self._signum)
+                    raise err
                 return result
             finally:
                 if live is not None:
                     live.cancel()  # the scope awaits it
+
+    def _hang_watch(self) -> Any:
+        """The node's hang detector (made once, at the first group), or None when off."""
+        if self.cfg.hang_timeout is None:
+            return None
+        if self._hangs is None:
+            from corral.hangs.watch import HangWatch
+
+            self._hangs = HangWatch.from_config(
+                self.cfg, node_id=self.node_id, host=self.host, store=self._store
+            )
+        return self._hangs
+
+    async def _tell_job(self, rdzv: Rendezvous, rnd: RoundInfo | None) -> Interrupted:
+        """This node got a handled signal: stop the job or leave it, once (agent/preempt.py)."""
+        if self._told is None:
+            from corral.agent.preempt import tell_job
+
+            self._told = await tell_job(rdzv, self.cfg, rnd, self._signum, self.host)
+        return self._told
 
     async def _race(self, aw: Awaitable[T]) -> T:
         """Await ``aw`` unless a handled signal arrives first (then raise Interrupted)."""
@@ -521,6 +567,7 @@ class Agent:
             store = await self._open_store(
                 stack, addr, endpoint=endpoint, is_host=cfg.node_rank == 0
             )
+            self._store = store
             if self.observers is not None:
                 self.observers.attach_store(stack, store)  # the job's journal (docs/events.md)
             static = StaticRendezvous(
@@ -544,6 +591,7 @@ class Agent:
             factory = load_backend(cfg.rdzv_backend)
             return await factory(cfg, node, stack=stack, clock=self.clock)
         store = await self._open_store(stack, addr)
+        self._store = store
         if self.observers is not None:
             self.observers.attach_store(stack, store)  # the job's journal (docs/events.md)
         from corral.rendezvous.dynamic import DynamicRendezvous

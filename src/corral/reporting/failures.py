@@ -29,6 +29,9 @@ class FailureReport:
         lost: not a worker's failure but a whole node lost (its agent left the
             rendezvous) when the restart budget was spent; ``message`` names
             the node, ``local_rank`` is -1.
+        hang: the worker made no progress within ``--hang-timeout`` (docs/hangs.md):
+            ``message`` names it, ``traceback`` holds the hang report (the culprit's
+            stacks, then where every other rank waits); ``exitcode`` is 124.
     """
 
     rank: int
@@ -46,6 +49,7 @@ class FailureReport:
     restart_count: int = 0
     error_file: str | None = None
     lost: bool = False
+    hang: bool = False
 
     @property
     def signal_name(self) -> str | None:

@@ -80,7 +80,9 @@ def render_root_cause(report: FailureReport, total_failures: int) -> str:
     """
     if report.lost and report.message:  # a whole node lost: the message names it
         return f"corral: {report.message}"
-    if report.exitcode < 0:
+    if report.hang:
+        how = "hung (no progress within --hang-timeout)"
+    elif report.exitcode < 0:
         how = f"died of {report.signal_name}"
     else:
         how = f"exited with code {report.exitcode}"
@@ -93,7 +95,7 @@ def render_root_cause(report: FailureReport, total_failures: int) -> str:
         lines.append(f"  round {report.round}, after {report.restart_count} restart(s)")
     if report.message or report.traceback:
         if report.traceback:
-            lines.append("  traceback:")
+            lines.append("  hang report:" if report.hang else "  traceback:")
             lines.extend("    " + ln for ln in report.traceback.rstrip("\n").splitlines())
         if report.message and not (
             report.traceback and report.message in report.traceback.rstrip().splitlines()[-1:]

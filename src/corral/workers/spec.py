@@ -49,6 +49,8 @@ class WorkerSpec:
         max_restarts: ``--max-restarts`` (TORCHELASTIC_MAX_RESTARTS).
         virtual_local_rank: LOCAL_RANK=0 and one device in CUDA_VISIBLE_DEVICES.
         python_exec: the interpreter (``PYTHON_EXEC``, else ``sys.executable``).
+        progress: hang detection is on (``--hang-timeout``): workers get
+            ``CORRAL_PROGRESS_FILE`` and corral's start-up hook (docs/hangs.md).
     """
 
     entrypoint: str
@@ -61,6 +63,7 @@ class WorkerSpec:
     max_restarts: int = 0
     virtual_local_rank: bool = False
     python_exec: str = sys.executable
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if self.local_world_size < 1:
@@ -86,6 +89,7 @@ class WorkerSpec:
             max_restarts=cfg.max_restarts,
             virtual_local_rank=cfg.virtual_local_rank,
             python_exec=environ.get("PYTHON_EXEC") or sys.executable,
+            progress=cfg.hang_timeout is not None,
         )
 
 
@@ -164,6 +168,10 @@ def worker_env(
     )
     if needs_omp_notice(base_env, spec):
         env["OMP_NUM_THREADS"] = "1"
+    if spec.progress:  # only with --hang-timeout: nothing changes when it is off
+        from corral.hangs import progress_env
+
+        env.update(progress_env(base_env, error_file))
     if spec.virtual_local_rank:
         env["LOCAL_RANK"] = "0"
         visible = base_env.get("CUDA_VISIBLE_DEVICES")
