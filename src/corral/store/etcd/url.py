@@ -11,16 +11,46 @@ port to 2379. IPv6 hosts are written ``[::1]:2379``. Pure: no I/O here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
-from corral.config import RdzvConf
 from corral.errors import ConfigError
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "EtcdTarget", "etcd_url_from_conf", "parse_etcd_url"]
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_PREFIX",
+    "EtcdConf",
+    "EtcdTarget",
+    "etcd_url_from_conf",
+    "parse_etcd_url",
+]
 
 DEFAULT_PORT = 2379
 DEFAULT_PREFIX = "/corral"
 _QUERY_KEYS = ("protocol", "cacert", "cert", "key")
+
+
+class EtcdConf(Protocol):
+    """The etcd backend's options, as ``--rdzv-conf`` carries them (``RdzvConf`` has them).
+
+    A structural type: the store layer names what it reads and imports nothing
+    of the configuration layer above it.
+    """
+
+    @property
+    def protocol(self) -> str: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def cacert(self) -> str | None: ...
+    @property
+    def cert(self) -> str | None: ...
+    @property
+    def key(self) -> str | None: ...
+    @property
+    def prefix(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -125,7 +155,7 @@ def parse_etcd_url(url: str) -> EtcdTarget:
     )
 
 
-def etcd_url_from_conf(endpoint: str, conf: RdzvConf) -> str:
+def etcd_url_from_conf(endpoint: str, conf: EtcdConf) -> str:
     """Build the ``etcd://`` URL for ``--rdzv-endpoint`` and ``--rdzv-conf``.
 
     ``endpoint`` is ``host:port[,host:port...]``; entries may carry an
