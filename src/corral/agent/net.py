@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-__all__ = ["free_port", "is_local_address", "local_address_towards", "numeric_host"]
+__all__ = ["is_local_address", "local_address_towards", "numeric_host", "resolve_once"]
 
 
 def numeric_host(host: str) -> str | None:
@@ -53,11 +53,3 @@ def is_local_address(host: str) -> bool:
         except OSError:
             return False
     return True
-
-
-def free_port(addr: str = "127.0.0.1") -> int:
-    """A port that is free on ``addr`` now (bound and released)."""
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((addr, 0))
-        return int(s.getsockname()[1])
