@@ -494,7 +494,7 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
         node_rank=node_rank,
         master_addr=a["master_addr"],
         master_port=master_port,
-        local_addr=a["local_addr"] or None,
+        local_addr=a["local_addr"] or rdzv_conf.local_addr or None,
         signals_to_handle=signals,
         shutdown_timeout=shutdown_timeout,
         virtual_local_rank=a["virtual_local_rank"],
@@ -569,6 +569,9 @@ def main(argv: list[str] | None = None) -> None:
         check_entrypoint(cfg, os.environ)
     except ConfigError as exc:
         _fail(str(exc), 2)
+    unknown = cfg.rdzv_conf.unknown_warning()
+    if unknown:  # torchrun passes every key on and ignores what no one reads: so does corral
+        sys.stderr.write(f"{PROG}: warning: {unknown}\n")
 
     from corral.agent.launch import run
 

@@ -164,6 +164,8 @@ class RdzvConf:
     keep_alive_max_attempt: int = 3
     read_timeout: float = 60.0
     is_host: bool | None = None  # None: auto (endpoint host is one of this node's addresses)
+    # This node's address when --local-addr is not given (torchrun takes it only as --local-addr).
+    local_addr: str | None = None
     # corral's keys
     token: str | None = None  # shared secret for the store (else CORRAL_TOKEN / token_file)
     token_file: str | None = None
@@ -176,6 +178,8 @@ class RdzvConf:
     user: str | None = None
     password: str | None = None
     prefix: str = "/corral"
+    # Keys of the text that no one reads (parse): named in one warning line, never an error.
+    unknown: tuple[str, ...] = field(default=(), compare=False)
 
     def resolve_token(self, environ: Mapping[str, str]) -> str | None:
         """The store's shared secret: ``token``, else the ``token_file``'s content, else
@@ -218,20 +222,39 @@ class RdzvConf:
 
     @classmethod
     def known_keys(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        """Every key ``parse`` accepts: corral's fields, then torch's other names."""
+        own = tuple(f.name for f in fields(cls) if f.name != "unknown")
+        return own + tuple(_TORCH_ALIASES) + tuple(_TORCH_ONLY)
+
+    def unknown_warning(self, option: str = "--rdzv-conf") -> str | None:
+        """The one warning line for keys no one reads (None: there are none)."""
+        if not self.unknown:
+            return None
+        keys = ", ".join(repr(k) for k in self.unknown)
+        return (
+            f"{option}: ignoring unknown key{'s' if len(self.unknown) > 1 else ''} {keys}; "
+            f"corral reads {', '.join(self.known_keys())}"
+        )
 
     @classmethod
     def parse(cls, text: str, option: str = "--rdzv-conf") -> RdzvConf:
         """Parse ``k=v,k=v`` into typed fields (floats, ints, bools, strings).
 
+        Accepts what torchrun accepts (docs/contract.md): corral's keys, and every key
+        that torch 2.13's rendezvous handlers or launcher read, with their meaning
+        (:data:`_TORCH_ALIASES`, :data:`_TORCH_ONLY`). A key that no one reads is
+        kept in ``unknown`` (:meth:`unknown_warning`), never an error.
+
         Raises:
-            ConfigError: malformed text, an unknown key (listing the known ones) or a bad value.
+            ConfigError: malformed text, or a bad value for a known key.
         """
         text = text.strip()
         if not text:
             return cls()
-        types = {f.name: f.type for f in fields(cls)}
+        types = {f.name: str(f.type) for f in fields(cls) if f.name != "unknown"}
         values: dict[str, object] = {}
+        aliased: dict[str, tuple[str, object]] = {}  # canonical key -> (torch's key, value)
+        unknown: list[str] = []
         for item in text.split(","):
             key, sep, value = item.partition("=")
             key, value = key.strip(), value.strip()
@@ -240,31 +263,80 @@ class RdzvConf:
                     f"{option} {text}: expected <key>=<value>,<key>=<value>,... "
                     f"with keys among {', '.join(cls.known_keys())}"
                 )
+            if key in _TORCH_ONLY:
+                _check_torch_only(option, key, value)
+                continue
+            if key in _TORCH_ALIASES:
+                target = _TORCH_ALIASES[key]
+                aliased[target] = (key, _convert(option, key, value, types[target]))
+                continue
             if key not in types:
+                if key not in unknown:
+                    unknown.append(key)
+                continue
+            values[key] = _convert(option, key, value, types[key])
+        for target, (key, converted) in aliased.items():
+            if target not in values:
+                values[target] = converted
+            elif key != "timeout" and values[target] != converted:
                 raise ConfigError(
-                    f"{option} {text}: unknown key {key!r}; known keys: {', '.join(cls.known_keys())}"
+                    f"{option} {key}={converted},{target}={values[target]}: "
+                    f"{key} is torch's name for {target}; give one value"
                 )
-            kind = str(types[key])
-            converted: object
-            if kind.startswith("float"):
-                try:
-                    converted = float(value)
-                except ValueError:
-                    converted = None
-                if converted is None or converted != converted:  # NaN
-                    raise ConfigError(f"{option} {key}={value}: expected a number of seconds")
-            elif kind.startswith("int"):
-                if not value.lstrip("-").isdigit():
-                    raise ConfigError(f"{option} {key}={value}: expected an integer")
-                converted = int(value)
-            elif kind.startswith("bool"):
-                converted = parse_bool(value)
-                if converted is None:
-                    raise ConfigError(f"{option} {key}={value}: expected a boolean ({BOOL_VALUES})")
-            else:
-                converted = value
-            values[key] = converted
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values, unknown=tuple(unknown))  # type: ignore[arg-type]
+
+
+def _convert(option: str, key: str, value: str, kind: str) -> object:
+    """``value`` of ``key`` as its field's type (``kind``, the annotation's text)."""
+    if kind.startswith("float"):
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if number != number:  # not a number, or NaN
+            raise ConfigError(f"{option} {key}={value}: expected a number of seconds")
+        return number
+    if kind.startswith("int"):
+        if not value.lstrip("-").isdigit():
+            raise ConfigError(f"{option} {key}={value}: expected an integer")
+        return int(value)
+    if kind.startswith("bool"):
+        flag = parse_bool(value)
+        if flag is None:
+            raise ConfigError(f"{option} {key}={value}: expected a boolean ({BOOL_VALUES})")
+        return flag
+    return value
+
+
+# torch's names for keys corral reads under its own name (torch 2.13): ``timeout`` is the
+# legacy join timeout (launcher.api's rdzv_timeout; the etcd and static handlers read it;
+# ``join_timeout`` wins when both are given); the etcd-v2 backend's TLS keys; the legacy
+# etcd handler's key prefix.
+_TORCH_ALIASES = {
+    "timeout": "join_timeout",
+    "etcd_prefix": "prefix",
+    "ssl_cert": "cert",
+    "ssl_cert_key": "key",
+    "ca_cert": "cacert",
+}
+
+# Keys torch reads that have no effect in corral; their values are still checked.
+_TORCH_ONLY = {
+    "rank": "the static handler's node rank; torchrun sets it from --node-rank, as corral does",
+    "use_libuv": "torch's TCPStore backend switch (ignored by torch 2.13 too)",
+    "store_type": "the c10d store's type; corral's embedded store is TCP (tcp only)",
+}
+
+
+def _check_torch_only(option: str, key: str, value: str) -> None:
+    if key == "rank" and not value.isdigit():
+        raise ConfigError(f"{option} {key}={value}: expected an integer >= 0")
+    if key == "use_libuv" and parse_bool(value) is None:
+        raise ConfigError(f"{option} {key}={value}: expected a boolean ({BOOL_VALUES})")
+    if key == "store_type" and value.lower() != "tcp":
+        raise ConfigError(
+            f"{option} {key}={value}: corral's c10d store is served over TCP; expected tcp"
+        )
 
 
 _POSITIVE_FLOATS = (

@@ -239,6 +239,8 @@ async def _open(args: argparse.Namespace, conf: RdzvConf) -> tuple[Store, str]:
 
 async def _run(args: argparse.Namespace) -> int:
     conf = RdzvConf.parse(args.rdzv_conf)
+    if conf.unknown:
+        print(f"corral status: warning: {conf.unknown_warning()}", file=sys.stderr)
     store, label = await _open(args, conf)
     try:
         while True:
