@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 from corral.config import LaunchConfig, Std, StdSpec
 
@@ -58,6 +59,9 @@ class StreamPlan:
         console: with ``PIPE``, copy to the agent's console stream.
         prefix: with ``console``, put this before every line (tee); else bytes go unchanged.
         keep_tail: with ``PIPE``, keep the last lines for failure reports.
+        collapse: with ``console`` and ``prefix``, the
+            :class:`~corral.workers.collapse.LineCollapser` that prints the lines
+            (``--collapse-logs``); ``rank`` is the worker's local rank for it.
     """
 
     sink: Sink
@@ -65,6 +69,8 @@ class StreamPlan:
     console: bool = False
     prefix: bytes | None = None
     keep_tail: bool = False
+    collapse: Any = None
+    rank: int = 0
 
 
 def plan_stream(
@@ -133,6 +139,7 @@ class AttemptLogs:
     redirects: StdSpec
     tee: StdSpec
     local_ranks_filter: frozenset[int] | None
+    collapsers: tuple[Any, Any] | None = None  # (stdout, stderr) with --collapse-logs
 
     def rank_dir(self, local_rank: int) -> str:
         return os.path.join(self.dir, str(local_rank))
@@ -156,10 +163,14 @@ class AttemptLogs:
         """(stdout plan, stderr plan) of worker ``local_rank``."""
         r, t = self.redirects.for_rank(local_rank), self.tee.for_rank(local_rank)
         shown, prefix = self.shown(local_rank), self.prefix(local_rank)
-        return (
-            plan_stream(Std.OUT, r, t, shown, self.stdout_path(local_rank), prefix),
-            plan_stream(Std.ERR, r, t, shown, self.stderr_path(local_rank), prefix),
-        )
+        out = plan_stream(Std.OUT, r, t, shown, self.stdout_path(local_rank), prefix)
+        err = plan_stream(Std.ERR, r, t, shown, self.stderr_path(local_rank), prefix)
+        if self.collapsers is not None and shown:
+            from corral.workers.collapse import collapse_plan
+
+            out = collapse_plan(out, Std.OUT, prefix, self.collapsers[0], local_rank)
+            err = collapse_plan(err, Std.ERR, prefix, self.collapsers[1], local_rank)
+        return out, err
 
 
 class RunLogs:
@@ -180,8 +191,11 @@ class RunLogs:
         redirects: StdSpec | None = None,
         tee: StdSpec | None = None,
         local_ranks_filter: frozenset[int] | None = None,
+        collapse: bool = False,
     ) -> None:
         self._temp: str | None = None
+        self.collapse = collapse
+        self._collapsers: dict[int, tuple[Any, Any]] = {}
         if log_dir is None:
             self._temp = base = tempfile.mkdtemp(prefix="corral_")
         else:
@@ -203,6 +217,7 @@ class RunLogs:
             redirects=cfg.redirects,
             tee=cfg.tee,
             local_ranks_filter=cfg.local_ranks_filter,
+            collapse=cfg.collapse_logs,
         )
 
     @property
@@ -217,10 +232,23 @@ class RunLogs:
         d = os.path.join(self.run_dir, f"attempt_{n}")
         for local_rank in range(local_world_size):
             os.makedirs(os.path.join(d, str(local_rank)))
-        return AttemptLogs(d, n, self.role, self.redirects, self.tee, self.local_ranks_filter)
+        collapsers = None
+        if self.collapse and local_world_size > 1:  # one pair per run and size (docs/events.md)
+            from corral.workers.collapse import LineCollapser
+
+            shown = len(self.local_ranks_filter or range(local_world_size))
+            collapsers = self._collapsers.setdefault(
+                local_world_size, (LineCollapser(self.role, shown), LineCollapser(self.role, shown))
+            )
+        return AttemptLogs(
+            d, n, self.role, self.redirects, self.tee, self.local_ranks_filter, collapsers
+        )
 
     def close(self) -> None:
         """Remove the temporary directory, if this object made one. Idempotent."""
+        for pair in self._collapsers.values():
+            for collapser in pair:
+                collapser.flush()
         if self._temp is not None:
             shutil.rmtree(self._temp, ignore_errors=True)
             self._temp = None
