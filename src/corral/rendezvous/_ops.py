@@ -7,7 +7,6 @@ from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 from corral._compat import timeout as _compat_timeout
-from corral.clock import Clock
 from corral.config import RdzvConf
 from corral.errors import StoreTimeout
 from corral.rendezvous import machine as m
@@ -31,7 +30,7 @@ class Ops:
     """
 
     def __init__(
-        self, store: Store, run_id: str, conf: RdzvConf, clock: Clock, *, max_restarts: int = -1
+        self, store: Store, run_id: str, conf: RdzvConf, *, max_restarts: int = -1
     ) -> None:
         self.store = store
         # The job's first pointer (whoever joins first makes it) records the budget.
@@ -39,7 +38,6 @@ class Ops:
         self._first_json = self._first.to_json()
         self.keys = Keys(conf.prefix, run_id)
         self._timeout = conf.read_timeout
-        self._clock = clock
         self._bounded = store.characteristics.bounded_requests
 
     async def _call(self, what: str, aw: Awaitable[T]) -> T:

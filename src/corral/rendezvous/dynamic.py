@@ -134,7 +134,7 @@ class DynamicRendezvous:
         if "/" in node.node_id or not node.node_id:
             raise ConfigError(f"node id {node.node_id!r} must be non-empty and contain no '/'")
         self._clock: Clock = clock if clock is not None else MonotonicClock()
-        self._ops = Ops(store, run_id, conf, self._clock, max_restarts=max_restarts)
+        self._ops = Ops(store, run_id, conf, max_restarts=max_restarts)
         self._k = self._ops.keys
         self._run_id = run_id
         self._node = node

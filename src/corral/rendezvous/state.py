@@ -361,9 +361,6 @@ class Keys:
     def waiting_key(self, node_id: str) -> str:
         return f"{self.waiting}{node_id}"
 
-    def rprefix(self, r: int) -> str:
-        return f"{self.base}r/{r}/"
-
     def nodes(self, r: int) -> str:
         return f"{self.base}r/{r}/nodes/"
 
