@@ -1,0 +1,85 @@
+"""The cost of events: corral's crash recovery with events to a file, and with metrics, vs none.
+
+    python bench/events.py [--reps 7]
+
+The crash-to-restart figure of bench/launch.py (a worker's crash to every worker
+of the next attempt running, ``--standalone --nproc-per-node 4 --max-restarts 1``),
+measured for corral alone in three settings, their runs alternating:
+``none`` (no sink but the store journal, always on), ``file`` (``--events-file``)
+and ``file+metrics`` (also ``--metrics-port 0 --metrics-addr 127.0.0.1``).
+Human lines first, then as the LAST line one JSON object:
+{"bench": "events", "figures": [{"name", "unit", "none", "file", "file_metrics",
+"ratio_file", "ratio_file_metrics"}]} (the ratios are over ``none``; the goal is
+within 1.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from launch import CRASHER, _env, _run
+
+CORRAL = [sys.executable, "-m", "corral"]
+
+
+def recovery(script: Path, extra: list[str]) -> float | None:
+    with tempfile.TemporaryDirectory(prefix="bench-events-") as d:
+        cmd = [*CORRAL, "--standalone", "--nproc-per-node", "4", "--max-restarts", "1",
+               *[a.replace("{dir}", d) for a in extra], str(script)]  # fmt: skip
+        code, _, err = _run(cmd, _env({"BENCH_DIR": d}))
+        files = os.listdir(d)
+        starts = [float(Path(d, f).read_text()) for f in files if f.startswith("start_1_")]
+        if code != 0 or "crash" not in files or len(starts) != 4:
+            print(f"  run {extra}: exit {code}: {err.strip()[-300:]}", file=sys.stderr)
+            return None
+        return max(starts) - float(Path(d, "crash").read_text())
+
+
+SETTINGS = {
+    "none": [],
+    "file": ["--events-file", "{dir}/events/events.jsonl"],
+    "file_metrics": ["--events-file", "{dir}/events/events.jsonl", "--metrics-port", "0",
+                     "--metrics-addr", "127.0.0.1"],
+}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=7)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-events-"))
+    crasher = work / "crasher.py"
+    crasher.write_text(CRASHER)
+    values: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    for _ in range(args.reps):
+        for name, extra in SETTINGS.items():  # alternating, so drift hits all alike
+            v = recovery(crasher, extra)
+            if v is not None:
+                values[name].append(v)
+    med = {k: statistics.median(v) if v else None for k, v in values.items()}
+    for name, v in med.items():
+        shown = f"{v * 1000:.1f} ms" if v is not None else "failed"
+        print(
+            f"crash to every worker running again, events {name}: {shown} (median of {args.reps})"
+        )
+
+    def ratio(name: str) -> float | None:
+        base, v = med["none"], med[name]
+        return round(v / base, 3) if base and v is not None else None
+
+    fig = {"name": "crash_recovery_n4", "unit": "s", "none": med["none"], "file": med["file"],
+           "file_metrics": med["file_metrics"], "ratio_file": ratio("file"),
+           "ratio_file_metrics": ratio("file_metrics")}  # fmt: skip
+    print(json.dumps({"bench": "events", "figures": [fig]}))
+
+
+if __name__ == "__main__":
+    main()
