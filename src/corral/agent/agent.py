@@ -418,6 +418,8 @@ class Agent:
             self._hangs = HangWatch.from_config(
                 self.cfg, node_id=self.node_id, host=self.host, store=self._store
             )
+            if self.observers is not None:  # progress marks as events and metrics
+                self._hangs.on_marks = self.observers.on_marks
         return self._hangs
 
     async def _race(self, aw: Awaitable[T]) -> T:

@@ -112,13 +112,7 @@ class Metrics:
             self._set_state(ev.local_rank, "hung")
             self._failed = ev.wall - ev.silent_s
         elif isinstance(ev, t.ProgressStep):
-            self.step.labels(str(ev.local_rank)).set(ev.step)
-            if ev.local_rank not in self._last_mark:
-                lr = ev.local_rank
-                self.step_age.labels(str(lr)).set_function(
-                    lambda: time.monotonic() - self._last_mark.get(lr, time.monotonic())
-                )
-            self._last_mark[ev.local_rank] = ev.mono
+            self.progress(ev.local_rank, ev.step, ev.mono)
             if self._open is not None and self._open.first_step is None:
                 self._open.first_step = ev.wall
                 self._observe(self._open, ("first_step",))
@@ -138,6 +132,15 @@ class Metrics:
             self.incidents.labels(ev.cause).inc()
         elif isinstance(ev, t.JobEnded):
             self._open = None
+
+    def progress(self, local_rank: int, step: int, mono: float) -> None:
+        """A progress mark of ``local_rank``: ``step`` at ``mono`` (this host's monotonic clock)."""
+        self.step.labels(str(local_rank)).set(step)
+        if local_rank not in self._last_mark:
+            self.step_age.labels(str(local_rank)).set_function(
+                lambda: time.monotonic() - self._last_mark.get(local_rank, time.monotonic())
+            )
+        self._last_mark[local_rank] = mono
 
     def _set_state(self, local_rank: int, state: str) -> None:
         old = self._states.get(local_rank)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -19,7 +20,7 @@ from corral._compat import TaskGroup
 from corral.config import LaunchConfig
 from corral.events.sinks import EventSink, Fanout, JsonlSink
 from corral.events.store import JournalWriter
-from corral.events.types import Event, stamp
+from corral.events.types import Event, ProgressStep, stamp
 
 __all__ = ["Observers"]
 
@@ -56,12 +57,34 @@ class Observers:
         self._stack = AsyncExitStack()
         self._tg: TaskGroup | None = None
         self._tasks: list[Any] = []
+        self._marks_round = -1
+        self._first_marked: set[int] = set()
         self._probe: Callable[[], Awaitable[None]] | None = None
 
     def emit(self, cls: type[Event], round: int, **fields: Any) -> None:
         """Build event ``cls`` (stamped now) and hand it to every sink; free when none listens."""
         if self.sink:
             self.sink(stamp(cls, self.node_id, round, **fields))
+
+    def on_marks(self, rnd: Any, marks: Mapping[int, Any]) -> None:
+        """Workers' progress marks, as hang detection reads them (``{local rank: Mark}``).
+
+        The first mark of each rank in a round becomes a :class:`ProgressStep`
+        event (a later one would flood the events file); every mark updates
+        the progress metrics.
+        """
+        if rnd.round != self._marks_round:
+            self._marks_round, self._first_marked = rnd.round, set()
+        now_m, now_w = time.monotonic(), time.time()
+        for lr, m in marks.items():
+            if lr not in self._first_marked:
+                self._first_marked.add(lr)
+                if self.sink:
+                    wall = now_w - max(0.0, now_m - m.time)
+                    self.sink(ProgressStep(node=self.node_id, round=rnd.round, mono=m.time,
+                                           wall=wall, local_rank=lr, step=m.step))  # fmt: skip
+            if self.metrics is not None:
+                self.metrics.progress(lr, m.step, m.time)
 
     async def __aenter__(self) -> Observers:
         stack = self._stack

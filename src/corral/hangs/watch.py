@@ -110,6 +110,8 @@ class HangWatch:
         self._dump: Dumper = dumper or dump
         self._wall = wall
         self._seen_progress = False  # on this node, in any attempt: arms the next attempts
+        # called with (round info, {local rank: mark}) at each read (events, metrics)
+        self.on_marks: Callable[[Any, dict[int, Mark]], None] | None = None
 
     @classmethod
     def from_config(
@@ -181,6 +183,8 @@ class HangWatch:
         while True:
             now = self.clock.now()
             ranks, marks = self._read(group, started)
+            if self.on_marks is not None and marks:
+                self.on_marks(rnd, marks)
             verdict = judge(ranks, now, self.limits, armed_before=self._seen_progress)
             if marks:
                 self._seen_progress = True
