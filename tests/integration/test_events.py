@@ -124,3 +124,34 @@ def test_crash_scale_up_and_node_loss_are_events_incidents_and_metrics(
     assert r.returncode == 0, r.stderr
     svg = out.read_text()
     assert svg.startswith("<svg") and "exited with code 3" in svg and "node_lost" in svg
+
+
+HANGER = """\
+import os, time
+import corral
+attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+for step in range(3):
+    corral.progress(step=step + 1)
+    time.sleep(0.05)
+if attempt == "0" and os.environ["LOCAL_RANK"] == "1":
+    time.sleep(120)  # hung: no more progress
+corral.progress(step=100)
+"""
+
+
+def test_a_hang_is_an_incident_with_cause_hang(tmp_path: Path) -> None:
+    script = tmp_path / "hanger.py"
+    script.write_text(HANGER)
+    events = tmp_path / "events.jsonl"
+    r = subprocess.run(
+        [*CORRAL, "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
+         "--hang-timeout", "1", "--events-file", str(events), str(script)],
+        capture_output=True, text=True, timeout=90, env=corral_env(),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    evs = list(read_jsonl(str(events)))
+    kinds = [type(e).__name__ for e in evs]
+    assert "HangDeclared" in kinds and kinds.count("ProgressStep") >= 1, kinds
+    [inc] = job_incidents(records_from_events(evs))
+    assert inc.cause == "hang" and "local 1" in inc.root_cause
+    assert inc.phases["detection"] == pytest.approx(1.0, abs=0.6)  # about --hang-timeout
