@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from corral._compat import timeout as _compat_timeout
+from corral.errors import LauncherError
 from corral.rendezvous.api import RoundInfo
 from corral.reporting.failures import FailureReport
 from corral.reporting.render import read_error_file
@@ -130,6 +131,7 @@ class WorkerGroup:
         self._registered: set[int] = set()
         #: ``CORRAL_WORKER_TOKEN`` of this group's processes (set by :meth:`start`).
         self.marker = ""
+        self._pump_error: LauncherError | None = None
 
     # --- state ----------------------------------------------------------------
 
@@ -185,6 +187,7 @@ class WorkerGroup:
             )
         self._to(GroupState.RUNNING)
         for w in self.workers:
+            w.on_pump_error = self._on_pump_error
             w.spawn(self._on_exit)
             if w.pid is not None:
                 self.reaper.register(w.pid)
@@ -215,6 +218,14 @@ class WorkerGroup:
                     self._to(GroupState.FAILED)
             elif all(x.returncode == 0 for x in self.workers):
                 self._to(GroupState.SUCCEEDED)
+        self._changed.set()
+
+    def _on_pump_error(self, w: WorkerProcess, exc: BaseException) -> None:
+        if self._pump_error is None:
+            self._pump_error = LauncherError(
+                f"copying the output of worker {w.local_rank} (pid {w.pid}) failed: {exc!r}"
+            )
+            self._pump_error.__cause__ = exc
         self._changed.set()
 
     def _report(self, w: WorkerProcess) -> FailureReport:
@@ -255,12 +266,15 @@ class WorkerGroup:
 
         Raises:
             RuntimeError: the group was never started.
+            LauncherError: copying a worker's output (log file, console) failed.
         """
         if self.state is GroupState.CREATED:
             raise RuntimeError("wait() on a worker group that was not started")
-        while self.state is GroupState.RUNNING:
+        while self.state is GroupState.RUNNING and self._pump_error is None:
             self._changed.clear()
             await self._changed.wait()
+        if self._pump_error is not None:
+            raise self._pump_error
         return GroupResult(
             succeeded=self.state is GroupState.SUCCEEDED,
             failures=list(self._failures),
@@ -318,9 +332,8 @@ class WorkerGroup:
                         log.error("worker(s) still alive after SIGKILL: %s", self.pids)
         finally:
             for w in self.workers:
-                if w.pid is not None:
-                    w.signal(signal.SIGKILL)  # leftovers: the workers' own children
-                w.close()
+                await w.aclose()  # an unreaped worker (a cancelled stop) is killed and reaped
+
             for pgid in sorted(self._registered):
                 self.reaper.unregister(pgid)
             self._registered.clear()

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import IO
 
+from corral._compat import timeout as _compat_timeout
 from corral.workers.logs import Sink, StreamPlan, Tail, tail_of_file
 from corral.workers.reaper import worker_preexec
 
@@ -31,36 +32,147 @@ log = logging.getLogger(__name__)
 _READ_SIZE = 65536
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            continue
-        except OSError:
-            return  # a closed console must not take the agent down
-        view = view[n:]
+class _Console:
+    """One console descriptor, shared by every pump that copies to it.
+
+    A console may be non-blocking (a pipe set so by whoever reads the agent's
+    output). When it is full, what does not fit waits here and goes out when
+    the loop sees the descriptor writable; meanwhile the pumps that feed it
+    stop reading their workers' pipes, so the workers block on their own
+    writes (the back-pressure of a slow terminal) instead of the agent
+    spinning or growing without bound. A closed console drops the data: it
+    must not take the agent down.
+    """
+
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.fd = fd
+        self.loop = loop
+        self.pending = bytearray()
+        self.paused: list[_Pump] = []
+        self.closed = False
+
+    @property
+    def backlogged(self) -> bool:
+        return bool(self.pending)
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self.pending:
+            data = data[self._try_write(data) :]
+            if not data or self.closed:
+                return
+            self.loop.add_writer(self.fd, self._on_writable)
+        self.pending += data
+
+    def _try_write(self, data: bytes | bytearray) -> int:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            try:
+                done += os.write(self.fd, view[done:])
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError:
+                self._close()
+                return len(view)
+        return done
+
+    def _on_writable(self) -> None:
+        n = self._try_write(self.pending)
+        del self.pending[:n]
+        if not self.pending:
+            with contextlib.suppress(Exception):
+                self.loop.remove_writer(self.fd)
+            self._resume_all()
+
+    def _resume_all(self) -> None:
+        paused, self.paused = self.paused, []
+        for pump in paused:
+            pump.resume()
+
+    def _close(self) -> None:
+        self.closed = True
+        self.pending.clear()
+        with contextlib.suppress(Exception):
+            self.loop.remove_writer(self.fd)
+        self._resume_all()
+
+
+_consoles: dict[tuple[int, int], _Console] = {}
+
+
+def _console(fd: int) -> _Console:
+    """The :class:`_Console` of ``fd`` for the running loop (one per loop and descriptor)."""
+    loop = asyncio.get_running_loop()
+    key = (id(loop), fd)
+    c = _consoles.get(key)
+    if c is None or c.loop is not loop:
+        c = _consoles[key] = _Console(fd, loop)
+    return c
 
 
 class _Pump:
-    """Copies one worker stream from its pipe to a file, the console, and a tail buffer."""
+    """Copies one worker stream from its pipe to a file, the console, and a tail buffer.
 
-    def __init__(self, fd: int, plan: StreamPlan, console_fd: int) -> None:
+    Driven by the loop's reader callback (no task). An error while copying
+    (the log file's disk full...) closes the pump and is handed to
+    ``on_error``: the worker group fails with it, visibly.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        plan: StreamPlan,
+        console_fd: int,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self.fd: int | None = fd
         self.plan = plan
-        self.console_fd = console_fd
+        self.console = _console(console_fd) if plan.console else None
         self.file: IO[bytes] | None = open(plan.path, "ab", buffering=0) if plan.path else None
         self.tail = Tail() if plan.keep_tail else None
+        self.on_error = on_error
+        self.error: BaseException | None = None
         self._partial = b""
+        self._reading = False
         os.set_blocking(fd, False)
 
-    def on_readable(self) -> None:
-        self.drain()
+    def resume(self) -> None:
+        """(Re)start copying as the loop sees data."""
+        if self.fd is not None and not self._reading:
+            asyncio.get_running_loop().add_reader(self.fd, self.on_readable)
+            self._reading = True
 
-    def drain(self) -> None:
-        """Read everything available now (the loop callback, and once more at exit)."""
+    def _pause(self) -> None:
+        if self.fd is not None and self._reading:
+            asyncio.get_running_loop().remove_reader(self.fd)
+            self._reading = False
+        assert self.console is not None
+        self.console.paused.append(self)
+
+    def on_readable(self) -> None:
+        try:
+            self.drain(until_backlog=True)
+        except Exception as exc:  # reported, never a silently dead pump
+            self.error = exc
+            with contextlib.suppress(Exception):
+                self.close()
+            if self.on_error is not None:
+                self.on_error(exc)
+
+    def drain(self, until_backlog: bool = False) -> None:
+        """Read what is available now (the loop callback), or everything (at exit).
+
+        With ``until_backlog``, stop reading (until resumed) while the console
+        holds data it could not write yet.
+        """
         while self.fd is not None:
+            if until_backlog and self.console is not None and self.console.backlogged:
+                self._pause()
+                return
             try:
                 data = os.read(self.fd, _READ_SIZE)
             except BlockingIOError:
@@ -77,27 +189,33 @@ class _Pump:
             self.file.write(data)
         if self.tail is not None:
             self.tail.feed(data)
-        if self.plan.console:
+        if self.console is not None:
             if self.plan.prefix is None:
-                _write_all(self.console_fd, data)
+                self.console.write(data)
             else:
                 *lines, self._partial = (self._partial + data).split(b"\n")
-                if lines:
+                if lines and self.plan.collapse is not None:  # --collapse-logs
+                    self.plan.collapse.feed(self.plan.rank, lines, self.console.write)
+                elif lines:
                     p = self.plan.prefix
-                    _write_all(self.console_fd, b"".join(p + line + b"\n" for line in lines))
+                    self.console.write(b"".join(p + line + b"\n" for line in lines))
 
     def close(self) -> None:
         if self.fd is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self.fd)
+            if self._reading:
+                with contextlib.suppress(Exception):
+                    asyncio.get_running_loop().remove_reader(self.fd)
+                self._reading = False
             os.close(self.fd)
             self.fd = None
-        if self._partial and self.plan.console and self.plan.prefix is not None:
-            _write_all(self.console_fd, self.plan.prefix + self._partial + b"\n")
+        if self._partial and self.console is not None and self.plan.collapse is not None:
+            self.plan.collapse.feed(self.plan.rank, [self._partial], self.console.write)
+        elif self._partial and self.console is not None and self.plan.prefix is not None:
+            self.console.write(self.plan.prefix + self._partial + b"\n")
         self._partial = b""
         if self.file is not None:
-            self.file.close()
-            self.file = None
+            f, self.file = self.file, None
+            f.close()
 
 
 class WorkerProcess:
@@ -138,6 +256,10 @@ class WorkerProcess:
         self._pumps: list[_Pump] = []
         self._on_exit: Callable[[WorkerProcess], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._noticed: asyncio.Event | None = None
+        self._reaped = False
+        #: Called (in the loop) when a log pump fails; the group fails with it.
+        self.on_pump_error: Callable[[WorkerProcess, BaseException], None] | None = None
 
     @property
     def running(self) -> bool:
@@ -151,6 +273,7 @@ class WorkerProcess:
         """
         self._loop = asyncio.get_running_loop()
         self._on_exit = on_exit
+        self._noticed = asyncio.Event()
         fds: dict[str, int | None] = {}
         to_close: list[int] = []
         pipes: list[tuple[int, StreamPlan, int]] = []
@@ -194,9 +317,9 @@ class WorkerProcess:
                 os.close(fd)
         self.pid = self._popen.pid
         for r, plan, console in pipes:
-            pump = _Pump(r, plan, console)
+            pump = _Pump(r, plan, console, self._pump_failed)
             self._pumps.append(pump)
-            self._loop.add_reader(r, pump.on_readable)
+            pump.resume()
         try:
             self._pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):
@@ -206,12 +329,32 @@ class WorkerProcess:
         else:
             self._loop.add_reader(self._pidfd, self._on_pidfd)
 
+    def _pump_failed(self, exc: BaseException) -> None:
+        log.error("worker %d: copying its output failed: %r", self.local_rank, exc)
+        if self.on_pump_error is not None:
+            self.on_pump_error(self, exc)
+
     def _on_pidfd(self) -> None:
-        assert self._popen is not None and self._pidfd is not None
-        rc = self._popen.poll()
-        if rc is None:  # pragma: no cover - a pidfd is readable only once the child exited
-            return
-        assert self._loop is not None
+        """The worker exited: take its status but leave it a zombie (reaped by :meth:`aclose`).
+
+        While the zombie is unreaped its pid, and so its process group id,
+        cannot be reused: :meth:`signal` stays safe until the group is closed.
+        """
+        assert self._pidfd is not None and self.pid is not None and self._loop is not None
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+        except ChildProcessError:  # pragma: no cover - reaped elsewhere
+            info = None
+        if info is None:  # pragma: no cover - a pidfd is readable only once the child exited
+            assert self._popen is not None
+            rc = self._popen.poll()
+            if rc is None:
+                return
+            self._reaped = True
+        elif info.si_code == os.CLD_EXITED:
+            rc = info.si_status
+        else:  # CLD_KILLED, CLD_DUMPED
+            rc = -info.si_status
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = None
@@ -220,6 +363,7 @@ class WorkerProcess:
     def _wait_in_thread(self) -> None:  # pragma: no cover - kernels without pidfd_open
         assert self._popen is not None and self._loop is not None
         rc = self._popen.wait()
+        self._reaped = True
         with contextlib.suppress(RuntimeError):  # the loop closed
             self._loop.call_soon_threadsafe(self._exited, rc)
 
@@ -228,14 +372,22 @@ class WorkerProcess:
             return
         self.returncode = rc
         self.exit_time = time.time()
+        if self._noticed is not None:
+            self._noticed.set()
         for pump in self._pumps:
             pump.drain()  # everything the worker wrote is in the pipe by now
         if self._on_exit is not None:
             self._on_exit(self)
 
     def signal(self, sig: int) -> None:
-        """Send ``sig`` to the worker's process group (the worker and its children)."""
-        if self.pid is None:
+        """Send ``sig`` to the worker's process group (the worker and its children).
+
+        Only until the worker is reaped (:meth:`aclose`): an exited worker is
+        kept a zombie until then, so its pid and group id cannot have been
+        reused by another process. After that nothing is sent; what is left of
+        the worker's processes is found by its marker (:mod:`corral.workers.sweep`).
+        """
+        if self.pid is None or self._reaped:
             return
         try:
             os.killpg(self.pid, sig)
@@ -253,18 +405,33 @@ class WorkerProcess:
             return tail_of_file(self.stderr_plan.path) or None
         return None
 
-    def close(self) -> None:
-        """Release pipes and files; call after the process (group) was signalled to die.
+    async def aclose(self, kill_timeout: float = 5.0) -> None:
+        """Kill what is left of the worker's process group, reap it, release pipes and files.
 
-        A worker still unreaped here (a cancelled stop) is SIGKILLed and reaped
-        synchronously: nothing is left as a zombie.
+        Call after the group was signalled to die. A worker still running here
+        (a cancelled stop) is SIGKILLed and its exit awaited (a pidfd
+        notification, never a blocking wait on the loop) for up to
+        ``kill_timeout`` s. Then the process group gets SIGKILL (its leftover
+        members: the leader is still an unreaped zombie, so the id is still
+        this group's) and the worker is reaped: nothing is left as a zombie.
         """
-        if self._popen is not None and self.returncode is None:
-            self.signal(9)
-            try:
-                self._exited(self._popen.wait(timeout=5.0))
-            except subprocess.TimeoutExpired:  # pragma: no cover - stuck in the kernel
-                log.error("worker %d (pid %s) did not die on SIGKILL", self.local_rank, self.pid)
+        if self._popen is not None:
+            if self.returncode is None:
+                self.signal(9)
+                assert self._noticed is not None
+                try:
+                    async with _compat_timeout(kill_timeout):
+                        await self._noticed.wait()
+                except TimeoutError:  # pragma: no cover - stuck in the kernel
+                    log.error(
+                        "worker %d (pid %s) did not die on SIGKILL", self.local_rank, self.pid
+                    )
+            if self.returncode is not None and not self._reaped:
+                self.signal(9)  # leftovers in the group, while the id is still ours
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self._popen.pid, 0)  # a zombie: returns at once
+                self._popen.returncode = self.returncode
+                self._reaped = True
         for pump in self._pumps:
             pump.drain()
             pump.close()
