@@ -14,7 +14,15 @@ from tests.integration.test_multi_node import FAST, Cluster, free_port, ws
 
 from corral.events.journal import job_incidents, records_from_events
 from corral.events.sinks import read_jsonl
-from corral.events.types import JobEnded, RestartDecided, RoundClosed, WorkerFailed
+from corral.events.types import (
+    JobEnded,
+    NodeJoined,
+    NodeWaiting,
+    RestartDecided,
+    RoundClosed,
+    RoundOpened,
+    WorkerFailed,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -112,6 +120,13 @@ def test_crash_scale_up_and_node_loss_are_events_incidents_and_metrics(
     assert [e.outcome for e in ended] == ["succeeded", "succeeded"]
     decided = [e.cause for e in evs if isinstance(e, RestartDecided) and e.node == ended[0].node]
     assert decided == ["failure", "node_waiting", "member_lost"]
+    # the rendezvous's own: who opened each round and why, the newcomer waiting
+    opened = sorted((e.round, e.reason) for e in evs if isinstance(e, RoundOpened))
+    assert opened == [(1, "failure"), (2, "node_waiting"), (3, "member_lost")]
+    killed = next(iter(nodes - {e.node for e in ended}))
+    assert any(isinstance(e, NodeWaiting) and e.subject == killed for e in evs)
+    joined = {(e.node, e.round) for e in evs if isinstance(e, NodeJoined)}
+    assert {(e.node, e.round) for e in evs if isinstance(e, RoundClosed)} <= joined
     failed = [e for e in evs if isinstance(e, WorkerFailed)]
     assert [(f.rank, f.exitcode) for f in failed] == [(1, 3)]
     # the same incidents come from the events file as from the store

@@ -191,6 +191,7 @@ class Agent:
                               run_dir=logs.run_dir if self.cfg.log_dir else None)
                 )  # fmt: skip
                 rdzv = await self._open_rendezvous(stack)
+                self.observers.attach_rendezvous(rdzv)  # its events (docs/events.md)
                 try:
                     await self._loop(rdzv, logs, reaper)
                     return dict(self.results)

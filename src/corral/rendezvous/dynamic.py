@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
 from corral.clock import Clock, MonotonicClock
@@ -26,6 +26,7 @@ from corral.errors import (
     StoreError,
     StoreUnavailable,
 )
+from corral.events.types import Event, NodeJoined, NodeWaiting, RoundOpened, stamp
 from corral.rendezvous import machine as m
 from corral.rendezvous._aio import Mux, clock_timeout, free_port, watching
 from corral.rendezvous._ops import Ops
@@ -162,9 +163,15 @@ class DynamicRendezvous:
         # Full member lists read or written by this node (few: see _members_of).
         self._members: dict[int, ClosedRound] = {}
         self._closed_flag = False
+        # The agent's EventSink (docs/events.md), set after construction; None: silent.
+        self.events: Callable[[Event], None] | None = None
         # This node's watch of close/ (see _close_events).
         self._close_watch: contextlib.AsyncExitStack | None = None
         self._close_iter: AsyncIterator[WatchEvent] | None = None
+
+    def _emit(self, cls: type[Event], round: int, **fields: object) -> None:
+        if self.events:  # an empty Fanout is false: nothing is built
+            self.events(stamp(cls, self._node.node_id, round, **fields))
 
     # --- public API -----------------------------------------------------------
 
@@ -242,6 +249,7 @@ class DynamicRendezvous:
                 new = m.next_pointer(ptr, REASON_FAILURE, detail)
                 if await self._ops.cas_pointer(new, rev):
                     log.info("round %d failed; job restarts as round %d", r, new.round)
+                    self._emit(RoundOpened, new.round, reason=REASON_FAILURE, detail=detail)
                     return Decision.RESTART, None
                 continue
             end = m.end_pointer(ptr, "failed")
@@ -366,6 +374,7 @@ class DynamicRendezvous:
             r = self._expect = ptr.round
         self._pointers[r] = (ptr, ptr_rev)
         state["round"] = r
+        self._emit(NodeJoined, r, addr=self._node.addr)
         closed_kv = next((kv for kv in close_kvs if kv.key == k.closed(r)), None)
         if closed_kv is not None:
             # Closed before this join: a member only if this node had joined
@@ -671,6 +680,7 @@ class DynamicRendezvous:
         me = self._node.node_id
         await self._ops.put(self._k.waiting_key(me), encode_node(self._node), lease=lease)
         self._waiting = True
+        self._emit(NodeWaiting, r, subject=me, detail=f"round {r} closed without this node")
         ptr = self._pointers[r][0]
         n, cap, used = len(closed.members), self._max, ptr.restart_count
         log.info("%s", m.waiting_line(me, r, n, cap, used, self._max_restarts))
@@ -824,6 +834,7 @@ class DynamicRendezvous:
         new = m.next_pointer(ptr, reason, detail)
         if await self._ops.cas_pointer(new, rev):
             log.info("round %d superseded by round %d: %s", r, new.round, detail)
+            self._emit(RoundOpened, new.round, reason=reason, detail=detail)
             return _change(new)
         cur, _ = await self._ops.pointer()
         return _change(cur)
