@@ -22,7 +22,7 @@ Figures (medians over a few repetitions, in seconds):
   and (d) on ``--rdzv-backend etcd`` against one etcd (``--store etcd``) and a
   3-member etcd cluster (``--store etcd3``) that the bench starts on loopback
   ports; the torchrun column is null.  etcd leases outlive connections (15 s
-  TTL by default); corral's liveness ring (src/corral/agent/liveness.py) sees
+  TTL by default); corral's liveness ring (src/corral/rendezvous/liveness.py) sees
   a SIGKILLed agent at once anyway.
 
 Usage: ``python bench/agents.py`` (everything, about 5 minutes on 2 cores);

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from corral._aio import first_of, task_scope
-from corral.agent.liveness import PeerLiveness
-from corral.agent.net import is_local_address, local_address_towards, numeric_host
 from corral.agent.policy import ImmediatePolicy, RestartPolicy
 from corral.agent.state import AgentState, StateMachine
 from corral.clock import Clock, MonotonicClock
@@ -36,11 +34,12 @@ from corral.errors import (
     LauncherError,
     NodeRefused,
     RendezvousClosed,
-    StoreUnavailable,
     WorkerFailed,
 )
 from corral.events import types as ev
+from corral.net import local_address_towards, numeric_host
 from corral.rendezvous.api import Decision, NodeDesc, Rendezvous, RoundChange, RoundInfo
+from corral.rendezvous.liveness import PeerLiveness
 from corral.reporting.failures import FailureReport
 
 __all__ = ["Agent", "AgentHooks"]
@@ -526,143 +525,27 @@ class Agent:
         return local_address_towards(host or "127.0.0.1")
 
     async def _open_rendezvous(self, stack: AsyncExitStack) -> Rendezvous:
+        """Open ``cfg.rdzv_backend`` through the registry (built-ins and plug-ins alike)."""
+        from corral.rendezvous.registry import open_rendezvous
+
         cfg = self.cfg
-        addr = self._node_addr()
         node = NodeDesc(
             node_id=self.node_id,
-            addr=addr,
+            addr=self._node_addr(),
             local_world_size=cfg.nproc_per_node,
             host=self.host,
             pid=os.getpid(),
             master_port=0,  # 0: a fresh free port each round (CONTRACT.md)
         )
-        if cfg.rdzv_backend == "static":
-            from corral.agent.net import resolve_once
-            from corral.rendezvous.static import StaticRendezvous, static_store_endpoint
-
-            master_addr = resolve_once(cfg.master_addr)  # once, at start-up
-            master_port = cfg.master_port or 29500
-            endpoint = static_store_endpoint(master_addr, master_port)
-            store = await self._open_store(
-                stack, addr, endpoint=endpoint, is_host=cfg.node_rank == 0
-            )
-            self._store = store
+        opened = await open_rendezvous(
+            cfg, node, stack=stack, clock=self.clock, environ=self.environ
+        )
+        self._server = opened.server
+        self._liveness = opened.liveness
+        if opened.store is not None:
+            self._store = opened.store
             if self.observers is not None:
-                self.observers.attach_store(stack, store)  # the job's journal (docs/events.md)
-            static = StaticRendezvous(
-                store,
-                run_id=cfg.rdzv_id,
-                node=node,
-                node_rank=cfg.node_rank,
-                nnodes=cfg.max_nodes,
-                master_addr=master_addr,
-                master_port=master_port,
-                max_restarts=cfg.max_restarts,
-                conf=cfg.rdzv_conf,
-                clock=self.clock,
-            )
-            stack.push_async_callback(static.close)
-            await self._start_liveness(stack, store, addr, lambda: static.dynamic.lease)
-            return static
-        if cfg.rdzv_backend not in ("c10d", "etcd"):  # a third-party backend by name
-            from corral.rendezvous.registry import load_backend
-
-            factory = load_backend(cfg.rdzv_backend)
-            return await factory(cfg, node, stack=stack, clock=self.clock)
-        store = await self._open_store(stack, addr)
-        self._store = store
+                self.observers.attach_store(stack, opened.store)  # the journal (docs/events.md)
         if self.observers is not None:
-            self.observers.attach_store(stack, store)  # the job's journal (docs/events.md)
-        from corral.rendezvous.dynamic import DynamicRendezvous
-
-        dyn = DynamicRendezvous(
-            store,
-            run_id=cfg.rdzv_id,
-            node=node,
-            min_nodes=cfg.min_nodes,
-            max_nodes=cfg.max_nodes,
-            max_restarts=cfg.max_restarts,
-            conf=cfg.rdzv_conf,
-            clock=self.clock,
-        )
-        stack.push_async_callback(dyn.close)
-        await self._start_liveness(stack, store, addr, lambda: dyn.lease)
-        return dyn
-
-    async def _start_liveness(
-        self, stack: AsyncExitStack, store: Any, addr: str, lease: Callable[[], int]
-    ) -> None:
-        """Where a lease outlives its connection (etcd), watch the ring predecessor's agent."""
-        if store.characteristics.connection_leases:
-            return
-        from corral.agent.liveness import PeerLiveness
-
-        live = PeerLiveness(
-            store, run_id=self.cfg.rdzv_id, addr=addr, lease=lease, prefix=self.cfg.rdzv_conf.prefix
-        )
-        await live.start()
-        stack.push_async_callback(live.close)
-        self._liveness = live
-
-    async def _open_store(
-        self,
-        stack: AsyncExitStack,
-        addr: str,
-        *,
-        endpoint: tuple[str, int] | None = None,
-        is_host: bool | None = None,
-    ) -> Any:
-        from corral.store.registry import open_store
-
-        cfg = self.cfg
-        conf = cfg.rdzv_conf
-        token = conf.resolve_token(self.environ)
-        if cfg.rdzv_backend == "etcd":
-            from corral.store.etcd.client import etcd_url_from_conf
-
-            store = await open_store(
-                etcd_url_from_conf(cfg.rdzv_endpoint, conf), timeout=conf.read_timeout
-            )
-            stack.push_async_callback(store.close)
-            return store
-        host, port = endpoint or cfg.endpoint_host_port
-        host_num = numeric_host(host) if host else "127.0.0.1"
-        if host_num is None:
-            from corral.agent.net import resolve_once
-
-            host_num = resolve_once(host)
-        if is_host is None:
-            is_host = conf.is_host
-        if is_host is None:
-            is_host = cfg.standalone or (
-                host_num == addr if cfg.local_addr else is_local_address(host_num)
-            )
-        if is_host:
-            from corral.store.tcp.server import StoreServer
-
-            server = StoreServer()
-            try:
-                await server.start(host_num, port, token=token)
-            except (OSError, StoreUnavailable) as exc:
-                if conf.is_host or port == 0:
-                    raise LauncherError(
-                        f"cannot host the store on {host_num}:{port}: {exc}"
-                    ) from exc
-                log.info("store port %s:%d taken (%s); joining as a client", host_num, port, exc)
-            else:
-                stack.push_async_callback(server.close)
-                self._server = server
-                bound_host, bound_port = server.address
-                (log.debug if cfg.standalone else log.info)(
-                    "hosting the rendezvous store on tcp://%s:%d", bound_host, bound_port
-                )
-                local = server.local_store()
-                stack.push_async_callback(local.close)
-                return local
-        url = f"tcp://{host_num}:{port}" if ":" not in host_num else f"tcp://[{host_num}]:{port}"
-        try:
-            store = await open_store(url, token=token, timeout=conf.read_timeout)
-        except StoreUnavailable as exc:
-            raise LauncherError(f"rendezvous store unreachable: {exc}") from exc
-        stack.push_async_callback(store.close)
-        return store
+            self.observers.attach_rendezvous(opened.rendezvous)
+        return opened.rendezvous

@@ -1,8 +1,10 @@
-"""Third-party rendezvous backends by name: ``--rdzv-backend <name>``.
+"""Rendezvous backends by name: ``--rdzv-backend <name>``, one registry for all of them.
 
-The built-in backends (``static``, ``c10d``, ``etcd``) are wired into the agent.
-Any other name is looked up in the ``corral.rendezvous`` entry-point group; the
-entry point's value is an async factory::
+Built-in backends (``static``, ``c10d``, ``etcd``) sit in the literal
+:data:`BUILTIN` table as ``"module:function"`` strings, imported only when
+opened (:mod:`corral.rendezvous.builtin`). Any other name is looked up in the
+``corral.rendezvous`` entry-point group; the entry point's value is an async
+factory::
 
     async def open_my_rendezvous(
         cfg: LaunchConfig,          # the whole launch config (endpoint, id, rdzv_conf, nnodes...)
@@ -20,12 +22,14 @@ registered in the backend's own package, e.g.::
 The returned object implements :class:`corral.rendezvous.api.Rendezvous`
 (``join``, ``watch_round``, ``report_failure(..., final=False)``,
 ``report_success``, ``close``). Importing this module registers nothing, and
-entry points are read only when a name is not built in.
+entry points are read only when a name is not built in. The store backends have
+the same shape of registry (:mod:`corral.store.registry`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import importlib
+from collections.abc import Awaitable, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -35,18 +39,48 @@ if TYPE_CHECKING:
     from corral.clock import Clock
     from corral.config import LaunchConfig
     from corral.rendezvous.api import NodeDesc, Rendezvous
+    from corral.rendezvous.builtin import Opened
 
-__all__ = ["ENTRY_POINT_GROUP", "RendezvousFactory", "is_plugin_backend", "load_backend"]
+__all__ = [
+    "BUILTIN",
+    "ENTRY_POINT_GROUP",
+    "RendezvousFactory",
+    "is_plugin_backend",
+    "known_backends",
+    "load_backend",
+    "open_rendezvous",
+]
 
 ENTRY_POINT_GROUP = "corral.rendezvous"
 
+#: The built-in backends: name -> "module:function" of a :class:`BuiltinOpener`.
+BUILTIN: dict[str, str] = {
+    "static": "corral.rendezvous.builtin:open_static",
+    "c10d": "corral.rendezvous.builtin:open_c10d",
+    "etcd": "corral.rendezvous.builtin:open_etcd",
+}
+
 
 class RendezvousFactory(Protocol):
-    """What a rendezvous backend provides (see the module docstring)."""
+    """What a third-party rendezvous backend provides (see the module docstring)."""
 
     def __call__(
         self, cfg: LaunchConfig, node: NodeDesc, *, stack: AsyncExitStack, clock: Clock
     ) -> Awaitable[Rendezvous]: ...
+
+
+class BuiltinOpener(Protocol):
+    """A built-in backend: a plug-in's arguments plus the agent's environment."""
+
+    def __call__(
+        self,
+        cfg: LaunchConfig,
+        node: NodeDesc,
+        *,
+        stack: AsyncExitStack,
+        clock: Clock,
+        environ: Mapping[str, str],
+    ) -> Awaitable[Opened]: ...
 
 
 def _plugins() -> dict[str, object]:
@@ -60,13 +94,18 @@ def plugin_names() -> list[str]:
     return sorted(_plugins())
 
 
+def known_backends() -> list[str]:
+    """Every name ``--rdzv-backend`` accepts: the built-ins, then installed plug-ins."""
+    return [*BUILTIN, *(n for n in plugin_names() if n not in BUILTIN)]
+
+
 def is_plugin_backend(name: str) -> bool:
     """True if ``name`` is registered in the ``corral.rendezvous`` entry-point group."""
     return name in _plugins()
 
 
 def load_backend(name: str) -> RendezvousFactory:
-    """The factory registered as ``name``.
+    """The third-party factory registered as ``name``.
 
     Raises:
         ConfigError: no such entry point (the message lists the registered ones).
@@ -79,3 +118,30 @@ def load_backend(name: str) -> RendezvousFactory:
             f"{ENTRY_POINT_GROUP!r} entry-point group ({known})"
         )
     return cast("RendezvousFactory", ep.load())  # type: ignore[attr-defined]
+
+
+async def open_rendezvous(
+    cfg: LaunchConfig,
+    node: NodeDesc,
+    *,
+    stack: AsyncExitStack,
+    clock: Clock,
+    environ: Mapping[str, str],
+) -> Opened:
+    """Open ``cfg.rdzv_backend`` for ``node``: a built-in, else a plug-in by entry point.
+
+    Every resource it opens is closed by ``stack``.
+
+    Raises:
+        ConfigError: an unknown backend name (the message lists the plug-ins).
+        LauncherError, StoreError: from the backend.
+    """
+    from corral.rendezvous.builtin import Opened
+
+    target = BUILTIN.get(cfg.rdzv_backend)
+    if target is not None:
+        module, _, attr = target.partition(":")
+        opener = cast("BuiltinOpener", getattr(importlib.import_module(module), attr))
+        return await opener(cfg, node, stack=stack, clock=clock, environ=environ)
+    factory = load_backend(cfg.rdzv_backend)
+    return Opened(await factory(cfg, node, stack=stack, clock=clock))

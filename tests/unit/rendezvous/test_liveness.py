@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from corral._compat import timeout
-from corral.agent.liveness import PeerLiveness
+from corral.rendezvous.liveness import PeerLiveness
 from corral.rendezvous.api import RoundInfo
 from corral.store.memory import MemoryStore
 

@@ -36,7 +36,7 @@ from corral.store.api import Store
 
 __all__ = ["PeerLiveness"]
 
-log = logging.getLogger("corral.agent")
+log = logging.getLogger("corral.agent")  # its lines are the agent's
 
 _CONNECT_TIMEOUT = 5.0
 
