@@ -140,10 +140,13 @@ def _agent(
     hooks: AgentHooks | None,
     policy: RestartPolicy | None,
     agent_class: type[Agent] | None,
+    events: Callable[[Any], None] | None = None,
 ) -> Agent:
     from corral.agent.agent import Agent
 
     cls = agent_class or Agent
+    if events is not None:  # an EventSink (docs/events.md)
+        return cls(cfg, hooks=hooks, policy=policy, events=events)
     return cls(cfg, hooks=hooks, policy=policy)
 
 
@@ -154,6 +157,7 @@ async def launch_async(
     hooks: AgentHooks | None = None,
     policy: RestartPolicy | None = None,
     agent_class: type[Agent] | None = None,
+    events: Callable[[Any], None] | None = None,
 ) -> dict[int, Any]:
     """Run this node's part of the job in the running event loop; see :func:`launch`.
 
@@ -161,7 +165,8 @@ async def launch_async(
     ``config.shutdown_timeout``) and leaves the rendezvous.
     """
     with _prepare(config, entrypoint, args) as cfg:
-        return await _agent(cfg, hooks=hooks, policy=policy, agent_class=agent_class).execute()
+        agent = _agent(cfg, hooks=hooks, policy=policy, agent_class=agent_class, events=events)
+        return await agent.execute()
 
 
 def launch(
@@ -171,6 +176,7 @@ def launch(
     hooks: AgentHooks | None = None,
     policy: RestartPolicy | None = None,
     agent_class: type[Agent] | None = None,
+    events: Callable[[Any], None] | None = None,
 ) -> dict[int, Any]:
     """Run ``entrypoint`` on this node's workers (and, through the rendezvous, the job's).
 
@@ -187,6 +193,8 @@ def launch(
         policy: a :class:`~corral.agent.policy.RestartPolicy` (default: restart
             at once while ``max_restarts`` lasts).
         agent_class: an :class:`~corral.agent.agent.Agent` subclass to run.
+        events: an EventSink: called with each of the agent's events
+            (:mod:`corral.events.types`; docs/events.md).
 
     Returns:
         This node's results by global rank (``RANK``): a function's return
@@ -214,7 +222,15 @@ def launch(
             "use 'await corral.launch_async(...)' instead"
         )
     return _compat_run(
-        launch_async(config, entrypoint, *args, hooks=hooks, policy=policy, agent_class=agent_class)
+        launch_async(
+            config,
+            entrypoint,
+            *args,
+            hooks=hooks,
+            policy=policy,
+            agent_class=agent_class,
+            events=events,
+        )
     )
 
 
