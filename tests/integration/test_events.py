@@ -106,6 +106,13 @@ def test_crash_scale_up_and_node_loss_are_events_incidents_and_metrics(
                             c.run_id], capture_output=True, text=True, timeout=30,
                            env=corral_env())  # fmt: skip
     assert "incidents (last 3 of 3; goodput" in human.stdout, human.stdout
+    # the picture of the live job, read from its store
+    live = tmp_path / "live.svg"
+    r = subprocess.run([*CORRAL, "timeline", "--rdzv-endpoint", c.endpoint, "--rdzv-id",
+                        c.run_id, "-o", str(live)], capture_output=True, text=True, timeout=60,
+                       env=corral_env())  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert live.read_text().count('class="incident"') == 3
     for w in fourth:
         w.release(0)
     assert c.wait(1) == 0 and c.wait(2) == 0
