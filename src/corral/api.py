@@ -34,7 +34,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from corral._compat import run as _compat_run
-from corral.config import LaunchConfig
+from corral.config import LaunchConfig, resolve_standalone
 from corral.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,32 +45,6 @@ __all__ = ["FN_ENTRY_MODULE", "launch", "launch_async"]
 
 #: The module a function worker runs (``python -m``).
 FN_ENTRY_MODULE = "corral.workers._fn_entry"
-
-
-def _standalone(config: LaunchConfig) -> LaunchConfig:
-    """The CLI's rule, for configs built in code: ``standalone=True``, or a one-node
-    static job with neither endpoint nor master port (torch 2.13), runs on a
-    private store at ``127.0.0.1:<free port>`` with a fresh run id.
-    """
-    one_node_static = (
-        config.rdzv_backend == "static"
-        and not config.rdzv_endpoint
-        and config.master_port is None
-        and config.max_nodes == 1
-    )
-    already = config.rdzv_backend == "c10d" and config.rdzv_endpoint == "127.0.0.1:0"
-    if not (config.standalone or one_node_static) or already:
-        return config
-    import uuid
-
-    return replace(
-        config,
-        rdzv_backend="c10d",
-        rdzv_endpoint="127.0.0.1:0",
-        rdzv_id=str(uuid.uuid4()),
-        rdzv_conf=replace(config.rdzv_conf, is_host=True),
-        standalone=True,
-    )
 
 
 @contextmanager
@@ -85,7 +59,7 @@ def _prepare(
         ConfigError: no entrypoint, an unpicklable function or argument, or a
             start method other than ``spawn`` for a function.
     """
-    config = _standalone(config)
+    config = resolve_standalone(config)
     if entrypoint is None:
         if not config.entrypoint:
             raise ConfigError(

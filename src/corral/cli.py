@@ -28,6 +28,7 @@ from corral.config import (
     parse_bool,
     parse_signals,
     parse_std_spec,
+    resolve_standalone,
 )
 from corral.errors import ConfigError, LauncherError
 
@@ -454,22 +455,17 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
     standalone: bool = a["standalone"]
     endpoint: str = a["rdzv_endpoint"].strip()
     rdzv_id: str = a["rdzv_id"]
-    backend = "c10d" if standalone else _backend(a["rdzv_backend"])
-    if not standalone and backend == "static" and not endpoint and master_port is None:
-        standalone = max_nodes == 1  # torch 2.13: a one-node static job runs standalone
+    backend = "static" if standalone else _backend(a["rdzv_backend"])
+    one_node_static = backend == "static" and not endpoint and master_port is None
     if standalone:
-        import uuid
-        from dataclasses import replace
-
-        backend, endpoint, rdzv_id = "c10d", "127.0.0.1:0", str(uuid.uuid4())
-        rdzv_conf = replace(rdzv_conf, is_host=True)
-    elif backend == "static":
+        endpoint = ""  # --standalone overrides the endpoint and backend: resolve_standalone
+    elif backend == "static" and not (one_node_static and max_nodes == 1):
         if master_port is None:
             master_port = 29500
         if not endpoint:
             endpoint = _endpoint_addr(a["master_addr"], master_port)
 
-    return LaunchConfig(
+    cfg = LaunchConfig(
         entrypoint=a["training_script"],
         args=tuple(a["training_script_args"]),
         min_nodes=min_nodes,
@@ -508,6 +504,7 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
         metrics_addr=a["metrics_addr"].strip() or "0.0.0.0",
         collapse_logs=a["collapse_logs"],
     )
+    return resolve_standalone(cfg)  # the one standalone rule (corral.config)
 
 
 def check_entrypoint(cfg: LaunchConfig, environ: Mapping[str, str]) -> None:

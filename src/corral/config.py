@@ -509,3 +509,33 @@ class LaunchConfig:
 
 RDZV_BACKENDS = ("static", "c10d", "etcd")
 START_METHODS = ("spawn", "fork", "forkserver")
+
+
+def resolve_standalone(config: LaunchConfig) -> LaunchConfig:
+    """The standalone rule, for the CLI and for configs built in code alike.
+
+    ``standalone=True``, or a one-node static job with neither endpoint nor
+    master port (torch 2.13), runs on a private store at ``127.0.0.1:<free port>``
+    with a fresh run id, hosted by this agent (``rdzv_conf.is_host``). A config
+    the rule was applied to already is returned as it is (its run id kept).
+    """
+    one_node_static = (
+        config.rdzv_backend == "static"
+        and not config.rdzv_endpoint
+        and config.master_port is None
+        and config.max_nodes == 1
+    )
+    already = config.rdzv_backend == "c10d" and config.rdzv_endpoint == "127.0.0.1:0"
+    if not (config.standalone or one_node_static) or already:
+        return config
+    import uuid
+    from dataclasses import replace
+
+    return replace(
+        config,
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        rdzv_id=str(uuid.uuid4()),
+        rdzv_conf=replace(config.rdzv_conf, is_host=True),
+        standalone=True,
+    )

@@ -18,6 +18,7 @@ __all__ = [
     "AuthenticationFailed",
     "ConfigError",
     "Interrupted",
+    "JobStopped",
     "JobFailed",
     "LauncherError",
     "LeaseNotFound",
@@ -136,6 +137,29 @@ class Interrupted(LauncherError):
             name = f"signal {signum}"
         super().__init__(f"interrupted by {name}; the workers were stopped")
         self.signum = signum
+
+
+class JobStopped(Interrupted):
+    """The job was stopped by a handled signal on one of its nodes (``--on-signal stop``).
+
+    Every agent of the job ends with it: the workers got the signal and up to
+    ``--shutdown-timeout`` to exit; no restart was attempted or counted. The CLI
+    exits with 128 + signum (docs/schedulers.md).
+
+    Attributes:
+        signum: the signal; node: the host that received it.
+    """
+
+    def __init__(self, signum: int, node: str) -> None:
+        import signal as _signal
+
+        try:
+            name = _signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        LauncherError.__init__(self, f"job stopped by {name} on node {node}")
+        self.signum = signum
+        self.node = node
 
 
 class JobFailed(LauncherError):

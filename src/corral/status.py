@@ -142,6 +142,10 @@ def render(st: JobStatus) -> str:
         o = st.outcome
         if o.succeeded:
             lines.append(f"state: SUCCEEDED in round {o.round}")
+        elif o.stopped:  # a handled signal (docs/schedulers.md)
+            lines.append(
+                f"state: STOPPED in round {o.round}, {o.stop_text} (exit code {o.exit_code})"
+            )
         else:
             root = _failure_line(o.root_cause) if o.root_cause else "no report"
             lines.append(

@@ -31,6 +31,7 @@ from corral.errors import (
     ConfigError,
     Interrupted,
     JobFailed,
+    JobStopped,
     LauncherError,
     NodeRefused,
     RendezvousClosed,
@@ -131,6 +132,7 @@ class Agent:
         self._group: Any = None
         self._server: Any = None
         self._liveness: PeerLiveness | None = None
+        self._told: Interrupted | None = None  # what a handled signal ended this agent with
         self._store: Any = None  # the job's store, once open (hang records: docs/hangs.md)
         self._hangs: Any = None  # corral.hangs.watch.HangWatch with --hang-timeout
         self.root_cause: FailureReport | None = None
@@ -147,6 +149,8 @@ class Agent:
         try:
             await self.execute()
         except Interrupted as exc:
+            if isinstance(exc, JobStopped):  # "stopped by SIGTERM on node X" on every node
+                print(f"corral: {exc}", file=sys.stderr, flush=True)
             return 128 + exc.signum
         except WorkerFailed as exc:
             self._print_root_cause(exc.root_cause, len(exc.failures))
@@ -197,6 +201,12 @@ class Agent:
                 except (JobFailed, WorkerFailed):
                     await self._linger()
                     raise
+                except Interrupted as exc:  # a handled signal: agent/preempt.py
+                    if self._signum and not isinstance(exc, JobStopped):
+                        exc = await self._tell_job(rdzv, None)
+                    if isinstance(exc, JobStopped):
+                        await self._linger()
+                    raise exc from None
                 finally:
                     self._job_ended(sys.exc_info()[1])
                     if self.machine.state is AgentState.SUCCEEDED:
@@ -315,6 +325,10 @@ class Agent:
                 raise
             if isinstance(outcome, RoundChange):
                 self.machine.to(AgentState.STOPPING)
+                if outcome.stop_signal:  # a handled signal on another node stopped the job
+                    from corral.agent.preempt import stop_for_change
+
+                    raise await stop_for_change(group, outcome, self.cfg.shutdown_timeout)
                 log.info(
                     "round %d over (%s%s): stopping workers",
                     rnd.round,
@@ -399,10 +413,12 @@ class Agent:
 
                     return GroupResult(succeeded=False, failures=result)
                 if i == 0:
-                    # the signal was forwarded already; give the workers the shutdown
-                    # timeout to act on it, then SIGKILL (torchrun's death_sig semantics)
+                    # the signal was forwarded already; tell the job (--on-signal: stop
+                    # it everywhere, or leave it), give the workers the shutdown timeout
+                    # to act on it, then SIGKILL (torchrun's death_sig semantics)
+                    err = await self._tell_job(rdzv, rnd)
                     await group.stop(self.cfg.shutdown_timeout, first_signal=None)
-                    raise Interrupted(self._signum)
+                    raise err
                 return result
             finally:
                 if live is not None:
@@ -421,6 +437,14 @@ class Agent:
             if self.observers is not None:  # progress marks as events and metrics
                 self._hangs.on_marks = self.observers.on_marks
         return self._hangs
+
+    async def _tell_job(self, rdzv: Rendezvous, rnd: RoundInfo | None) -> Interrupted:
+        """This node got a handled signal: stop the job or leave it, once (agent/preempt.py)."""
+        if self._told is None:
+            from corral.agent.preempt import tell_job
+
+            self._told = await tell_job(rdzv, self.cfg, rnd, self._signum, self.host)
+        return self._told
 
     async def _race(self, aw: Awaitable[T]) -> T:
         """Await ``aw`` unless a handled signal arrives first (then raise Interrupted)."""

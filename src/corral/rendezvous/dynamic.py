@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
@@ -18,6 +19,7 @@ from corral.config import RdzvConf
 from corral.errors import (
     ConfigError,
     JobFailed,
+    JobStopped,
     LeaseNotFound,
     RendezvousClosed,
     RendezvousError,
@@ -231,6 +233,8 @@ class DynamicRendezvous:
                 out = await self._ops.outcome_of(ptr)
                 if out.succeeded:
                     return Decision.RESTART, None  # cannot happen: a success needs every member
+                if out.stopped:  # a handled signal stopped the job meanwhile: not a failure
+                    raise JobStopped(out.signal, out.node)
                 return Decision.FAIL, out.root_cause
             step = m.failure_step(r, ptr, self._max_restarts)
             if step is m.FailureStep.ALREADY_MOVED and final:
@@ -266,6 +270,64 @@ class DynamicRendezvous:
             out = await self._ops.outcome()
             if out is not None and out.succeeded:
                 return None
+        return change
+
+    async def report_stop(self, signum: int, node: str) -> Outcome:
+        """Stop the whole job: handled signal ``signum`` reached ``node`` (``--on-signal stop``).
+
+        Writes the stopped outcome (create-only: an outcome already there wins
+        and is returned), then moves the round pointer to the job's end, so
+        that every agent's :meth:`watch_round` returns JOB_ENDED with
+        ``stop_signal`` at once, and a join or a failure report raises
+        JobStopped. No restart is attempted or counted.
+        """
+        ptr, _ = await self._ops.pointer()
+        out = Outcome("stopped", ptr.round, None, 128 + signum, signal=signum, node=node)
+        res = await self._ops.create(self._k.outcome, out.to_json())
+        if not res.succeeded and res.kv is not None:
+            out = Outcome.from_json(res.kv.value)
+        for _ in range(100):
+            ptr, rev = await self._ops.pointer()
+            if ptr.reason == REASON_JOB_ENDED:
+                return out
+            end = replace(ptr, round=ptr.round + 1, reason=REASON_JOB_ENDED, detail="stopped")
+            if await self._ops.cas_pointer(end, rev):
+                log.debug("job %s", out.stop_text if out.stopped else out.status)
+                return out
+        raise RendezvousError("report_stop: the round pointer kept changing (100 attempts)")
+
+    async def leave(self, rnd: RoundInfo, signum: int, node: str) -> Outcome | None:
+        """Leave the job on handled signal ``signum`` (``--on-signal leave``), then close.
+
+        A scale-down: the others restart without this node (a restart, counted
+        as any other). When the members of ``rnd`` not gone on a signal would
+        be fewer than MIN, or no restart is left, the job is stopped instead
+        (:meth:`report_stop`) and its outcome returned; None when the node left.
+        Each leaver marks itself under ``r/<r>/left/`` before it counts, so of
+        several leaving at once the last to count sees them all.
+        """
+        r = rnd.round
+        me = self._node.node_id
+        await self._ops.create(self._k.left_key(r, me), node.encode())
+        left, _ = await self._ops.range(self._k.left(r))
+        ptr, rev = self._pointers.get(r) or await self._ops.pointer()
+        if rnd.group_world_size - len(left) < self._min or ptr.restart_count >= self._max_restarts:
+            return await self.report_stop(signum, node)
+        if ptr.round == r:
+            name = signal.Signals(signum).name
+            new = m.next_pointer(ptr, REASON_MEMBER_LOST, f"node {node} left on {name}")
+            if await self._ops.cas_pointer(new, rev):
+                log.info("node %s leaves round %d on %s; the job goes on", node, r, name)
+        await self.close()
+        return None
+
+    async def _change_of(self, ptr: RoundPointer) -> RoundChange:
+        """The change a new pointer means; a job stopped by a signal carries the signal."""
+        change = _change(ptr)
+        if ptr.reason == REASON_JOB_ENDED and ptr.detail == "stopped":
+            out = await self._ops.outcome()
+            if out is not None and out.stopped:
+                return replace(change, detail=out.stop_text, stop_signal=out.signal)
         return change
 
     async def outcome(self) -> Outcome | None:
@@ -338,6 +400,8 @@ class DynamicRendezvous:
         out = await self._ops.outcome_of(ptr)
         if out.succeeded:
             raise RendezvousClosed(f"run {self._run_id!r} already succeeded (round {out.round})")
+        if out.stopped:
+            raise JobStopped(out.signal, out.node)
         rc = out.root_cause
         raise JobFailed(
             f"run {self._run_id!r} failed in round {out.round}"
@@ -756,7 +820,7 @@ class DynamicRendezvous:
                 if tag == "round" and ev.type is EventType.PUT:
                     ptr = RoundPointer.from_json(ev.kv.value)
                     if ptr.round > r:
-                        return _change(ptr)
+                        return await self._change_of(ptr)
                 elif tag == "pred" and ev.type is EventType.DELETE:
                     gone = pred_id
                     if await self._ops.get(self._k.done_key(r, gone)) is None:

@@ -23,6 +23,8 @@ store is reported, not silently misread. Layout (under ``<prefix>/<run_id>/``)::
     r/<r>/failures/<node_id>/lost FailureReport naming member node_id as lost, written when
                                   its loss ends the job (the restart budget spent)
     r/<r>/done/<node_id>          a member whose workers all succeeded in round r
+    r/<r>/left/<node_id>          a member that left round r on a handled signal
+                                  (``--on-signal leave``; counted against MIN)
 """
 
 from __future__ import annotations
@@ -306,15 +308,34 @@ class RankTable:
 class Outcome:
     """The value of ``outcome``: how the job ended (create-only: the first writer wins).
 
-    ``status`` is ``"success"`` or ``"failed"``; for a failure, ``root_cause``
-    is the earliest failure (by create revision) of the last round and
-    ``exit_code`` what every agent exits with.
+    ``status`` is ``"success"``, ``"failed"`` or ``"stopped"``; for a failure,
+    ``root_cause`` is the earliest failure (by create revision) of the last
+    round and ``exit_code`` what every agent exits with. A stopped job (a
+    handled signal, ``--on-signal stop``) records the ``signal``, the ``node``
+    (host) that received it, and exit code 128 + signal.
     """
 
     status: str
     round: int
     root_cause: FailureReport | None = None
     exit_code: int = 0
+    signal: int = 0
+    node: str = ""
+
+    @property
+    def stopped(self) -> bool:
+        return self.status == "stopped"
+
+    @property
+    def stop_text(self) -> str:
+        """``stopped by SIGTERM on node gpu007`` (for a stopped job)."""
+        import signal as _signal
+
+        try:
+            name = _signal.Signals(self.signal).name
+        except ValueError:
+            name = f"signal {self.signal}"
+        return f"stopped by {name} on node {self.node}"
 
     @property
     def succeeded(self) -> bool:
@@ -328,6 +349,8 @@ class Outcome:
                 "round": self.round,
                 "root_cause": rc,
                 "exit_code": self.exit_code,
+                "signal": self.signal,
+                "node": self.node,
             }
         )
 
@@ -341,6 +364,8 @@ class Outcome:
                 round=int(d["round"]),
                 root_cause=FailureReport.from_json(json.dumps(rc)) if rc is not None else None,
                 exit_code=int(d["exit_code"]),
+                signal=int(d.get("signal", 0)),
+                node=str(d.get("node", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RendezvousError(f"corrupt outcome record: {d!r:.80}") from exc
@@ -398,6 +423,12 @@ class Keys:
 
     def done(self, r: int) -> str:
         return f"{self.base}r/{r}/done/"
+
+    def left(self, r: int) -> str:
+        return f"{self.base}r/{r}/left/"
+
+    def left_key(self, r: int, node_id: str) -> str:
+        return f"{self.base}r/{r}/left/{node_id}"
 
     def done_key(self, r: int, node_id: str) -> str:
         return f"{self.base}r/{r}/done/{node_id}"

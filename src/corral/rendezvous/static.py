@@ -20,6 +20,7 @@ from corral.config import RdzvConf
 from corral.errors import ConfigError
 from corral.rendezvous.api import Decision, NodeDesc, RoundChange, RoundInfo
 from corral.rendezvous.dynamic import DynamicRendezvous
+from corral.rendezvous.state import Outcome
 from corral.reporting.failures import FailureReport
 from corral.store.api import Store
 
@@ -98,6 +99,12 @@ class StaticRendezvous:
 
     async def report_success(self, rnd: RoundInfo) -> RoundChange | None:
         return await self._inner.report_success(rnd)
+
+    async def report_stop(self, signum: int, node: str) -> Outcome:
+        return await self._inner.report_stop(signum, node)
+
+    async def leave(self, rnd: RoundInfo, signum: int, node: str) -> Outcome | None:
+        return await self._inner.leave(rnd, signum, node)
 
     async def close(self) -> None:
         await self._inner.close()

@@ -1,0 +1,86 @@
+"""What a handled signal does to the whole job: ``--on-signal stop|leave`` (docs/schedulers.md).
+
+A scheduler that preempts a job signals some or all of its nodes (SIGTERM, or
+SIGUSR1/SIGUSR2 ahead of time with Slurm's ``--signal``). The agent that gets
+one has already forwarded it to its own workers; here it tells the job:
+
+* ``stop`` (the default when MIN == MAX): record a job-wide stop in the store,
+  so that every other agent forwards the same signal to its workers at once
+  (its ``watch_round`` returns JOB_ENDED with ``stop_signal``), gives them
+  ``--shutdown-timeout`` to exit (to checkpoint), ends them and exits with
+  128 + signal. No restart is attempted or counted.
+* ``leave`` (the default when MIN < MAX): this node leaves as a scale-down and
+  the others go on without it (a restart, counted); when that would leave
+  fewer than MIN nodes, or no restart is left, the job is stopped as above.
+
+The agent that got the signal exits 128 + signal either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+from corral._compat import timeout as _timeout
+from corral.config import LaunchConfig
+from corral.errors import Interrupted, JobStopped, LauncherError
+from corral.rendezvous.api import RoundChange, RoundInfo
+
+__all__ = ["stop_for_change", "tell_job"]
+
+log = logging.getLogger("corral.agent")
+
+
+def _name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+async def tell_job(
+    rdzv: Any, cfg: LaunchConfig, rnd: RoundInfo | None, signum: int, host: str
+) -> Interrupted:
+    """Tell the job that this node got handled signal ``signum``; return what to end with.
+
+    ``rdzv`` records the stop (``report_stop``) or the leave (``leave``, only
+    in a running round ``rnd``); a backend without them (a third-party one)
+    records nothing and the others see a lost node. Bounded by read_timeout;
+    a store error is logged, not raised (the node still ends with 128 + signal).
+    """
+    name = _name(signum)
+    report_stop = getattr(rdzv, "report_stop", None)
+    leave = getattr(rdzv, "leave", None)
+    try:
+        async with _timeout(cfg.rdzv_conf.read_timeout):
+            if cfg.signal_action == "leave":
+                if rnd is None or leave is None:
+                    log.warning("%s: this node leaves the job", name)
+                    return Interrupted(signum)
+                out = await leave(rnd, signum, host)
+                if out is None:
+                    log.warning("%s: this node leaves the job; the others go on without it", name)
+                    return Interrupted(signum)
+            elif report_stop is None:
+                return Interrupted(signum)
+            else:
+                out = await report_stop(signum, host)
+    except (LauncherError, TimeoutError) as exc:
+        log.warning("%s: could not record the job's stop in the store (%s)", name, exc)
+        return JobStopped(signum, host)
+    if out.stopped:
+        log.warning("%s: every node of the job stops (%s)", name, out.stop_text)
+        return JobStopped(out.signal, out.node)
+    return Interrupted(signum)  # the job had ended already (success or failure)
+
+
+async def stop_for_change(group: Any, change: RoundChange, shutdown_timeout: float) -> JobStopped:
+    """Another node stopped the job (``change.stop_signal``): forward the signal to this
+    node's workers now, give them ``shutdown_timeout`` to exit, end them; return the error
+    to end with (128 + signal)."""
+    sig = change.stop_signal
+    log.warning("job %s: forwarding %s to the workers", change.detail, _name(sig))
+    await group.stop(shutdown_timeout, first_signal=sig)
+    node = change.detail.rpartition(" on node ")[2]
+    return JobStopped(sig, node)
