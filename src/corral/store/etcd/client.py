@@ -12,8 +12,12 @@ Each contract operation maps to etcd's own primitive, so the meaning is etcd's:
 * every key lives under the URL's prefix (default ``/corral``); callers see
   keys without it.
 
-Failover: see :mod:`corral.store.etcd.connection`. Reads, puts, deletes and
-lease calls are simply retried on the next member. A conditional write whose
+Failover: see :mod:`corral.store.etcd.connection`. Reads and lease calls are
+simply retried on the next member. Puts and deletes are fenced
+(:mod:`corral.store.etcd.fenced`): each attempt is a transaction that writes
+only if the key has not changed since the highest revision the client has
+seen, so an attempt whose answer was lost and that lands late never
+overwrites a newer value. A conditional write whose
 answer was lost is re-run there: if it now conflicts but the key holds exactly
 this call's value and lease, the earlier attempt was applied and the call
 reports success (values written by the rendezvous name their writer, so an
@@ -32,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -47,6 +51,7 @@ from corral.store.api import (
     check_distinct,
 )
 from corral.store.etcd.connection import Connection, Session
+from corral.store.etcd.fenced import FENCE_ROUNDS, Fence, fenced_txn
 from corral.store.etcd.url import EtcdTarget, etcd_url_from_conf, parse_etcd_url
 from corral.store.etcd.watch import EtcdWatch
 
@@ -89,6 +94,7 @@ class EtcdStore:
         self._conn = Connection(target, timeout=timeout)
         self._ns = target.prefix.rstrip("/") + "/"
         self._ns_bytes = self._ns.encode()
+        self._fence = Fence()  # the highest revision seen: fences puts and deletes
 
     @property
     def characteristics(self) -> Characteristics:
@@ -143,6 +149,7 @@ class EtcdStore:
                     resp = None
             if resp is None:
                 resp = await s.kv.Range(req, timeout=timeout, metadata=s.metadata)
+            self._fence.note(resp.header.revision)
             return self._kv(resp.kvs[0]) if resp.kvs else None
 
         return await self._conn.call("get", op)
@@ -152,45 +159,47 @@ class EtcdStore:
 
         async def op(s: Session, timeout: float, _retried: bool) -> tuple[list[KeyValue], int]:
             resp = await s.kv.Range(req, timeout=timeout, metadata=s.metadata)
-            return [self._kv(kv) for kv in resp.kvs], resp.header.revision
+            return [self._kv(kv) for kv in resp.kvs], self._fence.note(resp.header.revision)
 
         return await self._conn.call("range", op)
 
     # --- writes ----------------------------------------------------------------
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
-        # A put retried after a lost answer writes the same value again: the
-        # state is the one the caller asked for.
-        req = rpc.PutRequest(key=self._full(key), value=value, lease=lease)
+        # Fenced (module docstring): an attempt that lands late cannot undo a newer value.
+        full = self._full(key)
+        write = rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value, lease=lease))
 
-        async def op(s: Session, timeout: float, _retried: bool) -> int:
-            resp = await s.kv.Put(req, timeout=timeout, metadata=s.metadata)
-            return int(resp.header.revision)
+        def applied(found: list[list[KeyValue]]) -> bool:
+            return bool(found[0]) and (found[0][0].value, found[0][0].lease) == (value, lease)
 
-        return await self._conn.call("put", op)
+        resp = await self._fenced("put", [(full, b"")], [write], applied)
+        return int(resp.header.revision)
 
     async def put_many(self, items: Sequence[tuple[str, bytes]]) -> int:
         # Transactions of at most _TXN_OPS puts (etcd's default --max-txn-ops is
         # 128), sent together: a few requests and raft entries instead of one per key.
+        # Each transaction is fenced as a put is (module docstring).
         check_distinct(items)
-        txns = [
-            rpc.TxnRequest(
-                success=[
-                    rpc.RequestOp(request_put=rpc.PutRequest(key=self._full(key), value=value))
-                    for key, value in items[i : i + _TXN_OPS]
-                ]
-            )
-            for i in range(0, len(items), _TXN_OPS)
-        ]
 
-        async def one(txn: Any) -> int:
-            async def op(s: Session, timeout: float, _retried: bool) -> int:
-                resp = await s.kv.Txn(txn, timeout=timeout, metadata=s.metadata)
-                return int(resp.header.revision)
+        async def one(chunk: Sequence[tuple[str, bytes]]) -> int:
+            full = [self._full(key) for key, _ in chunk]
+            writes = [
+                rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v))
+                for k, (_, v) in zip(full, chunk, strict=True)
+            ]
 
-            return await self._conn.call("put_many", op)
+            def applied(found: list[list[KeyValue]]) -> bool:
+                return all(
+                    kvs and (kvs[0].value, kvs[0].lease) == (v, 0)
+                    for kvs, (_, v) in zip(found, chunk, strict=True)
+                )
 
-        return max(await asyncio.gather(*(one(t) for t in txns)), default=0)
+            resp = await self._fenced("put_many", [(k, b"") for k in full], writes, applied)
+            return int(resp.header.revision)
+
+        chunks = [items[i : i + _TXN_OPS] for i in range(0, len(items), _TXN_OPS)]
+        return max(await asyncio.gather(*(one(c) for c in chunks)), default=0)
 
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> WriteResult:
         return await self.compare_and_set(key, value, 0, lease=lease)
@@ -212,7 +221,7 @@ class EtcdStore:
             s: Session, timeout: float, retried: bool
         ) -> tuple[list[WriteResult], list[list[KeyValue]], int]:
             resp = await s.kv.Txn(txn, timeout=timeout, metadata=s.metadata)
-            revision = int(resp.header.revision)
+            revision = self._fence.note(int(resp.header.revision))
             results = [
                 self._write_result(r.response_txn, value, 0, lease, revision, retried, key)
                 for r, (key, value, lease) in zip(resp.responses[:n], creates, strict=True)
@@ -232,8 +241,9 @@ class EtcdStore:
 
         async def op(s: Session, timeout: float, retried: bool) -> WriteResult:
             resp = await s.kv.Txn(txn, timeout=timeout, metadata=s.metadata)
+            revision = self._fence.note(int(resp.header.revision))
             return self._write_result(
-                resp, value, expected_mod_revision, lease, int(resp.header.revision), retried, key
+                resp, value, expected_mod_revision, lease, revision, retried, key
             )
 
         return await self._conn.call(what, op)
@@ -297,14 +307,41 @@ class EtcdStore:
         return WriteResult(False, kv, revision)
 
     async def delete(self, key: str, *, prefix: bool = False) -> int:
+        # Fenced (module docstring): a delete that lands late cannot remove a newer key.
         full = self._full(key)
-        req = rpc.DeleteRangeRequest(key=full, range_end=_range_end(full) if prefix else b"")
+        end = _range_end(full) if prefix else b""
+        write = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=full, range_end=end))
+        resp = await self._fenced("delete", [(full, end)], [write], lambda _found: False)
+        return int(resp.responses[0].response_delete_range.deleted)
 
-        async def op(s: Session, timeout: float, _retried: bool) -> int:
-            resp = await s.kv.DeleteRange(req, timeout=timeout, metadata=s.metadata)
-            return int(resp.deleted)
+    async def _fenced(
+        self,
+        what: str,
+        targets: Sequence[tuple[bytes, bytes]],
+        writes: Sequence[Any],
+        applied: Callable[[list[list[KeyValue]]], bool],
+    ) -> Any:
+        """Run ``writes`` as fenced transactions (:mod:`corral.store.etcd.fenced`) until
+        one succeeds, or a retried attempt is found applied (``applied`` of the keys
+        the failure branch read); return that TxnResponse."""
+        fence = self._fence.seen
+        for _ in range(FENCE_ROUNDS):
+            txn = fenced_txn(fence, targets, writes)
 
-        return await self._conn.call("delete", op)
+            async def op(s: Session, timeout: float, retried: bool, txn: Any = txn) -> Any:
+                resp = await s.kv.Txn(txn, timeout=timeout, metadata=s.metadata)
+                return resp, retried
+
+            resp, retried = await self._conn.call(what, op)
+            revision = self._fence.note(int(resp.header.revision))
+            if resp.succeeded:
+                return resp
+            found = [[self._kv(kv) for kv in r.response_range.kvs] for r in resp.responses]
+            if retried and applied(found):
+                log.info("etcd: %s was applied before failover", what)
+                return resp
+            fence = revision  # written since the fence: by someone else; write again after it
+        raise StoreError(f"etcd {what}: the keys kept changing ({FENCE_ROUNDS} attempts)")
 
     # --- leases ----------------------------------------------------------------
 
