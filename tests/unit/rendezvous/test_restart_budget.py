@@ -184,3 +184,21 @@ async def test_every_cause_counts_once_and_the_count_is_equal_everywhere(job: Jo
     seen.append([i.restart_count for i in infos])
     assert seen == [[0, 0, 0], [1, 1, 1], [2, 2], [3, 3, 3]]
     assert await pointer(job) == RoundPointer(3, 3, "node_waiting", "node d waiting", 5)
+
+
+async def test_a_spare_that_sees_every_member_leave_with_the_budget_spent_fails_the_job(
+    job: Job,
+) -> None:
+    for n in "abc":
+        job.node(n, min_nodes=2, max_nodes=2, max_restarts=0)
+    await asyncio.gather(*await join_in_order(job, ["a", "b"], 0))
+    c_join = asyncio.create_task(job.nodes["c"].join())
+    await job.until(lambda: job.has_key(KEY + "waiting/c"))  # full: c waits
+    for n in "ab":
+        job.store.expire(job.nodes[n].lease)  # every member of round 0 is lost
+    with pytest.raises(JobFailed) as ei:
+        await asyncio.wait_for(c_join, 2)
+    root = ei.value.root_cause
+    assert root is not None and root.lost and (root.node_id, root.group_rank) == ("a", 0)
+    assert root.message is not None and "every member of round 0 left" in root.message
+    assert (await pointer(job)).reason == "job_ended"
