@@ -100,6 +100,8 @@ def test_crash_scale_up_and_node_loss_are_events_incidents_and_metrics(
     assert _metric(text, 'corral_restarts_total{cause="failure"}') == 1
     assert _metric(text, 'corral_restarts_total{cause="member_lost"}') == 1
     assert _metric(text, "corral_rounds_total") == 4
+    for cause in ("failure", "node_joining", "node_lost"):
+        assert _metric(text, f'corral_incidents_total{{cause="{cause}"}}') == 1
     assert _metric(text, 'corral_downtime_seconds_count{phase="spawning"}') == 3
     assert _metric(text, "corral_store_roundtrip_seconds_count") >= 1
     human = subprocess.run([*CORRAL, "status", "--rdzv-endpoint", c.endpoint, "--rdzv-id",

@@ -118,7 +118,7 @@ class AttemptRecord:
         return rec
 
 
-_CHANGE_CAUSE = {"member_lost": "node_lost", "node_waiting": "node_joining"}
+CHANGE_CAUSE = {"member_lost": "node_lost", "node_waiting": "node_joining"}
 
 
 class Tracker:
@@ -212,7 +212,7 @@ class Tracker:
         elif isinstance(ev, t.RoundEnded) and cur is not None and cur.end is None:
             cur.end, cur.outcome, cur.detail = ev.wall, ev.cause, ev.detail
             if ev.cause not in ("succeeded", "job_ended", "signal"):
-                cause = self._cause or _CHANGE_CAUSE.get(ev.cause, ev.cause)
+                cause = self._cause or CHANGE_CAUSE.get(ev.cause, ev.cause)
                 self._pending = Incident(
                     cause=cause if cause in CAUSES else "other",
                     detail=ev.detail,

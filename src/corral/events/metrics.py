@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from corral.events import types as t
-from corral.events.journal import PHASES, Incident
+from corral.events.journal import CHANGE_CAUSE, PHASES, Incident
 
 __all__ = ["Metrics", "serve_metrics"]
 
@@ -84,6 +84,7 @@ class Metrics:
         self._last_mark: dict[int, float] = {}
         self._open: Incident | None = None
         self._failed: float | None = None
+        self._cause = ""  # the current attempt's failure kind (failure, signal, hang)
 
     def __call__(self, ev: t.Event) -> None:
         self.events.labels(type(ev).__name__).inc()
@@ -92,6 +93,8 @@ class Metrics:
             self.round.set(ev.round)
             self.restarts_used.set(ev.restart_count)
             self._states.clear()
+            for s in _WORKER_STATES:  # a new group: the last one's workers are gone
+                self.workers.labels(s).set(0)
             self._last_mark.clear()
             self.step.clear()
             self.step_age.clear()
@@ -108,9 +111,10 @@ class Metrics:
             self._set_state(ev.local_rank, "failed")
             if self._failed is None:
                 self._failed = ev.exit_wall or ev.wall
+                self._cause = self._cause or ("signal" if ev.signal else "failure")
         elif isinstance(ev, t.HangDeclared):
             self._set_state(ev.local_rank, "hung")
-            self._failed = ev.wall - ev.silent_s
+            self._failed, self._cause = ev.wall - ev.silent_s, "hang"
         elif isinstance(ev, t.ProgressStep):
             self.progress(ev.local_rank, ev.step, ev.mono)
             if self._open is not None and self._open.first_step is None:
@@ -119,8 +123,9 @@ class Metrics:
                 self._open = None
         elif isinstance(ev, t.RoundEnded):
             if ev.cause not in ("succeeded", "job_ended", "signal"):
-                self._open = Incident(cause=ev.cause, failed=self._failed, known=ev.wall)
-            self._failed = None
+                cause = self._cause or CHANGE_CAUSE.get(ev.cause, ev.cause)
+                self._open = Incident(cause=cause, failed=self._failed, known=ev.wall)
+            self._failed, self._cause = None, ""
         elif isinstance(ev, t.WorkersStopped):
             if self._open is not None and self._open.stopped is None:
                 self._open.stopped = ev.wall
@@ -129,7 +134,8 @@ class Metrics:
                     self._set_state(lr, "exited")
         elif isinstance(ev, t.RestartDecided):
             self.restarts.labels(ev.cause).inc()
-            self.incidents.labels(ev.cause).inc()
+            cause = self._open.cause if self._open is not None else ev.cause
+            self.incidents.labels(cause).inc()
         elif isinstance(ev, t.JobEnded):
             self._open = None
 
