@@ -14,7 +14,7 @@ Importing this module registers nothing.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from importlib.metadata import entry_points
 from typing import Protocol, cast
 from urllib.parse import urlsplit
@@ -34,7 +34,7 @@ BUILTIN: dict[str, str] = {
 
 
 class StoreFactory(Protocol):
-    """What a backend provides: open a connected store for ``url``."""
+    """What a backend provides (built-in or plug-in): open a connected store for ``url``."""
 
     def __call__(
         self, url: str, *, token: str | None = ..., timeout: float = ...
@@ -50,13 +50,11 @@ def known_schemes() -> list[str]:
     return sorted(set(BUILTIN) | set(_plugin_schemes()))
 
 
-def _load(scheme: str) -> Callable[..., Awaitable[Store]]:
+def _load(scheme: str) -> StoreFactory:
     target = BUILTIN.get(scheme)
     if target is not None:
         module, _, attr = target.partition(":")
-        return cast(
-            "Callable[..., Awaitable[Store]]", getattr(importlib.import_module(module), attr)
-        )
+        return cast("StoreFactory", getattr(importlib.import_module(module), attr))
     plugins = _plugin_schemes()
     ep = plugins.get(scheme)
     if ep is None:
@@ -64,7 +62,7 @@ def _load(scheme: str) -> Callable[..., Awaitable[Store]]:
             f"unknown store scheme {scheme!r}; known schemes: {', '.join(known_schemes())} "
             f"(third-party stores register in the {ENTRY_POINT_GROUP!r} entry-point group)"
         )
-    return cast("Callable[..., Awaitable[Store]]", ep.load())  # type: ignore[attr-defined]
+    return cast("StoreFactory", ep.load())  # type: ignore[attr-defined]
 
 
 async def open_store(url: str, *, token: str | None = None, timeout: float = 60.0) -> Store:
