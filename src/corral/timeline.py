@@ -44,10 +44,18 @@ _NODE_H, _LANE_H, _GAP = 22, 14, 14
 
 @dataclass
 class _Band:
-    node: str
+    """One machine's rows: every agent that ran at one address (a rejoin shares the band)."""
+
+    node: str  # the first agent's node id
     host: str
     lanes: int
+    addr: str = ""
+    agents: int = 1
     y: float = 0.0
+
+
+def _band_key(rec: AttemptRecord) -> str:
+    return f"{rec.host}|{rec.addr}" if rec.addr else rec.node
 
 
 def _esc(text: str) -> str:
@@ -77,7 +85,11 @@ def render_svg(records: Sequence[AttemptRecord], title: str = "corral job timeli
 
     bands: dict[str, _Band] = {}
     for rec in sorted(records, key=lambda r: (r.closed or t0, r.group_rank)):
-        band = bands.setdefault(rec.node, _Band(rec.node, rec.host, 0))
+        band = bands.get(_band_key(rec))
+        if band is None:
+            band = bands[_band_key(rec)] = _Band(rec.node, rec.host, 0, rec.addr)
+        elif rec.node != band.node and rec.round > 0:
+            band.agents = len({r.node for r in records if _band_key(r) == _band_key(rec)})
         band.lanes = max(band.lanes, rec.local_world_size)
     y = float(_TOP)
     for band in bands.values():
@@ -107,11 +119,12 @@ def render_svg(records: Sequence[AttemptRecord], title: str = "corral job timeli
         out.append(_incident(inc, k, x, y))
     # node bands
     for band in bands.values():
-        label = band.host or band.node
+        label = f"{band.host} {band.addr}".strip() or band.node
+        sub = band.node if band.agents == 1 else f"{band.agents} agents (rejoined)"
         out.append(
             f'<g class="node" data-node="{_esc(band.node)}">'
             f'<text x="12" y="{band.y + 15:.1f}" font-weight="bold">{_esc(label)}</text>'
-            f'<text x="12" y="{band.y + 28:.1f}" fill="#777" font-size="9">{_esc(band.node)}</text>'
+            f'<text x="12" y="{band.y + 28:.1f}" fill="#777" font-size="9">{_esc(sub)}</text>'
         )
         for lane in range(band.lanes):
             ly = band.y + _NODE_H + lane * _LANE_H
@@ -121,7 +134,7 @@ def render_svg(records: Sequence[AttemptRecord], title: str = "corral job timeli
             )
         out.append("</g>")
     for rec in records:
-        out.append(_attempt(rec, bands[rec.node], incidents, x, t1))
+        out.append(_attempt(rec, bands[_band_key(rec)], incidents, x, t1))
     # legend
     ly = y + 34
     lx = 12.0

@@ -86,6 +86,7 @@ class AttemptRecord:
     node: str
     round: int
     host: str = ""
+    addr: str = ""
     group_rank: int = 0
     rank_offset: int = 0
     local_world_size: int = 0
@@ -135,6 +136,7 @@ class Tracker:
         self._failed: float | None = None  # the current attempt's first failure
         self._root = ""
         self._cause = ""
+        self._addr = ""  # from NodeJoined (the rendezvous's address of this node)
         self._dirty: set[int] = set()
 
     def take_dirty(self) -> list[AttemptRecord]:
@@ -153,6 +155,7 @@ class Tracker:
                 node=ev.node,
                 round=ev.round,
                 host=ev.host,
+                addr=self._addr,
                 group_rank=ev.group_rank,
                 rank_offset=ev.rank_offset,
                 local_world_size=ev.local_world_size,
@@ -166,6 +169,8 @@ class Tracker:
             self.records[ev.round] = self._current = rec
             self._failed, self._root, self._cause = None, "", ""
             self._touch(rec)
+        elif isinstance(ev, t.NodeJoined):
+            self._addr = ev.addr
         elif isinstance(ev, t.WorkerStarted) and cur is not None:
             cur.spawned = ev.wall
             if cur.incident is not None:
