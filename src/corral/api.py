@@ -1,6 +1,6 @@
 """Launch from Python: ``corral.launch(config, entrypoint, *args) -> {rank: result}``.
 
-The CLI is a thin client of this module: ``corral.agent.launch.run(cfg)``
+The CLI is a thin client of this module: ``corral.launcher.run(cfg)``
 goes through :func:`_prepare` and :meth:`Agent.run`, which is
 :meth:`Agent.execute` (what :func:`launch_async` awaits) with errors turned
 into exit codes. There is one launch path, not two.

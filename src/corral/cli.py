@@ -570,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:  # torchrun passes every key on and ignores what no one reads: so does corral
         sys.stderr.write(f"{PROG}: warning: {unknown}\n")
 
-    from corral.agent.launch import run
+    from corral.launcher import run
 
     try:
         code = run(cfg)

@@ -1,4 +1,8 @@
-"""Entry point for the CLI: run one agent for a LaunchConfig and return its exit code."""
+"""The CLI's launch: one agent for a LaunchConfig, run to the end; its exit code.
+
+Above the library API (:mod:`corral.api`), which it runs: the CLI (:mod:`corral.cli`)
+parses, this module sets up logging and the process, ``corral.api.run_cli`` launches.
+"""
 
 from __future__ import annotations
 
