@@ -403,9 +403,14 @@ class DynamicRendezvous:
         if out.stopped:
             raise JobStopped(out.signal, out.node)
         rc = out.root_cause
+        if rc is not None and rc.lost and rc.message:
+            cause = f": {rc.message}"  # a whole node lost, named in the message
+        elif rc is not None:
+            cause = f": rank {rc.rank} on {rc.host or rc.node_id} (exit {rc.exitcode})"
+        else:
+            cause = ""
         raise JobFailed(
-            f"run {self._run_id!r} failed in round {out.round}"
-            + (f": rank {rc.rank} on {rc.host or rc.node_id} (exit {rc.exitcode})" if rc else ""),
+            f"run {self._run_id!r} failed in round {out.round}{cause}",
             rc,
             out.exit_code,
         )

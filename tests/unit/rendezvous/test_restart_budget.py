@@ -49,7 +49,8 @@ async def test_a_second_lost_node_with_the_budget_spent_ends_the_job_naming_it(j
     assert root is not None and root.lost and root.node_id == "b"
     assert (root.group_rank, root.round, root.exit_code) == (1, 1, 1)
     assert root.message is not None and "node 1 (b, 127.0.0.1, node id b) was lost" in root.message
-    assert "b" in str(ei.value) and ei.value.exit_code == 1
+    assert "failed in round 1: node 1 (b, 127.0.0.1, node id b) was lost" in str(ei.value)
+    assert ei.value.exit_code == 1
     out = await job.store.get(KEY + "outcome")
     assert out is not None and Outcome.from_json(out.value).root_cause == root
 
