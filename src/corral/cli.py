@@ -159,7 +159,7 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (
         ("--events-file", "--events_file"),
         None,
-        "Append the agent's events to this file as JSON Lines (docs/events.md).",
+        "Append the agent's events to this file as JSON Lines; - logs them (docs/events.md).",
     ),
     (
         ("--metrics-port", "--metrics_port"),

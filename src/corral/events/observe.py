@@ -18,7 +18,7 @@ from typing import Any
 
 from corral._compat import TaskGroup
 from corral.config import LaunchConfig
-from corral.events.sinks import EventSink, Fanout, JsonlSink
+from corral.events.sinks import EventSink, Fanout, JsonlSink, LoggingSink
 from corral.events.store import JournalWriter
 from corral.events.types import Event, ProgressStep, stamp
 
@@ -91,6 +91,9 @@ class Observers:
         await stack.__aenter__()
         try:
             paths = [self.cfg.events_file] if self.cfg.events_file else []
+            if paths == ["-"]:  # "-": one log line per event, in the agent's log
+                paths = []
+                self.sink.add(LoggingSink())
             if self.run_dir is not None:
                 paths.append(os.path.join(self.run_dir, "events.jsonl"))
             for path in paths:

@@ -66,3 +66,12 @@ def test_timeline_bad_input(tmp_path: Path) -> None:
     r = _run("timeline", str(empty), "-o", str(tmp_path / "t.html"))
     assert r.returncode == 1
     _one_error_line(r, "no attempts")
+
+
+def test_events_file_dash_logs_each_event(script: str) -> None:
+    r = _run("--standalone", "--events-file", "-", script)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "] event " in line]
+    kinds = [line.split("] event ", 1)[1].split()[0] for line in lines]
+    assert kinds == ["NodeJoined", "RoundClosed", "WorkerStarted", "WorkerExited", "RoundEnded",
+                     "JobEnded"]  # fmt: skip
