@@ -89,5 +89,7 @@ def test_a_second_lost_node_with_the_budget_spent_fails_the_job_naming_it(
         assert c.wait(n) == 1, c.stderr(n)
         err = c.stderr(n)
         lines = [ln for ln in err.splitlines() if "was lost" in ln]
-        assert any("127.0.0.2" in ln and "restart budget spent" in ln for ln in lines), err
+        assert any(
+            "127.0.0.2" in ln and "restart budget spent (1/1 restarts)" in ln for ln in lines
+        ), err
         assert "Traceback" not in err

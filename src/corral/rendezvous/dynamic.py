@@ -887,7 +887,7 @@ class DynamicRendezvous:
             return await self._bump(r, REASON_MEMBER_LOST, detail or f"lost node {gone}")
         members = (await self._members_of(r, closed)).members
         why = [detail] if detail else []  # else: the lost node's lease ended
-        report = m.lost_node_report(members, gone, r, ptr.restart_count, *why)
+        report = m.lost_node_report(members, gone, r, ptr.restart_count, self._max_restarts, *why)
         await self._ops.create(self._k.lost(r, gone), report.to_json())
         end = m.end_pointer(ptr, "failed")
         if await self._ops.cas_pointer(end, rev):

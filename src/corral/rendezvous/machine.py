@@ -327,6 +327,7 @@ def lost_node_report(
     lost: str,
     round_: int,
     restart_count: int,
+    max_restarts: int,
     why: str = "its agent left the rendezvous (lease ended)",
 ) -> FailureReport:
     """The root cause of a job that ends because member ``lost`` of round ``round_`` was lost.
@@ -352,7 +353,7 @@ def lost_node_report(
         exitcode=1,
         message=(
             f"node {group_rank} ({where}, node id {node.node_id}) was lost in round {round_}: "
-            f"{why}; restart budget spent ({restart_count} restart(s) used)"
+            f"{why}; restart budget spent ({restarts_text(restart_count, max_restarts)} restarts)"
         ),
         round=round_,
         restart_count=restart_count,

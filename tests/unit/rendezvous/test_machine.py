@@ -215,18 +215,18 @@ def test_lost_node_report_names_the_node() -> None:
         NodeDesc("b", "10.0.0.2", 2, host="hb", pid=22),
         NodeDesc("c", "10.0.0.3", 1, host="hc", pid=33),
     )
-    rep = m.lost_node_report(members, "b", 3, 1)
+    rep = m.lost_node_report(members, "b", 3, 1, 1)
     assert rep.lost and (rep.rank, rep.local_rank, rep.group_rank) == (4, -1, 1)
     assert (rep.node_id, rep.host, rep.pid, rep.round, rep.restart_count) == ("b", "hb", 22, 3, 1)
     assert rep.exit_code == 1
     assert rep.message is not None
     assert "node 1 (hb, 10.0.0.2, node id b) was lost in round 3" in rep.message
-    assert "lease ended" in rep.message and "restart budget spent" in rep.message
+    assert "lease ended" in rep.message and "restart budget spent (1/1 restarts)" in rep.message
     assert FailureReport.from_json(rep.to_json()) == rep  # travels through the store
-    why = m.lost_node_report(members, "a", 3, 1, "every member of round 3 left")
+    why = m.lost_node_report(members, "a", 3, 1, 1, "every member of round 3 left")
     assert why.group_rank == 0 and why.message and "every member of round 3 left" in why.message
     with pytest.raises(ValueError, match="not a member"):
-        m.lost_node_report(members, "zz", 3, 1)
+        m.lost_node_report(members, "zz", 3, 1, 1)
 
 
 def test_restarts_text() -> None:
