@@ -75,3 +75,12 @@ def test_events_file_dash_logs_each_event(script: str) -> None:
     kinds = [line.split("] event ", 1)[1].split()[0] for line in lines]
     assert kinds == ["NodeJoined", "RoundClosed", "WorkerStarted", "WorkerExited", "RoundEnded",
                      "JobEnded"]  # fmt: skip
+
+
+def test_log_dir_holds_the_events(script: str, tmp_path: Path) -> None:
+    r = _run("--standalone", "--log-dir", str(tmp_path / "logs"), script)
+    assert r.returncode == 0, r.stderr
+    [path] = (tmp_path / "logs").glob("*/events.jsonl")
+    from corral.events.sinks import read_jsonl
+
+    assert [type(e).__name__ for e in read_jsonl(str(path))][-1] == "JobEnded"
