@@ -14,7 +14,7 @@ from tests.helpers import CORRAL, corral_env
 from corral.events import types as t
 from corral.events.sinks import JsonlSink
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]  # a real job and a browser
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]  # a headless browser
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
