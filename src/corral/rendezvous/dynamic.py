@@ -641,9 +641,13 @@ class DynamicRendezvous:
         # every 100 ms: that delay would be the close's.
         seen: dict[str, int] = {}
         async with watching() as mux:
+            # the pointer from the join's read on: a job that ends meanwhile (a
+            # stop recorded on a signal) ends this close, and with it the join
+            since = self._pointers[r][1] + 1 if r in self._pointers else 0
             await asyncio.gather(
                 mux.start("nodes", self._ops.watch(nodes_prefix, prefix=True)),
                 mux.start("closed", self._ops.watch(k.closed(r))),
+                mux.start("round", self._ops.watch(k.round, start_revision=since)),
             )
             kvs, seen["nodes"] = await self._ops.range(nodes_prefix)
             joined = {kv.key[len(nodes_prefix) :]: self._joiner(kv) for kv in kvs}
@@ -719,6 +723,10 @@ class DynamicRendezvous:
                     continue  # the read already had it
                 if tag == "closed" and ev.type is EventType.PUT:
                     return ev.kv, None
+                if tag == "round" and ev.type is EventType.PUT:
+                    moved = RoundPointer.from_json(ev.kv.value)
+                    if moved.reason == REASON_JOB_ENDED:
+                        await self._raise_outcome(moved)
                 if tag == "nodes":
                     nid = ev.kv.key[len(nodes_prefix) :]
                     if ev.type is EventType.PUT:

@@ -126,3 +126,18 @@ async def test_status_reads_a_stopped_job(job: Job) -> None:
     st = await read_status(job.store, run_id="job", prefix="/corral", label="memory")
     text = render(st)
     assert "state: STOPPED in round 0, stopped by SIGTERM on node gpu007 (exit code 143)" in text
+
+
+async def test_a_stop_ends_a_rendezvous_that_waits_for_nodes(job: Job) -> None:
+    for n in "abc":
+        job.node(n, min_nodes=3, max_nodes=3)
+    joins = []
+    for n in "ab":  # the closer (a) and a follower (b) wait for a third node
+        joins.append(asyncio.create_task(job.nodes[n].join()))
+        await job.until(lambda n=n: job.has_key(f"{KEY}r/0/nodes/{n}"))  # type: ignore[misc]
+    await job.nodes["c"].report_stop(signal.SIGTERM, "host-c")  # c got it before joining
+    with pytest.raises(JobStopped, match="on node host-c"):
+        await asyncio.wait_for(joins[0], 2)  # the closer watches the round pointer
+    await job.nodes["a"].close()  # its agent exits: the follower takes over, and learns
+    with pytest.raises(JobStopped, match="on node host-c"):
+        await asyncio.wait_for(joins[1], 2)
