@@ -127,7 +127,7 @@ class Observers:
         """
         self.journal.attach(store)
         if self._tg is not None:
-            self._tasks.append(self._tg.create_task(self.journal.run()))
+            self._tasks.append(self._tg.create_task(_guard(self.journal.run(), "journal")))
         stack.push_async_callback(self.journal.final_flush)
         if self.metrics is not None:
             from corral.rendezvous.state import Keys
@@ -173,7 +173,7 @@ class Observers:
                     log.warning("metrics endpoint stopped: %s", exc)
 
         assert self._tg is not None
-        self._tasks.append(self._tg.create_task(serve()))
+        self._tasks.append(self._tg.create_task(_guard(serve(), "metrics endpoint")))
         try:
             self.metrics_address = await ready
         except OSError as exc:
@@ -190,3 +190,15 @@ class Observers:
     def _cancel_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
+
+
+async def _guard(coro: Awaitable[None], what: str) -> None:
+    """Run an observer's task; its unexpected error is logged, never the job's end.
+
+    (A task that fails in a task group cancels the task that owns the group:
+    here, the agent. Observing must not stop what it observes.)
+    """
+    try:
+        await coro
+    except Exception:
+        log.exception("%s stopped by an unexpected error; the job goes on without it", what)
