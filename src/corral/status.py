@@ -5,9 +5,11 @@
 
 Shows the current round (its nodes with their group ranks, addresses, worker
 ranks and whether each is live, done or lost), nodes waiting to join, the job's
-restarts, the latest failures with their root cause, and the outcome. Reads a
-handful of keys (O(nodes of the current round)); ``--watch`` redraws on every
-change of the job's keys, with no polling.
+restarts, the latest failures with their root cause, the outcome, and the
+last incidents with the time each phase took and the job's goodput. Reads a
+handful of keys (O(nodes of the current round)) and the job's journal
+(O(rounds x nodes) small records, docs/events.md); ``--watch`` redraws on
+every change of the job's keys, with no polling.
 """
 
 from __future__ import annotations
