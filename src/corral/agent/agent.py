@@ -416,9 +416,10 @@ class Agent:
                     # the signal was forwarded already; tell the job (--on-signal: stop
                     # it everywhere, or leave it), give the workers the shutdown timeout
                     # to act on it, then SIGKILL (torchrun's death_sig semantics)
-                    err = await self._tell_job(rdzv, rnd)
-                    await group.stop(self.cfg.shutdown_timeout, first_signal=None)
-                    raise err
+                    async with task_scope() as tg:  # the store is told while they exit
+                        told = tg.create_task(self._tell_job(rdzv, rnd))
+                        await group.stop(self.cfg.shutdown_timeout, first_signal=None)
+                    raise told.result()
                 return result
             finally:
                 if live is not None:

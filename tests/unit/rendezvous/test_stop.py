@@ -93,6 +93,7 @@ async def test_leave_is_a_scale_down_the_others_go_on(job: Job) -> None:
     assert {c.detail for c in changes} == {"node host-c left on SIGTERM"}
     new = await asyncio.wait_for(asyncio.gather(*(job.nodes[n].join() for n in "ab")), 5)
     assert [(i.round, i.group_world_size) for i in new] == [(1, 2), (1, 2)]
+    assert {i.restart_count for i in new} == {1}  # a scale-down: one restart, counted
 
 
 async def test_leave_below_min_stops_the_job(job: Job) -> None:
