@@ -167,6 +167,11 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
         "Serve Prometheus metrics on this port (off when unset; docs/events.md).",
     ),
     (
+        ("--prestart-import", "--prestart_import"),
+        "torch",
+        "With --prestart: modules imported in advance, comma-separated (skipped if not installed).",
+    ),
+    (
         ("--metrics-addr", "--metrics_addr"),
         "0.0.0.0",
         "Address the metrics endpoint binds (127.0.0.1: this host only).",
@@ -186,6 +191,11 @@ _FLAG_OPTIONS: tuple[tuple[tuple[str, ...], str], ...] = (
     (
         ("--collapse-logs", "--collapse_logs"),
         "Print a line several local ranks print at once only once, as [role0-7]: (docs/events.md).",
+    ),
+    (
+        ("--prestart",),
+        "Pre-start the workers' interpreters (imports done) while waiting for a round "
+        "(docs/workers.md); --no-prestart turns it off.",
     ),
 )
 
@@ -231,6 +241,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         parser.add_argument(
             *flags, dest=dest, action=_CheckEnv, default=on, help=f"{help_text} Env {env_name}=1."
         )
+    parser.add_argument(
+        "--no-prestart",
+        "--no_prestart",
+        dest="prestart",
+        action="store_false",
+        help="Start every worker fresh (the default).",
+    )
     parser.add_argument(
         "training_script", help="The script (or module, or command) each worker runs."
     )
@@ -503,6 +520,8 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
         metrics_port=_port("--metrics-port", a["metrics_port"]),
         metrics_addr=a["metrics_addr"].strip() or "0.0.0.0",
         collapse_logs=a["collapse_logs"],
+        prestart=a["prestart"],
+        prestart_imports=tuple(m.strip() for m in a["prestart_import"].split(",") if m.strip()),
     )
     return resolve_standalone(cfg)  # the one standalone rule (corral.config)
 

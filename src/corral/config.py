@@ -406,6 +406,8 @@ class LaunchConfig:
     metrics_port: int | None = None  # None: no Prometheus endpoint
     metrics_addr: str = "0.0.0.0"  # where --metrics-port listens
     collapse_logs: bool = False  # one console line for a line many local ranks print
+    prestart: bool = False  # pre-started workers (docs/workers.md)
+    prestart_imports: tuple[str, ...] = ("torch",)  # imported in advance when installed
 
     def __post_init__(self) -> None:
         nnodes = f"{self.min_nodes}:{self.max_nodes}"

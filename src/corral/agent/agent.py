@@ -130,6 +130,7 @@ class Agent:
         self._round = -1
         self._signum = 0
         self._group: Any = None
+        self._standbys: Any = None  # corral.workers.standby.StandbyPool (--prestart)
         self._server: Any = None
         self._liveness: PeerLiveness | None = None
         self._told: Interrupted | None = None  # what a handled signal ended this agent with
@@ -193,6 +194,11 @@ class Agent:
                     Observers(self.cfg, node_id=self.node_id, sink=self._events,
                               run_dir=logs.run_dir if self.cfg.log_dir else None)
                 )  # fmt: skip
+                from corral.workers.standby import pool_for
+
+                self._standbys = await stack.enter_async_context(  # --prestart: standbys
+                    pool_for(self.cfg, self.environ, reaper)  # import while nodes gather
+                )
                 rdzv = await self._open_rendezvous(stack)
                 self.observers.attach_rendezvous(rdzv)  # its events (docs/events.md)
                 try:
@@ -312,6 +318,7 @@ class Agent:
                 host=self.host,
                 base_env=self.environ,
                 env_builder=self.worker_env,
+                standbys=self._standbys,
             )
             attempt += 1
             self._group = group

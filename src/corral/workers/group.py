@@ -30,6 +30,7 @@ from corral.workers.logs import AttemptLogs, RunLogs
 from corral.workers.process import WorkerProcess
 from corral.workers.reaper import Reaper
 from corral.workers.spec import WorkerSpec, worker_argv, worker_env
+from corral.workers.standby import StandbyPool
 from corral.workers.sweep import MARKER_VAR, sweep
 
 __all__ = ["GroupResult", "GroupState", "WorkerGroup"]
@@ -91,6 +92,10 @@ class WorkerGroup:
         env_builder: builds each worker's environment, with :func:`worker_env`'s
             signature (default :func:`worker_env`; the agent passes its
             overridable ``Agent.worker_env``).
+        standbys: ``--prestart``: the pool whose standbys become this group's
+            workers (a fresh spawn where none is alive); refilled in the
+            background once the workers started. With its ``detach_stops``,
+            :meth:`stop` leaves the dying workers to the pool.
 
     Use from the event-loop thread only.
     """
@@ -110,6 +115,7 @@ class WorkerGroup:
         console_err: int = 2,
         env_builder: Callable[[Mapping[str, str], WorkerSpec, RoundInfo, int, str], dict[str, str]]
         | None = None,
+        standbys: StandbyPool | None = None,
     ) -> None:
         self.spec = spec
         self.rnd = rnd
@@ -123,6 +129,7 @@ class WorkerGroup:
         self.console_out = console_out
         self.console_err = console_err
         self._env_builder = env_builder or worker_env
+        self.standbys = standbys
         self.state = GroupState.CREATED
         self.workers: list[WorkerProcess] = []
         self._exit_order: list[WorkerProcess] = []
@@ -188,13 +195,19 @@ class WorkerGroup:
         self._to(GroupState.RUNNING)
         for w in self.workers:
             w.on_pump_error = self._on_pump_error
-            w.spawn(self._on_exit)
+            standby = self.standbys.take() if self.standbys is not None else None
+            if standby is not None:
+                w.spec = self.spec
+            w.spawn(self._on_exit, standby)
             if w.pid is not None:
                 self.reaper.register(w.pid)
                 self._registered.add(w.pid)
+        if self.standbys is not None:
+            self.standbys.fill()  # the next attempt's, in the background
         log.info(
-            "started %d worker(s) for round %d (ranks %d..%d): pids %s; logs in %s",
+            "started %d worker(s)%s for round %d (ranks %d..%d): pids %s; logs in %s",
             len(self.workers),
+            f" ({sum(w.prestarted for w in self.workers)} pre-started)" if self.standbys else "",
             self.rnd.round,
             self.rnd.rank_offset,
             self.rnd.rank_offset + len(self.workers) - 1,
@@ -308,6 +321,10 @@ class WorkerGroup:
         Reaps every worker, SIGKILLs what is left in their process groups,
         unregisters them from the reaper and closes pipes and files. Workers
         that die because of this are not failures. Idempotent; safe at any state.
+
+        With a pool whose ``detach_stops`` is on (``--prestart`` without GPUs),
+        returns once the first signal is sent: the rest runs in the pool's task
+        group (a second ``stop()`` waits for it).
         """
         if self.state in (GroupState.STOPPING, GroupState.STOPPED):
             while self.state is GroupState.STOPPING:
@@ -315,17 +332,28 @@ class WorkerGroup:
                 await self._changed.wait()
             return
         self._to(GroupState.STOPPING)
+        signalled = False
+        if first_signal is not None and any(w.running for w in self.workers):
+            self.send_signal(first_signal)
+            signalled = True
+        sent = first_signal if signalled else None
+        if self.standbys is not None and self.standbys.detach_stops:
+            if self.standbys.detach(self._finish_stop(timeout, sent)):
+                log.debug("round %d: stopped workers finish dying in the background", self.rnd.round)
+                return
+        await self._finish_stop(timeout, sent)
+
+    async def _finish_stop(self, timeout: float, sent: int | None) -> None:
+        """The rest of :meth:`stop` once ``sent`` (or nothing) was sent: wait, kill, reap, sweep."""
         try:
             if any(w.running for w in self.workers):
-                if first_signal is not None:
-                    self.send_signal(first_signal)
                 if not await self._wait_exited(timeout):
                     laggards = [w.local_rank for w in self.workers if w.running]
                     log.warning(
                         "worker(s) %s did not exit %.1fs after %s; sending SIGKILL",
                         laggards,
                         timeout,
-                        signal.Signals(first_signal).name if first_signal else "the signal",
+                        signal.Signals(sent).name if sent else "the signal",
                     )
                     self.send_signal(signal.SIGKILL)
                     if not await self._wait_exited(_KILL_GRACE):  # pragma: no cover
@@ -333,7 +361,6 @@ class WorkerGroup:
         finally:
             for w in self.workers:
                 await w.aclose()  # an unreaped worker (a cancelled stop) is killed and reaped
-
             for pgid in sorted(self._registered):
                 self.reaper.unregister(pgid)
             self._registered.clear()

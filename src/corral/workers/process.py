@@ -19,11 +19,15 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from corral._compat import timeout as _compat_timeout
 from corral.workers.logs import Sink, StreamPlan, Tail, tail_of_file
 from corral.workers.reaper import worker_preexec
+
+if TYPE_CHECKING:
+    from corral.workers.spec import WorkerSpec
+    from corral.workers.standby import Standby
 
 __all__ = ["WorkerProcess"]
 
@@ -258,6 +262,10 @@ class WorkerProcess:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._noticed: asyncio.Event | None = None
         self._reaped = False
+        #: set by the group when --prestart may hand this worker to a standby
+        self.spec: WorkerSpec | None = None
+        #: the worker is a standby that took its assignment (``--prestart``)
+        self.prestarted = False
         #: Called (in the loop) when a log pump fails; the group fails with it.
         self.on_pump_error: Callable[[WorkerProcess, BaseException], None] | None = None
 
@@ -265,8 +273,14 @@ class WorkerProcess:
     def running(self) -> bool:
         return self.pid is not None and self.returncode is None
 
-    def spawn(self, on_exit: Callable[[WorkerProcess], None]) -> None:
+    def spawn(
+        self, on_exit: Callable[[WorkerProcess], None], standby: Standby | None = None
+    ) -> None:
         """Start the child; ``on_exit(self)`` is called (in the loop) once it has exited.
+
+        With ``standby`` (``--prestart``), that pre-started interpreter becomes
+        this worker (same argv as seen by the script, environment, cwd, streams);
+        if it cannot take the assignment, the worker is spawned fresh.
 
         A command that cannot be started (not found, not executable) counts as
         an exit with code 127 and ``spawn_error`` set, reported the same way.
@@ -296,15 +310,19 @@ class WorkerProcess:
                     fds[name] = w
                     to_close.append(w)
                     pipes.append((r, plan, console))
-            self._popen = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                stdout=fds["stdout"],
-                stderr=fds["stderr"],
-                start_new_session=True,
-                preexec_fn=functools.partial(worker_preexec, os.getpid()),
-                close_fds=True,
-            )
+            if standby is not None and self._adopt(standby, fds):
+                self._popen = standby.proc
+                self.prestarted = True
+            else:
+                self._popen = subprocess.Popen(
+                    self.argv,
+                    env=self.env,
+                    stdout=fds["stdout"],
+                    stderr=fds["stderr"],
+                    start_new_session=True,
+                    preexec_fn=functools.partial(worker_preexec, os.getpid()),
+                    close_fds=True,
+                )
         except OSError as exc:
             for r, _, _ in pipes:
                 os.close(r)
@@ -328,6 +346,40 @@ class WorkerProcess:
             ).start()
         else:
             self._loop.add_reader(self._pidfd, self._on_pidfd)
+
+    def _adopt(self, standby: Standby, fds: dict[str, int | None]) -> bool:
+        """Hand ``standby`` this worker; False (the standby killed) if it cannot take it."""
+        from corral.workers.standby import sys_argv
+
+        if self.spec is None:
+            return False
+        opened: list[int] = []
+        try:
+            out_err: list[int] = []
+            for name, inherited in (("stdout", 1), ("stderr", 2)):
+                fd = fds[name]
+                if fd is None:
+                    fd = inherited
+                elif fd == subprocess.DEVNULL:
+                    fd = os.open(os.devnull, os.O_WRONLY)
+                    opened.append(fd)
+                out_err.append(fd)
+            ok = standby.assign(
+                argv=sys_argv(self.spec, self.argv),
+                orig_argv=self.argv,
+                env=self.env,
+                cwd=os.getcwd(),
+                out_fd=out_err[0],
+                err_fd=out_err[1],
+            )
+        finally:
+            for fd in opened:
+                os.close(fd)
+        if not ok:
+            standby.kill()
+            with contextlib.suppress(ChildProcessError):
+                standby.proc.wait()  # killed: it exits at once
+        return ok
 
     def _pump_failed(self, exc: BaseException) -> None:
         log.error("worker %d: copying its output failed: %r", self.local_rank, exc)

@@ -1,0 +1,268 @@
+"""A pre-started worker (``--prestart``): the standby's own program, run by path.
+
+    <python> -u <this file> <socket fd> <json: mode, entry, path0, imports, idle>
+
+Self-contained (standard library only, no corral import), so that any worker
+interpreter can run it. The standby:
+
+1. sets ``sys.path[0]`` to what the worker will have (the script's directory,
+   the working directory for ``-m``, ``''`` for ``--run-path``);
+2. imports the ``--prestart-import`` modules that are installed (torch, ...),
+   at idle CPU priority when it can come back from it (``SCHED_IDLE``), so a
+   running training does not feel it; nothing rank-dependent happens;
+3. writes ``R`` on the socket, then blocks until the agent's assignment: a
+   JSON body (argv, orig_argv, env, cwd) and two descriptors (the attempt's
+   stdout and stderr) passed with ``SCM_RIGHTS``. EOF instead: it exits 0;
+4. becomes the worker exactly as ``<python> -u [-m] script args`` would start:
+   its stdout/stderr ``dup2``'ed onto the attempt's (what it printed while
+   importing is copied there first), the working directory, ``os.environ``
+   replaced by the worker's environment, ``sys.argv``/``sys.orig_argv``, a fresh
+   ``__main__`` module run like the interpreter runs a script (``__file__``,
+   ``__loader__``, ``__spec__`` None; ``-m`` through ``runpy._run_module_as_main``;
+   ``--run-path`` through torchrun's ``runpy.run_path`` bootstrap), and
+   hang detection's progress hook installed when ``CORRAL_PROGRESS_FILE`` is set.
+   An uncaught exception is printed without this file's frames and exits 1
+   (``KeyboardInterrupt``: by SIGINT), as the interpreter does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+from typing import Any
+
+_BOOT_FILE = os.path.abspath(__file__)
+_SITE_DIR = os.path.join(os.path.dirname(os.path.dirname(_BOOT_FILE)), "hangs", "_site")
+_PROGRESS = os.path.join(os.path.dirname(os.path.dirname(_BOOT_FILE)), "progress.py")
+_interrupted = False
+
+
+def _probe_idle() -> bool:
+    """True when this process may go to SCHED_IDLE and come back (tried on a spare thread)."""
+    if not hasattr(os, "sched_setscheduler") or not hasattr(os, "SCHED_IDLE"):
+        return False
+    import threading
+
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return bool(ok)
+
+
+def _set_policy(policy: int, all_threads: bool) -> None:
+    tids = [0]
+    if all_threads:
+        try:
+            tids = [int(t) for t in os.listdir("/proc/self/task")]
+        except OSError:
+            pass
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, policy, os.sched_param(0))
+        except OSError:
+            pass
+
+
+def _read_all(fd: int) -> bytes:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        return b""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        try:
+            n = os.write(fd, data)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        data = data[n:]
+
+
+def _receive(fd: int) -> tuple[dict[str, Any], list[int]] | None:
+    import socket
+
+    sock = socket.socket(fileno=fd)
+    try:
+        head, fds, _flags, _addr = socket.recv_fds(sock, 4, 2)
+        while head and len(head) < 4:
+            more = sock.recv(4 - len(head))
+            if not more:
+                return None
+            head += more
+        if len(head) < 4 or len(fds) != 2:
+            return None
+        size = int.from_bytes(head, "little")
+        body = b""
+        while len(body) < size:
+            chunk = sock.recv(size - len(body))
+            if not chunk:
+                return None
+            body += chunk
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    return json.loads(body), list(fds)
+
+
+def _progress_hook() -> None:
+    """What hang detection's sitecustomize does in a fresh worker (docs/hangs.md)."""
+    pythonpath = os.environ.get("PYTHONPATH")
+    if pythonpath == _SITE_DIR:
+        del os.environ["PYTHONPATH"]
+    elif pythonpath is not None and pythonpath.startswith(_SITE_DIR + os.pathsep):
+        os.environ["PYTHONPATH"] = pythonpath[len(_SITE_DIR) + 1 :]
+    if not os.environ.get("CORRAL_PROGRESS_FILE"):
+        return
+    try:
+        module = sys.modules.get("corral.progress")
+        if module is None:
+            import importlib.util
+
+            spec = importlib.util.spec_from_file_location("corral.progress", _PROGRESS)
+            if spec is None or spec.loader is None:
+                return
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["corral.progress"] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop("corral.progress", None)
+                raise
+        module._autoinstall()
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+def _fresh_main(loader: object) -> types.ModuleType:
+    import builtins
+
+    main = types.ModuleType("__main__")
+    main.__dict__.update(
+        {"__builtins__": builtins, "__annotations__": {}, "__loader__": loader, "__spec__": None}
+    )
+    sys.modules["__main__"] = main
+    return main
+
+
+def _run(mode: str, entry: str, run_path_code: str) -> None:
+    if mode == "module":
+        import runpy
+
+        _fresh_main(None)
+        runpy._run_module_as_main(entry, alter_argv=True)  # type: ignore[attr-defined]
+    elif mode == "run_path":
+        import _frozen_importlib
+
+        main = _fresh_main(_frozen_importlib.BuiltinImporter)
+        exec(compile(run_path_code, "<string>", "exec"), main.__dict__)
+    else:
+        import io
+        from importlib.machinery import SourceFileLoader
+
+        path = os.path.abspath(entry)
+        main = _fresh_main(SourceFileLoader("__main__", path))
+        main.__dict__.update({"__file__": path, "__cached__": None})
+        with io.open_code(path) as f:
+            source = f.read()
+        code = compile(source, path, "exec", dont_inherit=True)
+        exec(code, main.__dict__)
+
+
+def _at_exit() -> None:  # registered first, so it runs last (as the interpreter's own exit)
+    if _interrupted:
+        import signal
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def main() -> None:
+    global _interrupted
+    fd = int(sys.argv[1])
+    conf = json.loads(sys.argv[2])
+    sys.path[0] = conf["path0"]
+    idle = bool(conf.get("idle")) and _probe_idle()
+    if idle:
+        _set_policy(os.SCHED_IDLE, all_threads=False)  # threads started by imports inherit it
+    import importlib
+    import importlib.util
+
+    for name in conf["imports"]:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                importlib.import_module(name)
+        except Exception:  # the worker meets the same error itself, in its own logs
+            pass
+    try:
+        os.write(fd, b"R")
+    except OSError:  # the assignment may be waiting already (the agent closed its end)
+        pass
+    got = _receive(fd)
+    if got is None:  # the agent let the standby go (or died)
+        os._exit(0)
+    msg, fds = got
+    if idle:
+        _set_policy(os.SCHED_OTHER, all_threads=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for std, new in zip((1, 2), fds, strict=True):
+        early = _read_all(std)
+        os.dup2(new, std)
+        os.close(new)
+        if early:
+            _write_all(std, early)
+    os.chdir(str(msg["cwd"]))
+    os.environ.clear()
+    os.environ.update(msg["env"])
+    sys.argv[:] = msg["argv"]
+    if hasattr(sys, "orig_argv"):
+        sys.orig_argv[:] = msg["orig_argv"]
+    _progress_hook()
+    import atexit
+
+    atexit.register(_at_exit)
+    try:
+        _run(str(conf["mode"]), str(conf["entry"]), str(conf.get("run_path_code", "")))
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == _BOOT_FILE:
+            tb = tb.tb_next
+        exc = exc.with_traceback(tb)
+        _interrupted = isinstance(exc, KeyboardInterrupt)
+        sys.excepthook(type(exc), exc, tb)
+        del exc, tb
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
