@@ -12,6 +12,15 @@ from tests.etcd_fixtures import stop_shared
 from tests.helpers import Hub, Procs
 
 
+# Runs after tests/etcd/conftest.py's hook (registered later: called first) marks its tests
+# etcd, and before pytest's own deselection by -m.
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs a real etcd or real torch is slow: ``-m \"not slow\"`` leaves it out."""
+    for item in items:
+        if item.get_closest_marker("etcd") or item.get_closest_marker("torch"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_shared_etcd() -> Iterator[None]:
     """The session's shared etcd (started on first use by any test) ends with the session."""

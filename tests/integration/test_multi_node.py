@@ -15,7 +15,7 @@ import pytest
 from tests.etcd_fixtures import etcd_available, find_leader, shared_single, start_cluster
 from tests.helpers import CORRAL, Hub, HubWorker, Procs, corral_env
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]  # several real agents each
 
 FAST = "keep_alive_interval=0.5,keep_alive_max_attempt=3,last_call_timeout=10,read_timeout=5,join_timeout=60"
 

@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import CORRAL, REPO, corral_env
 
 pytest.importorskip("taskgroup")
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]  # real launches, suites re-run
 
 
 def test_backports_are_selected() -> None:
