@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
+import time
+
+from corral.errors import LauncherError
 
 __all__ = ["is_local_address", "local_address_towards", "numeric_host", "resolve_once"]
+
+log = logging.getLogger("corral")
+
+#: How long a start-up look-up keeps trying a name that does not resolve yet
+#: (torch's read_timeout): under a scheduler a peer's name may not be in DNS until
+#: its pod or node runs (a Kubernetes headless service; docs/schedulers.md).
+RESOLVE_WAIT = 60.0
 
 
 def numeric_host(host: str) -> str | None:
@@ -16,20 +27,45 @@ def numeric_host(host: str) -> str | None:
         return None
 
 
-def resolve_once(host: str) -> str:
-    """Resolve a host name to a numeric address (done once, at start-up, never on a hot path)."""
+def resolve_once(host: str, wait: float = RESOLVE_WAIT) -> str:
+    """Resolve a host name to a numeric address (done once, at start-up, never on a hot path).
+
+    A name that does not resolve (yet) is tried again, 0.5 s apart doubling to
+    5 s, for up to ``wait`` seconds, with one log line.
+
+    Raises:
+        LauncherError: one line, when it still does not resolve after ``wait``.
+    """
     num = numeric_host(host)
     if num is not None:
         return num
     if host in ("localhost", ""):
         return "127.0.0.1"
-    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    return str(infos[0][4][0])
+    deadline = time.monotonic() + wait
+    delay = 0.5
+    while True:
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            return str(infos[0][4][0])
+        except (socket.gaierror, UnicodeError) as exc:
+            left = deadline - time.monotonic()
+            why = getattr(exc, "strerror", None) or str(exc)
+            if left <= 0:
+                raise LauncherError(
+                    f"cannot resolve host {host!r}: {why} (tried for {wait:g} s)"
+                ) from None
+            if delay == 0.5:
+                log.warning("host %r does not resolve (%s); trying for up to %g s", host, why, wait)
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
 
 
-def local_address_towards(host: str) -> str:
-    """The local numeric address this machine uses to reach ``host`` (a UDP connect sends nothing)."""
-    addr = resolve_once(host)
+def local_address_towards(host: str, wait: float = RESOLVE_WAIT) -> str:
+    """The local numeric address this machine uses to reach ``host`` (a UDP connect sends nothing).
+
+    ``host`` is resolved with :func:`resolve_once` (``wait``).
+    """
+    addr = resolve_once(host, wait)
     if ipaddress.ip_address(addr).is_loopback:
         return "127.0.0.1" if ":" not in addr else "::1"
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET

@@ -549,12 +549,13 @@ class Agent:
 
     def _node_addr(self) -> str:
         cfg = self.cfg
+        wait = cfg.rdzv_conf.read_timeout  # a name may not be in DNS yet (net.resolve_once)
         if cfg.local_addr:
-            return numeric_host(cfg.local_addr) or local_address_towards(cfg.local_addr)
+            return numeric_host(cfg.local_addr) or local_address_towards(cfg.local_addr, wait)
         if cfg.rdzv_backend == "static":
-            return local_address_towards(cfg.master_addr)
+            return local_address_towards(cfg.master_addr, wait)
         host, _ = cfg.endpoint_host_port
-        return local_address_towards(host or "127.0.0.1")
+        return local_address_towards(host or "127.0.0.1", wait)
 
     async def _open_rendezvous(self, stack: AsyncExitStack) -> Rendezvous:
         """Open ``cfg.rdzv_backend`` through the registry (built-ins and plug-ins alike)."""
