@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from corral.errors import LeaseNotFound, StoreCompacted
+from corral.errors import ConfigError, LeaseNotFound, StoreCompacted
 from corral.store.api import EventType, Store, WatchEvent
 
 if TYPE_CHECKING:
@@ -226,6 +226,13 @@ async def test_keep_alive_returns_ttl(store: Store) -> None:
     ttl = await store.keep_alive(lease)
     assert 15 <= ttl <= 20
     await store.revoke(lease)
+
+
+@pytest.mark.parametrize("ttl", [0, -1.5])
+async def test_a_bad_ttl_is_a_config_error_on_every_backend(store: Store, ttl: float) -> None:
+    # one error tree: never a bare ValueError from a backend
+    with pytest.raises(ConfigError, match="ttl"):
+        await store.grant(ttl)
 
 
 async def test_lease_not_found(store: Store, ns: str) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 
-from corral.errors import LeaseNotFound, StoreError
+from corral.errors import ConfigError, LeaseNotFound, StoreError
 from corral.store.api import (
     Characteristics,
     KeyValue,
@@ -347,7 +347,7 @@ class EtcdStore:
 
     async def grant(self, ttl: float) -> int:
         if not ttl > 0:
-            raise ValueError(f"lease ttl ({ttl}) must be > 0")
+            raise ConfigError(f"lease ttl ({ttl}) must be > 0 seconds")
         # A grant retried after a lost answer may leave one unused lease; it ends by its TTL.
         req = rpc.LeaseGrantRequest(TTL=max(1, math.ceil(ttl)))
 
