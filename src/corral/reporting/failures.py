@@ -7,6 +7,8 @@ import signal as _signal
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from corral.errors import RendezvousError
+
 __all__ = ["FailureReport"]
 
 _VERSION = 1
@@ -73,9 +75,29 @@ class FailureReport:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> FailureReport:
-        d = json.loads(data)
+        """The report :meth:`to_json` wrote (unknown keys of a newer writer are ignored).
+
+        Raises:
+            RendezvousError: the record does not parse: not JSON, another version,
+                a field missing, or a number that is not an integer.
+        """
+        try:
+            d = json.loads(data)  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        except ValueError as exc:
+            raise RendezvousError(f"corrupt failure report: {str(data)[:80]!r}") from exc
         if not isinstance(d, dict) or d.get("version") != _VERSION:
-            raise ValueError(f"unsupported failure report: {str(data)[:80]!r}")
+            raise RendezvousError(f"unsupported failure report: {str(data)[:80]!r}")
         d.pop("version")
         fields = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in fields})
+        try:
+            report = cls(**{k: v for k, v in d.items() if k in fields})
+        except TypeError as exc:
+            raise RendezvousError(f"corrupt failure report ({exc}): {str(data)[:80]!r}") from exc
+        for name in ("rank", "local_rank", "group_rank", "pid", "exitcode"):
+            value = getattr(report, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise RendezvousError(
+                    f"corrupt failure report: {name} is {value!r}, not an integer: "
+                    f"{str(data)[:80]!r}"
+                )
+        return report
