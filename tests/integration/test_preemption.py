@@ -156,3 +156,19 @@ def test_on_signal_leave_scales_down_then_stops_below_min(
     assert job.wait(2) == 143, job.stderr(2)
     assert job.wait(1) == 143, job.stderr(1)
     assert "job stopped by SIGTERM on node" in job.stderr(1), job.stderr(1)
+
+
+def test_the_store_host_cannot_leave_it_stops_the_job(
+    procs: Procs, hub: Hub, tmp_path: Path
+) -> None:
+    job = Job(procs, hub, tmp_path, "2:3", "--max-restarts", "3")  # leave: the default
+    for n in (1, 2, 3):
+        job.start(n)
+    hub.collect(3, timeout=40)
+    job.agents[1].send_signal(signal.SIGTERM)  # agent 1 hosts the embedded store
+    codes = {n: job.wait(n) for n in (1, 2, 3)}
+    assert codes == {1: 143, 2: 143, 3: 143}, {n: job.stderr(n) for n in codes}
+    assert "hosts the job's store and cannot leave" in job.stderr(1)
+    assert len(job.checkpoints()) == 3  # every worker got SIGTERM and checkpointed
+    for n in (2, 3):
+        assert "job stopped by SIGTERM on node" in job.stderr(n)

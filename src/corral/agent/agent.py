@@ -451,7 +451,10 @@ class Agent:
         if self._told is None:
             from corral.agent.preempt import tell_job
 
-            self._told = await tell_job(rdzv, self.cfg, rnd, self._signum, self.host)
+            hosts = self._server is not None  # the embedded store: it cannot leave
+            self._told = await tell_job(
+                rdzv, self.cfg, rnd, self._signum, self.host, hosts_store=hosts
+            )
         return self._told
 
     async def _race(self, aw: Awaitable[T]) -> T:

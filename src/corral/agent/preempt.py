@@ -40,21 +40,37 @@ def _name(signum: int) -> str:
 
 
 async def tell_job(
-    rdzv: Any, cfg: LaunchConfig, rnd: RoundInfo | None, signum: int, host: str
+    rdzv: Any,
+    cfg: LaunchConfig,
+    rnd: RoundInfo | None,
+    signum: int,
+    host: str,
+    *,
+    hosts_store: bool = False,
 ) -> Interrupted:
     """Tell the job that this node got handled signal ``signum``; return what to end with.
 
     ``rdzv`` records the stop (``report_stop``) or the leave (``leave``, only
     in a running round ``rnd``); a backend without them (a third-party one)
-    records nothing and the others see a lost node. Bounded by read_timeout;
+    records nothing and the others see a lost node. A node that hosts the
+    job's store (``hosts_store``: the embedded c10d store) cannot leave without
+    taking the store along: it stops the job instead. Bounded by read_timeout;
     a store error is logged, not raised (the node still ends with 128 + signal).
     """
     name = _name(signum)
     report_stop = getattr(rdzv, "report_stop", None)
     leave = getattr(rdzv, "leave", None)
+    action = cfg.signal_action
+    if action == "leave" and hosts_store and report_stop is not None:
+        log.warning(
+            "%s: this node hosts the job's store and cannot leave without it: the job stops "
+            "(a separate `corral store` or etcd lets a job outlive any training node)",
+            name,
+        )
+        action = "stop"
     try:
         async with _timeout(cfg.rdzv_conf.read_timeout):
-            if cfg.signal_action == "leave":
+            if action == "leave":
                 if rnd is None or leave is None:
                     log.warning("%s: this node leaves the job", name)
                     return Interrupted(signum)
