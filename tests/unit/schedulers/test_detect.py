@@ -299,7 +299,7 @@ def test_skypilot_on_kubernetes_is_skypilot() -> None:
     ],
 )
 def test_half_set_skypilot(extra: dict[str, str], says: str) -> None:
-    c = cfg(sky(**extra))
+    c = cfg({**sky(), **extra})
     assert c.standalone and says in c.scheduler_ignored[0]
 
 
