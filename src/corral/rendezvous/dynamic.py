@@ -30,6 +30,7 @@ from corral.errors import (
 )
 from corral.events.types import Event, NodeJoined, NodeWaiting, RoundOpened, stamp
 from corral.rendezvous import machine as m
+from corral._aio import Background
 from corral.rendezvous._aio import Mux, clock_timeout, free_port, watching
 from corral.rendezvous._ops import Ops
 from corral.rendezvous.api import ChangeKind, Decision, NodeDesc, RoundChange, RoundInfo
@@ -85,6 +86,12 @@ def _index(members: Sequence[NodeDesc], node_id: str) -> int:
         if mm.node_id == node_id:
             return i
     raise RendezvousError(f"node {node_id!r} is not in the member list")
+
+
+class _Spare(Exception):  # a signal to join(), not an error
+    """Round r runs without this node and no round will admit it while the restart
+    budget is spent: join() leaves the join_timeout and waits (``args``: those of
+    ``_wait_next_round``), then joins with a fresh join_timeout."""
 
 
 def _change(p: RoundPointer) -> RoundChange:
@@ -156,6 +163,9 @@ class DynamicRendezvous:
         self._expect = 0  # the round this node expects to join next (a guess)
         self._lease = 0
         self._evicted = asyncio.Event()
+        # The rendezvous owns its keep-alive task: close() ends it; an unexpected error
+        # of it ends this node's current wait at once (every watching() block below).
+        self._tasks = Background(f"rendezvous node {node.node_id}")
         self._bg: asyncio.Task[None] | None = None
         self._waiting = False
         # Per round this node has seen: the pointer (value, mod revision); per round it
@@ -202,14 +212,20 @@ class DynamicRendezvous:
         if self._closed_flag:
             raise RendezvousClosed("this rendezvous handle is closed")
         state: dict[str, int] = {"round": -1}
-        try:
-            async with clock_timeout(self._clock, self._conf.join_timeout):
-                return await self._join(state)
-        except TimeoutError:
-            raise RendezvousTimeout(
-                f"join_timeout ({self._conf.join_timeout} s) passed in round {state['round']} "
-                f"before it closed with this node (min_nodes {self._min}, max_nodes {self._max})"
-            ) from None
+        while True:
+            try:
+                async with clock_timeout(self._clock, self._conf.join_timeout):
+                    return await self._join(state)
+            except TimeoutError:
+                raise RendezvousTimeout(
+                    f"join_timeout ({self._conf.join_timeout} s) passed in round {state['round']} "
+                    f"before it closed with this node (min_nodes {self._min}, max_nodes {self._max})"
+                ) from None
+            except _Spare as spare:  # out of the deadline: a spare waits as long as the job runs
+                try:
+                    await self._wait_next_round(*spare.args)
+                except LeaseNotFound:
+                    self._evicted.set()  # the next join takes a new lease
 
     async def watch_round(self, rnd: RoundInfo) -> RoundChange:
         """Return when ``rnd`` is superseded: a new round, a lost member, eviction, the job's end."""
@@ -358,7 +374,7 @@ class DynamicRendezvous:
         self._evicted = asyncio.Event()
         self._lease = await self._ops.grant(self._conf.lease_ttl)
         # The rendezvous owns its keep-alive task; close() cancels it.
-        self._bg = asyncio.get_running_loop().create_task(self._keepalive(self._lease))
+        self._bg = self._tasks.start(self._keepalive(self._lease), name="keep-alive")
         return self._lease
 
     async def _keepalive(self, lease: int) -> None:
@@ -377,10 +393,7 @@ class DynamicRendezvous:
 
     async def _stop_keepalive(self) -> None:
         bg, self._bg = self._bg, None
-        if bg is not None:
-            bg.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await bg
+        await self._tasks.stop(bg)
 
     # --- join -----------------------------------------------------------------
 
@@ -538,7 +551,11 @@ class DynamicRendezvous:
             )  # fmt: skip
             return info
         members = await self._members_of(r, closed)
-        await self._wait_next_round(r, members, closed_kv.mod_revision, ptr_rev, lease)
+        wait = (r, members, closed_kv.mod_revision, ptr_rev, lease)
+        used = self._pointers[r][0].restart_count
+        if m.is_spare(closed.node_count, self._max, used, self._max_restarts):
+            raise _Spare(*wait)  # join() waits, with no join_timeout, then joins again
+        await self._wait_next_round(*wait)
         return None
 
     async def _members_of(self, r: int, closed: ClosedRound) -> ClosedRound:
@@ -666,6 +683,7 @@ class DynamicRendezvous:
                 wkvs, seen["waiting"] = await self._ops.range(k.waiting)
                 expected |= {kv.key[len(k.waiting) :] for kv in wkvs}
             mux.add_event("evicted", self._evicted)
+            mux.add_failure("background", self._tasks)
             now = self._clock.now()
             min_at: float | None = now if len(joined) >= self._min else None
             last_arrival = now
@@ -765,6 +783,7 @@ class DynamicRendezvous:
         async with watching() as mux:
             mux.add("round", self._ops.watch(self._k.round, start_revision=ptr_rev + 1))
             mux.add_event("evicted", self._evicted)
+            mux.add_failure("background", self._tasks)
             while True:
                 kvs, rev = await self._ops.range(nodes_prefix)
                 members = {mm.node_id for mm in closed.members}
@@ -809,6 +828,7 @@ class DynamicRendezvous:
         async with watching() as mux:
             mux.add("round", self._ops.watch(self._k.round, start_revision=start))
             mux.add_event("evicted", self._evicted)
+            mux.add_failure("background", self._tasks)
             if n > 1:
                 mux.add("pred", self._ops.watch(self._k.node(r, pred_id), start_revision=start))
             if rank == 0 and n < self._max:

@@ -40,6 +40,7 @@ __all__ = [
     "end_pointer",
     "failure_step",
     "fixed_ranks",
+    "is_spare",
     "lost_node_report",
     "next_pointer",
     "rank_tables",
@@ -400,6 +401,15 @@ def scale_up_step(
     return ScaleUp.SPARE
 
 
+def is_spare(node_count: int, max_nodes: int, restart_count: int, max_restarts: int) -> bool:
+    """A node that found a running round of ``node_count`` closed without it waits as a
+    *spare*: the round has room, but the restart budget is spent, so no round will admit
+    it unless a restart still allowed happens for another reason. It waits with no
+    join_timeout (it ends with the job); a node that waits because the round is full
+    (at ``max_nodes``) keeps its join_timeout, as torch's wait list does."""
+    return node_count < max_nodes and restart_count >= max_restarts
+
+
 def waiting_line(
     node_id: str,
     round_: int,
@@ -409,7 +419,7 @@ def waiting_line(
     max_restarts: int,
 ) -> str:
     """The one log line of a node that found round ``round_`` closed without it."""
-    if node_count < max_nodes and restart_count >= max_restarts:
+    if is_spare(node_count, max_nodes, restart_count, max_restarts):
         return (
             f"round {round_} runs with {node_count} of at most {max_nodes} nodes, but the job's "
             f"restart budget is spent ({restarts_text(restart_count, max_restarts)} restarts): "

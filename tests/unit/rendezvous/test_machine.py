@@ -229,6 +229,21 @@ def test_lost_node_report_names_the_node() -> None:
         m.lost_node_report(members, "zz", 3, 1, 1)
 
 
+@pytest.mark.parametrize(
+    ("count", "max_nodes", "restarts", "max_restarts", "spare"),
+    [
+        (2, 3, 1, 1, True),  # room, budget spent
+        (2, 3, 0, 0, True),  # --max-restarts 0: every late node is a spare
+        (2, 3, 0, 1, False),  # room and budget: it is admitted (node_waiting)
+        (3, 3, 1, 1, False),  # full: it waits for room, with its join_timeout
+    ],
+)
+def test_is_spare(
+    count: int, max_nodes: int, restarts: int, max_restarts: int, spare: bool
+) -> None:
+    assert m.is_spare(count, max_nodes, restarts, max_restarts) is spare
+
+
 def test_restarts_text() -> None:
     assert m.restarts_text(1, 3) == "1/3"
 

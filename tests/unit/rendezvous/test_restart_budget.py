@@ -13,7 +13,7 @@ import logging
 
 import pytest
 
-from corral.errors import JobFailed, RendezvousClosed
+from corral.errors import JobFailed, RendezvousClosed, RendezvousTimeout
 from corral.rendezvous.api import ChangeKind, Decision
 from corral.rendezvous.state import Outcome, RoundPointer
 
@@ -115,6 +115,10 @@ async def test_a_node_arriving_with_the_budget_spent_waits_as_a_spare(
     assert len(spare) == 1 and "budget is spent (1/1 restarts)" in spare[0], spare
     admitted = [r.getMessage() for r in caplog.records if "not admitted" in r.getMessage()]
     assert any("node c" in msg for msg in admitted), admitted
+    # a spare waits as long as the job runs: no join_timeout (600 s here)
+    await advance(job.clock, 700, step=5)
+    assert not c_join.done() and not wa.done()
+    assert await job.has_key(KEY + "waiting/c")
     # the job ends well: the spare ends with it (RendezvousClosed: the agent exits 0)
     wa.cancel()
     sa = asyncio.create_task(job.nodes["a"].report_success(a1))
@@ -203,3 +207,15 @@ async def test_a_spare_that_sees_every_member_leave_with_the_budget_spent_fails_
     assert root is not None and root.lost and (root.node_id, root.group_rank) == ("a", 0)
     assert root.message is not None and "every member of round 0 left" in root.message
     assert (await pointer(job)).reason == "job_ended"
+
+
+async def test_a_node_waiting_for_a_full_round_keeps_its_join_timeout(job: Job) -> None:
+    # Not a spare: the round is at max_nodes (torch's wait list times out the same way).
+    for n in "abc":
+        job.node(n, min_nodes=2, max_nodes=2, max_restarts=0)
+    await asyncio.gather(*await join_in_order(job, ["a", "b"], 0))
+    c_join = asyncio.create_task(job.nodes["c"].join())
+    await job.until(lambda: job.has_key(KEY + "waiting/c"))
+    await advance(job.clock, 601, step=5)
+    with pytest.raises(RendezvousTimeout):
+        await asyncio.wait_for(c_join, 2)
