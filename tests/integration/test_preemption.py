@@ -172,3 +172,20 @@ def test_the_store_host_cannot_leave_it_stops_the_job(
     assert len(job.checkpoints()) == 3  # every worker got SIGTERM and checkpointed
     for n in (2, 3):
         assert "job stopped by SIGTERM on node" in job.stderr(n)
+
+
+def test_sigterm_to_every_node_at_once_one_stop(procs: Procs, hub: Hub, tmp_path: Path) -> None:
+    """Slurm's scancel and preemption signal every task: the first stop recorded is the job's."""
+    job = Job(procs, hub, tmp_path, "3")
+    for n in (1, 2, 3):
+        job.start(n)
+    hub.collect(3, timeout=40)
+    for n in (3, 2, 1):
+        job.agents[n].send_signal(signal.SIGTERM)
+    codes = {n: job.wait(n) for n in (1, 2, 3)}
+    assert codes == {1: 143, 2: 143, 3: 143}, {n: job.stderr(n) for n in codes}
+    lines = {
+        line for n in (1, 2, 3) for line in job.stderr(n).splitlines() if line.startswith("corral:")
+    }
+    assert len(lines) == 1 and "job stopped by SIGTERM on node" in lines.pop()
+    assert len(job.checkpoints()) == 3 and no_more_workers(hub)
