@@ -13,6 +13,12 @@ Two helpers, used everywhere outside the worker layer instead of bare
   first to finish (by position when several finish in the same turn of the
   loop); the others are cancelled and awaited before it returns, and an error
   of any of them, before or during that cancellation, is raised.
+* :class:`Background` is the scope of an *object* whose tasks outlive any one
+  of its calls (a store's lease timer, a rendezvous's keep-alive): the object
+  starts them, its ``close`` ends them (:meth:`Background.aclose`), and the
+  first error of one is kept, signalled (:attr:`Background.failed`) and raised
+  by the object's next wait on it (:meth:`Background.wait_failed`) and by
+  ``aclose``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from corral._compat import TaskGroup
 
@@ -33,7 +39,7 @@ else:  # pragma: no cover - Python 3.10: the backport's exception groups
 
     _GroupTypes = (_BEG,)
 
-__all__ = ["first_of", "task_scope"]
+__all__ = ["Background", "first_of", "task_scope"]
 
 log = logging.getLogger("corral")
 
@@ -100,3 +106,65 @@ async def first_of(*aws: Awaitable[Any]) -> tuple[int, Any]:
 
 async def _as_coro(aw: Awaitable[Any]) -> Any:
     return await aw
+
+
+class Background:
+    """The tasks of one object that outlive its calls; they end with the object.
+
+    ``start`` runs a coroutine as a task the object owns; ``aclose`` cancels
+    and awaits all of them, then raises the first error any had (bare). A task
+    that fails (anything but cancellation) records its error and sets
+    :attr:`failed`, so the owner sees it at once: it races
+    :meth:`wait_failed` beside its own waits (e.g. as a source of its watch
+    multiplexer), or calls :meth:`check`.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.failed = asyncio.Event()
+        self.error: BaseException | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self, coro: Any, *, name: str | None = None) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task of this owner; returns it (to :meth:`stop` it alone)."""
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self.error is None:
+            log.error("%s: background task %s failed: %r", self.name, task.get_name(), exc)
+            self.error = exc
+            self.failed.set()
+
+    async def stop(self, task: asyncio.Task[Any] | None) -> None:
+        """Cancel one task and wait for it to end (its error, if any, stays recorded)."""
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait({task})
+
+    def check(self) -> None:
+        """Raise the first error of a task, if one failed."""
+        if self.error is not None:
+            raise self.error
+
+    async def wait_failed(self) -> NoReturn:
+        """Wait until a task fails, then raise its error."""
+        await self.failed.wait()
+        assert self.error is not None
+        raise self.error
+
+    async def aclose(self) -> None:
+        """Cancel every task, wait for all, then raise the first error any had."""
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self.check()

@@ -7,7 +7,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from corral._aio import task_scope
+from corral._aio import Background, task_scope
 from corral._compat import TaskGroup
 from corral._compat import timeout as _compat_timeout
 from corral.clock import Clock, MonotonicClock
@@ -54,6 +54,11 @@ class Mux:
     def add_event(self, tag: str, ev: asyncio.Event) -> None:
         self.drop(tag)
         self._tasks[tag] = self._tg.create_task(self._signal(tag, ev))
+
+    def add_failure(self, tag: str, owner: Background) -> None:
+        """End the block with the error of ``owner``'s first failed task, at once."""
+        self.drop(tag)
+        self._tasks[tag] = self._tg.create_task(owner.wait_failed())
 
     def drop(self, tag: str) -> None:
         t = self._tasks.pop(tag, None)

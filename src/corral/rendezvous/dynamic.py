@@ -14,6 +14,7 @@ import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 
+from corral._aio import Background
 from corral.clock import Clock, MonotonicClock
 from corral.config import RdzvConf
 from corral.errors import (
