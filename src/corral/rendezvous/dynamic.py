@@ -163,6 +163,9 @@ class DynamicRendezvous:
         self._expect = 0  # the round this node expects to join next (a guess)
         self._lease = 0
         self._evicted = asyncio.Event()
+        # The rendezvous owns its keep-alive task: close() ends it; an unexpected error
+        # of it ends this node's current wait at once (every watching() block below).
+        self._tasks = Background(f"rendezvous node {node.node_id}")
         self._bg: asyncio.Task[None] | None = None
         self._waiting = False
         # Per round this node has seen: the pointer (value, mod revision); per round it
@@ -371,7 +374,7 @@ class DynamicRendezvous:
         self._evicted = asyncio.Event()
         self._lease = await self._ops.grant(self._conf.lease_ttl)
         # The rendezvous owns its keep-alive task; close() cancels it.
-        self._bg = asyncio.get_running_loop().create_task(self._keepalive(self._lease))
+        self._bg = self._tasks.start(self._keepalive(self._lease), name="keep-alive")
         return self._lease
 
     async def _keepalive(self, lease: int) -> None:
@@ -390,10 +393,7 @@ class DynamicRendezvous:
 
     async def _stop_keepalive(self) -> None:
         bg, self._bg = self._bg, None
-        if bg is not None:
-            bg.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await bg
+        await self._tasks.stop(bg)
 
     # --- join -----------------------------------------------------------------
 
@@ -683,6 +683,7 @@ class DynamicRendezvous:
                 wkvs, seen["waiting"] = await self._ops.range(k.waiting)
                 expected |= {kv.key[len(k.waiting) :] for kv in wkvs}
             mux.add_event("evicted", self._evicted)
+            mux.add_failure("background", self._tasks)
             now = self._clock.now()
             min_at: float | None = now if len(joined) >= self._min else None
             last_arrival = now
@@ -782,6 +783,7 @@ class DynamicRendezvous:
         async with watching() as mux:
             mux.add("round", self._ops.watch(self._k.round, start_revision=ptr_rev + 1))
             mux.add_event("evicted", self._evicted)
+            mux.add_failure("background", self._tasks)
             while True:
                 kvs, rev = await self._ops.range(nodes_prefix)
                 members = {mm.node_id for mm in closed.members}
@@ -826,6 +828,7 @@ class DynamicRendezvous:
         async with watching() as mux:
             mux.add("round", self._ops.watch(self._k.round, start_revision=start))
             mux.add_event("evicted", self._evicted)
+            mux.add_failure("background", self._tasks)
             if n > 1:
                 mux.add("pred", self._ops.watch(self._k.node(r, pred_id), start_revision=start))
             if rank == 0 and n < self._max:
