@@ -129,3 +129,31 @@ def test_layout_launches_with_no_flags(layout: str, procs: Procs, hub: Hub, tmp_
         assert code == 0, stderr
         first = stderr.splitlines()[0]
         assert summary in first, stderr
+
+
+def test_evicted_pod_of_a_trainjob_stops_the_static_world(
+    procs: Procs, hub: Hub, tmp_path: Path
+) -> None:
+    """Kubernetes evicts one pod (SIGTERM): a static world (MIN == MAX) stops on every node."""
+    import signal
+
+    ns = NetNS(procs)
+    agents = []
+    for node in (0, 1):
+        err = open(tmp_path / f"agent{node}.err", "wb")
+        env = corral_env(HUB=hub.path, TMPDIR=str(tmp_path), **trainer_v2(node))
+        agents.append(
+            procs.start(
+                ns.wrap([*CORRAL, str(hub.script)]),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+            )
+        )
+        err.close()
+    hub.collect(2, timeout=40)
+    agents[1].send_signal(signal.SIGTERM)
+    for node, agent in enumerate(agents):
+        stderr = lambda n=node: (tmp_path / f"agent{n}.err").read_text(errors="replace")  # noqa: E731
+        assert agent.wait(timeout=30) == 143, stderr()
+        assert "job stopped by SIGTERM on node" in stderr(), stderr()
