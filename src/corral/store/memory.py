@@ -25,8 +25,9 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+from corral._aio import Background, first_of
 from corral.clock import Clock, MonotonicClock
-from corral.errors import StoreUnavailable
+from corral.errors import StoreError, StoreUnavailable
 from corral.store.api import (
     Characteristics,
     KeyValue,
@@ -61,16 +62,25 @@ class SharedCore:
         self.core = core
         self.clock = clock
         self.timer: asyncio.Task[None] | None = None
+        self._bg = Background("store lease timer")
         self.wake = asyncio.Event()
         self.target: float | None = None  # deadline the timer sleeps towards
 
     def expire_due(self) -> None:
+        """End the leases that are due now.
+
+        Raises: StoreError if the lease timer has failed (leases would no longer
+        end by themselves: every caller of the store is told, instead of none).
+        """
+        err = self._bg.error
+        if err is not None:
+            raise StoreError(f"the store's lease timer failed: {err!r}") from err
         self.core.expire(self.clock.now())
 
     def kick(self) -> None:
         """Make sure the timer runs and sleeps towards the earliest deadline."""
         if self.timer is None or self.timer.done():
-            self.timer = asyncio.get_running_loop().create_task(self._run())
+            self.timer = self._bg.start(self._run(), name="lease timer")
             return
         deadline = self.core.next_deadline()
         if deadline is not None and (self.target is None or deadline < self.target):
@@ -87,22 +97,11 @@ class SharedCore:
             delay = deadline - self.clock.now()
             if delay <= 0:
                 continue
-            sleep = asyncio.ensure_future(self.clock.sleep(delay))
-            woken = asyncio.ensure_future(self.wake.wait())
-            try:
-                await asyncio.wait({sleep, woken}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sleep.cancel()
-                woken.cancel()
+            await first_of(self.clock.sleep(delay), self.wake.wait())
 
     async def stop(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            try:
-                await self.timer
-            except asyncio.CancelledError:
-                pass
-            self.timer = None
+        timer, self.timer = self.timer, None
+        await self._bg.stop(timer)
 
 
 class MemoryStore:

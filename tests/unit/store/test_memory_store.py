@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import pytest
 
@@ -83,3 +84,26 @@ async def test_expire_switch_and_sessions() -> None:
         other.heal()
         assert (await other.range(""))[1] == 2
         await other.close()
+
+
+class _BrokenClock:
+    """A clock whose sleep fails: the lease timer dies of an unexpected error."""
+
+    def now(self) -> float:
+        return 0.0
+
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        raise RuntimeError("clock broke")
+
+
+async def test_a_failed_lease_timer_fails_every_later_call() -> None:
+    from corral.errors import StoreError
+
+    store = MemoryStore(_BrokenClock())
+    await store.grant(5)  # starts the timer, which fails on its first sleep
+    for _ in range(5):
+        await asyncio.sleep(0)
+    # before: the timer died silently and leases never ended again
+    with pytest.raises(StoreError, match="lease timer failed"):
+        await store.get("k")
+    await store.close()

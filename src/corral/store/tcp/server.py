@@ -129,7 +129,11 @@ class _Conn(asyncio.Protocol):
                 self.flush()
                 return
         srv = self.server
-        srv.shared.expire_due()
+        try:
+            srv.shared.expire_due()
+        except StoreError as exc:  # the lease timer failed: this store cannot serve
+            self.drop(str(exc))
+            return
         out = self.out
         handlers = _HANDLERS
         for m in msgs:
