@@ -42,6 +42,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 
+from corral._aio import task_scope
 from corral.errors import ConfigError, LeaseNotFound, StoreError
 from corral.store.api import (
     Characteristics,
@@ -199,7 +200,9 @@ class EtcdStore:
             return int(resp.header.revision)
 
         chunks = [items[i : i + _TXN_OPS] for i in range(0, len(items), _TXN_OPS)]
-        return max(await asyncio.gather(*(one(c) for c in chunks)), default=0)
+        async with task_scope() as tg:  # the first error cancels the other chunks
+            tasks = [tg.create_task(one(c)) for c in chunks]
+        return max((t.result() for t in tasks), default=0)
 
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> WriteResult:
         return await self.compare_and_set(key, value, 0, lease=lease)

@@ -31,6 +31,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 
+from corral._aio import Background
 from corral._compat import timeout as _compat_timeout
 from corral.errors import AuthenticationFailed, StoreCompacted, StoreError, StoreUnavailable
 from corral.store.api import EventType, KeyValue, WatchEvent
@@ -82,8 +83,20 @@ class WatchHub:
         conn.acquire(session)
         loop = asyncio.get_running_loop()
         self._heard = loop.time()  # when the stream last brought a message
-        self._writer = loop.create_task(self._write_all())
-        self._task = loop.create_task(self._run())
+        # The hub owns its reader, writer and prober tasks; if one fails unexpectedly
+        # the stream ends at once (every watch on it sees the hub down, and moves).
+        self._bg = Background(f"etcd watch stream at {session.endpoint}")
+        self._writer = self._bg.start(self._guard(self._write_all()), name="watch writer")
+        self._task = self._bg.start(self._run(), name="watch reader")
+
+    async def _guard(self, coro: Any) -> None:
+        """Run a helper task of the stream; if it fails unexpectedly, end the stream."""
+        try:
+            await coro
+        except Exception as exc:
+            self._end(_HubDown(f"watch stream helper failed: {exc!r}", failover=True))
+            self._call.cancel()  # ends the reader's read
+            raise  # recorded and logged by the hub's Background
 
     def add(self, watch: EtcdWatch) -> int:
         wid = next(self._ids)
@@ -118,7 +131,7 @@ class WatchHub:
         # Silence is watched by _probe, which ends the stream (and so this read)
         # when a member does not answer.
         loop = asyncio.get_running_loop()
-        prober = loop.create_task(self._probe())
+        prober = self._bg.start(self._guard(self._probe()), name="watch prober")
         try:
             while self.down is None:
                 try:
