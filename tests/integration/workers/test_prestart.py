@@ -1,0 +1,271 @@
+"""Pre-started workers (--prestart): a standby becomes exactly the worker a fresh spawn would be."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from corral.workers import Reaper, RunLogs, WorkerGroup, WorkerSpec
+from corral.workers.standby import StandbyPool, prestart_plan
+
+from .conftest import round_info
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]
+
+# Everything a script can observe about how it was started.
+DUMP = '''\
+"""doc of the dump script"""
+import ctypes, json, os, pickle, signal, sys
+import __main__
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+def main():
+    libc = ctypes.CDLL(None)
+    death = ctypes.c_int(0)
+    libc.prctl(2, ctypes.byref(death), 0, 0, 0)  # PR_GET_PDEATHSIG
+    dunder = ("__file__", "__doc__", "__spec__", "__cached__", "__package__", "__loader__",
+              "__name__", "__annotations__", "__builtins__")
+    out = {
+        "name": __name__, "file": globals().get("__file__"), "argv": sys.argv,
+        "orig_argv": sys.orig_argv[1:], "path0": sys.path[0], "path": sys.path,
+        "cwd": os.getcwd(), "doc": __doc__, "spec": repr(__spec__),
+        "main": sorted(k for k in vars(__main__) if not k.startswith("_") or k in dunder),
+        "main_is_this": sys.modules["__main__"] is __main__,
+        "loader": type(globals().get("__loader__")).__name__,
+        "env": dict(os.environ),
+        "leader": os.getpgid(0) == os.getpid() == os.getsid(0),
+        "signals": {s.name: str(signal.getsignal(s)) for s in signal.valid_signals()
+                    if isinstance(s, signal.Signals) and s not in (signal.SIGKILL, signal.SIGSTOP)},
+        "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+        "pdeathsig": death.value,
+        "pickle": pickle.loads(pickle.dumps(Point(3))).x,
+        "sched": os.sched_getscheduler(0),
+        "tty": [sys.stdout.isatty(), sys.stderr.isatty()],
+        "umask": os.umask(0o22),
+    }
+    with open(os.path.join(os.environ["OUT"], "dump" + os.environ["LOCAL_RANK"] + ".json"), "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+    print("out", os.environ["LOCAL_RANK"])
+    print("err", os.environ["LOCAL_RANK"], file=sys.stderr)
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+class Node:
+    """A reaper, a log directory and the environment; groups run fresh or from a pool."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.reaper = Reaper()
+        self.reaper.start()
+        self.logs = RunLogs("pre", log_dir=str(tmp / "logs"))
+        self.env = {**os.environ, "OUT": str(tmp)}
+
+    async def run(
+        self, spec: WorkerSpec, pool: StandbyPool | None, expect_ok: bool = True
+    ) -> WorkerGroup:
+        g = WorkerGroup(
+            spec,
+            round_info(spec.local_world_size),
+            attempt=0,
+            logs=self.logs,
+            reaper=self.reaper,
+            node_id="n",
+            host="h",
+            base_env=self.env,
+            standbys=pool,
+        )
+        await g.start()
+        res = await asyncio.wait_for(g.wait(), 30)
+        await g.stop(2.0)
+        assert res.succeeded is expect_ok, (res, g.logs and g.logs.dir)
+        return g
+
+    def pool(self, spec: WorkerSpec, imports: tuple[str, ...] = ("json",)) -> StandbyPool:
+        plan = prestart_plan(spec, imports)
+        assert plan is not None
+        return StandbyPool(plan, spec, self.env, self.reaper)
+
+    def close(self) -> None:
+        self.logs.close()
+        self.reaper.close()
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    n = Node(tmp_path)
+    yield n
+    n.close()
+
+
+async def _ready(pool: StandbyPool) -> None:
+    async with asyncio.timeout(30):
+        while not all(sb.ready for sb in pool._standbys):
+            await asyncio.sleep(0.01)
+
+
+def _dump(tmp: Path, rank: int) -> dict[str, Any]:
+    d: dict[str, Any] = json.loads((tmp / f"dump{rank}.json").read_text())
+    env = d["env"]
+    env.pop("CORRAL_WORKER_TOKEN")  # one per group or standby: differs by design
+    env["TORCHELASTIC_ERROR_FILE"] = env["TORCHELASTIC_ERROR_FILE"].replace(
+        "attempt_1", "attempt_0"
+    )
+    d["spec"] = re.sub(r" at 0x[0-9a-f]+", "", d["spec"])  # an object's address
+    return d
+
+
+@pytest.mark.parametrize("mode", ["script", "module", "run_path"])
+async def test_prestarted_worker_sees_what_a_fresh_one_sees(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    pkg = tmp_path / "code"
+    pkg.mkdir()
+    (pkg / "dump.py").write_text(DUMP)
+    monkeypatch.chdir(pkg)
+    entry = "dump" if mode == "module" else "dump.py"
+    spec = WorkerSpec(
+        entry, ("a", "${local_rank}"), module=mode == "module", run_path=mode == "run_path",
+        local_world_size=2, python_exec=sys.executable,
+    )  # fmt: skip
+    fresh = await node.run(spec, None)
+    want = [_dump(tmp_path, r) for r in (0, 1)]
+    async with node.pool(spec) as pool:
+        await _ready(pool)
+        pre = await node.run(spec, pool)
+        assert [w.prestarted for w in pre.workers] == [True, True]
+    got = [_dump(tmp_path, r) for r in (0, 1)]
+    for g, w in zip(got, want, strict=True):
+        assert {k: v for k, v in g.items() if v != w.get(k)} == {}, {k: w.get(k) for k in g}
+    assert want[0]["argv"][1:] == ["a", "0"] and want[0]["leader"] and want[0]["pdeathsig"] == 9
+    if mode == "script":
+        assert want[0]["argv"][0] == "dump.py" and want[0]["file"] == str(pkg / "dump.py")
+    for g in (fresh, pre):  # the attempt's logs: stderr went through the agent's pipe
+        assert g.workers[0].stderr_tail() == "err 0"
+
+
+async def test_multiprocessing_spawn_from_a_prestarted_worker(node: Node, tmp_path: Path) -> None:
+    script = tmp_path / "mp.py"
+    script.write_text(
+        textwrap.dedent("""
+        import multiprocessing as mp, os, sys
+
+        class Box:
+            def __init__(self, v):
+                self.v = v
+
+        def work(box, q):
+            q.put((box.v * 2, __name__))
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("spawn")
+            q = ctx.Queue()
+            p = ctx.Process(target=work, args=(Box(21), q))
+            p.start()
+            got = q.get(timeout=30)
+            p.join()
+            open(os.path.join(os.environ["OUT"], "mp" + os.environ["LOCAL_RANK"]), "w").write(repr(got))
+    """)
+    )
+    spec = WorkerSpec(str(script), local_world_size=1)
+    async with node.pool(spec, ()) as pool:
+        await _ready(pool)
+        g = await node.run(spec, pool)
+        assert g.workers[0].prestarted
+    assert (tmp_path / "mp0").read_text() == "(42, '__mp_main__')"
+
+
+async def test_crash_while_importing_the_user_script(node: Node, tmp_path: Path) -> None:
+    script = tmp_path / "bad.py"
+    script.write_text("import os\nimport no_such_module_here\n")
+    spec = WorkerSpec(str(script), local_world_size=1)
+    fresh = await node.run(spec, None, expect_ok=False)
+    async with node.pool(spec) as pool:
+        await _ready(pool)
+        pre = await node.run(spec, pool, expect_ok=False)
+    [want], [got] = fresh.failures, pre.failures
+    assert got.exitcode == want.exitcode == 1
+    assert got.stderr_tail == want.stderr_tail  # the same traceback, no bootstrap frames
+    assert want.stderr_tail and "ModuleNotFoundError" in want.stderr_tail
+
+
+async def test_standby_dead_before_assignment_is_replaced_by_a_fresh_spawn(
+    node: Node, tmp_path: Path
+) -> None:
+    (tmp_path / "dump.py").write_text(DUMP)
+    spec = WorkerSpec(str(tmp_path / "dump.py"), local_world_size=2)
+    async with node.pool(spec) as pool:
+        await _ready(pool)
+        victims = pool.alive
+        os.kill(victims[0], signal.SIGKILL)
+        async with asyncio.timeout(10):  # the pool hears of the death (its pidfd)
+            while victims[0] in pool.alive:
+                await asyncio.sleep(0.005)
+        g = await node.run(spec, pool)
+        assert sorted(w.prestarted for w in g.workers) == [False, True]
+        assert victims[0] not in g.pids.values()
+    assert _dump(tmp_path, 0)["name"] == "__main__"
+
+
+AGENT = r"""
+import asyncio, os, sys
+from corral.workers import Reaper, WorkerSpec
+from corral.workers.standby import StandbyPool, prestart_plan
+
+async def main():
+    reaper = Reaper(); reaper.start()
+    spec = WorkerSpec(sys.argv[1], local_world_size=2)
+    async with StandbyPool(prestart_plan(spec, ("json",)), spec, os.environ, reaper) as pool:
+        while not all(sb.ready for sb in pool._standbys):
+            await asyncio.sleep(0.01)
+        print(*pool.alive, flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_sigkill_of_the_agent_ends_its_standbys(tmp_path: Path) -> None:
+    (tmp_path / "w.py").write_text("print('never runs')\n")
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT, str(tmp_path / "w.py")],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    pids: list[int] = []
+    try:
+        assert agent.stdout is not None
+        pids = [int(p) for p in agent.stdout.readline().split()]
+        assert len(pids) == 2
+        agent.kill()
+        agent.wait()
+        _gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids], timeout=1.0)
+        alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"standbys alive 1 s after the agent's SIGKILL: {alive}"
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        agent.kill()
+        agent.wait()
+        if agent.stdout:
+            agent.stdout.close()
