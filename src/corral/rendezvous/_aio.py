@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from corral._aio import Background, task_scope
@@ -50,6 +50,21 @@ class Mux:
         entered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tasks[tag] = self._tg.create_task(self._pump(tag, cm, entered))
         await entered
+
+    async def start_all(
+        self, sources: Mapping[str, AbstractAsyncContextManager[AsyncIterator[WatchEvent]]]
+    ) -> None:
+        """:meth:`start` for several watches at once (their requests go out together):
+        return once every one is in place or has failed."""
+        loop = asyncio.get_running_loop()
+        entered: list[asyncio.Future[None]] = []
+        for tag, cm in sources.items():
+            self.drop(tag)
+            fut: asyncio.Future[None] = loop.create_future()
+            self._tasks[tag] = self._tg.create_task(self._pump(tag, cm, fut))
+            entered.append(fut)
+        if entered:
+            await asyncio.wait(entered)
 
     def add_event(self, tag: str, ev: asyncio.Event) -> None:
         self.drop(tag)

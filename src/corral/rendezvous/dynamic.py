@@ -661,10 +661,12 @@ class DynamicRendezvous:
             # the pointer from the join's read on: a job that ends meanwhile (a
             # stop recorded on a signal) ends this close, and with it the join
             since = self._pointers[r][1] + 1 if r in self._pointers else 0
-            await asyncio.gather(
-                mux.start("nodes", self._ops.watch(nodes_prefix, prefix=True)),
-                mux.start("closed", self._ops.watch(k.closed(r))),
-                mux.start("round", self._ops.watch(k.round, start_revision=since)),
+            await mux.start_all(
+                {
+                    "nodes": self._ops.watch(nodes_prefix, prefix=True),
+                    "closed": self._ops.watch(k.closed(r)),
+                    "round": self._ops.watch(k.round, start_revision=since),
+                }
             )
             kvs, seen["nodes"] = await self._ops.range(nodes_prefix)
             joined = {kv.key[len(nodes_prefix) :]: self._joiner(kv) for kv in kvs}
@@ -673,9 +675,11 @@ class DynamicRendezvous:
                 # A restart: every live member of round r-1, and every waiting
                 # node, is expected (see machine.close_decision).
                 prev = await self._members_of(r - 1, _decode_closed(pkv))
-                await asyncio.gather(
-                    mux.start("prev", self._ops.watch(prev_prefix, prefix=True)),
-                    mux.start("waiting", self._ops.watch(k.waiting, prefix=True)),
+                await mux.start_all(
+                    {
+                        "prev": self._ops.watch(prev_prefix, prefix=True),
+                        "waiting": self._ops.watch(k.waiting, prefix=True),
+                    }
                 )
                 live, seen["prev"] = await self._ops.range(prev_prefix)
                 prev_ids = {mm.node_id for mm in prev.members}
