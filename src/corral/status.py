@@ -63,6 +63,7 @@ class JobStatus:
     outcome: Outcome | None = None
     incidents: list[dict[str, Any]] = field(default_factory=list)  # docs/events.md
     goodput: float | None = None
+    progress: list[tuple[int, int, float]] = field(default_factory=list)  # docs/hangs.md
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -115,6 +116,9 @@ async def read_status(store: Store, *, run_id: str, prefix: str, label: str) -> 
         st.joining = list(live.values())
     waiting_kvs, _ = await store.range(k.waiting)
     st.waiting = [decode_node(kv.value) for kv in waiting_kvs]
+    from corral.hangs.view import read_progress
+
+    st.progress = await read_progress(store, k.base, r)  # only with --hang-timeout
     for rr in (r, r - 1):  # the latest failures: this round's, else the previous one's
         if rr < 0:
             break
@@ -128,6 +132,8 @@ async def read_status(store: Store, *, run_id: str, prefix: str, label: str) -> 
 
 
 def _failure_line(f: FailureReport) -> str:
+    if f.hang and f.message:
+        return f.message  # "hang: rank R (...) step S, no progress for X s"
     if f.lost and f.message:
         return f.message  # a whole node lost: the message names it
     how = f"died of {f.signal_name}" if f.exitcode < 0 else f"exited with code {f.exitcode}"
@@ -183,6 +189,12 @@ def render(st: JobStatus) -> str:
                 f"  {row.group_rank:>4}  {ranks:>9}  {n.addr:<15}  {n.host[:12]:<12}  "
                 f"{row.state:<5}  {n.node_id}"
             )
+    if st.progress and st.outcome is None:
+        import time
+
+        from corral.hangs.view import progress_lines
+
+        lines.extend(progress_lines(st.progress, time.time()))
     if st.joining:
         lines.append(f"joining round {st.round}: " + ", ".join(_who(n) for n in st.joining))
     if st.waiting:
