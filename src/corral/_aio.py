@@ -16,19 +16,20 @@ Two helpers, used everywhere outside the worker layer instead of bare
 * :class:`Background` is the scope of an *object* whose tasks outlive any one
   of its calls (a store's lease timer, a rendezvous's keep-alive): the object
   starts them, its ``close`` ends them (:meth:`Background.aclose`), and the
-  first error of one is kept, signalled (:attr:`Background.failed`) and raised
-  by the object's next wait on it (:meth:`Background.wait_failed`) and by
-  ``aclose``.
+  first error of one is kept, signalled (:attr:`Background.failed`, and to
+  :meth:`Background.subscribe`'s listeners, e.g. a watch multiplexer that then
+  ends its block with it) and raised by ``aclose``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn
+from typing import Any
 
 from corral._compat import TaskGroup
 
@@ -114,9 +115,9 @@ class Background:
     ``start`` runs a coroutine as a task the object owns; ``aclose`` cancels
     and awaits all of them, then raises the first error any had (bare). A task
     that fails (anything but cancellation) records its error and sets
-    :attr:`failed`, so the owner sees it at once: it races
-    :meth:`wait_failed` beside its own waits (e.g. as a source of its watch
-    multiplexer), or calls :meth:`check`.
+    :attr:`failed` and calls the :meth:`subscribe` listeners, so the owner
+    sees it at once (its watch multiplexer ends the wait in progress with it),
+    or calls :meth:`check`.
     """
 
     def __init__(self, name: str) -> None:
@@ -124,6 +125,7 @@ class Background:
         self.failed = asyncio.Event()
         self.error: BaseException | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._listeners: list[Callable[[BaseException], None]] = []
 
     def start(self, coro: Any, *, name: str | None = None) -> asyncio.Task[Any]:
         """Run ``coro`` as a task of this owner; returns it (to :meth:`stop` it alone)."""
@@ -141,6 +143,23 @@ class Background:
             log.error("%s: background task %s failed: %r", self.name, task.get_name(), exc)
             self.error = exc
             self.failed.set()
+            for listener in list(self._listeners):
+                listener(exc)
+
+    def subscribe(self, listener: Callable[[BaseException], None]) -> None:
+        """Call ``listener(error)`` when a task fails (at once if one has).
+
+        A callback, not a waiting task: an owner that waits often (a watch
+        multiplexer per rendezvous step) pays nothing until a failure.
+        """
+        if self.error is not None:
+            listener(self.error)
+        else:
+            self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[BaseException], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     async def stop(self, task: asyncio.Task[Any] | None) -> None:
         """Cancel one task and wait for it to end (its error, if any, stays recorded)."""
@@ -153,12 +172,6 @@ class Background:
         """Raise the first error of a task, if one failed."""
         if self.error is not None:
             raise self.error
-
-    async def wait_failed(self) -> NoReturn:
-        """Wait until a task fails, then raise its error."""
-        await self.failed.wait()
-        assert self.error is not None
-        raise self.error
 
     async def aclose(self) -> None:
         """Cancel every task, wait for all, then raise the first error any had."""

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from corral._aio import first_of, task_scope
+from corral._aio import Background, first_of, task_scope
 from corral.errors import StoreUnavailable
 
 pytestmark = pytest.mark.timeout(10)
@@ -96,3 +96,29 @@ async def test_a_background_failure_interrupts_a_race_in_the_same_scope() -> Non
             tg.create_task(_fail_after(go, ValueError("liveness")))
             asyncio.get_running_loop().call_soon(go.set)
             await first_of(asyncio.Event().wait(), asyncio.Event().wait())
+
+
+async def test_background_keeps_signals_and_raises_the_first_error() -> None:
+    bg = Background("owner")
+    seen: list[BaseException] = []
+    bg.subscribe(seen.append)
+    go = asyncio.Event()
+    quiet = bg.start(asyncio.Event().wait(), name="quiet")
+    bg.start(_fail_after(go, KeyError("first")), name="failing")
+    go.set()
+    await asyncio.wait_for(bg.failed.wait(), 5)
+    assert isinstance(bg.error, KeyError) and seen == [bg.error]
+    late: list[BaseException] = []
+    bg.subscribe(late.append)  # a listener that comes after the failure hears it at once
+    assert late == [bg.error]
+    with pytest.raises(KeyError, match="first"):
+        await bg.aclose()
+    assert quiet.cancelled()
+
+
+async def test_background_stop_ends_one_task_quietly() -> None:
+    bg = Background("owner")
+    t = bg.start(asyncio.Event().wait())
+    await bg.stop(t)
+    assert t.cancelled() and bg.error is None
+    await bg.aclose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from corral._aio import Background, task_scope
@@ -35,6 +35,7 @@ class Mux:
         self._tg = tg
         self._q: asyncio.Queue[Item] = asyncio.Queue()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._subscriptions: list[tuple[Background, Callable[[BaseException], None]]] = []
 
     def add(self, tag: str, cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]) -> None:
         self.drop(tag)
@@ -70,10 +71,19 @@ class Mux:
         self.drop(tag)
         self._tasks[tag] = self._tg.create_task(self._signal(tag, ev))
 
-    def add_failure(self, tag: str, owner: Background) -> None:
-        """End the block with the error of ``owner``'s first failed task, at once."""
-        self.drop(tag)
-        self._tasks[tag] = self._tg.create_task(owner.wait_failed())
+    def add_failure(self, owner: Background) -> None:
+        """End the block with the error of ``owner``'s first failed task, at once.
+
+        A subscription, not a task: nothing runs until a failure, when a task
+        that raises the error is started in the block's group (which then ends
+        the block with it).
+        """
+
+        def fail(exc: BaseException) -> None:
+            self._tg.create_task(_reraise(exc))
+
+        owner.subscribe(fail)
+        self._subscriptions.append((owner, fail))
 
     def drop(self, tag: str) -> None:
         t = self._tasks.pop(tag, None)
@@ -123,6 +133,13 @@ class Mux:
         self._tasks.clear()
         for t in tasks:
             t.cancel()
+        for owner, listener in self._subscriptions:
+            owner.unsubscribe(listener)
+        self._subscriptions.clear()
+
+
+async def _reraise(exc: BaseException) -> None:
+    raise exc
 
 
 @asynccontextmanager

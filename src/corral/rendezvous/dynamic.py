@@ -687,7 +687,7 @@ class DynamicRendezvous:
                 wkvs, seen["waiting"] = await self._ops.range(k.waiting)
                 expected |= {kv.key[len(k.waiting) :] for kv in wkvs}
             mux.add_event("evicted", self._evicted)
-            mux.add_failure("background", self._tasks)
+            mux.add_failure(self._tasks)
             now = self._clock.now()
             min_at: float | None = now if len(joined) >= self._min else None
             last_arrival = now
@@ -787,7 +787,7 @@ class DynamicRendezvous:
         async with watching() as mux:
             mux.add("round", self._ops.watch(self._k.round, start_revision=ptr_rev + 1))
             mux.add_event("evicted", self._evicted)
-            mux.add_failure("background", self._tasks)
+            mux.add_failure(self._tasks)
             while True:
                 kvs, rev = await self._ops.range(nodes_prefix)
                 members = {mm.node_id for mm in closed.members}
@@ -832,7 +832,7 @@ class DynamicRendezvous:
         async with watching() as mux:
             mux.add("round", self._ops.watch(self._k.round, start_revision=start))
             mux.add_event("evicted", self._evicted)
-            mux.add_failure("background", self._tasks)
+            mux.add_failure(self._tasks)
             if n > 1:
                 mux.add("pred", self._ops.watch(self._k.node(r, pred_id), start_revision=start))
             if rank == 0 and n < self._max:
