@@ -17,10 +17,11 @@ import socket
 import sys
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from types import FrameType
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from corral._aio import first_of, task_scope
 from corral.agent.policy import ImmediatePolicy, RestartPolicy
@@ -43,11 +44,24 @@ from corral.rendezvous.api import Decision, NodeDesc, Rendezvous, RoundChange, R
 from corral.rendezvous.liveness import PeerLiveness
 from corral.reporting.failures import FailureReport
 
+if TYPE_CHECKING:  # annotations only: these load lazily, when the agent first needs them
+    from corral.events.observe import Observers
+    from corral.hangs.watch import HangWatch
+    from corral.store.api import Store
+    from corral.store.tcp.server import StoreServer
+    from corral.workers.group import GroupResult, WorkerGroup
+    from corral.workers.logs import RunLogs
+    from corral.workers.reaper import Reaper
+    from corral.workers.spec import WorkerSpec
+    from corral.workers.standby import StandbyPool
+
 __all__ = ["Agent", "AgentHooks"]
 
 log = logging.getLogger("corral.agent")
 
 T = TypeVar("T")
+# what signal.getsignal returns and signal.signal takes back
+_Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 
 def _summary(root: FailureReport | None) -> str:
@@ -120,22 +134,22 @@ class Agent:
         self.hooks = hooks or AgentHooks()
         self.policy: RestartPolicy = policy or ImmediatePolicy()
         self.handle_signals = handle_signals
-        self.results: dict[int, Any] = {}
+        self.results: dict[int, object] = {}
         self.machine = StateMachine()
         self.host = socket.gethostname()
         self.node_id = f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._signal_event = asyncio.Event()
         self._events = events  # the caller's EventSink (docs/events.md)
-        self.observers: Any = None  # corral.events.observe.Observers, while executing
+        self.observers: Observers | None = None  # while executing
         self._round = -1
         self._signum = 0
-        self._group: Any = None
-        self._standbys: Any = None  # corral.workers.standby.StandbyPool (--prestart)
-        self._server: Any = None
+        self._group: WorkerGroup | None = None
+        self._standbys: StandbyPool | None = None  # --prestart
+        self._server: StoreServer | None = None
         self._liveness: PeerLiveness | None = None
         self._told: Interrupted | None = None  # what a handled signal ended this agent with
-        self._store: Any = None  # the job's store, once open (hang records: docs/hangs.md)
-        self._hangs: Any = None  # corral.hangs.watch.HangWatch with --hang-timeout
+        self._store: Store | None = None  # the job's store, once open (docs/hangs.md)
+        self._hangs: HangWatch | None = None  # with --hang-timeout
         self.root_cause: FailureReport | None = None
 
     # -- public ---------------------------------------------------------------
@@ -161,7 +175,7 @@ class Agent:
             return 1
         return 0
 
-    async def execute(self) -> dict[int, Any]:
+    async def execute(self) -> dict[int, object]:
         """Run until the job ends; return this node's results by global rank.
 
         A worker's result is what a function entrypoint returned (read from the
@@ -180,7 +194,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         reaper = Reaper()
         reaper.start()
-        installed: dict[int, Any] = {}
+        installed: dict[int, _Handler] = {}
         try:
             installed = self._install_signal_handlers(loop)
             async with AsyncExitStack() as stack:
@@ -231,7 +245,7 @@ class Agent:
     def worker_env(
         self,
         base_env: Mapping[str, str],
-        spec: Any,
+        spec: WorkerSpec,
         rnd: RoundInfo,
         local_rank: int,
         error_file: str,
@@ -245,11 +259,11 @@ class Agent:
 
         return worker_env(base_env, spec, rnd, local_rank, error_file)
 
-    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> dict[int, Any]:
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> dict[int, _Handler]:
         handle = self.handle_signals
         if handle is None:
             handle = threading.current_thread() is threading.main_thread()
-        installed: dict[int, Any] = {}
+        installed: dict[int, _Handler] = {}
         if not handle:
             return installed
         try:
@@ -266,7 +280,9 @@ class Agent:
         return installed
 
     @staticmethod
-    def _remove_signal_handlers(loop: asyncio.AbstractEventLoop, installed: dict[int, Any]) -> None:
+    def _remove_signal_handlers(
+        loop: asyncio.AbstractEventLoop, installed: dict[int, _Handler]
+    ) -> None:
         for sig, previous in installed.items():
             loop.remove_signal_handler(sig)
             if previous is not None:  # restore the caller's handler (corral.launch)
@@ -274,7 +290,7 @@ class Agent:
 
     # -- the loop -------------------------------------------------------------
 
-    async def _loop(self, rdzv: Rendezvous, logs: Any, reaper: Any) -> int:
+    async def _loop(self, rdzv: Rendezvous, logs: RunLogs, reaper: Reaper) -> int:
         from corral.workers.group import WorkerGroup
         from corral.workers.spec import WorkerSpec
 
@@ -398,7 +414,9 @@ class Agent:
             ]
             raise WorkerFailed(_summary(root), [root, *others])
 
-    async def _race_group(self, group: Any, rdzv: Rendezvous, rnd: RoundInfo) -> Any:
+    async def _race_group(
+        self, group: WorkerGroup, rdzv: Rendezvous, rnd: RoundInfo
+    ) -> GroupResult | RoundChange:
         """Wait for the first of: a signal, the group's result, the round's end.
 
         The liveness watch (it never returns: it revokes a dead predecessor's
@@ -418,7 +436,9 @@ class Agent:
                 if i == 3:  # a hang: the group fails with the hang's reports
                     from corral.workers.group import GroupResult
 
-                    return GroupResult(succeeded=False, failures=result)
+                    return GroupResult(
+                        succeeded=False, failures=cast("list[FailureReport]", result)
+                    )
                 if i == 0:
                     # the signal was forwarded already; tell the job (--on-signal: stop
                     # it everywhere, or leave it), give the workers the shutdown timeout
@@ -427,12 +447,12 @@ class Agent:
                         told = tg.create_task(self._tell_job(rdzv, rnd))
                         await group.stop(self.cfg.shutdown_timeout, first_signal=None)
                     raise told.result()
-                return result
+                return cast("GroupResult | RoundChange", result)
             finally:
                 if live is not None:
                     live.cancel()  # the scope awaits it
 
-    def _hang_watch(self) -> Any:
+    def _hang_watch(self) -> HangWatch | None:
         """The node's hang detector (made once, at the first group), or None when off."""
         if self.cfg.hang_timeout is None:
             return None
@@ -464,7 +484,7 @@ class Agent:
             raise Interrupted(self._signum)
         return cast(T, result)
 
-    async def _stop(self, group: Any) -> None:
+    async def _stop(self, group: WorkerGroup) -> None:
         t0 = self.clock.now()
         await group.stop(self.cfg.shutdown_timeout)
         self._emit(ev.WorkersStopped, group.rnd.round, seconds=self.clock.now() - t0)
@@ -496,11 +516,13 @@ class Agent:
             return
         print(render_root_cause(report, max(total, 1)), file=sys.stderr, flush=True)
 
-    def _read_results(self, group: Any) -> dict[int, Any]:
+    def _read_results(self, group: WorkerGroup) -> dict[int, object]:
         """Each worker's result by global rank (None where it wrote none: a command)."""
         from corral.workers._fn_entry import read_result
 
         logs, offset = group.logs, group.rnd.rank_offset
+        if logs is None:  # never started: no worker wrote a result
+            return {}
         return {
             offset + local_rank: read_result(logs.rank_dir(local_rank))
             for local_rank in range(group.spec.local_world_size)
@@ -517,7 +539,7 @@ class Agent:
 
     # -- events (docs/events.md) ------------------------------------------------
 
-    def _emit(self, cls: type[ev.Event], round: int, **fields: Any) -> None:
+    def _emit(self, cls: type[ev.Event], round: int, **fields: object) -> None:
         """Hand an event to the sinks; nothing is built when nobody listens."""
         if self.observers is not None and self.observers.sink:
             self.observers.emit(cls, round, **fields)
@@ -528,15 +550,23 @@ class Agent:
         self._round = rnd.round
         round_closed(self, rnd, local_world_size)
 
-    def _workers_started(self, group: Any, rnd: RoundInfo, attempt: int) -> None:
+    def _workers_started(self, group: WorkerGroup, rnd: RoundInfo, attempt: int) -> None:
         from corral.events.agent import workers_started
 
         workers_started(self, group, rnd, attempt)
 
-    def _round_over(self, rnd: RoundInfo, cause: str, detail: str, **kw: Any) -> None:
+    def _round_over(
+        self,
+        rnd: RoundInfo,
+        cause: str,
+        detail: str,
+        *,
+        exited: Mapping[int, int] | None = None,
+        failed: Sequence[FailureReport] = (),
+    ) -> None:
         from corral.events.agent import round_over
 
-        round_over(self, rnd, cause, detail, **kw)
+        round_over(self, rnd, cause, detail, exited=exited, failed=failed)
 
     def _restart(self, rnd: RoundInfo, cause: str, detail: str) -> None:
         if cause != "job_ended":
