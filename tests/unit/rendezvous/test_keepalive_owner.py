@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from tests.unit.rendezvous.conftest import Job, advance, spin
 
 pytestmark = pytest.mark.timeout(10)

@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from corral._compat import timeout
-from corral.rendezvous.liveness import PeerLiveness
 from corral.rendezvous.api import RoundInfo
+from corral.rendezvous.liveness import PeerLiveness
 from corral.store.memory import MemoryStore
 
 pytestmark = pytest.mark.timeout(10)
