@@ -15,7 +15,8 @@ Session (schema version :data:`VERSION`):
 Then the client sends requests, each with a client-chosen ``id`` (> 0), any
 number of them before the answers come back (pipelining); each gets exactly one
 reply with the same id. A ``Watch`` request's id is also the watch id that its
-``Events`` carry; ``CancelWatch`` has no reply.
+``Events`` carry; ``CancelWatch`` has no reply. The messages themselves are
+frozen dataclasses (:mod:`corral.store.tcp.messages`, re-exported here).
 """
 
 from __future__ import annotations
@@ -23,11 +24,37 @@ from __future__ import annotations
 import json
 from base64 import b64decode, b64encode
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from corral.errors import ProtocolError
 from corral.store.api import EventType, KeyValue, WatchEvent, WriteResult
+from corral.store.tcp.messages import (
+    CancelWatch,
+    Challenge,
+    CompareAndSet,
+    CountReply,
+    Create,
+    Delete,
+    DoneReply,
+    ErrorReply,
+    Events,
+    Get,
+    Grant,
+    Hello,
+    KeepAlive,
+    KvReply,
+    LeaseReply,
+    Message,
+    Put,
+    Range,
+    RangeReply,
+    RevisionReply,
+    Revoke,
+    Watch,
+    WatchEnded,
+    Welcome,
+    WriteReply,
+)
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -65,204 +92,6 @@ __all__ = [
 
 VERSION = 1
 DEFAULT_MAX_FRAME = 8 * 1024 * 1024
-
-# --- session -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Challenge:
-    version: int
-    nonce: str
-    auth: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    version: int
-    mac: str
-
-
-@dataclass(frozen=True, slots=True)
-class Welcome:
-    version: int
-
-
-# --- requests (client -> server) -------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Get:
-    id: int
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class Range:
-    id: int
-    prefix: str
-
-
-@dataclass(frozen=True, slots=True)
-class Put:
-    id: int
-    key: str
-    value: bytes
-    lease: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Create:
-    id: int
-    key: str
-    value: bytes
-    lease: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class CompareAndSet:
-    id: int
-    key: str
-    value: bytes
-    expected_mod_revision: int
-    lease: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Delete:
-    id: int
-    key: str
-    prefix: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    id: int
-    ttl: float
-
-
-@dataclass(frozen=True, slots=True)
-class KeepAlive:
-    id: int
-    lease: int
-
-
-@dataclass(frozen=True, slots=True)
-class Revoke:
-    id: int
-    lease: int
-
-
-@dataclass(frozen=True, slots=True)
-class Watch:
-    id: int
-    key: str
-    prefix: bool = False
-    start_revision: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class CancelWatch:
-    watch_id: int
-
-
-# --- replies (server -> client) --------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class KvReply:
-    id: int
-    kv: KeyValue | None
-
-
-@dataclass(frozen=True, slots=True)
-class RangeReply:
-    id: int
-    kvs: tuple[KeyValue, ...]
-    revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class RevisionReply:
-    id: int
-    revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class WriteReply:
-    id: int
-    result: WriteResult
-
-
-@dataclass(frozen=True, slots=True)
-class CountReply:
-    id: int
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseReply:
-    id: int
-    lease: int
-    ttl: float
-
-
-@dataclass(frozen=True, slots=True)
-class DoneReply:
-    id: int
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorReply:
-    """A failed request (``id`` > 0), or the connection's end (``id`` 0).
-
-    Codes: ``lease_not_found``, ``compacted``, ``invalid``, ``limit``, ``auth``,
-    ``version``, ``protocol``, ``internal``.
-    """
-
-    id: int
-    code: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Events:
-    watch_id: int
-    events: tuple[WatchEvent, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class WatchEnded:
-    watch_id: int
-    code: str
-    message: str
-
-
-Message = (
-    Challenge
-    | Hello
-    | Welcome
-    | Get
-    | Range
-    | Put
-    | Create
-    | CompareAndSet
-    | Delete
-    | Grant
-    | KeepAlive
-    | Revoke
-    | Watch
-    | CancelWatch
-    | KvReply
-    | RangeReply
-    | RevisionReply
-    | WriteReply
-    | CountReply
-    | LeaseReply
-    | DoneReply
-    | ErrorReply
-    | Events
-    | WatchEnded
-)
 
 # --- encoding ----------------------------------------------------------------------
 
