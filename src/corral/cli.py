@@ -168,8 +168,9 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     ),
     (
         ("--prestart-import", "--prestart_import"),
-        "torch",
-        "With --prestart: modules imported in advance, comma-separated (skipped if not installed).",
+        "torch,torch._dynamo",
+        "With --prestart: modules imported in advance, comma-separated (skipped if not "
+        "installed; torch._dynamo is what torch's first optimizer imports).",
     ),
     (
         ("--metrics-addr", "--metrics_addr"),

@@ -407,7 +407,8 @@ class LaunchConfig:
     metrics_addr: str = "0.0.0.0"  # where --metrics-port listens
     collapse_logs: bool = False  # one console line for a line many local ranks print
     prestart: bool = False  # pre-started workers (docs/workers.md)
-    prestart_imports: tuple[str, ...] = ("torch",)  # imported in advance when installed
+    # imported in advance when installed; torch._dynamo: what torch's first optimizer imports
+    prestart_imports: tuple[str, ...] = ("torch", "torch._dynamo")
 
     def __post_init__(self) -> None:
         nnodes = f"{self.min_nodes}:{self.max_nodes}"

@@ -61,6 +61,30 @@ def _probe_idle() -> bool:
     return bool(ok)
 
 
+def _autogroup_nice(nice: int) -> bool:
+    """Set this session's autogroup nice value (Linux with autogroup; False elsewhere).
+
+    The standby leads its own session, hence its own autogroup, and the kernel
+    shares CPU fairly *between* autogroups whatever the policy of the threads
+    inside: SCHED_IDLE alone does not yield to the workers' sessions. Raising
+    the value needs no privilege, nor does lowering it back to 0 (only values
+    below 0 do); unprivileged writes are limited to one every 100 ms machine
+    wide, so EAGAIN is retried.
+    """
+    import time
+
+    for _ in range(300):
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write(str(nice))
+            return True
+        except BlockingIOError:  # EAGAIN: another write within 100 ms
+            time.sleep(0.01)
+        except OSError:
+            return False
+    return False
+
+
 def _set_policy(policy: int, all_threads: bool) -> None:
     tids = [0]
     if all_threads:
@@ -73,6 +97,29 @@ def _set_policy(policy: int, all_threads: bool) -> None:
             os.sched_setscheduler(tid, policy, os.sched_param(0))
         except OSError:
             pass
+
+
+def _restore_on_assignment(fd: int, grouped: bool) -> Any:
+    """A helper thread: once the assignment arrives, every thread leaves SCHED_IDLE.
+
+    The main thread may still be importing (an assignment that came early): it
+    must not go on at idle priority. The thread ends there (or at EOF).
+    """
+    import select
+    import threading
+
+    def watch() -> None:
+        try:
+            select.select([fd], [], [])
+        except (OSError, ValueError):
+            pass
+        _set_policy(os.SCHED_OTHER, all_threads=True)
+        if grouped:
+            _autogroup_nice(0)
+
+    t = threading.Thread(target=watch, name="corral-standby", daemon=True)
+    t.start()
+    return t
 
 
 def _read_all(fd: int) -> bytes:
@@ -212,6 +259,8 @@ def main() -> None:
     idle = bool(conf.get("idle")) and _probe_idle()
     if idle:
         _set_policy(os.SCHED_IDLE, all_threads=False)  # threads started by imports inherit it
+        grouped = _autogroup_nice(19)
+        watcher = _restore_on_assignment(fd, grouped)
     import importlib
     import importlib.util
 
@@ -230,6 +279,7 @@ def main() -> None:
         os._exit(0)
     msg, fds = got
     if idle:
+        watcher.join()  # it restored every thread's policy and ended
         _set_policy(os.SCHED_OTHER, all_threads=True)
     sys.stdout.flush()
     sys.stderr.flush()

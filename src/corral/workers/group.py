@@ -339,7 +339,9 @@ class WorkerGroup:
         sent = first_signal if signalled else None
         if self.standbys is not None and self.standbys.detach_stops:
             if self.standbys.detach(self._finish_stop(timeout, sent)):
-                log.debug("round %d: stopped workers finish dying in the background", self.rnd.round)
+                log.debug(
+                    "round %d: stopped workers finish dying in the background", self.rnd.round
+                )
                 return
         await self._finish_stop(timeout, sent)
 

@@ -178,7 +178,9 @@ class StandbyPool:
         spec: the worker spec (local world size, OMP rule).
         base_env: the agent's environment.
         reaper: the watchdog; every standby's group is registered on it.
-        idle: import at idle CPU priority when the standby can come back from it.
+        idle: the standbys started while workers run (:meth:`fill` from a group
+            start) import at idle CPU priority, when they can come back from it;
+            those started before the first round do not (nothing to protect).
         detach_stops: stopped groups finish dying in the background
             (:meth:`detach`); False: the agent waits for them.
     """
@@ -213,7 +215,7 @@ class StandbyPool:
     async def __aenter__(self) -> StandbyPool:
         self._tg = TaskGroup()
         await self._tg.__aenter__()
-        self.fill()  # before the first rendezvous: importing overlaps the gathering
+        self.fill(idle=False)  # before the first rendezvous: importing overlaps the gathering
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -235,13 +237,16 @@ class StandbyPool:
 
     # --- standbys ---------------------------------------------------------------
 
-    def fill(self) -> None:
-        """Start standbys until one per local rank is alive (returns at once)."""
+    def fill(self, idle: bool = True) -> None:
+        """Start standbys until one per local rank is alive (returns at once).
+
+        ``idle``: at idle CPU priority (a training runs meanwhile), if the pool's ``idle``.
+        """
         if self._closed or self.plan is None:
             return
         self._standbys = [sb for sb in self._standbys if not sb.dead]
         while len(self._standbys) < self.spec.local_world_size:
-            sb = self._start_one()
+            sb = self._start_one(idle and self.idle)
             if sb is None:
                 return
             self._standbys.append(sb)
@@ -267,12 +272,12 @@ class StandbyPool:
         """Pids of the standbys waiting for an assignment."""
         return [sb.pid for sb in self._standbys if not sb.dead]
 
-    def _start_one(self) -> Standby | None:
+    def _start_one(self, idle: bool) -> Standby | None:
         assert self.plan is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         marker = self.reaper.new_marker("s")
         env = {**self._env, MARKER_VAR: marker}
-        argv = [a.replace("{fd}", str(theirs.fileno())) for a in self.plan.argv(self.idle)]
+        argv = [a.replace("{fd}", str(theirs.fileno())) for a in self.plan.argv(idle)]
         try:
             with (
                 tempfile.TemporaryFile(prefix="corral-standby-out") as out,

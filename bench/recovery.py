@@ -1,0 +1,264 @@
+"""Recovery of a real DDP training: corral (with and without --prestart) and torchrun side by side.
+
+    python bench/recovery.py [--reps 3] [--launchers corral,corral-fresh,torchrun]
+
+A DDP training on gloo (2 workers, the model of examples/train_ddp.py, a
+checkpoint every 20 steps) crashes on rank 1 at step 60 of the first attempt
+(through torch's ``record``); the launcher restarts it (``--max-restarts 1``),
+it resumes from the checkpoint and trains for 4 more seconds. Figures, medians
+over the repetitions:
+
+(a) ``launch_to_first_step``: from the launcher's start to the moment every
+    rank has finished its first optimizer step;
+(b) ``crash_to_next_first_step``: from the crash (the raising rank's own
+    time.time()) to every rank's first step of the next attempt;
+(c) ``steps_per_s_after_restart``: rank 0's optimizer steps per second in the
+    first 2.5 s after the restart's first step, the window in which corral
+    prepares the next standby (a fresh interpreter importing torch);
+(d) ``standby_rss``: the resident size of one standby once it has imported
+    torch (corral --prestart only).
+
+``corral`` is ``python -m corral --prestart``, ``corral-fresh`` the same with
+``--no-prestart``, ``torchrun`` is ``python -m torch.distributed.run``; all
+get the same script and environment. Human lines first, then as the LAST line
+one JSON object: {"bench": "recovery", "figures": [{"name", "unit", "corral",
+"torchrun", "ratio"}]} ("corral" is corral --prestart; the corral-fresh
+figures are their own rows, named ``..._no_prestart``; a figure is null when
+that launcher failed in most repetitions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LAUNCHERS: dict[str, list[str]] = {
+    "corral": [sys.executable, "-m", "corral", "--prestart"],
+    "corral-fresh": [sys.executable, "-m", "corral", "--no-prestart"],
+    "torchrun": [sys.executable, "-m", "torch.distributed.run"],
+}
+
+CRASH_STEP = 60
+WINDOW = 2.5  # seconds of steps measured after the restart's first step
+AFTER = 4.0  # the restarted attempt trains this long, then ends
+
+# examples/train_ddp.py's model and data, instrumented: first-step times, a step log.
+TRAIN = r"""
+import json, os, sys, time
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+IN, HIDDEN, OUT, BATCH = 64, 256, 8, 64
+D = os.environ["BENCH_DIR"]
+
+def batch(step, rank):
+    g = torch.Generator().manual_seed(1234 * 1_000_003 + step * 1009 + rank)
+    x = torch.randn(BATCH, IN, generator=g)
+    w = torch.randn(IN, OUT, generator=torch.Generator().manual_seed(1234))
+    return x, torch.sin(x @ w)
+
+@record
+def main():
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    torch.manual_seed(1234)
+    model = nn.Sequential(nn.Linear(IN, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, HIDDEN), nn.Tanh(),
+                          nn.Linear(HIDDEN, OUT))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    ckpt = os.path.join(D, "ckpt.pt")
+    start = 0
+    if os.path.exists(ckpt):
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"]); opt.load_state_dict(state["optim"])
+        start = int(state["step"]) + 1
+    ddp = DDP(model)
+    dist.barrier()
+    loss_fn = nn.MSELoss()
+    times = []
+    t_end = None
+    step = start
+    try:
+        while True:
+            if attempt == "0" and step == CRASH_STEP and rank == 1:
+                with open(os.path.join(D, "crash"), "w") as f:
+                    f.write(repr(time.time()))
+                raise RuntimeError(f"injected crash at step {step}")
+            x, y = batch(step, rank)
+            opt.zero_grad(set_to_none=True)
+            loss_fn(ddp(x), y).backward()
+            opt.step()
+            now = time.time()
+            times.append(now)
+            if len(times) == 1:
+                with open(os.path.join(D, f"first_{attempt}_{rank}"), "w") as f:
+                    f.write(repr(now))
+                t_end = now + AFTER
+            if rank == 0 and (step + 1) % 20 == 0:
+                tmp = ckpt + ".tmp"
+                torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step}, tmp)
+                os.replace(tmp, ckpt)
+            step += 1
+            # every rank stops at the same step: rank 0 decides and tells the others
+            stop = torch.tensor([1 if (attempt != "0" and rank == 0 and now >= t_end) else 0])
+            dist.all_reduce(stop)
+            if stop.item():
+                break
+        if rank == 0:
+            with open(os.path.join(D, f"steps_{attempt}"), "w") as f:
+                json.dump(times, f)
+        dist.barrier()
+    finally:
+        del ddp
+        dist.destroy_process_group()
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "TORCHELASTIC_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    env["LOGLEVEL"] = "WARNING"
+    env.update(extra)
+    return env
+
+
+def _standby_rss(agent: int) -> int:
+    """KiB: the largest VmRSS of a standby (a descendant running _standby_boot.py) now."""
+    best = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if b"_standby_boot.py" not in cmd:
+                continue
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat.rpartition(")")[2].split()[1]) != agent:
+                continue
+            for line in Path(f"/proc/{entry}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    best = max(best, int(line.split()[1]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return best
+
+
+def one_run(launcher: str, script: Path) -> dict[str, float] | None:
+    with tempfile.TemporaryDirectory(prefix="bench-recovery-") as d:
+        cmd = [
+            *LAUNCHERS[launcher],
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--max-restarts",
+            "1",
+            "--monitor-interval",
+            "0.1",
+            str(script),
+        ]
+        t0 = time.time()
+        proc = subprocess.Popen(
+            cmd,
+            env=_env({"BENCH_DIR": d}),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        rss = 0
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            if launcher == "corral":
+                rss = max(rss, _standby_rss(proc.pid))
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        err = proc.stderr.read() if proc.stderr else ""
+        files = set(os.listdir(d))
+        need = {"crash", "first_0_0", "first_0_1", "first_1_0", "first_1_1", "steps_1"}
+        if proc.returncode != 0 or not need <= files:
+            tail = err.strip().splitlines()[-1:]
+            print(f"  {launcher}: exit {proc.returncode}, missing {sorted(need - files)}: {tail}")
+            return None
+        read = lambda name: float(Path(d, name).read_text())  # noqa: E731
+        steps: list[float] = json.loads(Path(d, "steps_1").read_text())
+        in_window = [t for t in steps if t <= steps[0] + WINDOW]
+        span = in_window[-1] - in_window[0]
+        out = {
+            "launch": max(read("first_0_0"), read("first_0_1")) - t0,
+            "recovery": max(read("first_1_0"), read("first_1_1")) - read("crash"),
+            "steps_per_s": (len(in_window) - 1) / span if span > 0 else 0.0,
+        }
+        if launcher == "corral":
+            out["rss"] = rss / 1024
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--launchers", default="corral,corral-fresh,torchrun")
+    args = parser.parse_args()
+    chosen = [n.strip() for n in args.launchers.split(",") if n.strip()]
+    work = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
+    script = work / "train.py"
+    script.write_text(TRAIN.replace("CRASH_STEP", str(CRASH_STEP)).replace("AFTER", repr(AFTER)))
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in LAUNCHERS}
+    for _ in range(args.reps):  # alternate the launchers, so drifts of the machine spread evenly
+        for name in LAUNCHERS:
+            if name in chosen:
+                r = one_run(name, script)
+                if r is not None:
+                    runs[name].append(r)
+
+    def med(name: str, key: str) -> float | None:
+        vals = [r[key] for r in runs[name] if key in r]
+        if len(vals) < max(1, args.reps // 2 + 1):
+            return None
+        return statistics.median(vals)
+
+    rows = [
+        ("launch_to_first_step", "s", "launch", "corral"),
+        ("crash_to_next_first_step", "s", "recovery", "corral"),
+        ("steps_per_s_after_restart", "steps/s", "steps_per_s", "corral"),
+        ("launch_to_first_step_no_prestart", "s", "launch", "corral-fresh"),
+        ("crash_to_next_first_step_no_prestart", "s", "recovery", "corral-fresh"),
+        ("steps_per_s_after_restart_no_prestart", "steps/s", "steps_per_s", "corral-fresh"),
+        ("standby_rss", "MiB", "rss", "corral"),
+    ]
+    figures: list[dict[str, object]] = []
+    for fig, unit, key, who in rows:
+        c = med(who, key)
+        t = med("torchrun", key) if key != "rss" else None
+        ratio = c / t if c is not None and t else None
+        shown = f"{who} {c:.3f}" if c is not None else f"{who} n/a"
+        shown += f"  torchrun {t:.3f}" if t is not None else "  torchrun n/a"
+        print(f"{fig:40s} {shown} {unit}" + (f"  ratio {ratio:.2f}" if ratio else ""), flush=True)
+        figures.append(
+            {
+                "name": fig,
+                "unit": unit,
+                "corral": None if c is None else round(c, 4),
+                "torchrun": None if t is None else round(t, 4),
+                "ratio": None if ratio is None else round(ratio, 3),
+            }
+        )
+    print(json.dumps({"bench": "recovery", "figures": figures}))
+
+
+if __name__ == "__main__":
+    main()
