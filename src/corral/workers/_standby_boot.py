@@ -123,20 +123,94 @@ def _restore_on_assignment(fd: int, grouped: bool) -> Any:
 
 
 def _read_all(fd: int) -> bytes:
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-    except OSError:
-        return b""
+    """The file behind ``fd`` from its start (pread: a zygote's forks share the offset)."""
     chunks = []
+    offset = 0
     while True:
         try:
-            chunk = os.read(fd, 1 << 16)
+            chunk = os.pread(fd, 1 << 16, offset)
         except OSError:
             break
         if not chunk:
             break
         chunks.append(chunk)
+        offset += len(chunk)
     return b"".join(chunks)
+
+
+def _zygote(ctrl_fd: int, agent_pid: int) -> int:
+    """Fork a standby for each request of the agent; returns (in a fork) the fork's socket.
+
+    A request is one byte with a socket descriptor (``SCM_RIGHTS``). The fork
+    forks again and its middle process exits, so the standby is re-parented
+    to the agent (a child subreaper): it leads its own session, arms
+    PDEATHSIG once the agent is its parent, and reseeds the random generators
+    that would otherwise repeat the zygote's. EOF on the control socket: exit.
+    """
+    import socket
+
+    ctrl = socket.socket(fileno=ctrl_fd)
+    _write_all(ctrl_fd, b"R%d\n" % os.getpid())
+    while True:
+        try:
+            _msg, fds, _flags, _addr = socket.recv_fds(ctrl, 1, 1)
+        except InterruptedError:
+            continue
+        except OSError:
+            os._exit(0)
+        if not _msg:
+            os._exit(0)
+        if not fds:
+            continue
+        middle = os.fork()
+        if middle == 0:
+            try:
+                if os.fork() != 0:
+                    os._exit(0)
+                ctrl.close()
+                os.setsid()
+                if _adopted(agent_pid):
+                    _reseed()
+                    return fds[0]
+            except BaseException:
+                pass
+            os._exit(70)
+        os.close(fds[0])
+        try:
+            os.waitpid(middle, 0)
+        except ChildProcessError:
+            pass
+
+
+def _adopted(agent_pid: int) -> bool:
+    """Wait to be re-parented to the agent, then die with it (PDEATHSIG)."""
+    import ctypes
+    import time
+
+    deadline = time.monotonic() + 5.0
+    while os.getppid() != agent_pid:
+        if time.monotonic() > deadline or os.getppid() == 1:
+            return False  # the agent is not a subreaper, or is gone
+        time.sleep(0.001)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+    return os.getppid() == agent_pid
+
+
+def _reseed() -> None:
+    """Fresh random state, as a freshly started interpreter would have (``random`` reseeds itself)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            torch.seed()
+        except Exception:
+            pass
+    np_random = sys.modules.get("numpy.random")
+    if np_random is not None:
+        try:
+            np_random.seed()
+        except Exception:
+            pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -270,8 +344,10 @@ def main() -> None:
                 importlib.import_module(name)
         except Exception:  # the worker meets the same error itself, in its own logs
             pass
+    if conf.get("zygote"):
+        fd = _zygote(fd, int(conf["agent_pid"]))  # returns in each fork: a standby
     try:
-        os.write(fd, b"R")
+        os.write(fd, b"R%d\n" % os.getpid())
     except OSError:  # the assignment may be waiting already (the agent closed its end)
         pass
     got = _receive(fd)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -39,6 +41,11 @@ log = logging.getLogger(__name__)
 
 #: After SIGKILL, how long to wait for the kernel to reap before giving up loudly.
 _KILL_GRACE = 10.0
+#: With detached stops: how often the running workers' error files are looked at.
+ERROR_FILE_POLL = 0.05
+#: The exit code reported for a worker whose error file came before its exit:
+#: what the uncaught exception that ``record`` re-raises makes of it.
+EARLY_EXITCODE = 1
 
 
 class GroupState(enum.Enum):
@@ -139,6 +146,8 @@ class WorkerGroup:
         #: ``CORRAL_WORKER_TOKEN`` of this group's processes (set by :meth:`start`).
         self.marker = ""
         self._pump_error: LauncherError | None = None
+        self._early: set[int] = set()  # local ranks whose error file was their failure
+        self._error_timer: asyncio.TimerHandle | None = None
 
     # --- state ----------------------------------------------------------------
 
@@ -195,7 +204,7 @@ class WorkerGroup:
         self._to(GroupState.RUNNING)
         for w in self.workers:
             w.on_pump_error = self._on_pump_error
-            standby = self.standbys.take() if self.standbys is not None else None
+            standby = await self.standbys.take() if self.standbys is not None else None
             if standby is not None:
                 w.spec = self.spec
             w.spawn(self._on_exit, standby)
@@ -204,6 +213,8 @@ class WorkerGroup:
                 self._registered.add(w.pid)
         if self.standbys is not None:
             self.standbys.fill()  # the next attempt's, in the background
+            if self.standbys.detach_stops:
+                self._watch_error_files()
         log.info(
             "started %d worker(s)%s for round %d (ranks %d..%d): pids %s; logs in %s",
             len(self.workers),
@@ -217,11 +228,46 @@ class WorkerGroup:
 
     # --- exits ----------------------------------------------------------------
 
+    def _watch_error_files(self) -> None:
+        """A running worker's error file is its failure: known before its (slow) exit.
+
+        Only with detached stops (``--prestart``, no GPU): the agent then goes
+        on at once, while the worker finishes dying. Its exit code is taken as
+        :data:`EARLY_EXITCODE`; a different one at its exit is logged.
+        """
+        self._error_timer = None
+        if self.state is not GroupState.RUNNING or self.logs is None:
+            return
+        found: list[tuple[int, WorkerProcess]] = []
+        for w in self.workers:
+            if w.running and w.local_rank not in self._early:
+                path = self.logs.error_file(w.local_rank)
+                if read_error_file(path) is not None:
+                    try:
+                        found.append((os.stat(path).st_mtime_ns, w))
+                    except OSError:
+                        continue
+        if found:  # several in one look (a peer failed of the first): the earliest first
+            for _, w in sorted(found, key=lambda f: f[0]):
+                self._early.add(w.local_rank)
+                log.debug("worker %d wrote its error file: a failure", w.local_rank)
+                self._failures.append(self._report(w, EARLY_EXITCODE))
+            self._to(GroupState.FAILED)
+            self._changed.set()
+            return
+        loop = asyncio.get_running_loop()
+        self._error_timer = loop.call_later(ERROR_FILE_POLL, self._watch_error_files)
+
     def _on_exit(self, w: WorkerProcess) -> None:
         self._exit_order.append(w)
         rc = w.returncode
         assert rc is not None
         log.debug("worker %d (pid %s) exited: %d", w.local_rank, w.pid, rc)
+        if w.local_rank in self._early:  # reported when its error file appeared
+            if rc != EARLY_EXITCODE:
+                log.info("worker %d, reported failed, exited with %d", w.local_rank, rc)
+            self._changed.set()
+            return
         if self.state is GroupState.RUNNING or (
             self.state in (GroupState.SUCCEEDED, GroupState.FAILED) and rc != 0
         ):
@@ -241,8 +287,10 @@ class WorkerGroup:
             self._pump_error.__cause__ = exc
         self._changed.set()
 
-    def _report(self, w: WorkerProcess) -> FailureReport:
-        assert w.returncode is not None and self.logs is not None
+    def _report(self, w: WorkerProcess, early: int | None = None) -> FailureReport:
+        """The failure of ``w``: at its exit, or ``early`` (its exit code to be) at its error file."""
+        rc = w.returncode if early is None else early
+        assert rc is not None and self.logs is not None
         err_path = self.logs.error_file(w.local_rank)
         parsed = read_error_file(err_path)
         message: str | None = w.spawn_error
@@ -256,11 +304,11 @@ class WorkerGroup:
             host=self.host,
             node_id=self.node_id,
             pid=w.pid or 0,
-            exitcode=w.returncode,
+            exitcode=rc,
             message=message,
             traceback=tb,
             stderr_tail=None if parsed is not None else w.stderr_tail(),
-            timestamp=w.exit_time,
+            timestamp=w.exit_time if early is None else time.time(),
             round=self.rnd.round,
             restart_count=self.rnd.restart_count,
             error_file=err_path if parsed is not None else None,
@@ -332,6 +380,9 @@ class WorkerGroup:
                 await self._changed.wait()
             return
         self._to(GroupState.STOPPING)
+        if self._error_timer is not None:
+            self._error_timer.cancel()
+            self._error_timer = None
         signalled = False
         if first_signal is not None and any(w.running for w in self.workers):
             self.send_signal(first_signal)
@@ -367,7 +418,12 @@ class WorkerGroup:
                 self.reaper.unregister(pgid)
             self._registered.clear()
             if self.marker:  # descendants that left the process group (setsid, daemons)
-                swept = await sweep(self.marker, known=self.reaper.known_children())
+                token = self.reaper.token
+                swept = await sweep(
+                    self.marker,
+                    known=self.reaper.known_children(),
+                    spare=(f"{token}.s", f"{token}.z"),  # standbys (a fork not registered yet)
+                )
                 if swept:
                     log.info("ended %d leftover process(es) of the workers: %s", len(swept), swept)
             self._to(GroupState.STOPPED)

@@ -27,7 +27,7 @@ from corral.workers.reaper import worker_preexec
 
 if TYPE_CHECKING:
     from corral.workers.spec import WorkerSpec
-    from corral.workers.standby import Standby
+    from corral.workers.standby import Proc, Standby
 
 __all__ = ["WorkerProcess"]
 
@@ -255,7 +255,7 @@ class WorkerProcess:
         self.returncode: int | None = None
         self.exit_time = 0.0
         self.spawn_error: str | None = None
-        self._popen: subprocess.Popen[bytes] | None = None
+        self._popen: Proc | None = None
         self._pidfd: int | None = None
         self._pumps: list[_Pump] = []
         self._on_exit: Callable[[WorkerProcess], None] | None = None
@@ -310,7 +310,7 @@ class WorkerProcess:
                     fds[name] = w
                     to_close.append(w)
                     pipes.append((r, plan, console))
-            if standby is not None and self._adopt(standby, fds):
+            if standby is not None and standby.proc is not None and self._adopt(standby, fds):
                 self._popen = standby.proc
                 self.prestarted = True
             else:
@@ -333,6 +333,7 @@ class WorkerProcess:
         finally:
             for fd in to_close:
                 os.close(fd)
+        assert self._popen is not None
         self.pid = self._popen.pid
         for r, plan, console in pipes:
             pump = _Pump(r, plan, console, self._pump_failed)
@@ -378,7 +379,8 @@ class WorkerProcess:
         if not ok:
             standby.kill()
             with contextlib.suppress(ChildProcessError):
-                standby.proc.wait()  # killed: it exits at once
+                if standby.proc is not None:
+                    standby.proc.wait()  # killed: it exits at once
         return ok
 
     def _pump_failed(self, exc: BaseException) -> None:

@@ -1,25 +1,30 @@
 """Pre-started workers (``--prestart``): standby interpreters that become the next attempt's workers.
 
-A standby is the worker's interpreter, started early with
-:mod:`corral.workers._standby_boot`: it imports the ``--prestart-import``
-modules (torch) and waits on a socket for its assignment. When a round
-closes, :class:`~corral.workers.process.WorkerProcess` hands a standby the
-worker's argv, environment, working directory and stdout/stderr descriptors,
-and the standby becomes that worker (see the boot module for how exactly).
-The pool keeps one standby per local rank ready: they are started before the
-first rendezvous (so importing overlaps the nodes' gathering) and again in the
-background after each group starts, at idle CPU priority.
+A standby is the worker's interpreter with the ``--prestart-import`` modules
+imported (:mod:`corral.workers._standby_boot`), waiting on a socket for its
+assignment. When a round closes, :class:`~corral.workers.process.WorkerProcess`
+hands a standby the worker's argv, environment, working directory and
+stdout/stderr descriptors, and the standby becomes that worker.
 
-A standby is an ordinary worker-to-be for the no-orphan guarantee: it leads
-its own session, carries PDEATHSIG and a marker (``CORRAL_WORKER_TOKEN``), and
-its process group is registered with the watchdog. A standby that dies before
-its assignment is dropped (the worker is spawned fresh instead); one that
-cannot be handed its assignment likewise.
+Where the agent owns its children (the CLI: :func:`corral.workers.sweep.claim_children`)
+the standbys come from a **zygote**: one standby process that imports once and
+then forks a standby per request (a fork of an interpreter that has imported
+torch costs a few milliseconds, not the seconds of importing again, so a new
+standby for the next attempt is ready at once and the running training does
+not feel it). Each fork double-forks so that it is re-parented to the agent
+(the subreaper): the agent reaps it and reads its exit status like any child.
+Elsewhere (``corral.launch`` inside a user's program) each standby is its own
+interpreter, and those started while a training runs import at idle priority.
 
-The pool also owns the agent's detached stops: a stopped group whose
-processes may finish dying in the background (see :meth:`StandbyPool.detach`
-and docs/workers.md) lives in the pool's task group, which the agent awaits
-when it leaves.
+The pool keeps one standby per local rank: started before the first
+rendezvous (importing overlaps the nodes' gathering) and again after each
+group start. A standby is a worker-to-be for the no-orphan guarantee: its own
+session, PDEATHSIG, a marker (``CORRAL_WORKER_TOKEN``), its group registered
+with the watchdog. One that dies before its assignment is dropped and the
+worker is spawned fresh.
+
+The pool also owns the agent's detached stops (:meth:`StandbyPool.detach`;
+docs/workers.md): they live in its task group, awaited when the agent leaves.
 """
 
 from __future__ import annotations
@@ -34,103 +39,80 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from corral._compat import TaskGroup
+from corral._compat import timeout as _compat_timeout
 from corral.config import LaunchConfig
+from corral.workers.prestart import PrestartPlan, gpus_present, prestart_plan, sys_argv
 from corral.workers.reaper import Reaper, worker_preexec
-from corral.workers.spec import RUN_PATH_BOOTSTRAP, WorkerSpec, needs_omp_notice
-from corral.workers.sweep import MARKER_VAR
+from corral.workers.spec import WorkerSpec, needs_omp_notice
+from corral.workers.sweep import MARKER_VAR, children_owned
 
-__all__ = ["BOOT", "PrestartPlan", "Standby", "StandbyPool", "pool_for", "prestart_plan"]
+__all__ = ["PrestartPlan", "Standby", "StandbyPool", "pool_for", "prestart_plan", "sys_argv"]
 
 log = logging.getLogger(__name__)
 
-#: The standby's program, run by path (the worker interpreter need not import corral).
-BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_standby_boot.py")
+#: How long a group start waits for a standby that has no pid yet (the zygote importing).
+TAKE_TIMEOUT = 120.0
 
 
-@dataclass(frozen=True)
-class PrestartPlan:
-    """What every standby of this node runs (nothing rank-dependent).
+class Proc(Protocol):
+    """What a worker needs of its process object: ``subprocess.Popen`` or :class:`Child`."""
 
-    Attributes:
-        mode: ``script``, ``module`` or ``run_path``.
-        entry: the script path or module name.
-        path0: ``sys.path[0]`` as the worker's interpreter sets it.
-        imports: modules to import in advance (those not installed are skipped).
-        python: the worker interpreter.
-    """
+    pid: int
+    returncode: int | None
 
-    mode: str
-    entry: str
-    path0: str
-    imports: tuple[str, ...]
-    python: str
+    def poll(self) -> int | None: ...
 
-    def argv(self, idle: bool) -> list[str]:
-        conf = {
-            "mode": self.mode,
-            "entry": self.entry,
-            "path0": self.path0,
-            "imports": list(self.imports),
-            "idle": idle,
-            "run_path_code": RUN_PATH_BOOTSTRAP if self.mode == "run_path" else "",
-        }
-        return [self.python, "-u", BOOT, "{fd}", json.dumps(conf)]
+    def wait(self, timeout: float | None = None) -> int: ...
 
 
-def prestart_plan(
-    spec: WorkerSpec, imports: tuple[str, ...], cwd: str | None = None
-) -> PrestartPlan | None:
-    """The standbys' plan for ``spec``; None when nothing can be pre-started.
+class Child:
+    """A child this process did not spawn (a zygote's fork, re-parented here): Popen's few calls."""
 
-    Nothing for ``--no-python``, nor for a script that is not a regular file
-    (a directory or zip archive with ``__main__.py``: spawned fresh).
-    """
-    if spec.no_python:
-        return None
-    cwd = cwd or os.getcwd()
-    if spec.module:
-        return PrestartPlan("module", spec.entrypoint, cwd, imports, spec.python_exec)
-    if spec.run_path:
-        return PrestartPlan("run_path", spec.entrypoint, "", imports, spec.python_exec)
-    path = os.path.join(cwd, spec.entrypoint)
-    if not os.path.isfile(path):
-        return None
-    return PrestartPlan(
-        "script",
-        spec.entrypoint,
-        os.path.dirname(os.path.realpath(path)),
-        imports,
-        spec.python_exec,
-    )
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
 
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
-def sys_argv(spec: WorkerSpec, argv: list[str]) -> list[str]:
-    """``sys.argv`` of a worker started with command ``argv`` (:func:`worker_argv`)."""
-    if spec.module:
-        return ["-m", *argv[4:]]
-    if spec.run_path:
-        return ["-c", *argv[4:]]
-    return argv[2:]
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                self.returncode = -9
+        return self.returncode
 
 
 class Standby:
-    """One standby process and the agent's end of its socket."""
+    """One standby (its pid once known) and the agent's end of its socket."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket, marker: str) -> None:
-        self.proc = proc
+    def __init__(self, sock: socket.socket, marker: str, proc: Proc | None = None) -> None:
         self.sock = sock
         self.marker = marker
+        self.proc = proc
         self.ready = False
         self.dead = False
         self.pidfd: int | None = None
+        self.known = asyncio.Event()  # the pid is known (a zygote's fork says it)
+        self._buf = b""
+        if proc is not None:
+            self.known.set()
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.proc.pid if self.proc is not None else 0
 
     def assign(
         self,
@@ -161,8 +143,9 @@ class Standby:
         return True
 
     def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            os.killpg(self.proc.pid, 9)  # unreaped here: the group id is still the standby's
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, 9)  # unreaped: the group id is still the standby's
         self.sock.close()
 
 
@@ -178,9 +161,10 @@ class StandbyPool:
         spec: the worker spec (local world size, OMP rule).
         base_env: the agent's environment.
         reaper: the watchdog; every standby's group is registered on it.
-        idle: the standbys started while workers run (:meth:`fill` from a group
-            start) import at idle CPU priority, when they can come back from it;
-            those started before the first round do not (nothing to protect).
+        zygote: fork standbys from one zygote (default: where this process owns
+            its children, :func:`~corral.workers.sweep.children_owned`).
+        idle: without a zygote, standbys started while workers run import at
+            idle CPU priority (when they can come back from it).
         detach_stops: stopped groups finish dying in the background
             (:meth:`detach`); False: the agent waits for them.
     """
@@ -192,12 +176,14 @@ class StandbyPool:
         base_env: Mapping[str, str],
         reaper: Reaper,
         *,
+        zygote: bool | None = None,
         idle: bool = True,
         detach_stops: bool = False,
     ) -> None:
         self.plan = plan
         self.spec = spec
         self.reaper = reaper
+        self.use_zygote = children_owned() if zygote is None else zygote
         self.idle = idle
         self.detach_stops = detach_stops
         env = dict(base_env)
@@ -208,13 +194,16 @@ class StandbyPool:
         env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         self._env = env
         self._standbys: list[Standby] = []
+        self._zygote: Standby | None = None
         self._tg: TaskGroup | None = None
         self._closed = False
-        self.started = 0  # standbys started (informational, tests)
+        self.started = 0  # standbys started or forked (informational, tests)
 
     async def __aenter__(self) -> StandbyPool:
         self._tg = TaskGroup()
         await self._tg.__aenter__()
+        if self.plan is not None and self.use_zygote:
+            self._zygote = self._spawn(idle=False, zygote=True)
         self.fill(idle=False)  # before the first rendezvous: importing overlaps the gathering
         return self
 
@@ -223,6 +212,8 @@ class StandbyPool:
         for sb in self._standbys:
             self._drop(sb)
         self._standbys.clear()
+        if self._zygote is not None:
+            self._drop(self._zygote)
         assert self._tg is not None
         # The children (stops finishing, standbys being reaped) end by themselves
         # within their timeouts: wait for them whatever ends the agent, and let
@@ -238,27 +229,39 @@ class StandbyPool:
     # --- standbys ---------------------------------------------------------------
 
     def fill(self, idle: bool = True) -> None:
-        """Start standbys until one per local rank is alive (returns at once).
+        """Start (or fork) standbys until one per local rank is alive; returns at once.
 
-        ``idle``: at idle CPU priority (a training runs meanwhile), if the pool's ``idle``.
+        ``idle``: a training runs meanwhile (for standbys that import themselves).
         """
         if self._closed or self.plan is None:
             return
         self._standbys = [sb for sb in self._standbys if not sb.dead]
         while len(self._standbys) < self.spec.local_world_size:
-            sb = self._start_one(idle and self.idle)
+            zygote = self._zygote
+            sb = self._fork(zygote) if zygote is not None and not zygote.dead else None
+            if sb is None:
+                sb = self._spawn(idle=idle and self.idle)
             if sb is None:
                 return
             self._standbys.append(sb)
 
-    def take(self) -> Standby | None:
-        """A live standby (ready or still importing) for one worker, or None.
+    async def take(self, timeout: float = TAKE_TIMEOUT) -> Standby | None:
+        """A live standby for one worker, or None (spawn it fresh then).
 
-        The caller owns it afterwards: the pool stops watching it.
+        A zygote's fork whose pid is not known yet (the zygote still importing)
+        is waited for, up to ``timeout`` s. The caller owns the standby after.
         """
         while self._standbys:
             sb = self._standbys.pop(0)
-            if sb.dead:
+            if not sb.dead and not sb.known.is_set():
+                try:
+                    async with _compat_timeout(timeout):
+                        await sb.known.wait()
+                except TimeoutError:
+                    log.warning("no standby after %.0fs; spawning the worker fresh", timeout)
+                    self._drop(sb)
+                    continue
+            if sb.dead or sb.proc is None:
                 continue
             self._unwatch(sb)
             if sb.proc.poll() is not None:  # died just now
@@ -269,15 +272,15 @@ class StandbyPool:
 
     @property
     def alive(self) -> list[int]:
-        """Pids of the standbys waiting for an assignment."""
-        return [sb.pid for sb in self._standbys if not sb.dead]
+        """Pids of the standbys waiting for an assignment (those known so far)."""
+        return [sb.pid for sb in self._standbys if not sb.dead and sb.proc is not None]
 
-    def _start_one(self, idle: bool) -> Standby | None:
+    def _spawn(self, *, idle: bool, zygote: bool = False) -> Standby | None:
         assert self.plan is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        marker = self.reaper.new_marker("s")
+        marker = self.reaper.new_marker("z" if zygote else "s")
         env = {**self._env, MARKER_VAR: marker}
-        argv = [a.replace("{fd}", str(theirs.fileno())) for a in self.plan.argv(idle)]
+        argv = self.plan.argv(theirs.fileno(), idle=idle, zygote=zygote)
         try:
             with (
                 tempfile.TemporaryFile(prefix="corral-standby-out") as out,
@@ -302,34 +305,76 @@ class StandbyPool:
             theirs.close()
         self.started += 1
         self.reaper.register(proc.pid)
-        sb = Standby(proc, ours, marker)
-        ours.setblocking(False)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(ours.fileno(), self._on_message, sb)
-        with contextlib.suppress(OSError):
-            sb.pidfd = os.pidfd_open(proc.pid)
-            loop.add_reader(sb.pidfd, self._on_death, sb)
-        log.debug("standby worker started: pid %d", proc.pid)
+        sb = Standby(ours, marker, proc)
+        self._watch(sb)
+        log.debug("%s started: pid %d", "zygote" if zygote else "standby worker", proc.pid)
         return sb
 
-    def _on_message(self, sb: Standby) -> None:
+    def _fork(self, zygote: Standby) -> Standby | None:
+        """Ask the zygote for a standby: it gets one end of a new socket and forks."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            data = sb.sock.recv(16)
+            zygote.sock.setblocking(True)
+            socket.send_fds(zygote.sock, [b"F"], [theirs.fileno()])
+        except OSError as exc:
+            log.info("the standby zygote is gone (%s); standbys start on their own", exc)
+            ours.close()
+            self._drop(zygote)
+            return None
+        finally:
+            zygote.sock.setblocking(False)
+            theirs.close()
+        self.started += 1
+        sb = Standby(ours, zygote.marker)
+        self._watch(sb)
+        return sb
+
+    def _watch(self, sb: Standby) -> None:
+        sb.sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sb.sock.fileno(), self._on_message, sb)
+        if sb.proc is not None:
+            self._watch_pid(sb)
+
+    def _watch_pid(self, sb: Standby) -> None:
+        assert sb.proc is not None
+        with contextlib.suppress(OSError):
+            sb.pidfd = os.pidfd_open(sb.proc.pid)
+            asyncio.get_running_loop().add_reader(sb.pidfd, self._on_death, sb)
+
+    def _on_message(self, sb: Standby) -> None:
+        """``R<pid>\\n`` when a standby is ready (a fork's pid arrives so); EOF when it is gone."""
+        try:
+            data = sb.sock.recv(64)
         except BlockingIOError:
             return
         except OSError:
             data = b""
-        if data:
-            sb.ready = True
+        if not data:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(sb.sock.fileno())
+            if sb.proc is None or sb is self._zygote:  # a fork that never came, the zygote
+                self._drop(sb)
             return
-        # EOF: the standby is gone (or going)
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(sb.sock.fileno())
+        sb._buf += data
+        while b"\n" in sb._buf:
+            line, sb._buf = sb._buf.split(b"\n", 1)
+            if line.startswith(b"R"):
+                sb.ready = True
+                if sb.proc is None and line[1:].isdigit():  # a fork: now re-parented here
+                    sb.proc = Child(int(line[1:]))
+                    self.reaper.register(sb.proc.pid)
+                    self._watch_pid(sb)
+                    sb.known.set()
 
     def _on_death(self, sb: Standby) -> None:
-        log.info("standby worker %d exited before its assignment (%s)", sb.pid, sb.proc.poll())
-        self._unwatch(sb)
-        self._forget(sb)
+        assert sb.proc is not None
+        log.info("standby %d exited before its assignment (%s)", sb.pid, sb.proc.poll())
+        self._drop(sb)
+        if sb is self._zygote:
+            for other in self._standbys:
+                if other.proc is None:
+                    self._drop(other)  # its fork will never come
 
     def _unwatch(self, sb: Standby) -> None:
         loop = asyncio.get_running_loop()
@@ -341,25 +386,30 @@ class StandbyPool:
             os.close(sb.pidfd)
             sb.pidfd = None
 
+    def _drop(self, sb: Standby) -> None:
+        """Stop watching ``sb``, kill it, reap it (in the background)."""
+        self._unwatch(sb)
+        if sb.dead:
+            return
+        self._forget(sb)
+
     def _forget(self, sb: Standby) -> None:
         sb.dead = True
+        sb.known.set()  # a take() waiting for it goes on
         sb.kill()
-        with contextlib.suppress(ChildProcessError):
-            sb.proc.poll()
+        if sb.proc is None:
+            return
+        sb.proc.poll()
         self.reaper.unregister(sb.pid)
         if self._tg is not None and sb.proc.returncode is None:
-            self._tg.create_task(self._reap(sb))
+            self._tg.create_task(self._reap(sb.proc))
 
-    def _drop(self, sb: Standby) -> None:
-        self._unwatch(sb)
-        if not sb.dead:
-            self._forget(sb)
-
-    async def _reap(self, sb: Standby) -> None:
+    async def _reap(self, proc: Proc) -> None:
         from corral.workers.sweep import wait_gone
 
-        await wait_gone([sb.pid], 5.0)  # reaps it: it is our child
-        sb.proc.returncode = sb.proc.returncode if sb.proc.returncode is not None else -9
+        await wait_gone([proc.pid], 5.0)  # reaps it: it is our child
+        if proc.returncode is None:
+            proc.returncode = -9
 
     # --- detached stops -----------------------------------------------------------
 
@@ -374,16 +424,6 @@ class StandbyPool:
             return False
         self._tg.create_task(coro)
         return True
-
-
-def gpus_present(environ: Mapping[str, str]) -> bool:
-    """NVIDIA devices are visible to the workers (so device memory matters at a restart)."""
-    if environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    try:
-        return bool(os.listdir("/proc/driver/nvidia/gpus"))
-    except OSError:
-        return os.path.exists("/dev/nvidia0")
 
 
 def pool_for(cfg: LaunchConfig, environ: Mapping[str, str], reaper: Reaper) -> StandbyPool:

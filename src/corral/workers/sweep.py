@@ -227,14 +227,22 @@ async def wait_gone(pids: Collection[int], timeout: float) -> list[int]:
     return [pid for pid in pending if pid not in gone]
 
 
-async def sweep(value: str, known: Collection[int] = (), timeout: float = 5.0) -> list[int]:
+async def sweep(
+    value: str,
+    known: Collection[int] = (),
+    timeout: float = 5.0,
+    spare: Collection[str] = (),
+) -> list[int]:
     """End every process that carries marker ``value`` (a prefix), and wait until they are gone.
 
     When this process owns its children (:func:`claim_children`), every child
     that is not in ``known`` (the live workers, standbys and the watchdog) is
-    an orphan of a worker and is ended too, marked or not. Children of this
+    an orphan of a worker and is ended too, marked or not, unless it carries
+    a marker starting with one of ``spare`` (a standby forked by the zygote,
+    re-parented here a moment before the pool registers it). Children of this
     process are reaped. Returns the pids that were killed.
     """
+    spared = [marker_needle(v) for v in spare]
     needle = marker_needle(value)
     killed: set[int] = set()
     for _ in range(100):
@@ -243,7 +251,9 @@ async def sweep(value: str, known: Collection[int] = (), timeout: float = 5.0) -
             for pid in _own_children():
                 st = _stat(pid)
                 if pid not in known and st is not None and st[0] not in ("Z", "X"):
-                    pids.add(pid)
+                    env = b"\0" + _environ(pid)
+                    if not any(n in env for n in spared):
+                        pids.add(pid)
         pids -= killed
         if not pids:
             break

@@ -1,0 +1,98 @@
+"""What the standbys of ``--prestart`` run: the plan (nothing rank-dependent), argv, GPU check."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from corral.workers.spec import RUN_PATH_BOOTSTRAP, WorkerSpec
+
+__all__ = ["BOOT", "PrestartPlan", "gpus_present", "prestart_plan", "sys_argv"]
+
+#: The standby's program, run by path (the worker interpreter need not import corral).
+BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_standby_boot.py")
+
+
+@dataclass(frozen=True)
+class PrestartPlan:
+    """What every standby of this node runs (nothing rank-dependent).
+
+    Attributes:
+        mode: ``script``, ``module`` or ``run_path``.
+        entry: the script path or module name.
+        path0: ``sys.path[0]`` as the worker's interpreter sets it.
+        imports: modules to import in advance (those not installed are skipped).
+        python: the worker interpreter.
+    """
+
+    mode: str
+    entry: str
+    path0: str
+    imports: tuple[str, ...]
+    python: str
+
+    def argv(self, fd: int, *, idle: bool = False, zygote: bool = False) -> list[str]:
+        """The standby's command line; ``fd``: its end of the agent's socket.
+
+        ``zygote``: import, then fork a standby for each request (see the boot
+        module); ``idle``: import at idle CPU priority.
+        """
+        conf = {
+            "mode": self.mode,
+            "entry": self.entry,
+            "path0": self.path0,
+            "imports": list(self.imports),
+            "idle": idle,
+            "zygote": zygote,
+            "agent_pid": os.getpid(),
+            "run_path_code": RUN_PATH_BOOTSTRAP if self.mode == "run_path" else "",
+        }
+        return [self.python, "-u", BOOT, str(fd), json.dumps(conf)]
+
+
+def prestart_plan(
+    spec: WorkerSpec, imports: tuple[str, ...], cwd: str | None = None
+) -> PrestartPlan | None:
+    """The standbys' plan for ``spec``; None when nothing can be pre-started.
+
+    Nothing for ``--no-python``, nor for a script that is not a regular file
+    (a directory or zip archive with ``__main__.py``: spawned fresh).
+    """
+    if spec.no_python:
+        return None
+    cwd = cwd or os.getcwd()
+    if spec.module:
+        return PrestartPlan("module", spec.entrypoint, cwd, imports, spec.python_exec)
+    if spec.run_path:
+        return PrestartPlan("run_path", spec.entrypoint, "", imports, spec.python_exec)
+    path = os.path.join(cwd, spec.entrypoint)
+    if not os.path.isfile(path):
+        return None
+    return PrestartPlan(
+        "script",
+        spec.entrypoint,
+        os.path.dirname(os.path.realpath(path)),
+        imports,
+        spec.python_exec,
+    )
+
+
+def sys_argv(spec: WorkerSpec, argv: list[str]) -> list[str]:
+    """``sys.argv`` of a worker started with command ``argv`` (:func:`worker_argv`)."""
+    if spec.module:
+        return ["-m", *argv[4:]]
+    if spec.run_path:
+        return ["-c", *argv[4:]]
+    return argv[2:]
+
+
+def gpus_present(environ: Mapping[str, str]) -> bool:
+    """NVIDIA devices are visible to the workers (so device memory matters at a restart)."""
+    if environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    try:
+        return bool(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return os.path.exists("/dev/nvidia0")
