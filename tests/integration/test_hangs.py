@@ -251,3 +251,30 @@ def test_option_off_changes_nothing_and_on_only_what_the_contract_says(tmp_path:
     diff = {k for k in set(off["env"]) | set(on["env"]) if off["env"].get(k) != on["env"].get(k)}
     assert diff - volatile == {"CORRAL_PROGRESS_FILE"}
     assert on["env"]["CORRAL_PROGRESS_FILE"].endswith("/0/progress") and on["progress_loaded"]
+
+
+STUCK = """
+import os, time, torch
+rank = int(os.environ["RANK"])
+m = torch.nn.Linear(2, 2)
+opt = torch.optim.SGD(m.parameters(), lr=0.1)
+def stuck_in_io():
+    while True:
+        time.sleep(3600)
+for step in range(1_000_000):
+    if rank == 1 and step == 30:
+        stuck_in_io()
+    opt.zero_grad(); m(torch.ones(2)).sum().backward(); opt.step()
+    time.sleep(0.01)
+"""
+
+
+def test_a_hang_with_no_restart_left_fails_the_job_as_a_hang(netns: NetNS, tmp_path: Path) -> None:
+    """Rank 1 stops while rank 0 goes on: rank 1 is behind, named, and the job exits 124."""
+    r = run_standalone(netns, tmp_path, STUCK, "--hang-timeout", "1", "--shutdown-timeout", "2")
+    assert r.returncode == 124, r.stderr[-3000:]
+    root = r.stderr[r.stderr.index("corral: worker rank 1") :]
+    assert root.splitlines()[0].endswith("hung (no progress within --hang-timeout)"), root
+    assert "culprit: rank 1 (node 0, local rank 1" in root and "stuck_in_io (" in root
+    assert "step 30, no progress for" in root
+    assert "failed with a hang" in r.stderr and "exit code -" not in r.stderr

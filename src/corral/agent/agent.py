@@ -71,7 +71,11 @@ def _summary(root: FailureReport | None) -> str:
     if root.lost and root.message:
         return f"job failed: {root.message}"  # a whole node lost, named in the message
     how = (
-        f"died of {root.signal_name}" if root.exitcode < 0 else f"exited with code {root.exitcode}"
+        "hung (no progress within --hang-timeout)"
+        if root.hang
+        else f"died of {root.signal_name}"
+        if root.exitcode < 0
+        else f"exited with code {root.exitcode}"
     )
     why = f": {root.message}" if root.message else ""
     return (
