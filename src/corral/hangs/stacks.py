@@ -62,7 +62,7 @@ def wait_channel(pid: int) -> str:
 
 
 async def dump(
-    pid: int, *, timeout: float = 5.0, py_spy: str | None = None
+    pid: int, *, timeout: float = 2.0, py_spy: str | None = None
 ) -> tuple[str | None, str]:
     """Every thread's Python stack of ``pid``: (``py-spy dump`` text or None, a note).
 
