@@ -20,6 +20,7 @@ rank saying where it waits.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "NodeHangs",
     "NodeProgress",
     "RankDump",
+    "clip",
     "culprits",
     "main_frames",
     "render",
@@ -44,6 +46,10 @@ _COLLECTIVE_PATHS = (
     "torch/_tensor.py",
 )
 _FROZEN_STATES = ("T", "t", "D")
+#: Bounds that keep a record and a report small at any scale (etcd takes 1.5 MiB a request).
+MAX_STACK_BYTES = 32 * 1024
+MAX_STACKS = 4  # culprits shown with their stacks
+MAX_LINES = 64  # other ranks shown one per line; the rest are counted by where they wait
 
 
 @dataclass(frozen=True)
@@ -227,19 +233,32 @@ def render(nodes: Sequence[NodeHangs]) -> str:
             every.append(d)
     named = culprits(every)
     lines: list[str] = []
-    for d in named:
+    for i, d in enumerate(named):
         lines.append(f"culprit: {_who(d, owner[d.rank])}: {_progress(d)}")
         if d.state:
             lines.append(f"  state: {d.state}")
-        if d.stack:
+        if d.stack and i < MAX_STACKS:
             lines.append("  stacks:")
             lines.extend("    " + ln for ln in d.stack.rstrip("\n").splitlines() if ln.strip())
+        elif d.stack:
+            lines.append(f"  {where(d)} (stacks shown for the first {MAX_STACKS} culprits only)")
         if d.note:
             lines.append(f"  note: {d.note}")
     others = sorted((d for d in every if d not in named), key=lambda d: d.rank)
     if others:
         lines.append("other ranks:")
-        for d in others:
+        for d in others[:MAX_LINES]:
             state = f" [{d.state}]" if d.state and not d.state.startswith(("S", "R")) else ""
             lines.append(f"  {_who(d, owner[d.rank])}: {_progress(d)}{state}, {where(d)}")
+        rest = Counter(where(d) for d in others[MAX_LINES:])
+        for place, count in rest.most_common():
+            lines.append(f"  ... {count} more rank(s) {place}")
     return "\n".join(lines)
+
+
+def clip(stack: str | None, limit: int = MAX_STACK_BYTES) -> str | None:
+    """A stack cut to ``limit`` characters (records stay small enough for any store)."""
+    if stack is None or len(stack) <= limit:
+        return stack
+    cut = stack.rfind("\n", 0, limit) + 1 or limit
+    return stack[:cut] + f"... ({len(stack) - cut} more characters)\n"

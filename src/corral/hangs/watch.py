@@ -37,7 +37,15 @@ from corral.config import LaunchConfig
 from corral.errors import StoreError
 from corral.hangs import progress_file
 from corral.hangs.detect import Limits, RankState, judge
-from corral.hangs.report import NodeHangs, NodeProgress, RankDump, culprits, render, summary
+from corral.hangs.report import (
+    NodeHangs,
+    NodeProgress,
+    RankDump,
+    clip,
+    culprits,
+    render,
+    summary,
+)
 from corral.hangs.stacks import dump, proc_state
 from corral.progress import Mark, read_mark
 from corral.reporting.failures import FailureReport
@@ -262,7 +270,7 @@ class HangWatch:
                     step=None if mark is None else mark.step,
                     age=max(0.0, now - (started if mark is None else min(mark.time, now))),
                     state=proc_state(w.pid),
-                    stack=stack,
+                    stack=clip(stack),
                     note=note,
                     hung=w.local_rank in hung,
                 )

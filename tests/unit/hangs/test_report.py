@@ -6,6 +6,7 @@ from corral.hangs.report import (
     NodeHangs,
     NodeProgress,
     RankDump,
+    clip,
     culprits,
     main_frames,
     render,
@@ -129,3 +130,15 @@ def test_records_round_trip() -> None:
     assert NodeHangs.from_json(rec.to_json()) == rec
     prog = NodeProgress("n", ((2, 40, 1700000000.5),))
     assert NodeProgress.from_json(prog.to_json()) == prog
+
+
+def test_reports_stay_bounded_at_scale() -> None:
+    """10,000 ranks, all waiting alike: 4 stacks, 64 lines, the rest counted by where they wait."""
+    ranks = tuple(d(r, 40, waiting(1000 + r)) for r in range(10_000))
+    text = render([NodeHangs("n", 0, "h", True, ranks)])
+    assert text.count("stacks:") == 4 and text.count("culprit: ") == 10_000
+    assert len(text) < 3_000_000
+    big = "Thread 1 (idle)\n" + "    f (x.py:1)\n" * 10_000
+    cut = clip(big)
+    assert cut is not None and len(cut) < 33_000 and cut.endswith("more characters)\n")
+    assert clip("short") == "short" and clip(None) is None
