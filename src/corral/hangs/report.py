@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 __all__ = [
@@ -64,6 +64,8 @@ class RankDump:
         stack: every thread's Python stack (``py-spy dump`` text); None if unavailable.
         note: why the stack is unavailable, and the kernel's wait channel.
         hung: this node's detector judged it hung (not just stalled behind another rank).
+        waits: where it waits (:func:`where`), kept when ``stack`` is left out.
+        collective: whether its main thread waits in a collective; None when unknown.
     """
 
     rank: int
@@ -75,21 +77,35 @@ class RankDump:
     stack: str | None = None
     note: str = ""
     hung: bool = False
+    waits: str = ""
+    collective: bool | None = None
 
     @property
     def frozen(self) -> bool:
         return self.state[:1] in _FROZEN_STATES
 
+    def summarised(self) -> RankDump:
+        """The same without the stack (``waits`` and ``collective`` computed from it)."""
+        return replace(self, stack=None, waits=where(self), collective=_collective(self))
+
 
 @dataclass(frozen=True)
 class NodeHangs:
-    """One node's record of a hang (see the module docstring)."""
+    """One node's record of a hang (see the module docstring).
+
+    Two are published per node: the summary (:meth:`summarised`, no stacks: what
+    every node reads to name the culprit, a few hundred bytes a rank) under
+    ``hangs/``, and the full record with every stack under ``stacks/``.
+    """
 
     node_id: str
     group_rank: int
     host: str
     detected: bool  # this node's own detector fired (else it dumped because another node's did)
     ranks: tuple[RankDump, ...] = ()
+
+    def summarised(self) -> NodeHangs:
+        return replace(self, ranks=tuple(d.summarised() for d in self.ranks))
 
     def to_json(self) -> bytes:
         d: dict[str, Any] = {"version": _VERSION, **asdict(self)}
@@ -170,6 +186,8 @@ def _in_collective(frames: Sequence[tuple[str, str]]) -> bool:
 def where(d: RankDump) -> str:
     """Where a rank waits, in one phrase: its innermost frame, and its own code's innermost."""
     frames = main_frames(d.stack, d.pid)
+    if not frames and d.waits:
+        return d.waits
     if not frames:
         return f"stack unavailable ({d.note})" if d.note else "stack unavailable"
     inner = f"{frames[0][0]} ({frames[0][1]})"
@@ -198,10 +216,16 @@ def culprits(ranks: Sequence[RankDump]) -> list[RankDump]:
     frozen = [d for d in behind if d.frozen]
     if frozen:
         return frozen
-    free = [
-        d for d in behind if d.stack is not None and not _in_collective(main_frames(d.stack, d.pid))
-    ]
+    free = [d for d in behind if _collective(d) is False]
     return free or behind
+
+
+def _collective(d: RankDump) -> bool | None:
+    """Whether ``d`` waits in a collective: from its stack, else as recorded; None: unknown."""
+    frames = main_frames(d.stack, d.pid)
+    if frames:
+        return _in_collective(frames)
+    return d.collective
 
 
 def _who(d: RankDump, node: NodeHangs) -> str:

@@ -10,7 +10,8 @@ Per worker group (one attempt), :meth:`HangWatch.watch`:
 2. on a local hang, or as soon as another node publishes one (its ranks stall
    the others in their collectives), dumps every local worker's stacks
    (py-spy, in parallel) and publishes this node's :class:`NodeHangs` record
-   under ``.../r/<round>/hangs/<node id>``;
+   under ``.../r/<round>/stacks/<node id>`` and its summary (no stacks, a few
+   hundred bytes a rank) under ``.../r/<round>/hangs/<node id>``;
 3. waits (at most ``gather`` s) for every member's record, names the
    job-wide culprit (:func:`corral.hangs.report.culprits`) and returns the
    culprit's :class:`FailureReport` (``hang=True``, the whole report in its
@@ -51,7 +52,7 @@ from corral.progress import Mark, read_mark
 from corral.reporting.failures import FailureReport
 from corral.store.api import Store
 
-__all__ = ["HANG_EXIT_CODE", "HangWatch", "hangs_prefix", "progress_prefix"]
+__all__ = ["HANG_EXIT_CODE", "HangWatch", "hangs_prefix", "progress_prefix", "stacks_prefix"]
 
 log = logging.getLogger("corral.hangs")
 
@@ -64,6 +65,11 @@ Dumper = Callable[[int], Awaitable[tuple[str | None, str]]]
 def hangs_prefix(base: str, round_: int) -> str:
     """``<prefix>/<run id>/r/<round>/hangs/``: one :class:`NodeHangs` per node."""
     return f"{base}r/{round_}/hangs/"
+
+
+def stacks_prefix(base: str, round_: int) -> str:
+    """``<prefix>/<run id>/r/<round>/stacks/``: each node's record with every stack."""
+    return f"{base}r/{round_}/stacks/"
 
 
 def progress_prefix(base: str, round_: int) -> str:
@@ -323,7 +329,9 @@ class HangWatch:
         prefix = hangs_prefix(self.base, rnd.round)
         records: dict[str, NodeHangs] = {self.node_id: mine}
         try:
-            await self.store.put(prefix + self.node_id, mine.to_json())
+            # the summary (no stacks) for every node to read; every stack beside it
+            await self.store.put(prefix + self.node_id, mine.summarised().to_json())
+            await self.store.put(stacks_prefix(self.base, rnd.round) + self.node_id, mine.to_json())
 
             async def collect() -> None:
                 async with self.store.watch(prefix, prefix=True) as events:  # type: ignore[union-attr]

@@ -142,3 +142,15 @@ def test_reports_stay_bounded_at_scale() -> None:
     cut = clip(big)
     assert cut is not None and len(cut) < 33_000 and cut.endswith("more characters)\n")
     assert clip("short") == "short" and clip(None) is None
+
+
+def test_summaries_without_stacks_name_the_same_culprit() -> None:
+    """What other nodes read (no stacks) gives the same culprit and the same lines."""
+    ranks = [d(0, 40, waiting(1000)), d(1, 40, None), d(2, 40, sleeping(1002))]
+    short = [r.summarised() for r in ranks]
+    assert all(r.stack is None for r in short)
+    assert [c.rank for c in culprits(short)] == [c.rank for c in culprits(ranks)] == [2]
+    assert [where(r) for r in short] == [where(r) for r in ranks]
+    rec = NodeHangs("n", 0, "h", True, tuple(ranks))
+    assert NodeHangs.from_json(rec.summarised().to_json()) == rec.summarised()
+    assert len(rec.summarised().to_json()) < len(rec.to_json())

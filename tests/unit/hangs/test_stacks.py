@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +54,9 @@ async def test_every_thread_of_a_running_and_of_a_stopped_process(
     assert [f for f, _ in main_frames(stack, sleeper.pid)][:2] == ["stuck_here", "<module>"]
     assert '"loader"' in stack and "loader_thread (" in stack
     os.kill(sleeper.pid, signal.SIGSTOP)  # frozen: still readable from outside
+    deadline = time.monotonic() + 10  # the stop is delivered asynchronously: poll, bounded
+    while not proc_state(sleeper.pid).startswith("T") and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     assert proc_state(sleeper.pid).startswith("T")
     stack, note = await dump(sleeper.pid)
     assert stack is not None and "stuck_here (" in stack
