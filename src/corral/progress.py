@@ -216,6 +216,7 @@ def _autoinstall() -> None:
     try:
         if not os.environ.get(ENV) or _hooked:
             return
+        _allow_tracing_by_parent()
         module = sys.modules.get(_TARGET)
         if module is not None:
             _register(module)
@@ -223,6 +224,30 @@ def _autoinstall() -> None:
             _finder = _AfterImport()
             sys.meta_path.insert(0, _finder)
     except Exception:
+        pass
+
+
+#: Yama's PR_SET_PTRACER (linux/prctl.h): name a process that may trace this one.
+_PR_SET_PTRACER = 0x59616D61
+
+
+def _allow_tracing_by_parent() -> None:
+    """Under Yama's ``ptrace_scope`` 1, let the agent (the parent) and its children trace us.
+
+    At scope 1 a process may trace only its descendants: py-spy, a child of
+    the agent, could not read the worker (the agent's other child) for a stack
+    dump. ``PR_SET_PTRACER`` with the agent's pid allows exactly the agent and
+    its descendants. Nothing is done at any other scope (0: allowed already;
+    2, 3: only CAP_SYS_PTRACE helps) or without Yama.
+    """
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope", "rb") as f:
+            if f.read().strip() != b"1":
+                return
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PTRACER, os.getppid(), 0, 0, 0)
+    except (OSError, AttributeError, ValueError):
         pass
 
 
