@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import re
@@ -71,7 +72,8 @@ if __name__ == "__main__":
 class Node:
     """A reaper, a log directory and the environment; groups run fresh or from a pool."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, zygote: bool = False) -> None:
+        self.zygote = zygote
         self.tmp = tmp
         self.reaper = Reaper()
         self.reaper.start()
@@ -101,7 +103,7 @@ class Node:
     def pool(self, spec: WorkerSpec, imports: tuple[str, ...] = ("json",)) -> StandbyPool:
         plan = prestart_plan(spec, imports)
         assert plan is not None
-        return StandbyPool(plan, spec, self.env, self.reaper)
+        return StandbyPool(plan, spec, self.env, self.reaper, zygote=self.zygote)
 
     def close(self) -> None:
         self.logs.close()
@@ -109,15 +111,28 @@ class Node:
 
 
 @pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    n = Node(tmp_path)
-    yield n
-    n.close()
+async def node(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Node]:
+    """Standbys of their own, or forked by a zygote (this process a subreaper, as the CLI)."""
+    zygote = getattr(request, "param", "spawn") == "zygote"
+    if zygote and _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        pytest.skip("cannot become a child subreaper")
+    n = Node(tmp_path, zygote)
+    try:
+        yield n
+    finally:
+        n.close()
+        if zygote:
+            _libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+BOTH = pytest.mark.parametrize("node", ["spawn", "zygote"], indirect=True)
+PR_SET_CHILD_SUBREAPER = 36
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 async def _ready(pool: StandbyPool) -> None:
     async with asyncio.timeout(30):
-        while not all(sb.ready for sb in pool._standbys):
+        while not pool._standbys or not all(sb.ready for sb in pool._standbys):
             await asyncio.sleep(0.01)
 
 
@@ -132,6 +147,7 @@ def _dump(tmp: Path, rank: int) -> dict[str, Any]:
     return d
 
 
+@BOTH
 @pytest.mark.parametrize("mode", ["script", "module", "run_path"])
 async def test_prestarted_worker_sees_what_a_fresh_one_sees(
     node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
@@ -161,6 +177,7 @@ async def test_prestarted_worker_sees_what_a_fresh_one_sees(
         assert g.workers[0].stderr_tail() == "err 0"
 
 
+@BOTH
 async def test_multiprocessing_spawn_from_a_prestarted_worker(node: Node, tmp_path: Path) -> None:
     script = tmp_path / "mp.py"
     script.write_text(
@@ -192,6 +209,7 @@ async def test_multiprocessing_spawn_from_a_prestarted_worker(node: Node, tmp_pa
     assert (tmp_path / "mp0").read_text() == "(42, '__mp_main__')"
 
 
+@BOTH
 async def test_crash_while_importing_the_user_script(node: Node, tmp_path: Path) -> None:
     script = tmp_path / "bad.py"
     script.write_text("import os\nimport no_such_module_here\n")
@@ -206,6 +224,7 @@ async def test_crash_while_importing_the_user_script(node: Node, tmp_path: Path)
     assert want.stderr_tail and "ModuleNotFoundError" in want.stderr_tail
 
 
+@BOTH
 async def test_standby_dead_before_assignment_is_replaced_by_a_fresh_spawn(
     node: Node, tmp_path: Path
 ) -> None:
@@ -228,24 +247,29 @@ AGENT = r"""
 import asyncio, os, sys
 from corral.workers import Reaper, WorkerSpec
 from corral.workers.standby import StandbyPool, prestart_plan
+from corral.workers.sweep import claim_children
 
 async def main():
+    if sys.argv[2] == "zygote":
+        claim_children()  # as the CLI: the standbys are forked by a zygote
     reaper = Reaper(); reaper.start()
     spec = WorkerSpec(sys.argv[1], local_world_size=2)
     async with StandbyPool(prestart_plan(spec, ("json",)), spec, os.environ, reaper) as pool:
         while not all(sb.ready for sb in pool._standbys):
             await asyncio.sleep(0.01)
-        print(*pool.alive, flush=True)
+        zygote = [pool._zygote.pid] if pool._zygote is not None else []
+        print(*pool.alive, *zygote, flush=True)
         await asyncio.Event().wait()
 
 asyncio.run(main())
 """
 
 
-def test_sigkill_of_the_agent_ends_its_standbys(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["spawn", "zygote"])
+def test_sigkill_of_the_agent_ends_its_standbys(tmp_path: Path, how: str) -> None:
     (tmp_path / "w.py").write_text("print('never runs')\n")
     agent = subprocess.Popen(
-        [sys.executable, "-c", AGENT, str(tmp_path / "w.py")],
+        [sys.executable, "-c", AGENT, str(tmp_path / "w.py"), how],
         stdout=subprocess.PIPE,
         start_new_session=True,
     )
@@ -253,7 +277,7 @@ def test_sigkill_of_the_agent_ends_its_standbys(tmp_path: Path) -> None:
     try:
         assert agent.stdout is not None
         pids = [int(p) for p in agent.stdout.readline().split()]
-        assert len(pids) == 2
+        assert len(pids) == (3 if how == "zygote" else 2)  # the standbys (and the zygote)
         agent.kill()
         agent.wait()
         _gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids], timeout=1.0)
@@ -269,3 +293,69 @@ def test_sigkill_of_the_agent_ends_its_standbys(tmp_path: Path) -> None:
         agent.wait()
         if agent.stdout:
             agent.stdout.close()
+
+
+@BOTH
+async def test_error_file_is_the_failure_before_the_slow_exit(node: Node, tmp_path: Path) -> None:
+    """With detached stops, a worker that wrote its error file has failed: no wait for its exit."""
+    script = tmp_path / "slow.py"
+    script.write_text(
+        textwrap.dedent("""
+        import os, signal, sys, time
+        from corral import record
+
+        @record
+        def main():
+            if os.environ["LOCAL_RANK"] == "1":
+                raise ValueError("bad batch")
+            signal.pause()
+
+        try:
+            main()
+        finally:  # a teardown that takes its time (and ignores SIGTERM)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(60)
+    """)
+    )
+    spec = WorkerSpec(str(script), local_world_size=2)
+    plan = prestart_plan(spec, ())
+    assert plan is not None
+    pool = StandbyPool(
+        plan, spec, node.env, node.reaper, zygote=node.zygote, detach_stops=True
+    )  # fmt: skip
+    async with pool:
+        await _ready(pool)
+        g = WorkerGroup(
+            spec, round_info(2), attempt=0, logs=node.logs, reaper=node.reaper,
+            node_id="n", host="h", base_env=node.env, standbys=pool,
+        )  # fmt: skip
+        await g.start()
+        res = await asyncio.wait_for(g.wait(), 20)
+        [f] = res.failures
+        assert (f.local_rank, f.exitcode, f.message) == (1, 1, "ValueError: bad batch")
+        assert g.workers[1].running  # still in its teardown
+        await g.stop(0.2)  # detached: returns after the signal
+        assert g.workers[1].running or g.state.name == "STOPPING"
+        pids = list(g.pids.values())
+    # leaving the pool waited for the detached stop: SIGKILL after 0.2 s, reaped
+    assert all(w.returncode is not None for w in g.workers)
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("node", ["zygote"], indirect=True)
+async def test_forked_standbys_do_not_share_random_state(node: Node, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    script = tmp_path / "rng.py"
+    script.write_text(
+        "import os, random, torch\n"
+        "open(os.path.join(os.environ['OUT'], 'rng' + os.environ['LOCAL_RANK']), 'w').write("
+        "repr((torch.initial_seed(), random.random())))\n"
+    )
+    spec = WorkerSpec(str(script), local_world_size=2)
+    async with node.pool(spec, ("torch",)) as pool:
+        await _ready(pool)
+        g = await node.run(spec, pool)
+        assert all(w.prestarted for w in g.workers)
+    a, b = ((tmp_path / f"rng{r}").read_text() for r in (0, 1))
+    assert a != b and eval(a)[0] != eval(b)[0] and eval(a)[1] != eval(b)[1]
