@@ -359,3 +359,53 @@ async def test_forked_standbys_do_not_share_random_state(node: Node, tmp_path: P
         assert all(w.prestarted for w in g.workers)
     a, b = ((tmp_path / f"rng{r}").read_text() for r in (0, 1))
     assert a != b and eval(a)[0] != eval(b)[0] and eval(a)[1] != eval(b)[1]
+
+
+HOOK = """
+import json, os, sys
+print(json.dumps({
+    "PYTHONPATH": os.environ.get("PYTHONPATH"),
+    "site_on_path": any(p.endswith("_site") for p in sys.path),
+    "progress": "corral.progress" in sys.modules,
+    "finder": [type(f).__name__ for f in sys.meta_path if "After" in type(f).__name__],
+    "file": os.environ.get("CORRAL_PROGRESS_FILE", "").rsplit("/", 3)[-1],
+}), file=sys.stderr)
+"""
+
+
+@BOTH
+async def test_hang_detection_hook_composes(node: Node, tmp_path: Path) -> None:
+    """With --hang-timeout the worker gets the progress hook, fresh or pre-started alike."""
+    from corral.hangs import progress_env
+    from corral.workers.spec import worker_env
+
+    def env_builder(base: Any, spec: Any, rnd: Any, local_rank: int, error_file: str) -> Any:
+        return {
+            **worker_env(base, spec, rnd, local_rank, error_file),
+            **progress_env(base, error_file),
+        }
+
+    script = tmp_path / "hook.py"
+    script.write_text(HOOK)
+    spec = WorkerSpec(str(script), local_world_size=1)
+    seen = []
+    for pool in (None, node.pool(spec, ())):
+        g = WorkerGroup(
+            spec, round_info(1), attempt=0, logs=node.logs, reaper=node.reaper,
+            node_id="n", host="h", base_env=node.env, env_builder=env_builder, standbys=pool,
+        )  # fmt: skip
+        if pool is None:
+            await g.start()
+        else:
+            async with pool:
+                await _ready(pool)
+                await g.start()
+                assert g.workers[0].prestarted
+        assert (await asyncio.wait_for(g.wait(), 30)).succeeded
+        await g.stop(1.0)
+        tail = g.workers[0].stderr_tail()
+        assert tail is not None
+        seen.append(json.loads(tail.splitlines()[-1]))
+    assert seen[0] == seen[1]
+    assert seen[0]["progress"] and seen[0]["finder"] and not seen[0]["site_on_path"]
+    assert seen[0]["PYTHONPATH"] == os.environ.get("PYTHONPATH")
