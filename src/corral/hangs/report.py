@@ -11,7 +11,10 @@ and names the same culprit with :func:`culprits`:
 3. else those whose main thread is not waiting inside torch.distributed,
    torch.autograd or DDP (its innermost frames; the others wait for the
    culprit in a collective);
-4. else all ranks of step 1.
+4. else, when all wait in collectives but not all in the same place (one rank
+   took another branch: it waits in a barrier while the others wait in an
+   all-reduce), those outside the largest group of ranks waiting in one place;
+5. else all ranks of step 1.
 
 :func:`render` writes the culprit's stacks first, then one line per other
 rank saying where it waits.
@@ -217,7 +220,24 @@ def culprits(ranks: Sequence[RankDump]) -> list[RankDump]:
     if frozen:
         return frozen
     free = [d for d in behind if _collective(d) is False]
-    return free or behind
+    if free:
+        return free
+    places = Counter(_innermost(d) for d in behind)
+    if len(behind) >= 3 and None not in places and len(places) > 1:
+        (most, count), (_, runner_up) = places.most_common(2)
+        if count > runner_up:  # a clear majority waits in one place: the others diverged
+            return [d for d in behind if _innermost(d) != most]
+    return behind
+
+
+def _innermost(d: RankDump) -> str | None:
+    """The innermost frame of ``d``'s main thread (from ``waits`` when the stack is left out)."""
+    frames = main_frames(d.stack, d.pid)
+    if frames:
+        return f"{frames[0][0]} ({frames[0][1]})"
+    if d.waits.startswith("in "):
+        return d.waits[3:].split(", called from ")[0]
+    return None
 
 
 def _collective(d: RankDump) -> bool | None:

@@ -154,3 +154,19 @@ def test_summaries_without_stacks_name_the_same_culprit() -> None:
     rec = NodeHangs("n", 0, "h", True, tuple(ranks))
     assert NodeHangs.from_json(rec.summarised().to_json()) == rec.summarised()
     assert len(rec.summarised().to_json()) < len(rec.to_json())
+
+
+def test_a_rank_that_took_another_branch_is_the_odd_one_out() -> None:
+    """Everyone waits in a collective, rank 2 in a barrier, the rest in an all-reduce."""
+    c10d = f"{SITE}/torch/distributed/distributed_c10d.py"
+
+    def at(pid: int, fn: str, line: int) -> str:
+        return stack(pid, (fn, f"{c10d}:{line}"), ("main", "/job/train.py:99"))
+
+    ranks = [d(r, 40, at(1000 + r, "all_reduce", 2800)) for r in (0, 1, 3)]
+    ranks.append(d(2, 40, at(1002, "barrier", 4500)))
+    assert [c.rank for c in culprits(ranks)] == [2]
+    assert [c.rank for c in culprits([r.summarised() for r in ranks])] == [2]
+    # no clear majority (2 against 2): every rank of the lowest step is named
+    ranks[0] = d(0, 40, at(1000, "barrier", 4500))
+    assert [c.rank for c in culprits(ranks)] == [0, 1, 2, 3]
