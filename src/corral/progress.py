@@ -93,6 +93,13 @@ def _first(step: int | None = None) -> None:
 
 
 def _open() -> bool:
+    """Map the progress file and claim it for this process; False: not ours to write.
+
+    The worker claims its file at start-up (``_autoinstall``), so a process that
+    merely inherited the variable (a data loader's spawned child, a subprocess)
+    finds another live pid there and stays a no-op; forked children forget the
+    mapping (``os.register_at_fork``). Progress is the worker's own.
+    """
     global _buf, _pid
     path = os.environ.get(ENV)
     if not path:
@@ -102,14 +109,45 @@ def _open() -> bool:
         try:
             if os.fstat(fd).st_size < _FILE_SIZE:
                 os.ftruncate(fd, _FILE_SIZE)
-            _buf = mmap.mmap(fd, _FILE_SIZE)
+            buf = mmap.mmap(fd, _FILE_SIZE)
         finally:
             os.close(fd)
-    except (OSError, ValueError):
+        owner = FORMAT.unpack_from(buf, 0)[3]
+        me = os.getpid()
+        if owner not in (0, me) and _alive(owner):
+            buf.close()
+            return False
+        if owner != me:
+            _pack(buf, 0, 0, 0, 0.0, me, 0)  # claimed; no mark yet
+    except (OSError, ValueError, struct.error):
         return False  # nothing is printed into the worker's output
-    _pid = os.getpid()
+    _buf, _pid = buf, me
     atexit.register(_at_exit)
+    os.register_at_fork(after_in_child=_forget)
     return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _forget() -> None:
+    """In a forked child: never mark (the parent's file is the parent's)."""
+    global _impl, _buf
+    _impl, _buf = _noop, None
+
+
+def _claim() -> None:
+    """Open and claim the progress file now, before the worker starts any child."""
+    global _impl
+    if _impl is _first:
+        _impl = _mark if _open() else _noop
 
 
 def _at_exit() -> None:
@@ -216,6 +254,7 @@ def _autoinstall() -> None:
     try:
         if not os.environ.get(ENV) or _hooked:
             return
+        _claim()
         _allow_tracing_by_parent()
         module = sys.modules.get(_TARGET)
         if module is not None:

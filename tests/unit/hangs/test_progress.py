@@ -138,3 +138,24 @@ def test_worker_env_adds_nothing_when_off() -> None:
     assert {k for k in on if on[k] != off.get(k)} == {PROGRESS_ENV, "PYTHONPATH"}
     assert on[PROGRESS_ENV] == "/logs/0/progress"
     assert on["PYTHONPATH"] == SITE_DIR + os.pathsep + "/mine"
+
+
+def test_only_the_worker_marks_not_its_children(tmp_path: Path) -> None:
+    """Children inherit CORRAL_PROGRESS_FILE; neither a forked nor a started one may mark."""
+    code = """
+import os, subprocess, sys
+import corral
+child = "import corral\\nfor _ in range(50): corral.progress()\\n"
+subprocess.run([sys.executable, "-c", child], check=True)  # inherits the variable
+pid = os.fork()
+if pid == 0:
+    for _ in range(50):
+        corral.progress()
+    os._exit(0)
+os.waitpid(pid, 0)
+corral.progress(step=3)
+"""
+    r = run(code, tmp_path)
+    assert r.returncode == 0, r.stderr
+    mark = read_mark(str(tmp_path / "progress"))
+    assert mark is not None and (mark.marks, mark.step) == (1, 3)
