@@ -15,7 +15,10 @@
     (one worker, a 16x16 linear layer, SGD, ``--steps`` steps timed inside the
     worker) under corral with ``--hang-timeout 60`` and without, and under
     torchrun (no tracking); runs alternate, medians over ``--reps``. The overhead
-    figure is corral's off/on slowdown in percent (target: within 2 %).
+    figure is corral's off/on slowdown in percent (target: within 2 %); whole runs
+    on a shared machine vary by a few percent, so a second figure measures the
+    hook's cost per step inside one process against the time of one step, each
+    the best of ten repetitions, which that noise hardly touches.
 
 Human lines first, then as the LAST line one JSON object: {"bench": "hang",
 "figures": [{"name", "unit", "corral", "torchrun", "ratio"}]} (null where a
@@ -93,6 +96,40 @@ rate = n / (time.perf_counter() - t)
 with open(os.path.join(os.environ["BENCH_DIR"], "rate"), "w") as f:
     f.write(repr(rate))
 """
+
+
+# The per-step cost of the hook alone, against the time of one step: each the best of
+# several repetitions (a minimum is what a busy machine disturbs least).
+INPROC = """\
+import os, time, timeit, torch
+import corral.progress as progress
+torch.set_num_threads(1)
+m = torch.nn.Linear(16, 16)
+opt = torch.optim.SGD(m.parameters(), lr=0.001)
+x = torch.ones(16)
+n = int(os.environ["BENCH_STEPS"]) // 10
+def block():
+    t = time.perf_counter()
+    for _ in range(n):
+        opt.zero_grad(); m(x).sum().backward(); opt.step()
+    return (time.perf_counter() - t) / n
+step = min(block() for _ in range(10))
+hook = min(timeit.repeat(lambda: progress._on_optimizer_step(opt, (), {}), number=n, repeat=10)) / n
+print(hook / step * 100.0)
+"""
+
+
+def hook_overhead(steps: int) -> float | None:
+    """Percent: the progress hook's cost per optimizer step over one step's time (one process)."""
+    with tempfile.TemporaryDirectory(prefix="bench-hook-") as d:
+        env = _env({"BENCH_STEPS": str(steps), "CORRAL_PROGRESS_FILE": str(Path(d, "progress"))})
+        proc = subprocess.run(
+            [sys.executable, "-c", INPROC], env=env, capture_output=True, text=True, timeout=600
+        )
+        if proc.returncode != 0 or not Path(d, "progress").exists():
+            print(f"  hook overhead: exit {proc.returncode} {proc.stderr[-300:]}", file=sys.stderr)
+            return None
+        return float(proc.stdout.strip())
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -255,15 +292,20 @@ def main() -> None:
     on: list[float | None] = []
     off: list[float | None] = []
     plain: list[float | None] = []
-    for _ in range(args.reps):  # alternate, so a noisy neighbour hits all three alike
-        off.append(steps_per_second("corral", stepper, args.steps, tracking=False))
-        on.append(steps_per_second("corral", stepper, args.steps, tracking=True))
-        plain.append(steps_per_second("torchrun", stepper, args.steps, tracking=False))
+    runs = [
+        (off, "corral", False),
+        (on, "corral", True),
+        (plain, "torchrun", False),
+    ]
+    for rep in range(args.reps):  # alternate, and rotate the order: no kind always goes first
+        for out, launcher, tracking in runs[rep % 3 :] + runs[: rep % 3]:
+            out.append(steps_per_second(launcher, stepper, args.steps, tracking=tracking))
     m_on, m_off, m_plain = _median(on), _median(off), _median(plain)
     figures.append(_row("steps_per_s_tracking_on", "steps/s", m_on, m_plain))
     figures.append(_row("steps_per_s_tracking_off", "steps/s", m_off, m_plain))
     overhead = (1.0 - m_on / m_off) * 100.0 if m_on and m_off else None
     figures.append(_row("tracking_overhead", "%", overhead, None))
+    figures.append(_row("hook_cost_per_step", "%", hook_overhead(args.steps * 5), None))
     print(json.dumps({"bench": "hang", "figures": figures}))
 
 
