@@ -1,4 +1,4 @@
-"""What the standbys of ``--prestart`` run: the plan (nothing rank-dependent), argv, GPU check."""
+"""What the standbys of ``--prestart`` run (nothing rank-dependent), and their process handles."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from corral.workers.spec import RUN_PATH_BOOTSTRAP, WorkerSpec
 
-__all__ = ["BOOT", "PrestartPlan", "gpus_present", "prestart_plan", "sys_argv"]
+__all__ = ["BOOT", "Child", "PrestartPlan", "Proc", "gpus_present", "prestart_plan", "sys_argv"]
 
 #: The standby's program, run by path (the worker interpreter need not import corral).
 BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_standby_boot.py")
@@ -96,3 +97,41 @@ def gpus_present(environ: Mapping[str, str]) -> bool:
         return bool(os.listdir("/proc/driver/nvidia/gpus"))
     except OSError:
         return os.path.exists("/dev/nvidia0")
+
+
+class Proc(Protocol):
+    """What a worker needs of its process object: ``subprocess.Popen`` or :class:`Child`."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class Child:
+    """A child this process did not spawn (a zygote's fork, re-parented here): Popen's few calls."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                self.returncode = -9
+        return self.returncode

@@ -39,60 +39,38 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Coroutine, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from corral._compat import TaskGroup
 from corral._compat import timeout as _compat_timeout
 from corral.config import LaunchConfig
-from corral.workers.prestart import PrestartPlan, gpus_present, prestart_plan, sys_argv
+from corral.workers.prestart import (
+    Child,
+    PrestartPlan,
+    Proc,
+    gpus_present,
+    prestart_plan,
+    sys_argv,
+)
 from corral.workers.reaper import Reaper, worker_preexec
 from corral.workers.spec import WorkerSpec, needs_omp_notice
 from corral.workers.sweep import MARKER_VAR, children_owned
 
-__all__ = ["PrestartPlan", "Standby", "StandbyPool", "pool_for", "prestart_plan", "sys_argv"]
+__all__ = [
+    "Child",
+    "PrestartPlan",
+    "Proc",
+    "Standby",
+    "StandbyPool",
+    "pool_for",
+    "prestart_plan",
+    "sys_argv",
+]
 
 log = logging.getLogger(__name__)
 
 #: How long a group start waits for a standby that has no pid yet (the zygote importing).
 TAKE_TIMEOUT = 120.0
-
-
-class Proc(Protocol):
-    """What a worker needs of its process object: ``subprocess.Popen`` or :class:`Child`."""
-
-    pid: int
-    returncode: int | None
-
-    def poll(self) -> int | None: ...
-
-    def wait(self, timeout: float | None = None) -> int: ...
-
-
-class Child:
-    """A child this process did not spawn (a zygote's fork, re-parented here): Popen's few calls."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                return self.returncode
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        if self.returncode is None:
-            try:
-                _, status = os.waitpid(self.pid, 0)
-                self.returncode = os.waitstatus_to_exitcode(status)
-            except ChildProcessError:
-                self.returncode = -9
-        return self.returncode
 
 
 class Standby:

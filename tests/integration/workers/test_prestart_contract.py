@@ -4,13 +4,18 @@
 is set (its value: the ``--prestart-import`` list; ``json`` keeps these tests
 cheap, the DDP tests import torch in advance as the default does).
 
-One test differs by design and is adapted: the agent's children are its
-watchdog *and its standbys*; every one of them, and every worker, dies with the
-agent.
+Two tests are adapted. The agent's children are its watchdog *and its
+standbys*; every one of them, and every worker, dies with the agent. And
+pre-started workers start at the same instant, so two ``print`` calls under
+``python -u`` (the text, then the newline: two writes) interleave on the
+shared stdout far more often than with spawned workers ("readyready\n\n"):
+the adapted tests read the words, not the lines.
 """
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +33,6 @@ from tests.integration.test_single_node import (
     test_restarts_counted_and_success_after_retries,
     test_root_cause_from_error_file,
     test_signal_death_exit_code,
-    test_signal_forwarded_then_agent_exits_128_plus_n,
     test_worker_environment,
 )
 
@@ -83,11 +87,12 @@ def test_no_orphans_after_agent_sigkill_with_standbys(tmp_path: Path, procs: Pro
     )
     assert p.stdout is not None
     pids: list[int] = []
-    while len(pids) < 4:
+    out = ""
+    while len(pids) < 4:  # "pids A B" twice, maybe interleaved: read words, not lines
         line = p.stdout.readline().decode()
         assert line, "agent ended early"
-        if "pids" in line:
-            pids += [int(x) for x in line.split("pids", 1)[1].split()]
+        out += line
+        pids = [int(x) for x in re.findall(r"\d+", out)]
     victims = [psutil.Process(pid) for pid in pids]
     others = [c for c in psutil.Process(p.pid).children() if c.pid not in pids]
     assert len(others) >= 1  # the watchdog, and the next attempt's standbys
@@ -96,3 +101,34 @@ def test_no_orphans_after_agent_sigkill_with_standbys(tmp_path: Path, procs: Pro
     _, alive = psutil.wait_procs(victims + others, timeout=1.0)
     alive = [v for v in alive if test_single_node._not_zombie(v)]
     assert alive == [], f"orphans survived the agent: {alive}"
+
+
+def test_signal_forwarded_then_agent_exits_128_plus_n(tmp_path: Path, procs: Procs) -> None:
+    s = test_single_node.script(
+        tmp_path,
+        "sig.py",
+        """
+        import os, signal, sys, time
+        def on(sig, frame):
+            open(f"{sys.argv[1]}/got{os.environ['RANK']}", "w").close()
+            sys.exit(0)
+        signal.signal(signal.SIGUSR1, on)
+        print("ready", flush=True)
+        time.sleep(60)
+    """,
+    )
+    p = procs.start(
+        [*CORRAL, "--standalone", "--nproc-per-node", "2", s, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=corral_env(TMPDIR=str(tmp_path)),
+    )
+    assert p.stdout is not None
+    out = b""
+    while out.count(b"ready") < 2:
+        line = p.stdout.readline()
+        assert line, "agent ended before workers were ready"
+        out += line
+    p.send_signal(signal.SIGUSR1)
+    assert p.wait(timeout=30) == 128 + signal.SIGUSR1
+    assert (tmp_path / "got0").exists() and (tmp_path / "got1").exists()

@@ -1,0 +1,209 @@
+"""Copying worker output: pipe -> log file, console (tee, prefix), tail buffer.
+
+A pump is the event loop's reader callback on one worker pipe (no task per
+stream). A console is shared by every pump that writes to it: when it is
+non-blocking and full, what does not fit waits for the loop to see it
+writable and the pumps feeding it pause, so the workers block on their own
+writes (back-pressure), never the agent. A pump that fails hands its error to
+its owner (the worker group fails with it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from typing import IO
+
+from corral.workers.logs import StreamPlan, Tail
+
+__all__ = ["Console", "Pump", "console_for"]
+
+_READ_SIZE = 65536
+
+
+class Console:
+    """One console descriptor, shared by every pump that copies to it.
+
+    A console may be non-blocking (a pipe set so by whoever reads the agent's
+    output). When it is full, what does not fit waits here and goes out when
+    the loop sees the descriptor writable; meanwhile the pumps that feed it
+    stop reading their workers' pipes, so the workers block on their own
+    writes (the back-pressure of a slow terminal) instead of the agent
+    spinning or growing without bound. A closed console drops the data: it
+    must not take the agent down.
+    """
+
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.fd = fd
+        self.loop = loop
+        self.pending = bytearray()
+        self.paused: list[Pump] = []
+        self.closed = False
+
+    @property
+    def backlogged(self) -> bool:
+        return bool(self.pending)
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self.pending:
+            data = data[self._try_write(data) :]
+            if not data or self.closed:
+                return
+            self.loop.add_writer(self.fd, self._on_writable)
+        self.pending += data
+
+    def _try_write(self, data: bytes | bytearray) -> int:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            try:
+                done += os.write(self.fd, view[done:])
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError:
+                self._close()
+                return len(view)
+        return done
+
+    def _on_writable(self) -> None:
+        n = self._try_write(self.pending)
+        del self.pending[:n]
+        if not self.pending:
+            with contextlib.suppress(Exception):
+                self.loop.remove_writer(self.fd)
+            self._resume_all()
+
+    def _resume_all(self) -> None:
+        paused, self.paused = self.paused, []
+        for pump in paused:
+            pump.resume()
+
+    def _close(self) -> None:
+        self.closed = True
+        self.pending.clear()
+        with contextlib.suppress(Exception):
+            self.loop.remove_writer(self.fd)
+        self._resume_all()
+
+
+_consoles: dict[tuple[int, int], Console] = {}
+
+
+def console_for(fd: int) -> Console:
+    """The :class:`Console` of ``fd`` for the running loop (one per loop and descriptor)."""
+    loop = asyncio.get_running_loop()
+    key = (id(loop), fd)
+    c = _consoles.get(key)
+    if c is None or c.loop is not loop:
+        c = _consoles[key] = Console(fd, loop)
+    return c
+
+
+class Pump:
+    """Copies one worker stream from its pipe to a file, the console, and a tail buffer.
+
+    Driven by the loop's reader callback (no task). An error while copying
+    (the log file's disk full...) closes the pump and is handed to
+    ``on_error``: the worker group fails with it, visibly.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        plan: StreamPlan,
+        console_fd: int,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.fd: int | None = fd
+        self.plan = plan
+        self.console = console_for(console_fd) if plan.console else None
+        self.file: IO[bytes] | None = open(plan.path, "ab", buffering=0) if plan.path else None
+        self.tail = Tail() if plan.keep_tail else None
+        self.on_error = on_error
+        self.error: BaseException | None = None
+        self._partial = b""
+        self._reading = False
+        os.set_blocking(fd, False)
+
+    def resume(self) -> None:
+        """(Re)start copying as the loop sees data."""
+        if self.fd is not None and not self._reading:
+            asyncio.get_running_loop().add_reader(self.fd, self.on_readable)
+            self._reading = True
+
+    def _pause(self) -> None:
+        if self.fd is not None and self._reading:
+            asyncio.get_running_loop().remove_reader(self.fd)
+            self._reading = False
+        assert self.console is not None
+        self.console.paused.append(self)
+
+    def on_readable(self) -> None:
+        try:
+            self.drain(until_backlog=True)
+        except Exception as exc:  # reported, never a silently dead pump
+            self.error = exc
+            with contextlib.suppress(Exception):
+                self.close()
+            if self.on_error is not None:
+                self.on_error(exc)
+
+    def drain(self, until_backlog: bool = False) -> None:
+        """Read what is available now (the loop callback), or everything (at exit).
+
+        With ``until_backlog``, stop reading (until resumed) while the console
+        holds data it could not write yet.
+        """
+        while self.fd is not None:
+            if until_backlog and self.console is not None and self.console.backlogged:
+                self._pause()
+                return
+            try:
+                data = os.read(self.fd, _READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.close()
+                return
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        if self.file is not None:
+            self.file.write(data)
+        if self.tail is not None:
+            self.tail.feed(data)
+        if self.console is not None:
+            if self.plan.prefix is None:
+                self.console.write(data)
+            else:
+                *lines, self._partial = (self._partial + data).split(b"\n")
+                if lines and self.plan.collapse is not None:  # --collapse-logs
+                    self.plan.collapse.feed(self.plan.rank, lines, self.console.write)
+                elif lines:
+                    p = self.plan.prefix
+                    self.console.write(b"".join(p + line + b"\n" for line in lines))
+
+    def close(self) -> None:
+        if self.fd is not None:
+            if self._reading:
+                with contextlib.suppress(Exception):
+                    asyncio.get_running_loop().remove_reader(self.fd)
+                self._reading = False
+            os.close(self.fd)
+            self.fd = None
+        if self._partial and self.console is not None and self.plan.collapse is not None:
+            self.plan.collapse.feed(self.plan.rank, [self._partial], self.console.write)
+        elif self._partial and self.console is not None and self.plan.prefix is not None:
+            self.console.write(self.plan.prefix + self._partial + b"\n")
+        self._partial = b""
+        if self.file is not None:
+            f, self.file = self.file, None
+            f.close()
