@@ -277,6 +277,9 @@ class WorkerGroup:
                     self._to(GroupState.FAILED)
             elif all(x.returncode == 0 for x in self.workers):
                 self._to(GroupState.SUCCEEDED)
+                for x in self.workers:  # the agent may never stop a group that succeeded:
+                    x.signal(signal.SIGKILL)  # its leftovers, while the group id is held
+                    x.reap()
         self._changed.set()
 
     def _on_pump_error(self, w: WorkerProcess, exc: BaseException) -> None:

@@ -272,6 +272,17 @@ class WorkerProcess:
             return tail_of_file(self.stderr_plan.path) or None
         return None
 
+    def reap(self) -> None:
+        """Reap an exited worker now (its zombie ends; :meth:`signal` no longer sends).
+
+        For a group that succeeded, which nobody may stop afterwards.
+        """
+        if self._popen is not None and self.returncode is not None and not self._reaped:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._popen.pid, 0)  # a zombie: returns at once
+            self._popen.returncode = self.returncode
+            self._reaped = True
+
     async def aclose(self, kill_timeout: float = 5.0) -> None:
         """Kill what is left of the worker's process group, reap it, release pipes and files.
 
@@ -295,10 +306,7 @@ class WorkerProcess:
                     )
             if self.returncode is not None and not self._reaped:
                 self.signal(9)  # leftovers in the group, while the id is still ours
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(self._popen.pid, 0)  # a zombie: returns at once
-                self._popen.returncode = self.returncode
-                self._reaped = True
+                self.reap()
         for pump in self._pumps:
             pump.drain()
             pump.close()
