@@ -162,13 +162,29 @@ def children_owned() -> bool:
     return _owns_children
 
 
+def _session(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rfind(b")") + 2 :].split(b" ")[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _own_children() -> list[int]:
+    """Children of this process that came from the workers: re-parented orphans.
+
+    The agent's own children (a stack dumper, a tool it runs) stay in its
+    session; everything a worker started is in another one (each worker leads
+    its own session, and a process cannot join a session it is not in).
+    """
     me = os.getpid()
+    my_session = os.getsid(0)
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             st = _stat(int(name))
-            if st is not None and st[1] == me:
+            if st is not None and st[1] == me and _session(int(name)) != my_session:
                 out.append(int(name))
     return out
 

@@ -244,3 +244,71 @@ async def test_escapees_die_on_graceful_stop(tmp_path: Path) -> None:
         beacon.close()
         logs.close()
         reaper.close()
+
+
+# A daemon that starts with an empty environment (no marker): only the subreaper finds it.
+BARE_DAEMON = r"""
+import os, signal
+r, w = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execve("/bin/sleep", ["sleep", "1002"], {})
+    os._exit(0)
+os.wait()
+print(os.getpid(), flush=True)
+signal.pause()
+"""
+
+STOPPING_AGENT = r"""
+import asyncio, os, sys
+from corral.rendezvous.api import RoundInfo
+from corral.workers import Reaper, RunLogs, WorkerGroup, WorkerSpec
+from corral.workers.sweep import claim_children
+
+async def main():
+    claim_children()  # as the CLI does
+    reaper = Reaper(); reaper.start()
+    logs = RunLogs("bare", log_dir=sys.argv[1])
+    spec = WorkerSpec(sys.executable, ("-c", sys.argv[2]), no_python=True, local_world_size=1)
+    rnd = RoundInfo("bare", 0, 0, 1, (), 0, 1, "127.0.0.1", 29500, 0)
+    g = WorkerGroup(spec, rnd, attempt=0, logs=logs, reaper=reaper, node_id="n", host="h",
+                    base_env=os.environ)
+    await g.start()
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await g.stop(0.5)
+    print("stopped", flush=True)
+    reaper.close()
+
+asyncio.run(main())
+"""
+
+
+def test_orphan_without_marker_is_ended_by_the_subreaper_agent(tmp_path: Path) -> None:
+    agent = subprocess.Popen(
+        [sys.executable, "-c", STOPPING_AGENT, str(tmp_path), BARE_DAEMON],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    daemons: list[int] = []
+    try:
+        assert agent.stdin is not None and agent.stdout is not None
+        worker = int(agent.stdout.readline())
+        daemons = [
+            c.pid for c in psutil.Process(agent.pid).children() if c.name() == "sleep"
+        ]  # re-parented to the agent, in a session of its own, with no marker
+        assert len(daemons) == 1, (worker, psutil.Process(agent.pid).children())
+        assert b"CORRAL_WORKER_TOKEN" not in Path(f"/proc/{daemons[0]}/environ").read_bytes()
+        agent.stdin.write(b"stop\n")
+        agent.stdin.flush()
+        assert agent.stdout.readline().strip() == b"stopped"
+        assert not _gone_by(daemons, 2.0)
+        assert agent.wait(timeout=10) == 0
+    finally:
+        _kill_all(daemons)
+        agent.kill()
+        agent.wait()
+        for stream in (agent.stdin, agent.stdout):
+            if stream:
+                stream.close()
