@@ -3,8 +3,8 @@
 A DDP training on 2 agents x 2 workers (examples/train_ddp.py) whose rank 3
 stops at step 40 of the first attempt (sleeping forever, or frozen by SIGSTOP)
 is found hung, rank 3 is named with its stack, the job restarts from its
-checkpoint and ends with exactly the parameters of a run that restarted from
-that checkpoint after a crash (see ``reference``). A slow first
+checkpoint and ends with exactly the parameters of a run that never stopped
+(see ``reference``). A slow first
 step and a script that never marks progress are not hangs; with the option off
 nothing in the worker's environment changes.
 """
@@ -83,25 +83,21 @@ def run_2x2(
 
 @pytest.fixture(scope="module")
 def reference(netns: NetNS, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """Parameters of the same 2 x 2 training restarted from the same checkpoint after a crash.
+    """Parameters of the same 2 x 2 training run without interruption.
 
-    Not an uninterrupted run: at WORLD_SIZE 4, DDP on gloo gives a run resumed at
-    step 40 last-bit differences from one that never stopped, whatever stopped it
-    (a crash of examples/train_ddp.py shows the same; at WORLD_SIZE 2, where
-    tests/integration/test_ddp.py compares with an uninterrupted run, it does not).
-    A run that resumed at the same step after a crash is the exact reference.
+    Bit-exact at WORLD_SIZE 4 because examples/train_ddp.py averages gradients in
+    rank order (its ``ordered_mean_hook``): gloo's own all-reduce sums in an order
+    that changes when DDP lays its buckets out again after a resume.
     """
     d = tmp_path_factory.mktemp("reference")
     procs = Procs()
     try:
-        crash = ("--crash-at-step", "40", "--crash-rank", "3")
-        marker = ("--crash-once-marker", str(d / "m"))
-        codes, errs, outs = run_2x2(netns, d, procs, *crash, *marker, detect=False)
+        codes, errs, outs = run_2x2(netns, d, procs, detect=False)
     finally:
         procs.cleanup()
     assert codes == [0, 0], "\n".join(e[-3000:] for e in errs)
     assert not any("failed with a hang" in e or "hang elsewhere" in e for e in errs), errs
-    assert re.findall(r"restart 1: starting at step (\d+)", outs) == ["40"] * 4, outs
+    assert re.findall(r"restart (\d+): starting at step (\d+)", outs) == [("0", "0")] * 4, outs
     params: dict[str, object] = torch.load(d / "p.pt", weights_only=True)
     return params
 
@@ -136,7 +132,7 @@ def test_ddp_rank_hangs_is_named_and_job_resumes(
     assert "hang elsewhere in the job (culprit: rank 3)" in errs[0]
     assert "failed with" not in errs[0]
     # the restart resumed from the checkpoint before the hang, and ended exactly as a run that
-    # restarted from the same checkpoint after a crash
+    # never stopped
     resumed = [int(m) for m in re.findall(r"restart 1: starting at step (\d+)", outs)]
     assert resumed == [40] * 4, outs
     b = torch.load(tmp_path / "p.pt", weights_only=True)
