@@ -132,6 +132,12 @@ if __name__ == "__main__":
 """
 
 
+# torchrun's restart fails in most runs here when its workers share the agent's
+# store (stale keys of the first attempt: the defect corral fixes); its documented
+# switch turns that sharing off, so that torchrun's figures exist at all.
+TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
 def _env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "TORCHELASTIC_"))}
     env["OMP_NUM_THREADS"] = "1"
@@ -198,7 +204,7 @@ def one_run(launcher: str, script: Path) -> dict[str, float] | None:
         with open(err_file, "w") as err_out:
             proc = subprocess.Popen(
                 cmd,
-                env=_env({"BENCH_DIR": d}),
+                env=_env({"BENCH_DIR": d, **(TORCHRUN_ENV if launcher == "torchrun" else {})}),
                 stdout=subprocess.DEVNULL,
                 stderr=err_out,
                 start_new_session=True,  # its process group: what it leaves behind is ended
