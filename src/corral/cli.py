@@ -61,7 +61,7 @@ class _Env(argparse.Action):
         given = getattr(namespace, "_given", None)  # dests given on the command line
         if given is None:
             given = set()
-            setattr(namespace, "_given", given)
+            namespace._given = given
         given.add(self.dest)
 
 

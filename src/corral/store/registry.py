@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Awaitable
-from importlib.metadata import entry_points
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
@@ -42,6 +41,10 @@ class StoreFactory(Protocol):
 
 
 def _plugin_schemes() -> dict[str, object]:
+    # imported here: importlib.metadata (and the email package it loads) costs the
+    # CLI's start-up several ms, and only a scheme that is not built in needs it
+    from importlib.metadata import entry_points
+
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
