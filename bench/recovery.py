@@ -17,7 +17,8 @@ over the repetitions:
 (c) ``steps_per_s_after_restart``: rank 0's optimizer steps per second over
     the restarted attempt (4 s from its first step), in which corral prepares
     the next attempt's standbys (and, not waiting for it, the failed attempt's
-    workers finish dying);
+    workers finish dying); ``steady_steps_per_s_after_restart``: the same from
+    1 s after the first step on, past that overlap;
 (d) ``standby_rss``: the resident size of one standby once it has imported
     torch (corral --prestart only).
 
@@ -231,6 +232,11 @@ def one_run(launcher: str, script: Path) -> dict[str, float] | None:
             "recovery": max(read("first_1_0"), read("first_1_1")) - read("crash"),
             "steps_per_s": (len(steps) - 1) / span if span > 0 else 0.0,
         }
+        # the same from 1 s after the first step on: past the overlap with the failed
+        # workers' teardown (which --prestart does not wait for) and the next standby's start
+        steady = [t for t in steps if t >= steps[0] + 1.0]
+        if len(steady) > 1 and steady[-1] > steady[0]:
+            out["steady_steps_per_s"] = (len(steady) - 1) / (steady[-1] - steady[0])
         if launcher == "corral":
             out["rss"] = rss / 1024
         return out
@@ -267,9 +273,16 @@ def main() -> None:
         ("launch_to_first_step", "s", "launch", "corral"),
         ("crash_to_next_first_step", "s", "recovery", "corral"),
         ("steps_per_s_after_restart", "steps/s", "steps_per_s", "corral"),
+        ("steady_steps_per_s_after_restart", "steps/s", "steady_steps_per_s", "corral"),
         ("launch_to_first_step_no_prestart", "s", "launch", "corral-fresh"),
         ("crash_to_next_first_step_no_prestart", "s", "recovery", "corral-fresh"),
         ("steps_per_s_after_restart_no_prestart", "steps/s", "steps_per_s", "corral-fresh"),
+        (
+            "steady_steps_per_s_after_restart_no_prestart",
+            "steps/s",
+            "steady_steps_per_s",
+            "corral-fresh",
+        ),
         ("standby_rss", "MiB", "rss", "corral"),
     ]
     for name in chosen:
