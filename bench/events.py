@@ -4,13 +4,14 @@
 
 The crash-to-restart figure of bench/launch.py (a worker's crash to every worker
 of the next attempt running, ``--standalone --nproc-per-node 4 --max-restarts 1``),
-measured for corral alone in three settings, their runs alternating:
+for corral in three settings and for torchrun, their runs alternating:
 ``none`` (no sink but the store journal, always on), ``file`` (``--events-file``)
-and ``file+metrics`` (also ``--metrics-port 0 --metrics-addr 127.0.0.1``).
-Human lines first, then as the LAST line one JSON object:
-{"bench": "events", "figures": [{"name", "unit", "none", "file", "file_metrics",
-"ratio_file", "ratio_file_metrics"}]} (the ratios are over ``none``; the goal is
-within 1.05).
+and ``file_metrics`` (also ``--metrics-port 0 --metrics-addr 127.0.0.1``).
+Human lines first, then as the LAST line one JSON object: {"bench": "events",
+"figures": [{"name", "unit", "corral", "torchrun", "ratio"}]}: one figure per
+setting beside torchrun, then ``events_file_over_none`` and
+``events_file_metrics_over_none`` (corral's own ratios; the goal is within 1.05;
+torchrun has no events, so its fields are null).
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch import CRASHER, _env, _run
 
 CORRAL = [sys.executable, "-m", "corral"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
-def recovery(script: Path, extra: list[str]) -> float | None:
+def recovery(script: Path, extra: list[str], launcher: list[str] = CORRAL) -> float | None:
     with tempfile.TemporaryDirectory(prefix="bench-events-") as d:
-        cmd = [*CORRAL, "--standalone", "--nproc-per-node", "4", "--max-restarts", "1",
+        cmd = [*launcher, "--standalone", "--nproc-per-node", "4", "--max-restarts", "1",
                *[a.replace("{dir}", d) for a in extra], str(script)]  # fmt: skip
         code, _, err = _run(cmd, _env({"BENCH_DIR": d}))
         files = os.listdir(d)
@@ -58,12 +60,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-events-"))
     crasher = work / "crasher.py"
     crasher.write_text(CRASHER)
-    values: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    values: dict[str, list[float]] = {name: [] for name in [*SETTINGS, "torchrun"]}
     for _ in range(args.reps):
         for name, extra in SETTINGS.items():  # alternating, so drift hits all alike
             v = recovery(crasher, extra)
             if v is not None:
                 values[name].append(v)
+        v = recovery(crasher, [], TORCHRUN)
+        if v is not None:
+            values["torchrun"].append(v)
     med = {k: statistics.median(v) if v else None for k, v in values.items()}
     for name, v in med.items():
         shown = f"{v * 1000:.1f} ms" if v is not None else "failed"
@@ -75,10 +80,18 @@ def main() -> None:
         base, v = med["none"], med[name]
         return round(v / base, 3) if base and v is not None else None
 
-    fig = {"name": "crash_recovery_n4", "unit": "s", "none": med["none"], "file": med["file"],
-           "file_metrics": med["file_metrics"], "ratio_file": ratio("file"),
-           "ratio_file_metrics": ratio("file_metrics")}  # fmt: skip
-    print(json.dumps({"bench": "events", "figures": [fig]}))
+    t = med["torchrun"]
+    figures: list[dict[str, object]] = [
+        {"name": f"crash_recovery_n4_events_{name}", "unit": "s", "corral": med[name],
+         "torchrun": t, "ratio": round(med[name] / t, 3) if med[name] and t else None}
+        for name in SETTINGS
+    ]  # fmt: skip
+    for name in ("file", "file_metrics"):
+        figures.append(
+            {"name": f"events_{name}_over_none", "unit": "ratio", "corral": ratio(name),
+             "torchrun": None, "ratio": None}
+        )  # fmt: skip
+    print(json.dumps({"bench": "events", "figures": figures}))
 
 
 if __name__ == "__main__":
