@@ -31,9 +31,10 @@ from corral.errors import (
     StoreError,
 )
 from corral.events.types import Event, stamp
-from corral.rendezvous import _closer, _join, _lease, _outcome, _running
+from corral.rendezvous import _closer, _lease, _outcome, _running
+from corral.rendezvous import _join as _joining
 from corral.rendezvous import machine as m
-from corral.rendezvous._aio import Mux, clock_timeout
+from corral.rendezvous._aio import clock_timeout
 from corral.rendezvous._common import Spare
 from corral.rendezvous._ops import Ops
 from corral.rendezvous.api import Decision, NodeDesc, RoundChange, RoundInfo
@@ -44,7 +45,7 @@ from corral.rendezvous.state import (
     RoundPointer,
 )
 from corral.reporting.failures import FailureReport
-from corral.store.api import KeyValue, Store, WatchEvent, WriteResult
+from corral.store.api import Store, WatchEvent
 
 __all__ = ["DynamicRendezvous"]
 
@@ -220,8 +221,7 @@ class DynamicRendezvous:
         """
         return await _outcome.leave(self, rnd, signum, node)
 
-    async def _change_of(self, ptr: RoundPointer) -> RoundChange:
-        return await _outcome.change_of(self, ptr)
+    _change_of = _outcome.change_of
 
     async def outcome(self) -> Outcome | None:
         """The job's outcome, if it has one (completing a half-written end)."""
@@ -239,85 +239,37 @@ class DynamicRendezvous:
             with contextlib.suppress(StoreError):
                 await self._ops.revoke(lease)
 
+    # The steps live in the modules of one idea; they are bound here as methods
+    # (plain functions of the handle), not wrapped in coroutines that only await
+    # them: each extra coroutine layer costs every suspension and resumption of a
+    # join, which K simulated nodes in one process (bench/rendezvous) pay K times.
+
     # --- liveness ---------------------------------------------------------------
 
-    async def _ensure_lease(self) -> int:
-        return await _lease.ensure_lease(self)
-
-    async def _keepalive(self, lease: int) -> None:
-        return await _lease.keepalive(self, lease)
-
-    async def _stop_keepalive(self) -> None:
-        return await _lease.stop_keepalive(self)
+    _ensure_lease = _lease.ensure_lease
+    _keepalive = _lease.keepalive
+    _stop_keepalive = _lease.stop_keepalive
 
     # --- join -----------------------------------------------------------------
 
-    async def _join(self, state: dict[str, int]) -> RoundInfo:
-        return await _join.join(self, state)
-
-    async def _raise_outcome(self, ptr: RoundPointer) -> None:
-        return await _outcome.raise_outcome(self, ptr)
-
-    async def _join_round(self, lease: int, state: dict[str, int]) -> RoundInfo | None:
-        return await _join.join_round(self, lease, state)
-
-    async def _close_events(self) -> AsyncIterator[WatchEvent]:
-        return await _join.close_events(self)
-
-    async def _drop_close_events(self) -> None:
-        return await _join.drop_close_events(self)
-
-    async def _retract(self, r: int, mine: WriteResult, closer: WriteResult) -> None:
-        return await _join.retract(self, r, mine, closer)
-
-    async def _after_close(
-        self,
-        r: int,
-        closed_kv: KeyValue,
-        ptr_rev: int,
-        lease: int,
-        *,
-        member: bool = True,
-        full: ClosedRound | None = None,
-    ) -> RoundInfo | None:
-        return await _join.after_close(self, r, closed_kv, ptr_rev, lease, member=member, full=full)
-
-    async def _members_of(self, r: int, closed: ClosedRound) -> ClosedRound:
-        return await _join.members_of(self, r, closed)
-
-    async def _write_members(self, full: ClosedRound) -> None:
-        return await _join.write_members(self, full)
-
-    async def _follow(
-        self, r: int, lease: int, events: AsyncIterator[WatchEvent], seen: int
-    ) -> KeyValue | None:
-        return await _join.follow(self, r, lease, events, seen)
-
-    async def _close_round(
-        self, ptr: RoundPointer, lease: int
-    ) -> tuple[KeyValue, ClosedRound | None]:
-        return await _closer.close_round(self, ptr, lease)
-
+    _join = _joining.join
+    _raise_outcome = _outcome.raise_outcome
+    _join_round = _joining.join_round
+    _close_events = _joining.close_events
+    _drop_close_events = _joining.drop_close_events
+    _retract = _joining.retract
+    _after_close = _joining.after_close
+    _members_of = _joining.members_of
+    _write_members = _joining.write_members
+    _follow = _joining.follow
+    _close_round = _closer.close_round
     _joiner = staticmethod(_closer.joiner)
-
-    async def _wait_next_round(
-        self, r: int, closed: ClosedRound, closed_rev: int, ptr_rev: int, lease: int
-    ) -> None:
-        return await _join.wait_next_round(self, r, closed, closed_rev, ptr_rev, lease)
+    _wait_next_round = _joining.wait_next_round
 
     # --- running rounds -------------------------------------------------------------
 
-    async def _watch(self, rnd: RoundInfo, *, done: bool) -> RoundChange:
-        return await _running.watch(self, rnd, done=done)
-
-    async def _watch_done(self, mux: Mux, r: int) -> set[str]:
-        return await _running.watch_done(self, mux, r)
-
-    async def _finish_success(self, r: int) -> RoundChange:
-        return await _running.finish_success(self, r)
-
-    async def _lost(self, r: int, closed: ClosedRound, gone: str, detail: str = "") -> RoundChange:
-        return await _running.lost(self, r, closed, gone, detail)
-
-    async def _bump(self, r: int, reason: str, detail: str) -> RoundChange:
-        return await _running.bump(self, r, reason, detail)
+    _watch = _running.watch
+    _watch_done = _running.watch_done
+    _finish_success = _running.finish_success
+    _lost = _running.lost
+    _bump = _running.bump
