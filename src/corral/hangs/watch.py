@@ -264,7 +264,14 @@ class HangWatch:
         ranks, marks = self._read(group, started)
         watched = {r.local_rank for r in ranks}
         workers = [w for w in group.workers if w.local_rank in watched and w.pid is not None]
-        results = await asyncio.gather(*(self._dump(w.pid) for w in workers))
+
+        # every rank's dump at once, in a scope: an unexpected error ends the others too
+        async def one(pid: int) -> tuple[str | None, str]:
+            return await self._dump(pid)
+
+        async with task_scope() as tg:
+            dumps = [tg.create_task(one(w.pid)) for w in workers]
+        results = [d.result() for d in dumps]
         out: list[RankDump] = []
         for w, (stack, note) in zip(workers, results, strict=True):
             mark = marks.get(w.local_rank)
