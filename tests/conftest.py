@@ -9,7 +9,7 @@ import pytest
 
 from corral import _compat
 from tests.etcd_fixtures import stop_shared
-from tests.helpers import Hub, Procs
+from tests.helpers import Hub, NetNS, Procs
 
 
 # Runs after tests/etcd/conftest.py's hook (registered later: called first) marks its tests
@@ -36,6 +36,16 @@ def procs() -> Iterator[Procs]:
         yield tracker
     finally:
         tracker.cleanup()
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[NetNS]:
+    """A private network namespace holding only ``lo``, shared by a module's real-torch tests."""
+    procs = Procs()
+    try:
+        yield NetNS(procs)
+    finally:
+        procs.cleanup()
 
 
 @pytest.fixture

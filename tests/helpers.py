@@ -15,6 +15,8 @@ from typing import Any
 from corral.store.api import Store
 
 CORRAL = [sys.executable, "-m", "corral"]
+# the DDP training of the README's main job (real torch, gloo, checkpoints, injected faults)
+EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "train_ddp.py")
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.helpers import CORRAL, NetNS, Procs, corral_env
+from tests.helpers import CORRAL, EXAMPLE, NetNS, Procs, corral_env
 
 torch = pytest.importorskip("torch")
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.timeout(150)]
 
-EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "train_ddp.py")
 STEPS = ["--steps", "240", "--ckpt-every", "20"]
-
-
-@pytest.fixture(scope="module")
-def netns() -> Iterator[NetNS]:
-    procs = Procs()
-    try:
-        yield NetNS(procs)
-    finally:
-        procs.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import psutil
 import pytest
 from tests.helpers import CORRAL, Procs, corral_env
 from tests.integration import test_ddp, test_single_node
-from tests.integration.test_ddp import netns, reference  # noqa: F401  (module fixtures)
+from tests.integration.test_ddp import reference  # noqa: F401  (a module fixture)
 from tests.integration.test_single_node import (
     test_bad_script_is_one_line_exit_2,
     test_budget_spent_exit_code_is_workers,
