@@ -4,18 +4,16 @@
 is set (its value: the ``--prestart-import`` list; ``json`` keeps these tests
 cheap, the DDP tests import torch in advance as the default does).
 
-Two tests are adapted. The agent's children are its watchdog *and its
-standbys*; every one of them, and every worker, dies with the agent. And
-pre-started workers start at the same instant, so two ``print`` calls under
-``python -u`` (the text, then the newline: two writes) interleave on the
-shared stdout far more often than with spawned workers ("readyready\n\n"):
-the adapted tests read the words, not the lines.
+One test is adapted: the agent's children are its watchdog *and its
+standbys*; every one of them, and every worker, dies with the agent.
+(Pre-started workers start at the same instant, so two ``print`` calls under
+``python -u`` interleave on the shared stdout far more often than spawned
+ones do, "readyready\n\n": the shared tests read words, not lines.)
 """
 
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +31,7 @@ from tests.integration.test_single_node import (
     test_restarts_counted_and_success_after_retries,
     test_root_cause_from_error_file,
     test_signal_death_exit_code,
+    test_signal_forwarded_then_agent_exits_128_plus_n,
     test_worker_environment,
 )
 
@@ -101,34 +100,3 @@ def test_no_orphans_after_agent_sigkill_with_standbys(tmp_path: Path, procs: Pro
     _, alive = psutil.wait_procs(victims + others, timeout=1.0)
     alive = [v for v in alive if test_single_node._not_zombie(v)]
     assert alive == [], f"orphans survived the agent: {alive}"
-
-
-def test_signal_forwarded_then_agent_exits_128_plus_n(tmp_path: Path, procs: Procs) -> None:
-    s = test_single_node.script(
-        tmp_path,
-        "sig.py",
-        """
-        import os, signal, sys, time
-        def on(sig, frame):
-            open(f"{sys.argv[1]}/got{os.environ['RANK']}", "w").close()
-            sys.exit(0)
-        signal.signal(signal.SIGUSR1, on)
-        print("ready", flush=True)
-        time.sleep(60)
-    """,
-    )
-    p = procs.start(
-        [*CORRAL, "--standalone", "--nproc-per-node", "2", s, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=corral_env(TMPDIR=str(tmp_path)),
-    )
-    assert p.stdout is not None
-    out = b""
-    while out.count(b"ready") < 2:
-        line = p.stdout.readline()
-        assert line, "agent ended before workers were ready"
-        out += line
-    p.send_signal(signal.SIGUSR1)
-    assert p.wait(timeout=30) == 128 + signal.SIGUSR1
-    assert (tmp_path / "got0").exists() and (tmp_path / "got1").exists()
