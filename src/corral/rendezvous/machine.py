@@ -3,28 +3,43 @@
 The async runner (:mod:`corral.rendezvous.dynamic`) reads the store, calls
 these with the values it read and the time from its own clock, and writes
 what they decide. Everything here is tested table-driven.
+
+This module decides how a round closes and how its members are ranked; the
+restart budget (the pointer's moves, the failure and scale-up steps, the root
+cause of a failed job) is :mod:`corral.rendezvous.restarts`, re-exported here
+so that ``machine.X`` names every pure decision of the rendezvous.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from corral.rendezvous.api import NodeDesc, RoundInfo
+from corral.rendezvous.restarts import (
+    RESTART_REASONS,
+    FailureStep,
+    ScaleUp,
+    budget_left,
+    end_pointer,
+    failure_step,
+    is_spare,
+    lost_node_report,
+    next_pointer,
+    restart_step,
+    restarts_text,
+    root_cause,
+    scale_up_step,
+    scale_up_wanted,
+    waiting_line,
+)
 from corral.rendezvous.state import (
-    REASON_FAILURE,
-    REASON_JOB_ENDED,
-    REASON_MEMBER_LOST,
-    REASON_NODE_WAITING,
     Assignment,
     ClosedRound,
     RankTable,
-    RoundPointer,
     rank_table_count,
     rank_table_of,
 )
-from corral.reporting.failures import FailureReport
 
 __all__ = [
     "RESTART_REASONS",
@@ -260,170 +275,3 @@ def round_info_of(
         master_port=closed.master_port,
         restart_count=closed.restart_count,
     )
-
-
-# Why the worker group restarts: each of these moves the pointer r -> r+1 and
-# counts one restart for the job (torch's ``--max-restarts`` bounds them all,
-# "regardless of whether the restart was caused due to a failure or a scaling
-# event"). Round 0, the job's first formation, is no restart.
-RESTART_REASONS = frozenset({REASON_FAILURE, REASON_MEMBER_LOST, REASON_NODE_WAITING})
-
-
-def next_pointer(current: RoundPointer, reason: str, detail: str = "") -> RoundPointer:
-    """The pointer of the restart round after ``current``: every restart counts one.
-
-    ``reason`` is one of :data:`RESTART_REASONS` (a failure, a lost member, a
-    waiting node); the job's end is :func:`end_pointer`.
-    """
-    if reason not in RESTART_REASONS:
-        raise ValueError(f"not a restart reason: {reason!r}")
-    nxt = current.restart_count + 1
-    return RoundPointer(current.round + 1, nxt, reason, detail, current.max_restarts)
-
-
-def end_pointer(current: RoundPointer, status: str) -> RoundPointer:
-    """The terminal pointer after ``current`` (``status``: "success" or "failed"); no restart."""
-    return RoundPointer(
-        current.round + 1, current.restart_count, REASON_JOB_ENDED, status, current.max_restarts
-    )
-
-
-def budget_left(pointer: RoundPointer, max_restarts: int) -> bool:
-    """Whether the job may restart once more from the round ``pointer`` names."""
-    return pointer.restart_count < max_restarts
-
-
-def restarts_text(restart_count: int, max_restarts: int) -> str:
-    """``used/allowed``, as the agent's log and ``corral status`` show the budget."""
-    return f"{restart_count}/{max_restarts}"
-
-
-class FailureStep(enum.Enum):
-    """What a node that saw round r end (failures, a lost member) does, given the current pointer."""
-
-    RESTART = "restart"  # move the pointer r -> r+1 (counts one restart for the job)
-    ALREADY_MOVED = "already_moved"  # someone started a later round: join it
-    FAIL = "fail"  # budget spent: write the failed outcome
-
-
-def restart_step(seen_round: int, pointer: RoundPointer, max_restarts: int) -> FailureStep:
-    """Decide for round ``seen_round`` ending (the pointer is the store's current one).
-
-    The same rule for every cause of a restart: a failure, a lost member.
-    """
-    if pointer.round != seen_round:
-        return FailureStep.ALREADY_MOVED
-    if budget_left(pointer, max_restarts):
-        return FailureStep.RESTART
-    return FailureStep.FAIL
-
-
-def failure_step(failed_round: int, pointer: RoundPointer, max_restarts: int) -> FailureStep:
-    """Decide for failures seen in ``failed_round``: :func:`restart_step`."""
-    return restart_step(failed_round, pointer, max_restarts)
-
-
-def lost_node_report(
-    members: Sequence[NodeDesc],
-    lost: str,
-    round_: int,
-    restart_count: int,
-    max_restarts: int,
-    why: str = "its agent left the rendezvous (lease ended)",
-) -> FailureReport:
-    """The root cause of a job that ends because member ``lost`` of round ``round_`` was lost.
-
-    It names the node (group rank, host, address, node id) and says that it
-    was lost; ``rank`` is its first global rank, ``local_rank`` -1 (the whole
-    node), exit code 1. ``members`` is the round's member list in rank order.
-    """
-    ids = [n.node_id for n in members]
-    if lost not in ids:
-        raise ValueError(f"node {lost!r} is not a member")
-    group_rank = ids.index(lost)
-    node = members[group_rank]
-    offset = sum(n.local_world_size for n in members[:group_rank])
-    where = ", ".join(x for x in (node.host, node.addr) if x)
-    return FailureReport(
-        rank=offset,
-        local_rank=-1,
-        group_rank=group_rank,
-        host=node.host or node.addr,
-        node_id=node.node_id,
-        pid=node.pid,
-        exitcode=1,
-        message=(
-            f"node {group_rank} ({where}, node id {node.node_id}) was lost in round {round_}: "
-            f"{why}; restart budget spent ({restarts_text(restart_count, max_restarts)} restarts)"
-        ),
-        round=round_,
-        restart_count=restart_count,
-        lost=True,
-    )
-
-
-def root_cause(failures: Iterable[tuple[int, FailureReport]]) -> FailureReport | None:
-    """The earliest failure by create revision (the store's order, never a wall clock)."""
-    best: tuple[int, FailureReport] | None = None
-    for rev, rep in failures:
-        if best is None or rev < best[0]:
-            best = (rev, rep)
-    return best[1] if best is not None else None
-
-
-def scale_up_wanted(members: Sequence[NodeDesc], waiting_node: str, max_nodes: int) -> bool:
-    """A running round has room for a waiting node: below max and the node is new."""
-    if len(members) >= max_nodes:
-        return False
-    return all(m.node_id != waiting_node for m in members)
-
-
-class ScaleUp(enum.Enum):
-    """What a running round does for a node that waits to join it."""
-
-    ADMIT = "admit"  # restart as round r+1 with it (node_waiting: counts one restart)
-    NO_ROOM = "no_room"  # at max_nodes, or already a member: nothing
-    SPARE = "spare"  # room, but the restart budget is spent: it waits as a spare
-
-
-def scale_up_step(
-    members: Sequence[NodeDesc],
-    waiting_node: str,
-    max_nodes: int,
-    pointer: RoundPointer,
-    max_restarts: int,
-) -> ScaleUp:
-    """Decide for ``waiting_node`` at the running round of ``pointer`` with ``members``."""
-    if not scale_up_wanted(members, waiting_node, max_nodes):
-        return ScaleUp.NO_ROOM
-    if budget_left(pointer, max_restarts):
-        return ScaleUp.ADMIT
-    return ScaleUp.SPARE
-
-
-def is_spare(node_count: int, max_nodes: int, restart_count: int, max_restarts: int) -> bool:
-    """A node that found a running round of ``node_count`` closed without it waits as a
-    *spare*: the round has room, but the restart budget is spent, so no round will admit
-    it unless a restart still allowed happens for another reason. It waits with no
-    join_timeout (it ends with the job); a node that waits because the round is full
-    (at ``max_nodes``) keeps its join_timeout, as torch's wait list does."""
-    return node_count < max_nodes and restart_count >= max_restarts
-
-
-def waiting_line(
-    node_id: str,
-    round_: int,
-    node_count: int,
-    max_nodes: int,
-    restart_count: int,
-    max_restarts: int,
-) -> str:
-    """The one log line of a node that found round ``round_`` closed without it."""
-    if is_spare(node_count, max_nodes, restart_count, max_restarts):
-        return (
-            f"round {round_} runs with {node_count} of at most {max_nodes} nodes, but the job's "
-            f"restart budget is spent ({restarts_text(restart_count, max_restarts)} restarts): "
-            f"node {node_id} waits as a spare, not admitted (it ends with the job, or joins a "
-            "later round)"
-        )
-    return f"round {round_} closed without node {node_id}: waiting"

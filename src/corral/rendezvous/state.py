@@ -1,30 +1,10 @@
-"""The rendezvous records kept in the store: versioned JSON, and the key layout.
+"""The rendezvous records kept in the store: versioned JSON.
 
 Every value is ``{"version": 1, ...}`` JSON behind explicit ``to_json`` /
 ``from_json`` (never pickle). A record that does not parse raises
 :class:`corral.errors.RendezvousError` naming the key, so a corrupt or foreign
-store is reported, not silently misread. Layout (under ``<prefix>/<run_id>/``)::
-
-    round                         RoundPointer: current round, restart count, why it started
-    outcome                       Outcome: the job's end (create-only)
-    waiting/<node_id>             NodeDesc of a node waiting for the next round (lease)
-    r/<r>/nodes/<node_id>         NodeDesc of a joiner of round r (lease); create revision = order
-    close/<r>/closer              node id of the node that closes round r (lease, create-only)
-    close/<r>/closed              ClosedRound summary: sizes, master addr/port, tag; no members
-                                  (create-only; small: every node reads it). Under close/,
-                                  apart from the rest, so that one watch of close/ follows
-                                  every round's close for a node's whole life
-    r/<r>/members/<tag>           ClosedRound with the members in rank order (read by few)
-    r/<r>/ranks/<tag>/<i>         RankTable i of ``rank_tables``: the Assignment (group rank,
-                                  rank offset, ring predecessor) of each member whose id
-                                  hashes to i, about ASSIGNMENTS_PER_KEY of them (each
-                                  member reads only the one table its id names)
-    r/<r>/failures/<node_id>/<lr> FailureReport of one failed worker
-    r/<r>/failures/<node_id>/lost FailureReport naming member node_id as lost, written when
-                                  its loss ends the job (the restart budget spent)
-    r/<r>/done/<node_id>          a member whose workers all succeeded in round r
-    r/<r>/left/<node_id>          a member that left round r on a handled signal
-                                  (``--on-signal leave``; counted against MIN)
+store is reported, not silently misread. Where each record lives is
+:class:`~corral.rendezvous.keys.Keys` (the key layout), re-exported here.
 """
 
 from __future__ import annotations
@@ -37,6 +17,7 @@ from typing import Any
 
 from corral.errors import RendezvousError
 from corral.rendezvous.api import NodeDesc
+from corral.rendezvous.keys import Keys
 from corral.reporting.failures import FailureReport
 
 __all__ = [
@@ -369,70 +350,3 @@ class Outcome:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RendezvousError(f"corrupt outcome record: {d!r:.80}") from exc
-
-
-class Keys:
-    """Key names of one run: ``<prefix>/<run_id>/...`` (see the module docstring)."""
-
-    def __init__(self, prefix: str, run_id: str) -> None:
-        if "/" in run_id or not run_id:
-            raise RendezvousError(f"run id {run_id!r} must be non-empty and contain no '/'")
-        self.base = f"{prefix.rstrip('/')}/{run_id}/"
-        self.round = self.base + "round"
-        self.outcome = self.base + "outcome"
-        self.waiting = self.base + "waiting/"
-        self.closes = self.base + "close/"
-
-    def waiting_key(self, node_id: str) -> str:
-        return f"{self.waiting}{node_id}"
-
-    def nodes(self, r: int) -> str:
-        return f"{self.base}r/{r}/nodes/"
-
-    def node(self, r: int, node_id: str) -> str:
-        return f"{self.base}r/{r}/nodes/{node_id}"
-
-    def close_prefix(self, r: int) -> str:
-        """Both ``closer`` and ``closed`` of round r, and nothing else."""
-        return f"{self.closes}{r}/"
-
-    def closer(self, r: int) -> str:
-        return f"{self.closes}{r}/closer"
-
-    def closed(self, r: int) -> str:
-        return f"{self.closes}{r}/closed"
-
-    def members(self, r: int, tag: str) -> str:
-        return f"{self.base}r/{r}/members/{tag}"
-
-    def ranks(self, r: int) -> str:
-        return f"{self.base}r/{r}/ranks/"
-
-    def rank_table(self, r: int, tag: str, index: int) -> str:
-        return f"{self.base}r/{r}/ranks/{tag}/{index}"
-
-    def failures(self, r: int) -> str:
-        return f"{self.base}r/{r}/failures/"
-
-    def failure(self, r: int, node_id: str, local_rank: int) -> str:
-        return f"{self.base}r/{r}/failures/{node_id}/{local_rank}"
-
-    def lost(self, r: int, node_id: str) -> str:
-        """The report of member ``node_id`` lost in round r (a failure key of its own)."""
-        return f"{self.base}r/{r}/failures/{node_id}/lost"
-
-    def done(self, r: int) -> str:
-        return f"{self.base}r/{r}/done/"
-
-    def left(self, r: int) -> str:
-        return f"{self.base}r/{r}/left/"
-
-    def left_key(self, r: int, node_id: str) -> str:
-        return f"{self.base}r/{r}/left/{node_id}"
-
-    def done_key(self, r: int, node_id: str) -> str:
-        return f"{self.base}r/{r}/done/{node_id}"
-
-    @staticmethod
-    def leaf(key: str) -> str:
-        return key.rsplit("/", 1)[-1]
