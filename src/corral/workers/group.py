@@ -1,6 +1,7 @@
 """The node's worker group for one round: start, wait for the outcome, stop, forward signals.
 
-States (all transitions in :meth:`WorkerGroup._to`)::
+States (all transitions in :meth:`WorkerGroup._to`; the table is
+:data:`corral.workers.group_state.TRANSITIONS`)::
 
     CREATED -> RUNNING -> SUCCEEDED | FAILED -> STOPPING -> STOPPED
                RUNNING -> STOPPING (stopped by the agent: a signal, a round change)
@@ -15,19 +16,17 @@ releases pipes and files.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from corral._compat import timeout as _compat_timeout
 from corral.errors import LauncherError
 from corral.rendezvous.api import RoundInfo
 from corral.reporting.failures import FailureReport
 from corral.reporting.render import read_error_file
+from corral.workers.group_state import TRANSITIONS, GroupResult, GroupState, failure_report
 from corral.workers.logs import AttemptLogs, RunLogs
 from corral.workers.process import WorkerProcess
 from corral.workers.reaper import Reaper
@@ -46,41 +45,6 @@ ERROR_FILE_POLL = 0.05
 #: The exit code reported for a worker whose error file came before its exit:
 #: what the uncaught exception that ``record`` re-raises makes of it.
 EARLY_EXITCODE = 1
-
-
-class GroupState(enum.Enum):
-    CREATED = "created"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-_TRANSITIONS: dict[GroupState, frozenset[GroupState]] = {
-    GroupState.CREATED: frozenset({GroupState.RUNNING, GroupState.STOPPING}),
-    GroupState.RUNNING: frozenset({GroupState.SUCCEEDED, GroupState.FAILED, GroupState.STOPPING}),
-    GroupState.SUCCEEDED: frozenset({GroupState.STOPPING}),
-    GroupState.FAILED: frozenset({GroupState.STOPPING}),
-    GroupState.STOPPING: frozenset({GroupState.STOPPED}),
-    GroupState.STOPPED: frozenset(),
-}
-
-
-@dataclass(frozen=True)
-class GroupResult:
-    """How the group ended.
-
-    Attributes:
-        succeeded: every worker exited 0.
-        failures: the failed workers known when the first failure was noticed,
-            in exit-notice order (the local root cause first); empty on success.
-        exitcodes: local rank -> exit code (-N for signal N) of the workers that had exited.
-    """
-
-    succeeded: bool
-    failures: list[FailureReport] = field(default_factory=list)
-    exitcodes: dict[int, int] = field(default_factory=dict)
 
 
 class WorkerGroup:
@@ -152,7 +116,7 @@ class WorkerGroup:
     # --- state ----------------------------------------------------------------
 
     def _to(self, new: GroupState) -> None:
-        if new not in _TRANSITIONS[self.state]:
+        if new not in TRANSITIONS[self.state]:
             raise RuntimeError(f"worker group cannot go from {self.state.name} to {new.name}")
         log.debug("worker group (round %d): %s -> %s", self.rnd.round, self.state.name, new.name)
         self.state = new
@@ -292,29 +256,14 @@ class WorkerGroup:
 
     def _report(self, w: WorkerProcess, early: int | None = None) -> FailureReport:
         """The failure of ``w``: at its exit, or ``early`` (its exit code to be) at its error file."""
-        rc = w.returncode if early is None else early
-        assert rc is not None and self.logs is not None
-        err_path = self.logs.error_file(w.local_rank)
-        parsed = read_error_file(err_path)
-        message: str | None = w.spawn_error
-        tb: str | None = None
-        if parsed is not None:
-            message, tb, _ = parsed
-        return FailureReport(
-            rank=self.rnd.rank_offset + w.local_rank,
-            local_rank=w.local_rank,
-            group_rank=self.rnd.group_rank,
+        assert self.logs is not None
+        return failure_report(
+            w,
+            self.rnd,
             host=self.host,
             node_id=self.node_id,
-            pid=w.pid or 0,
-            exitcode=rc,
-            message=message,
-            traceback=tb,
-            stderr_tail=None if parsed is not None else w.stderr_tail(),
-            timestamp=w.exit_time if early is None else time.time(),
-            round=self.rnd.round,
-            restart_count=self.rnd.restart_count,
-            error_file=err_path if parsed is not None else None,
+            err_path=self.logs.error_file(w.local_rank),
+            early=early,
         )
 
     def _exitcodes(self) -> dict[int, int]:

@@ -23,6 +23,9 @@ session, PDEATHSIG, a marker (``CORRAL_WORKER_TOKEN``), its group registered
 with the watchdog. One that dies before its assignment is dropped and the
 worker is spawned fresh.
 
+One standby, as the agent holds it (its socket, the hand-off of its
+assignment), is :class:`~corral.workers.standby_link.Standby`.
+
 The pool also owns the agent's detached stops (:meth:`StandbyPool.detach`;
 docs/workers.md): they live in its task group, awaited when the agent leaves.
 """
@@ -32,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import socket
@@ -54,6 +56,7 @@ from corral.workers.prestart import (
 )
 from corral.workers.reaper import Reaper, worker_preexec
 from corral.workers.spec import WorkerSpec, needs_omp_notice
+from corral.workers.standby_link import Standby
 from corral.workers.sweep import MARKER_VAR, children_owned
 
 __all__ = [
@@ -71,60 +74,6 @@ log = logging.getLogger(__name__)
 
 #: How long a group start waits for a standby that has no pid yet (the zygote importing).
 TAKE_TIMEOUT = 120.0
-
-
-class Standby:
-    """One standby (its pid once known) and the agent's end of its socket."""
-
-    def __init__(self, sock: socket.socket, marker: str, proc: Proc | None = None) -> None:
-        self.sock = sock
-        self.marker = marker
-        self.proc = proc
-        self.ready = False
-        self.dead = False
-        self.pidfd: int | None = None
-        self.known = asyncio.Event()  # the pid is known (a zygote's fork says it)
-        self._buf = b""
-        if proc is not None:
-            self.known.set()
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid if self.proc is not None else 0
-
-    def assign(
-        self,
-        *,
-        argv: list[str],
-        orig_argv: list[str],
-        env: Mapping[str, str],
-        cwd: str,
-        out_fd: int,
-        err_fd: int,
-        timeout: float = 5.0,
-    ) -> bool:
-        """Hand the standby its worker; False if it cannot take it (it died)."""
-        if self.dead:
-            return False
-        body = json.dumps(
-            {"argv": argv, "orig_argv": orig_argv, "env": dict(env), "cwd": cwd}
-        ).encode()
-        try:
-            self.sock.settimeout(timeout)
-            socket.send_fds(self.sock, [len(body).to_bytes(4, "little")], [out_fd, err_fd])
-            self.sock.sendall(body)
-        except OSError as exc:
-            log.info("standby %d could not take its assignment: %s", self.pid, exc)
-            return False
-        finally:
-            self.sock.close()
-        return True
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(OSError):
-                os.killpg(self.proc.pid, 9)  # unreaped: the group id is still the standby's
-        self.sock.close()
 
 
 class StandbyPool:
