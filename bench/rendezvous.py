@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from corral.config import RdzvConf
+from corral.config import RendezvousOptions, StoreOptions
 from corral.rendezvous.api import NodeDesc
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.store.api import Store
@@ -106,7 +106,7 @@ async def corral_once(url: str, k: int) -> float:
     for _ in range(n_conns):
         conns.append(await open_store(url, timeout=30))
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
-    conf = RdzvConf(join_timeout=120, read_timeout=60)
+    conf = RendezvousOptions(join_timeout=120)
     nodes = [
         DynamicRendezvous(
             conns[i % n_conns],
@@ -116,6 +116,7 @@ async def corral_once(url: str, k: int) -> float:
             max_nodes=k,
             max_restarts=0,
             conf=conf,
+            store_conf=StoreOptions(read_timeout=60),
         )
         for i in range(k)
     ]

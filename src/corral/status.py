@@ -244,15 +244,15 @@ async def _open(args: argparse.Namespace, conf: RdzvConf) -> tuple[Store, str]:
     if args.rdzv_backend in ("etcd", "etcd-v3"):
         from corral.store.etcd.url import etcd_url_from_conf
 
-        url = etcd_url_from_conf(args.rdzv_endpoint, conf)
-        return await open_store(url, timeout=conf.read_timeout), f"etcd {args.rdzv_endpoint}"
+        url = etcd_url_from_conf(args.rdzv_endpoint, conf.etcd, conf.store.prefix)
+        return await open_store(url, timeout=conf.store.read_timeout), f"etcd {args.rdzv_endpoint}"
     try:
         host, port = split_host_port(args.rdzv_endpoint, 29400)
     except ValueError as exc:
         raise ConfigError(f"--rdzv-endpoint {args.rdzv_endpoint}: {exc}") from exc
-    token = conf.resolve_token(os.environ)
+    token = conf.tcp.resolve_token(os.environ)
     url = f"tcp://{host}:{port}"
-    return await open_store(url, token=token, timeout=min(conf.read_timeout, 10.0)), url
+    return await open_store(url, token=token, timeout=min(conf.store.read_timeout, 10.0)), url
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -262,11 +262,13 @@ async def _run(args: argparse.Namespace) -> int:
     store, label = await _open(args, conf)
     try:
         while True:
-            st = await read_status(store, run_id=args.rdzv_id, prefix=conf.prefix, label=label)
+            st = await read_status(
+                store, run_id=args.rdzv_id, prefix=conf.store.prefix, label=label
+            )
             print(st.to_json() if args.json else render(st), flush=True)
             if not args.watch or st.outcome is not None:
                 return 0
-            base = Keys(conf.prefix, args.rdzv_id).base
+            base = Keys(conf.store.prefix, args.rdzv_id).base
             async with store.watch(base, prefix=True, start_revision=st.revision + 1) as events:
                 async for _ in events:
                     break  # something changed: redraw

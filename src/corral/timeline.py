@@ -314,7 +314,7 @@ async def _from_store(args: argparse.Namespace) -> list[AttemptRecord]:
     conf = RdzvConf.parse(args.rdzv_conf)
     store, _ = await _open(args, conf)
     try:
-        return await read_records(store, prefix=conf.prefix, run_id=args.rdzv_id)
+        return await read_records(store, prefix=conf.store.prefix, run_id=args.rdzv_id)
     finally:
         await store.close()
 

@@ -9,7 +9,7 @@ import pytest
 
 import corral
 from corral.agent.agent import AgentHooks
-from corral.config import LaunchConfig, RdzvConf
+from corral.config import LaunchConfig, RdzvConf, RendezvousOptions, TcpStoreOptions
 from corral.errors import NodeRefused, WorkerFailed
 from corral.rendezvous.api import RoundInfo
 from corral.reporting.failures import FailureReport
@@ -46,7 +46,7 @@ async def test_other_node_treats_refusal_as_a_lost_node() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    conf = RdzvConf(last_call_timeout=0.3, join_timeout=30, is_host=None)
+    conf = RdzvConf(rendezvous=RendezvousOptions(last_call_timeout=0.3, join_timeout=30))
     job = LaunchConfig(
         min_nodes=1,
         max_nodes=2,
@@ -58,8 +58,8 @@ async def test_other_node_treats_refusal_as_a_lost_node() -> None:
         shutdown_timeout=5.0,
         max_restarts=1,  # B's leaving restarts A's group: that counts (one of one)
     )
-    host = replace(job, rdzv_conf=replace(conf, is_host=True))
-    guest = replace(job, rdzv_conf=replace(conf, is_host=False))
+    host = replace(job, rdzv_conf=conf.with_host())
+    guest = replace(job, rdzv_conf=replace(conf, tcp=TcpStoreOptions(is_host=False)))
     seen: list[str] = []
 
     async def record_outcome(rnd: RoundInfo, kind: str, failures: list[FailureReport]) -> None:

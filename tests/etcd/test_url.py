@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.config import RdzvConf
+from corral.config import EtcdOptions
 from corral.errors import ConfigError
 from corral.store.etcd.url import EtcdTarget, etcd_url_from_conf, parse_etcd_url
 
@@ -62,16 +62,15 @@ def test_parse_errors(url: str, message: str) -> None:
 
 
 def test_url_from_conf_round_trips() -> None:
-    conf = RdzvConf(
+    conf = EtcdOptions(
         protocol="https",
         cacert="/etc/ca.pem",
         cert="/etc/c.pem",
         key="/etc/k.pem",
         user="corral",
         password="p@ss word",
-        prefix="jobs",
     )
-    url = etcd_url_from_conf("10.0.0.1:2379, 10.0.0.2", conf)
+    url = etcd_url_from_conf("10.0.0.1:2379, 10.0.0.2", conf, "jobs")
     assert parse_etcd_url(url) == EtcdTarget(
         endpoints=(("10.0.0.1", 2379), ("10.0.0.2", 2379)),
         prefix="/jobs",
@@ -85,7 +84,7 @@ def test_url_from_conf_round_trips() -> None:
 
 
 def test_url_from_conf_defaults_and_schemes() -> None:
-    target = parse_etcd_url(etcd_url_from_conf("https://a:1,https://b:2", RdzvConf()))
+    target = parse_etcd_url(etcd_url_from_conf("https://a:1,https://b:2", EtcdOptions()))
     assert target == EtcdTarget(endpoints=(("a", 1), ("b", 2)), protocol="https")
     with pytest.raises(ConfigError, match="mixes"):
-        etcd_url_from_conf("http://a:1,https://b:2", RdzvConf())
+        etcd_url_from_conf("http://a:1,https://b:2", EtcdOptions())

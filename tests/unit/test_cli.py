@@ -132,7 +132,7 @@ def test_standalone() -> None:
     b = cfg("--standalone")
     for c in (a, b):
         assert (c.rdzv_backend, c.rdzv_endpoint, c.standalone) == ("c10d", "127.0.0.1:0", True)
-        assert c.rdzv_conf.is_host is True and len(c.rdzv_id) == 36
+        assert c.rdzv_conf.tcp.is_host is True and len(c.rdzv_id) == 36
     assert a.rdzv_id != b.rdzv_id
 
 
@@ -183,15 +183,11 @@ def test_rdzv_conf_types() -> None:
         "join_timeout=5,keep_alive_max_attempt=7,is_host=no,token=s3cret,read_timeout=1.5",
     )
     r = c.rdzv_conf
-    assert (r.join_timeout, r.keep_alive_max_attempt, r.is_host, r.token) == (
-        5.0,
-        7,
-        False,
-        "s3cret",
-    )
-    assert r.read_timeout == 1.5
+    assert (r.rendezvous.join_timeout, r.rendezvous.keep_alive_max_attempt) == (5.0, 7)
+    assert (r.tcp.is_host, r.tcp.token) == (False, "s3cret")
+    assert r.store.read_timeout == 1.5
     for text, value in [("1", True), ("0", False), ("true", True), ("False", False), ("yes", True)]:
-        assert RdzvConf.parse(f"is_host={text}").is_host is value
+        assert RdzvConf.parse(f"is_host={text}").tcp.is_host is value
     assert RdzvConf.parse("") == RdzvConf()
 
 

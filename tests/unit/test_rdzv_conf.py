@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from corral.cli import parse_args
-from corral.config import RdzvConf
+from corral.config import RdzvConf, RendezvousOptions
 from corral.errors import ConfigError
 
 S = "train.py"
@@ -21,7 +21,7 @@ S = "train.py"
 def test_torchs_own_launcher_test_string() -> None:
     # torch's launcher tests pass exactly this; corral exited 2 on 'timeout' before
     r = RdzvConf.parse("join_timeout=5,last_call_timeout=1,timeout=5")
-    assert (r.join_timeout, r.last_call_timeout, r.unknown) == (5.0, 1.0, ())
+    assert (r.rendezvous.join_timeout, r.rendezvous.last_call_timeout, r.unknown) == (5.0, 1.0, ())
     assert r.unknown_warning() is None
 
 
@@ -35,21 +35,23 @@ def test_torchs_own_launcher_test_string() -> None:
     ],
 )
 def test_timeout_is_the_legacy_join_timeout(text: str, join_timeout: float) -> None:
-    assert RdzvConf.parse(text).join_timeout == join_timeout
+    assert RdzvConf.parse(text).rendezvous.join_timeout == join_timeout
 
 
 def test_torchs_other_names_mean_corrals_keys() -> None:
     r = RdzvConf.parse(
         "etcd_prefix=/tel,ssl_cert=/c.pem,ssl_cert_key=/k.pem,ca_cert=/ca.pem,protocol=https"
     )
-    assert (r.prefix, r.cert, r.key, r.cacert, r.protocol) == (
+    assert (r.store.prefix, r.etcd.cert, r.etcd.key, r.etcd.cacert, r.etcd.protocol) == (
         "/tel",
         "/c.pem",
         "/k.pem",
         "/ca.pem",
         "https",
     )
-    assert RdzvConf.parse("cert=/c.pem,ssl_cert=/c.pem").cert == "/c.pem"  # the same value: fine
+    assert (
+        RdzvConf.parse("cert=/c.pem,ssl_cert=/c.pem").etcd.cert == "/c.pem"
+    )  # the same value: fine
     with pytest.raises(ConfigError, match="ssl_cert is torch's name for cert; give one value"):
         RdzvConf.parse("cert=/a.pem,ssl_cert=/b.pem")
 
@@ -60,8 +62,9 @@ def test_keys_torch_reads_that_change_nothing_here_are_accepted_and_checked() ->
         "keep_alive_interval=2,keep_alive_max_attempt=5,read_timeout=8,is_host=1"
     )
     assert r.unknown == ()
-    assert (r.close_timeout, r.heartbeat_timeout, r.keep_alive_interval) == (9.0, 4.0, 2.0)
-    assert (r.keep_alive_max_attempt, r.read_timeout, r.is_host) == (5, 8.0, True)
+    o = r.rendezvous
+    assert (o.close_timeout, o.heartbeat_timeout, o.keep_alive_interval) == (9.0, 4.0, 2.0)
+    assert (o.keep_alive_max_attempt, r.store.read_timeout, r.tcp.is_host) == (5, 8.0, True)
 
 
 @pytest.mark.parametrize(
@@ -86,8 +89,10 @@ def test_a_known_key_with_a_bad_value_is_one_line_error(text: str, needle: str) 
 
 def test_an_unknown_key_is_one_warning_line_never_an_error() -> None:
     r = RdzvConf.parse("join_timeout=5,bogus=1,other=x,bogus=2")
-    assert r.join_timeout == 5.0 and r.unknown == ("bogus", "other")
-    assert r == RdzvConf(join_timeout=5.0)  # the unknown keys change nothing
+    assert r.rendezvous.join_timeout == 5.0 and r.unknown == ("bogus", "other")
+    assert r == RdzvConf(
+        rendezvous=RendezvousOptions(join_timeout=5.0)
+    )  # the unknown keys change nothing
     line = r.unknown_warning()
     assert line is not None and "\n" not in line
     assert line.startswith("--rdzv-conf: ignoring unknown keys 'bogus', 'other'; corral reads ")
@@ -170,4 +175,60 @@ def test_cli_runs_with_torchs_keys_and_warns_once_for_an_unknown_one(tmp_path: P
     assert bad.stderr.splitlines() == [
         "corral: error: --rdzv-conf store_type=file: corral's c10d store is served over TCP; "
         "expected tcp"
+    ]
+
+
+def test_each_key_lands_in_the_group_of_its_reader() -> None:
+    r = RdzvConf.parse(
+        "join_timeout=5,settle_time=0.5,read_timeout=3,prefix=/p,is_host=1,token=t,"
+        "protocol=https,cacert=/ca.pem,user=u,local_addr=127.0.0.7"
+    )
+    assert (r.rendezvous.join_timeout, r.rendezvous.settle_time) == (5.0, 0.5)
+    assert (r.store.read_timeout, r.store.prefix) == (3.0, "/p")
+    assert (r.tcp.is_host, r.tcp.token) == (True, "t")
+    assert (r.etcd.protocol, r.etcd.cacert, r.etcd.user) == ("https", "/ca.pem", "u")
+    assert r.local_addr == "127.0.0.7"
+    assert r.rendezvous.lease_ttl == 5.0 * 3  # keep_alive_interval x keep_alive_max_attempt
+    # each group validates its own keys, with the one-line message of the key
+    with pytest.raises(ConfigError, match="--rdzv-conf protocol=ftp: expected http or https"):
+        RdzvConf.parse("protocol=ftp")
+    with pytest.raises(ConfigError, match=r"read_timeout=0\.0: expected a number of seconds > 0"):
+        RdzvConf.parse("read_timeout=0")
+    with pytest.raises(ConfigError, match="give the token or a token file, not both"):
+        RdzvConf.parse("token=a,token_file=/f")
+
+
+@pytest.mark.parametrize(
+    ("backend", "text", "expected"),
+    [
+        ("c10d", "cacert=/ca.pem,user=u,join_timeout=5", "does not read cacert, user; they are"),
+        ("static", "protocol=https", "does not read protocol; it is ignored"),
+        ("etcd", "is_host=1,token=s", "does not read is_host, token; they are ignored"),
+        ("etcd", "ca_cert=/ca.pem,read_timeout=2,prefix=/p,join_timeout=3", None),
+        ("c10d", "token=s,is_host=0,read_timeout=2,local_addr=127.0.0.2", None),
+        ("my-plugin", "cacert=/ca.pem,is_host=1", None),  # a plug-in's options are its own
+    ],
+)
+def test_a_key_the_backend_does_not_read_is_one_warning_line(
+    backend: str, text: str, expected: str | None
+) -> None:
+    line = RdzvConf.parse(text).unread_warning(backend)
+    if expected is None:
+        assert line is None
+    else:
+        assert line is not None and expected in line and "\n" not in line
+        assert line.startswith(f"--rdzv-conf: the {backend} backend does not read ")
+
+
+def test_cli_warns_once_for_a_key_the_backend_does_not_read(tmp_path: Path) -> None:
+    (tmp_path / "ok.py").write_text("print('ran')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "TORCHELASTIC_"))}
+    proc = subprocess.run(
+        [*_corral(), "--standalone", "--rdzv-conf", "cacert=/nowhere/ca.pem", "ok.py"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "ran" in proc.stdout, proc.stderr
+    warnings = [ln for ln in proc.stderr.splitlines() if "warning" in ln]
+    assert warnings == [
+        "corral: warning: --rdzv-conf: the c10d backend does not read cacert; it is ignored"
     ]

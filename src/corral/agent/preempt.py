@@ -69,7 +69,7 @@ async def tell_job(
         )
         action = "stop"
     try:
-        async with _timeout(cfg.rdzv_conf.read_timeout):
+        async with _timeout(cfg.rdzv_conf.store.read_timeout):
             if action == "leave":
                 if rnd is None or leave is None:
                     log.warning("%s: this node leaves the job", name)

@@ -71,9 +71,13 @@ def main(argv: list[str] | None = None) -> None:
         check_entrypoint(cfg, os.environ)
     except ConfigError as exc:
         _fail(str(exc), 2)
-    unknown = cfg.rdzv_conf.unknown_warning()
-    if unknown:  # torchrun passes every key on and ignores what no one reads: so does corral
-        sys.stderr.write(f"{PROG}: warning: {unknown}\n")
+    # torchrun passes every key on and ignores what no one reads: so does corral, saying so
+    for line in (
+        cfg.rdzv_conf.unknown_warning(),
+        cfg.rdzv_conf.unread_warning(cfg.rdzv_backend),
+    ):
+        if line:
+            sys.stderr.write(f"{PROG}: warning: {line}\n")
 
     from corral.launcher import run
 

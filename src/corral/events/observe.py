@@ -51,7 +51,7 @@ class Observers:
         self.node_id = node_id
         self.sink = Fanout([sink] if sink is not None else [])
         self.run_dir = run_dir
-        self.journal = JournalWriter(prefix=cfg.rdzv_conf.prefix, run_id=cfg.rdzv_id)
+        self.journal = JournalWriter(prefix=cfg.rdzv_conf.store.prefix, run_id=cfg.rdzv_id)
         self.metrics: Any = None
         self.metrics_address: tuple[str, int] | None = None
         self._stack = AsyncExitStack()
@@ -132,7 +132,7 @@ class Observers:
         if self.metrics is not None:
             from corral.rendezvous.state import Keys
 
-            key = Keys(self.cfg.rdzv_conf.prefix, self.cfg.rdzv_id).round
+            key = Keys(self.cfg.rdzv_conf.store.prefix, self.cfg.rdzv_id).round
 
             async def probe() -> None:
                 await store.get(key)

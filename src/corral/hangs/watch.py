@@ -135,7 +135,7 @@ class HangWatch:
         if cfg.hang_timeout is None:
             raise ValueError("hang detection is off (hang_timeout is None)")
         limits = Limits(cfg.hang_timeout, cfg.hang_startup_timeout)
-        base = f"{cfg.rdzv_conf.prefix.rstrip('/')}/{cfg.rdzv_id}/"
+        base = f"{cfg.rdzv_conf.store.prefix.rstrip('/')}/{cfg.rdzv_id}/"
         # a timeout under a second wants its wake-ups (for marks) no rarer than it
         return cls(
             limits,

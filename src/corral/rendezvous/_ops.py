@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 from corral._compat import timeout as _compat_timeout
-from corral.config import RdzvConf
+from corral.config import StoreOptions
 from corral.errors import StoreTimeout
 from corral.rendezvous import machine as m
 from corral.rendezvous.state import Keys, Outcome, RoundPointer
@@ -30,7 +30,7 @@ class Ops:
     """
 
     def __init__(
-        self, store: Store, run_id: str, conf: RdzvConf, *, max_restarts: int = -1
+        self, store: Store, run_id: str, conf: StoreOptions, *, max_restarts: int = -1
     ) -> None:
         self.store = store
         # The job's first pointer (whoever joins first makes it) records the budget.

@@ -75,7 +75,8 @@ async def open_static(
         master_addr=master_addr,
         master_port=master_port,
         max_restarts=cfg.max_restarts,
-        conf=cfg.rdzv_conf,
+        conf=cfg.rdzv_conf.rendezvous,
+        store_conf=cfg.rdzv_conf.store,
         clock=clock,
     )
     stack.push_async_callback(static.close)
@@ -109,7 +110,8 @@ async def open_etcd(
     from corral.store.registry import open_store
 
     conf = cfg.rdzv_conf
-    store = await open_store(etcd_url_from_conf(cfg.rdzv_endpoint, conf), timeout=conf.read_timeout)
+    url = etcd_url_from_conf(cfg.rdzv_endpoint, conf.etcd, conf.store.prefix)
+    store = await open_store(url, timeout=conf.store.read_timeout)
     stack.push_async_callback(store.close)
     return await _dynamic(cfg, node, stack, clock, store, None)
 
@@ -131,7 +133,8 @@ async def _dynamic(
         min_nodes=cfg.min_nodes,
         max_nodes=cfg.max_nodes,
         max_restarts=cfg.max_restarts,
-        conf=cfg.rdzv_conf,
+        conf=cfg.rdzv_conf.rendezvous,
+        store_conf=cfg.rdzv_conf.store,
         clock=clock,
     )
     stack.push_async_callback(dyn.close)
@@ -146,7 +149,7 @@ async def _liveness(
     if store.characteristics.connection_leases:
         return None
     live = PeerLiveness(
-        store, run_id=cfg.rdzv_id, addr=addr, lease=lease, prefix=cfg.rdzv_conf.prefix
+        store, run_id=cfg.rdzv_id, addr=addr, lease=lease, prefix=cfg.rdzv_conf.store.prefix
     )
     await live.start()
     stack.push_async_callback(live.close)
@@ -164,14 +167,15 @@ async def _open_tcp(
 ) -> tuple[Store, StoreServer | None]:
     """Host the embedded store (and use it in-process) or connect to it.
 
-    This agent hosts it when ``is_host`` says so, else when ``rdzv_conf.is_host``
+    This agent hosts it when ``is_host`` says so, else when ``rdzv_conf.tcp.is_host``
     does, else for ``--standalone``, else when the endpoint's host is one of this
     machine's addresses (``--local-addr``'s, if given). A taken port on an
     automatic choice means another agent hosts it: this one connects.
     """
     from corral.store.registry import open_store
 
-    conf = cfg.rdzv_conf
+    conf = cfg.rdzv_conf.tcp
+    timeout = cfg.rdzv_conf.store.read_timeout
     token = conf.resolve_token(environ)
     host, port = endpoint or cfg.endpoint_host_port
     host_num = numeric_host(host) if host else "127.0.0.1"
@@ -202,7 +206,7 @@ async def _open_tcp(
             return local, server
     url = f"tcp://{host_num}:{port}" if ":" not in host_num else f"tcp://[{host_num}]:{port}"
     try:
-        store = await open_store(url, token=token, timeout=conf.read_timeout)
+        store = await open_store(url, token=token, timeout=timeout)
     except StoreUnavailable as exc:
         raise LauncherError(f"rendezvous store unreachable: {exc}") from exc
     stack.push_async_callback(store.close)

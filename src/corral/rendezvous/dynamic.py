@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 
 from corral._aio import Background
 from corral.clock import Clock, MonotonicClock
-from corral.config import RdzvConf
+from corral.config import RendezvousOptions, StoreOptions
 from corral.errors import (
     ConfigError,
     LeaseNotFound,
@@ -57,7 +57,7 @@ class DynamicRendezvous:
 
     Args:
         store: the coordination store (shared by every node of the job).
-        run_id: the job's id; keys live under ``<conf.prefix>/<run_id>/``.
+        run_id: the job's id; keys live under ``<store_conf.prefix>/<run_id>/``.
         node: this node. ``master_port`` 0 means: offer a fresh free port each
             round (found by binding port 0 on ``node.addr``); non-zero is
             offered as is every round (the static backend).
@@ -65,8 +65,9 @@ class DynamicRendezvous:
             the last call, or MIN when every expected node is back.
         max_restarts: restarts of the whole job's worker group, whatever their
             cause (a failure, a lost node, a node that joins); round 0 is none.
-        conf: timeouts (join_timeout, last_call_timeout, keep_alive_*,
-            read_timeout, settle_time) and the key prefix.
+        conf: the rendezvous's timing (join_timeout, last_call_timeout,
+            keep_alive_*, settle_time).
+        store_conf: the key prefix and the store's read timeout.
         clock: monotonic clock for the last call, settle window, keep-alive
             and join_timeout (a FakeClock in tests).
 
@@ -85,7 +86,8 @@ class DynamicRendezvous:
         min_nodes: int,
         max_nodes: int,
         max_restarts: int,
-        conf: RdzvConf,
+        conf: RendezvousOptions,
+        store_conf: StoreOptions,
         clock: Clock | None = None,
         fixed_ranks: bool = False,
     ) -> None:
@@ -98,7 +100,7 @@ class DynamicRendezvous:
         if "/" in node.node_id or not node.node_id:
             raise ConfigError(f"node id {node.node_id!r} must be non-empty and contain no '/'")
         self._clock: Clock = clock if clock is not None else MonotonicClock()
-        self._ops = Ops(store, run_id, conf, max_restarts=max_restarts)
+        self._ops = Ops(store, run_id, store_conf, max_restarts=max_restarts)
         self._k = self._ops.keys
         self._run_id = run_id
         self._node = node

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from corral.clock import Clock
-from corral.config import RdzvConf
+from corral.config import RendezvousOptions, StoreOptions
 from corral.errors import ConfigError
 from corral.rendezvous.api import Decision, NodeDesc, RoundChange, RoundInfo
 from corral.rendezvous.dynamic import DynamicRendezvous
@@ -60,7 +60,8 @@ class StaticRendezvous:
         master_addr: str,
         master_port: int,
         max_restarts: int,
-        conf: RdzvConf,
+        conf: RendezvousOptions,
+        store_conf: StoreOptions,
         clock: Clock | None = None,
     ) -> None:
         if not 0 <= node_rank < nnodes:
@@ -77,6 +78,7 @@ class StaticRendezvous:
             max_nodes=nnodes,
             max_restarts=max_restarts,
             conf=conf,
+            store_conf=store_conf,
             clock=clock,
             fixed_ranks=True,
         )

@@ -9,19 +9,19 @@ from typing import Any
 import pytest
 
 from corral.clock import FakeClock
-from corral.config import RdzvConf
+from corral.config import RendezvousOptions, StoreOptions
 from corral.rendezvous.api import NodeDesc
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.store.memory import MemoryStore
 
-CONF = RdzvConf(
+CONF = RendezvousOptions(
     join_timeout=600.0,
     last_call_timeout=30.0,
     keep_alive_interval=5.0,
     keep_alive_max_attempt=3,
-    read_timeout=5.0,
     settle_time=0.0,
 )
+STORE = StoreOptions(read_timeout=5.0)
 
 
 async def spin(n: int = 50) -> None:
@@ -56,7 +56,7 @@ class Job:
         min_nodes: int,
         max_nodes: int,
         max_restarts: int = 0,
-        conf: RdzvConf = CONF,
+        conf: RendezvousOptions = CONF,
         run_id: str = "job",
         over: Any = None,
     ) -> DynamicRendezvous:
@@ -70,6 +70,7 @@ class Job:
             max_nodes=max_nodes,
             max_restarts=max_restarts,
             conf=conf,
+            store_conf=STORE,
             clock=self.clock,
         )
         self.nodes[name] = r

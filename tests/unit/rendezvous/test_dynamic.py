@@ -411,7 +411,7 @@ async def test_evicted_node_rejoins_with_a_new_lease(job: Job) -> None:
 
 async def test_constructor_validates() -> None:
     from corral.clock import FakeClock
-    from corral.config import RdzvConf
+    from corral.config import RendezvousOptions, StoreOptions
     from corral.errors import ConfigError
     from corral.rendezvous.api import NodeDesc
     from corral.store.memory import MemoryStore
@@ -420,7 +420,7 @@ async def test_constructor_validates() -> None:
     with pytest.raises(ConfigError, match="max_nodes"):
         DynamicRendezvous(
             MemoryStore(), run_id="j", node=node, min_nodes=3, max_nodes=2, max_restarts=0,
-            conf=RdzvConf(), clock=FakeClock(),
+            conf=RendezvousOptions(), store_conf=StoreOptions(), clock=FakeClock(),
         )  # fmt: skip
 
 
@@ -428,7 +428,7 @@ async def test_static_ranks_follow_node_rank(job: Job) -> None:
     from corral.rendezvous.api import NodeDesc
     from corral.rendezvous.static import StaticRendezvous, static_store_endpoint
 
-    from .conftest import CONF
+    from .conftest import CONF, STORE
 
     nodes = [
         StaticRendezvous(
@@ -441,6 +441,7 @@ async def test_static_ranks_follow_node_rank(job: Job) -> None:
             master_port=29500,
             max_restarts=1,
             conf=CONF,
+            store_conf=STORE,
             clock=job.clock,
         )
         for rank in (2, 0, 1)

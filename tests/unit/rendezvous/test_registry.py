@@ -58,7 +58,7 @@ def test_the_standalone_rule_is_one_function(kw: dict[str, object], standalone: 
     cfg = resolve_standalone(LaunchConfig(**kw))  # type: ignore[arg-type]
     assert cfg.standalone is standalone
     if standalone:
-        assert (cfg.rdzv_backend, cfg.rdzv_endpoint, cfg.rdzv_conf.is_host) == (
+        assert (cfg.rdzv_backend, cfg.rdzv_endpoint, cfg.rdzv_conf.tcp.is_host) == (
             "c10d",
             "127.0.0.1:0",
             True,

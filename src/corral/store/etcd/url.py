@@ -31,10 +31,12 @@ _QUERY_KEYS = ("protocol", "cacert", "cert", "key")
 
 
 class EtcdConf(Protocol):
-    """The etcd backend's options, as ``--rdzv-conf`` carries them (``RdzvConf`` has them).
+    """The etcd backend's options, as ``--rdzv-conf`` carries them
+    (``corral.config.EtcdOptions`` has them).
 
     A structural type: the store layer names what it reads and imports nothing
-    of the configuration layer above it.
+    of the configuration layer above it (nor does importing that layer load
+    this package, whose import sets grpc's environment).
     """
 
     @property
@@ -49,8 +51,6 @@ class EtcdConf(Protocol):
     def cert(self) -> str | None: ...
     @property
     def key(self) -> str | None: ...
-    @property
-    def prefix(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,9 @@ def parse_etcd_url(url: str) -> EtcdTarget:
     )
 
 
-def etcd_url_from_conf(endpoint: str, conf: EtcdConf) -> str:
-    """Build the ``etcd://`` URL for ``--rdzv-endpoint`` and ``--rdzv-conf``.
+def etcd_url_from_conf(endpoint: str, conf: EtcdConf, prefix: str = DEFAULT_PREFIX) -> str:
+    """Build the ``etcd://`` URL for ``--rdzv-endpoint``, ``--rdzv-conf``'s etcd keys
+    and the job's key ``prefix``.
 
     ``endpoint`` is ``host:port[,host:port...]``; entries may carry an
     ``http://`` or ``https://`` scheme (as torch's etcd backend accepts), which
@@ -192,7 +193,7 @@ def etcd_url_from_conf(endpoint: str, conf: EtcdConf) -> str:
         value = getattr(conf, name)
         if value:
             options[name] = value
-    prefix = "/" + conf.prefix.strip("/") if conf.prefix.strip("/") else DEFAULT_PREFIX
+    prefix = "/" + prefix.strip("/") if prefix.strip("/") else DEFAULT_PREFIX
     url = f"etcd://{userinfo}{','.join(hosts)}{quote(prefix)}?{urlencode(options)}"
     parse_etcd_url(url)  # validate once, here, at the edge
     return url

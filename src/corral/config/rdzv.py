@@ -1,0 +1,310 @@
+"""``--rdzv-conf``: torch's flat ``key=value`` text, parsed into one typed group of
+options per reader.
+
+* :class:`RendezvousOptions`: the dynamic rendezvous's timing (every store-backed backend);
+* :class:`StoreOptions`: where a job's keys live and how long a store read may take
+  (every store-backed backend, and ``corral status``/``corral timeline``);
+* :class:`TcpStoreOptions`: corral's own store (``c10d``, ``static``, ``--standalone``):
+  who hosts it and its shared secret;
+* :class:`EtcdOptions`: the etcd backend's TLS and user (the store layer reads them
+  through its structural ``corral.store.etcd.url.EtcdConf``).
+
+Each backend is handed only its groups. The text stays torch's: every key torch 2.13
+reads is accepted with its meaning; a key no one reads, or one the chosen backend does
+not read, is named in one warning line, never an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+
+from corral.config.values import BOOL_VALUES, parse_bool
+from corral.errors import ConfigError
+
+__all__ = [
+    "EtcdOptions",
+    "RdzvConf",
+    "RendezvousOptions",
+    "StoreOptions",
+    "TcpStoreOptions",
+]
+
+
+def _positive(name: str, value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ConfigError(f"--rdzv-conf {name}={value}: expected a number of seconds > 0")
+
+
+@dataclass(frozen=True)
+class RendezvousOptions:
+    """The dynamic rendezvous's timing, with torch's defaults (docs/rendezvous.md)."""
+
+    join_timeout: float = 600.0
+    last_call_timeout: float = 30.0
+    close_timeout: float = 30.0
+    heartbeat_timeout: float = 5.0
+    keep_alive_interval: float = 5.0
+    keep_alive_max_attempt: int = 3
+    settle_time: float = 0.1  # corral's: settle window against a wave of arrivals
+
+    def __post_init__(self) -> None:
+        for name in (
+            "join_timeout",
+            "last_call_timeout",
+            "close_timeout",
+            "heartbeat_timeout",
+            "keep_alive_interval",
+        ):
+            _positive(name, getattr(self, name))
+        if not self.settle_time >= 0:
+            raise ConfigError(f"--rdzv-conf settle_time={self.settle_time}: expected seconds >= 0")
+        if self.keep_alive_max_attempt < 1:
+            raise ConfigError(
+                f"--rdzv-conf keep_alive_max_attempt={self.keep_alive_max_attempt}: expected an integer >= 1"
+            )
+
+    @property
+    def lease_ttl(self) -> float:
+        """How long a silent node stays a member: keep_alive_interval x keep_alive_max_attempt."""
+        return self.keep_alive_interval * self.keep_alive_max_attempt
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Where a job's keys live (``<prefix>/<run id>/``) and how long one store read may take."""
+
+    prefix: str = "/corral"  # etcd's DEFAULT_PREFIX too
+    read_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        _positive("read_timeout", self.read_timeout)
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    """The etcd backend's own keys: TLS and authentication."""
+
+    protocol: str = "http"  # https when the endpoint or a cacert says so
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("http", "https"):
+            raise ConfigError(f"--rdzv-conf protocol={self.protocol}: expected http or https")
+
+
+@dataclass(frozen=True)
+class TcpStoreOptions:
+    """corral's own store: which agent hosts it, and its shared secret."""
+
+    is_host: bool | None = None  # None: auto (the endpoint's host is one of this node's addresses)
+    token: str | None = None  # else token_file's content, else CORRAL_TOKEN
+    token_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.token is not None and self.token_file is not None:
+            raise ConfigError(
+                "--rdzv-conf token=...,token_file=...: give the token or a token file, not both"
+            )
+
+    def resolve_token(self, environ: Mapping[str, str]) -> str | None:
+        """The store's shared secret: ``token``, else the ``token_file``'s content, else
+        ``CORRAL_TOKEN`` from ``environ``; None for none.
+
+        Raises: ConfigError if ``token_file`` cannot be read.
+        """
+        if self.token:
+            return self.token
+        if self.token_file:
+            try:
+                with open(self.token_file, encoding="utf-8") as f:
+                    return f.read().strip()
+            except OSError as exc:
+                raise ConfigError(f"--rdzv-conf token_file={self.token_file}: {exc}") from exc
+        return environ.get("CORRAL_TOKEN") or None
+
+
+_GROUPS: dict[str, type] = {
+    "rendezvous": RendezvousOptions,
+    "store": StoreOptions,
+    "tcp": TcpStoreOptions,
+    "etcd": EtcdOptions,
+}
+# key -> (group, its annotation's text); local_addr is the agent's, not a backend's
+_KEYS: dict[str, tuple[str, str]] = {
+    f.name: (group, str(f.type)) for group, cls in _GROUPS.items() for f in fields(cls)
+}
+_KEYS["local_addr"] = ("", "str | None")
+
+# The groups each built-in backend reads; a plug-in backend is not checked.
+BACKEND_GROUPS: dict[str, frozenset[str]] = {
+    "c10d": frozenset({"rendezvous", "store", "tcp"}),
+    "static": frozenset({"rendezvous", "store", "tcp"}),
+    "etcd": frozenset({"rendezvous", "store", "etcd"}),
+}
+
+
+@dataclass(frozen=True)
+class RdzvConf:
+    """``--rdzv-conf``, one typed group per reader (see the module's docstring)."""
+
+    rendezvous: RendezvousOptions = field(default_factory=RendezvousOptions)
+    store: StoreOptions = field(default_factory=StoreOptions)
+    tcp: TcpStoreOptions = field(default_factory=TcpStoreOptions)
+    etcd: EtcdOptions = field(default_factory=EtcdOptions)
+    # This node's address when --local-addr is not given (torchrun takes it only as --local-addr).
+    local_addr: str | None = None
+    # Keys of the text that no one reads (parse): named in one warning line, never an error.
+    unknown: tuple[str, ...] = field(default=(), compare=False)
+    # corral's names of the keys the text gave (unread_warning).
+    given: frozenset[str] = field(default=frozenset(), compare=False)
+
+    @classmethod
+    def known_keys(cls) -> tuple[str, ...]:
+        """Every key ``parse`` accepts: corral's, then torch's other names."""
+        return tuple(_KEYS) + tuple(_TORCH_ALIASES) + tuple(_TORCH_ONLY)
+
+    def unknown_warning(self, option: str = "--rdzv-conf") -> str | None:
+        """The one warning line for keys no one reads (None: there are none)."""
+        if not self.unknown:
+            return None
+        keys = ", ".join(repr(k) for k in self.unknown)
+        return (
+            f"{option}: ignoring unknown key{'s' if len(self.unknown) > 1 else ''} {keys}; "
+            f"corral reads {', '.join(self.known_keys())}"
+        )
+
+    def unread_warning(self, backend: str, option: str = "--rdzv-conf") -> str | None:
+        """The one warning line for keys given that ``backend`` does not read (None: none,
+        or a plug-in backend, whose options corral does not know)."""
+        groups = BACKEND_GROUPS.get(backend)
+        if groups is None:
+            return None
+        unread = sorted(k for k in self.given if _KEYS[k][0] and _KEYS[k][0] not in groups)
+        if not unread:
+            return None
+        return (
+            f"{option}: the {backend} backend does not read {', '.join(unread)}; "
+            f"{'they are' if len(unread) > 1 else 'it is'} ignored"
+        )
+
+    def with_host(self) -> RdzvConf:
+        """This conf, with this agent hosting corral's store (``--standalone``)."""
+        return replace(self, tcp=replace(self.tcp, is_host=True))
+
+    @classmethod
+    def parse(cls, text: str, option: str = "--rdzv-conf") -> RdzvConf:
+        """Parse ``k=v,k=v`` into the typed groups (floats, ints, bools, strings).
+
+        Accepts what torchrun accepts (docs/contract.md): corral's keys, and every key
+        that torch 2.13's rendezvous handlers or launcher read, with their meaning
+        (:data:`_TORCH_ALIASES`, :data:`_TORCH_ONLY`). A key that no one reads is
+        kept in ``unknown`` (:meth:`unknown_warning`), never an error.
+
+        Raises:
+            ConfigError: malformed text, or a bad value for a known key.
+        """
+        text = text.strip()
+        if not text:
+            return cls()
+        values: dict[str, object] = {}
+        aliased: dict[str, tuple[str, object]] = {}  # canonical key -> (torch's key, value)
+        unknown: list[str] = []
+        for item in text.split(","):
+            key, sep, value = item.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not key or not value:
+                raise ConfigError(
+                    f"{option} {text}: expected <key>=<value>,<key>=<value>,... "
+                    f"with keys among {', '.join(cls.known_keys())}"
+                )
+            if key in _TORCH_ONLY:
+                _check_torch_only(option, key, value)
+                continue
+            if key in _TORCH_ALIASES:
+                target = _TORCH_ALIASES[key]
+                aliased[target] = (key, _convert(option, key, value, _KEYS[target][1]))
+                continue
+            if key not in _KEYS:
+                if key not in unknown:
+                    unknown.append(key)
+                continue
+            values[key] = _convert(option, key, value, _KEYS[key][1])
+        for target, (key, converted) in aliased.items():
+            if target not in values:
+                values[target] = converted
+            elif key != "timeout" and values[target] != converted:
+                raise ConfigError(
+                    f"{option} {key}={converted},{target}={values[target]}: "
+                    f"{key} is torch's name for {target}; give one value"
+                )
+        groups: dict[str, dict[str, object]] = {group: {} for group in _GROUPS}
+        for key, converted in values.items():
+            group = _KEYS[key][0]
+            if group:
+                groups[group][key] = converted
+        made = {group: _GROUPS[group](**kw) for group, kw in groups.items()}
+        local_addr = values.get("local_addr")
+        return cls(
+            **made,
+            local_addr=str(local_addr) if local_addr is not None else None,
+            unknown=tuple(unknown),
+            given=frozenset(values),
+        )
+
+
+def _convert(option: str, key: str, value: str, kind: str) -> object:
+    """``value`` of ``key`` as its field's type (``kind``, the annotation's text)."""
+    if kind.startswith("float"):
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if number != number:  # not a number, or NaN
+            raise ConfigError(f"{option} {key}={value}: expected a number of seconds")
+        return number
+    if kind.startswith("int"):
+        if not value.lstrip("-").isdigit():
+            raise ConfigError(f"{option} {key}={value}: expected an integer")
+        return int(value)
+    if kind.startswith("bool"):
+        flag = parse_bool(value)
+        if flag is None:
+            raise ConfigError(f"{option} {key}={value}: expected a boolean ({BOOL_VALUES})")
+        return flag
+    return value
+
+
+# torch's names for keys corral reads under its own name (torch 2.13): ``timeout`` is the
+# legacy join timeout (launcher.api's rdzv_timeout; the etcd and static handlers read it;
+# ``join_timeout`` wins when both are given); the etcd-v2 backend's TLS keys; the legacy
+# etcd handler's key prefix.
+_TORCH_ALIASES = {
+    "timeout": "join_timeout",
+    "etcd_prefix": "prefix",
+    "ssl_cert": "cert",
+    "ssl_cert_key": "key",
+    "ca_cert": "cacert",
+}
+
+# Keys torch reads that have no effect in corral; their values are still checked.
+_TORCH_ONLY = {
+    "rank": "the static handler's node rank; torchrun sets it from --node-rank, as corral does",
+    "use_libuv": "torch's TCPStore backend switch (ignored by torch 2.13 too)",
+    "store_type": "the c10d store's type; corral's embedded store is TCP (tcp only)",
+}
+
+
+def _check_torch_only(option: str, key: str, value: str) -> None:
+    if key == "rank" and not value.isdigit():
+        raise ConfigError(f"{option} {key}={value}: expected an integer >= 0")
+    if key == "use_libuv" and parse_bool(value) is None:
+        raise ConfigError(f"{option} {key}={value}: expected a boolean ({BOOL_VALUES})")
+    if key == "store_type" and value.lower() != "tcp":
+        raise ConfigError(
+            f"{option} {key}={value}: corral's c10d store is served over TCP; expected tcp"
+        )
