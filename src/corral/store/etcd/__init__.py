@@ -2,7 +2,11 @@
 
 * :mod:`corral.store.etcd.client`: :class:`EtcdStore` and ``open_etcd_store(url)``
   (what ``open_store("etcd://...")`` loads; needs the ``etcd`` extra).
-* :mod:`corral.store.etcd.connection`: channels, member failover, error translation.
+* :mod:`corral.store.etcd.conditional`: ``create`` / ``compare_and_set`` as one
+  transaction, and reading its answer.
+* :mod:`corral.store.etcd.connection`: channels, member failover.
+* :mod:`corral.store.etcd.grpc_errors`: which grpc errors mean failover, and
+  their translation into :mod:`corral.errors`.
 * :mod:`corral.store.etcd.url`: ``etcd://`` URL parsing and ``etcd_url_from_conf``
   (pure; importable without grpc).
 

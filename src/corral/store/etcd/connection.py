@@ -13,7 +13,8 @@ says so per call (reads, puts, lease calls: yes; create/compare-and-set: yes,
 with a re-check of the outcome; see ``EtcdStore``).
 
 Every grpc error is translated here, with ``raise ... from exc``, into
-:mod:`corral.errors`.
+:mod:`corral.errors`; which errors mean "fail over", and the corral error for
+the others, is :mod:`corral.store.etcd.grpc_errors`.
 """
 
 from __future__ import annotations
@@ -30,15 +31,8 @@ import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 
 from corral._compat import timeout as _compat_timeout
-from corral.errors import (
-    AuthenticationFailed,
-    ConfigError,
-    LeaseNotFound,
-    StoreCompacted,
-    StoreError,
-    StoreTimeout,
-    StoreUnavailable,
-)
+from corral.errors import ConfigError, StoreTimeout, StoreUnavailable
+from corral.store.etcd.grpc_errors import is_failover_error, short_reason, translate_error
 from corral.store.etcd.url import EtcdTarget
 
 __all__ = [
@@ -75,28 +69,6 @@ _CHANNEL_OPTIONS = (
     ("grpc.enable_retries", 0),
 )
 
-# Server answers that mean: this member cannot serve now, another one may.
-_FAILOVER_DETAILS = (
-    "no leader",
-    "leader changed",
-    "request timed out",
-    "not capable",
-    "stopped",
-    "too many requests",
-    # transport failures that grpc sometimes reports as INTERNAL or UNKNOWN
-    "rst_stream",
-    "stream removed",
-    "socket closed",
-    "connection reset",
-    "internal error from core",  # grpc core, when a member dies under a streaming call
-    # our own cancel of a call on a session given up (Connection.fail cancels its
-    # watch calls so that they resume elsewhere); a caller's cancellation is an
-    # asyncio.CancelledError instead, never this
-    "locally cancelled by application",
-    "broken pipe",
-    "goaway",
-)
-
 
 @dataclass(eq=False)
 class Session:
@@ -121,48 +93,6 @@ class Session:
         self.lease = rpc.LeaseStub(self.channel)
         self.watch = rpc.WatchStub(self.channel)
         self.maintenance = rpc.MaintenanceStub(self.channel)
-
-
-def is_failover_error(exc: BaseException) -> bool:
-    """True if another member may serve the request that failed with ``exc``."""
-    if not isinstance(exc, grpc.aio.AioRpcError):
-        return False
-    code = exc.code()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return True
-    details = (exc.details() or "").lower()
-    return any(d in details for d in _FAILOVER_DETAILS)
-
-
-def translate_error(exc: grpc.aio.AioRpcError, what: str, endpoint: str) -> StoreError:
-    """The corral error for a grpc error that failover cannot fix."""
-    code = exc.code()
-    details = exc.details() or str(code)
-    low = details.lower()
-    where = f"etcd {what} at {endpoint}"
-    if "lease not found" in low:
-        return LeaseNotFound(f"{where}: the lease does not exist (expired or revoked)")
-    if "compacted" in low:
-        return StoreCompacted(f"{where}: {details}")
-    if "user name is empty" in low or "user name not found" in low:
-        return AuthenticationFailed(
-            f"{where}: etcd requires authentication; put user:password in the etcd URL "
-            "(or user/password in --rdzv-conf)"
-        )
-    if "authentication failed" in low:
-        return AuthenticationFailed(
-            f"{where}: invalid user or password; check the user and password in the etcd URL "
-            "(or user/password in --rdzv-conf)"
-        )
-    if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in low:
-        return AuthenticationFailed(f"{where}: permission denied for this user ({details})")
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return AuthenticationFailed(f"{where}: not authenticated ({details})")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return StoreTimeout(f"{where}: no answer in time ({details})")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return StoreUnavailable(f"{where}: unavailable ({details})")
-    return StoreError(f"{where} failed: {code.name}: {details}")
 
 
 def _read(path: str | None, what: str) -> bytes | None:
@@ -314,7 +244,7 @@ class Connection:
                 rpc.MemberListRequest(), timeout=timeout, metadata=metadata
             )
         except grpc.aio.AioRpcError as exc:
-            log.debug("etcd: no leader lookup (%s)", _short(exc))
+            log.debug("etcd: no leader lookup (%s)", short_reason(exc))
             return None
         for member in members.members:
             if member.ID == status.leader:
@@ -337,7 +267,7 @@ class Connection:
         """Give up on ``session``'s member: the next call connects to the next member."""
         async with self._lock:
             if self._session is session:
-                log.warning("etcd: leaving %s: %s", session.endpoint, _short(reason))
+                log.warning("etcd: leaving %s: %s", session.endpoint, short_reason(reason))
                 self._session = None
                 self._index += 1
                 session.retired = True
@@ -432,7 +362,7 @@ class Connection:
                 if not retry:
                     raise StoreUnavailable(
                         f"etcd {what} at {session.endpoint}: connection lost, the request "
-                        f"may or may not have been applied ({_short(exc)})"
+                        f"may or may not have been applied ({short_reason(exc)})"
                     ) from exc
                 if loop.time() >= deadline:
                     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -442,14 +372,8 @@ class Connection:
                         ) from exc
                     raise StoreUnavailable(
                         f"etcd {what} at {self.target.endpoint_names()}: no member served "
-                        f"the request within {self.timeout:.1f} s ({_short(exc)})"
+                        f"the request within {self.timeout:.1f} s ({short_reason(exc)})"
                     ) from exc
                 retried = True
             finally:
                 await self.release(session)
-
-
-def _short(reason: BaseException | str) -> str:
-    if isinstance(reason, grpc.aio.AioRpcError):
-        return f"{reason.code().name}: {reason.details()}"
-    return str(reason)
