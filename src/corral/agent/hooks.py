@@ -1,0 +1,66 @@
+"""The agent's hooks (docs/api.md): what they are, and how the agent calls them.
+
+:class:`AgentHooks` is re-exported by :mod:`corral.agent.agent` (and ``corral``);
+:func:`before_start` and :func:`notify` are functions of an
+:class:`~corral.agent.agent.Agent`, bound on it as methods.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from corral.agent.state import AgentState
+from corral.errors import LauncherError, NodeRefused
+from corral.rendezvous.api import RoundInfo
+from corral.reporting.failures import FailureReport
+
+if TYPE_CHECKING:
+    from corral.agent.agent import Agent
+
+__all__ = ["AgentHooks", "before_start", "notify"]
+
+log = logging.getLogger("corral.agent")
+
+
+@dataclass
+class AgentHooks:
+    """Extension points (see docs/api.md).
+
+    Attributes:
+        before_start: awaited with the round before the worker group starts. To
+            refuse to run (e.g. a failed health check) raise
+            :class:`~corral.errors.NodeRefused` (any LauncherError is taken as a
+            refusal): the agent leaves the rendezvous (the other nodes see a lost
+            node) and ends with NodeRefused (the CLI: exit code 1 and the message).
+        on_outcome: awaited with (round, kind, failures) after each group ends;
+            kind is ``"succeeded"``, ``"failed"`` or a :class:`ChangeKind` value.
+            Its exceptions are logged, never raised (alerting must not stop a job).
+    """
+
+    before_start: Callable[[RoundInfo], Awaitable[None]] | None = None
+    on_outcome: Callable[[RoundInfo, str, list[FailureReport]], Awaitable[None]] | None = None
+
+
+async def before_start(agent: Agent, rnd: RoundInfo) -> None:
+    """Run ``hooks.before_start``; a refusal fails the agent with NodeRefused."""
+    if agent.hooks.before_start is not None:
+        try:
+            await agent.hooks.before_start(rnd)
+        except LauncherError as exc:
+            agent.machine.to(AgentState.FAILED)
+            log.error("round %d: before_start refused to run: %s", rnd.round, exc)
+            if isinstance(exc, NodeRefused):
+                raise
+            raise NodeRefused(f"node refused round {rnd.round}: {exc}") from exc
+
+
+async def notify(agent: Agent, rnd: RoundInfo, kind: str, failures: list[FailureReport]) -> None:
+    """Run ``hooks.on_outcome``; its exceptions are logged, never raised."""
+    if agent.hooks.on_outcome is not None:
+        try:
+            await agent.hooks.on_outcome(rnd, kind, failures)
+        except Exception:  # a hook must not take the job down
+            log.exception("on_outcome hook failed")
