@@ -35,10 +35,14 @@ async def open_rendezvous(cfg, node, *, stack, clock):
     store = await corral_open_store(f"teststore://{cfg.rdzv_id}")
     rdzv = DynamicRendezvous(
         store, run_id=cfg.rdzv_id, node=node, min_nodes=cfg.min_nodes, max_nodes=cfg.max_nodes,
-        max_restarts=cfg.max_restarts, conf=cfg.rdzv_conf, clock=clock,
+        max_restarts=cfg.max_restarts, conf=cfg.rdzv_conf.rendezvous,
+        store_conf=cfg.rdzv_conf.store, clock=clock,
     )
     stack.push_async_callback(rdzv.close)
-    print(f"plugin rendezvous for {cfg.rdzv_id}", file=sys.stderr, flush=True)
+    # its own --rdzv-conf key (no built-in reads it), and corral's typed groups
+    zone = cfg.rdzv_conf.extra_value("plugin_zone")
+    timing = cfg.rdzv_conf.rendezvous.join_timeout
+    print(f"plugin rendezvous for {cfg.rdzv_id} in {zone}, {timing}", file=sys.stderr, flush=True)
     return rdzv
 '''
 
@@ -116,6 +120,8 @@ def test_cli_runs_with_a_third_party_rendezvous_backend(plugin_path: Path, tmp_p
             "job-7",
             "--nproc-per-node",
             "2",
+            "--rdzv-conf",
+            "plugin_zone=eu-1,join_timeout=9",
             str(script),
         ],
         env=_env(plugin_path),
@@ -124,7 +130,8 @@ def test_cli_runs_with_a_third_party_rendezvous_backend(plugin_path: Path, tmp_p
         timeout=30,
     )
     assert out.returncode == 0, out.stderr
-    assert "plugin rendezvous for job-7" in out.stderr
+    assert "plugin rendezvous for job-7 in eu-1, 9.0" in out.stderr
+    assert "warning" not in out.stderr  # the plug-in's own key is its to read, not unknown
     assert sorted(line for line in out.stdout.splitlines() if line.startswith("rank")) == [
         "rank 0 of 2",
         "rank 1 of 2",

@@ -232,3 +232,11 @@ def test_cli_warns_once_for_a_key_the_backend_does_not_read(tmp_path: Path) -> N
     assert warnings == [
         "corral: warning: --rdzv-conf: the c10d backend does not read cacert; it is ignored"
     ]
+
+
+def test_a_key_no_builtin_reads_keeps_its_text_for_a_plugin_backend() -> None:
+    r = RdzvConf.parse("zone=a,join_timeout=5,zone=b,other=x")
+    assert r.unknown == ("zone", "other") and r.extra_value("zone") == "b"
+    assert r.extra_value("join_timeout") is None and r.extra_value("nope") is None
+    assert r.unknown_warning(backend="c10d") is not None
+    assert r.unknown_warning(backend="my-plugin") is None  # the plug-in reads them

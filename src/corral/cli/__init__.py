@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc), 2)
     # torchrun passes every key on and ignores what no one reads: so does corral, saying so
     for line in (
-        cfg.rdzv_conf.unknown_warning(),
+        cfg.rdzv_conf.unknown_warning(backend=cfg.rdzv_backend),
         cfg.rdzv_conf.unread_warning(cfg.rdzv_backend),
     ):
         if line:

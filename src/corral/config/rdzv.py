@@ -158,8 +158,9 @@ class RdzvConf:
     etcd: EtcdOptions = field(default_factory=EtcdOptions)
     # This node's address when --local-addr is not given (torchrun takes it only as --local-addr).
     local_addr: str | None = None
-    # Keys of the text that no one reads (parse): named in one warning line, never an error.
-    unknown: tuple[str, ...] = field(default=(), compare=False)
+    # Keys of the text that no built-in reads, with their text (parse): a plug-in backend's
+    # own options (extra_value), else named in one warning line, never an error.
+    extra: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     # corral's names of the keys the text gave (unread_warning).
     given: frozenset[str] = field(default=frozenset(), compare=False)
 
@@ -168,9 +169,25 @@ class RdzvConf:
         """Every key ``parse`` accepts: corral's, then torch's other names."""
         return tuple(_KEYS) + tuple(_TORCH_ALIASES) + tuple(_TORCH_ONLY)
 
-    def unknown_warning(self, option: str = "--rdzv-conf") -> str | None:
-        """The one warning line for keys no one reads (None: there are none)."""
-        if not self.unknown:
+    @property
+    def unknown(self) -> tuple[str, ...]:
+        """The keys no built-in reads, each once, in the order given."""
+        return tuple(dict.fromkeys(key for key, _ in self.extra))
+
+    def extra_value(self, key: str) -> str | None:
+        """The text of a key no built-in reads (a plug-in backend's option); the last given."""
+        found = None
+        for name, value in self.extra:
+            if name == key:
+                found = value
+        return found
+
+    def unknown_warning(
+        self, option: str = "--rdzv-conf", backend: str | None = None
+    ) -> str | None:
+        """The one warning line for keys no one reads (None: there are none, or ``backend``
+        is a plug-in, which reads the keys corral does not know: :meth:`extra_value`)."""
+        if not self.unknown or (backend is not None and backend not in BACKEND_GROUPS):
             return None
         keys = ", ".join(repr(k) for k in self.unknown)
         return (
@@ -202,8 +219,9 @@ class RdzvConf:
 
         Accepts what torchrun accepts (docs/contract.md): corral's keys, and every key
         that torch 2.13's rendezvous handlers or launcher read, with their meaning
-        (:data:`_TORCH_ALIASES`, :data:`_TORCH_ONLY`). A key that no one reads is
-        kept in ``unknown`` (:meth:`unknown_warning`), never an error.
+        (:data:`_TORCH_ALIASES`, :data:`_TORCH_ONLY`). A key that no built-in reads
+        is kept with its text in ``extra`` (a plug-in backend's option, else named by
+        :meth:`unknown_warning`), never an error.
 
         Raises:
             ConfigError: malformed text, or a bad value for a known key.
@@ -213,7 +231,7 @@ class RdzvConf:
             return cls()
         values: dict[str, object] = {}
         aliased: dict[str, tuple[str, object]] = {}  # canonical key -> (torch's key, value)
-        unknown: list[str] = []
+        extra: list[tuple[str, str]] = []
         for item in text.split(","):
             key, sep, value = item.partition("=")
             key, value = key.strip(), value.strip()
@@ -230,8 +248,7 @@ class RdzvConf:
                 aliased[target] = (key, _convert(option, key, value, _KEYS[target][1]))
                 continue
             if key not in _KEYS:
-                if key not in unknown:
-                    unknown.append(key)
+                extra.append((key, value))
                 continue
             values[key] = _convert(option, key, value, _KEYS[key][1])
         for target, (key, converted) in aliased.items():
@@ -252,7 +269,7 @@ class RdzvConf:
         return cls(
             **made,
             local_addr=str(local_addr) if local_addr is not None else None,
-            unknown=tuple(unknown),
+            extra=tuple(extra),
             given=frozenset(values),
         )
 
