@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from corral._compat import timeout as _timeout
 from corral.config import LaunchConfig
 from corral.errors import Interrupted, JobStopped, LauncherError
-from corral.rendezvous.api import RoundChange, RoundInfo
+from corral.rendezvous.api import Rendezvous, RoundChange, RoundInfo
+from corral.rendezvous.state import Outcome
+
+if TYPE_CHECKING:
+    from corral.workers.group import WorkerGroup
 
 __all__ = ["stop_for_change", "tell_job"]
 
@@ -40,7 +45,7 @@ def _name(signum: int) -> str:
 
 
 async def tell_job(
-    rdzv: Any,
+    rdzv: Rendezvous,
     cfg: LaunchConfig,
     rnd: RoundInfo | None,
     signum: int,
@@ -58,7 +63,10 @@ async def tell_job(
     a store error is logged, not raised (the node still ends with 128 + signal).
     """
     name = _name(signum)
+    # beyond the Rendezvous protocol: the built-in backends have them, a plug-in may not
+    report_stop: Callable[[int, str], Awaitable[Outcome]] | None
     report_stop = getattr(rdzv, "report_stop", None)
+    leave: Callable[[RoundInfo, int, str], Awaitable[Outcome | None]] | None
     leave = getattr(rdzv, "leave", None)
     action = cfg.signal_action
     if action == "leave" and hosts_store and report_stop is not None:
@@ -91,7 +99,9 @@ async def tell_job(
     return Interrupted(signum)  # the job had ended already (success or failure)
 
 
-async def stop_for_change(group: Any, change: RoundChange, shutdown_timeout: float) -> JobStopped:
+async def stop_for_change(
+    group: WorkerGroup, change: RoundChange, shutdown_timeout: float
+) -> JobStopped:
     """Another node stopped the job (``change.stop_signal``): forward the signal to this
     node's workers now, give them ``shutdown_timeout`` to exit, end them; return the error
     to end with (128 + signal)."""
