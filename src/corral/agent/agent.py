@@ -246,7 +246,7 @@ class Agent:
                 rnd.rank_offset + spec.local_world_size - 1,
                 rnd.world_size,
                 rnd.restart_count,
-                self.cfg.max_restarts,
+                rnd.restarts_allowed(self.cfg.max_restarts),
             )
             if self.hooks.before_start is not None:
                 await self._before_start(rnd)  # it may refuse: NodeRefused

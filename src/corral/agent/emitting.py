@@ -35,4 +35,4 @@ def restart_decided(agent: Agent, rnd: RoundInfo, cause: str, detail: str) -> No
     """The job restarts after ``rnd`` (``cause``: a ChangeKind value or ``"failure"``)."""
     if cause != "job_ended":
         agent._emit(ev.RestartDecided, rnd.round, cause=cause, detail=detail,
-                    restart_count=rnd.restart_count, max_restarts=agent.cfg.max_restarts)  # fmt: skip
+                    restart_count=rnd.restart_count, max_restarts=rnd.restarts_allowed(agent.cfg.max_restarts))  # fmt: skip

@@ -28,6 +28,7 @@ def round_closed(agent: Any, rnd: RoundInfo, local_world_size: int) -> None:
         local_world_size=local_world_size,
         world_size=rnd.world_size,
         restart_count=rnd.restart_count,
+        max_restarts=rnd.restarts_allowed(agent.cfg.max_restarts),
         members=tuple(m.node_id for m in rnd.members),
         host=agent.host,
     )

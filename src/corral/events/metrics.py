@@ -92,6 +92,8 @@ class Metrics:
             self.rounds.inc()
             self.round.set(ev.round)
             self.restarts_used.set(ev.restart_count)
+            if ev.max_restarts >= 0:  # the job's budget (docs/rendezvous.md)
+                self.restarts_allowed.set(ev.max_restarts)
             self._states.clear()
             for s in _WORKER_STATES:  # a new group: the last one's workers are gone
                 self.workers.labels(s).set(0)

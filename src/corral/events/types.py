@@ -126,6 +126,7 @@ class RoundClosed(Event):
         rank_offset, local_world_size, world_size: this node's global ranks
             are ``rank_offset .. rank_offset + local_world_size - 1``.
         restart_count: the job's restarts before this round.
+        max_restarts: the job's restart budget (-1: unknown).
         members: node ids in group-rank order where this node knows them (the
             node that closed the round), else empty.
         host: this node's host name.
@@ -140,6 +141,7 @@ class RoundClosed(Event):
     restart_count: int
     members: tuple[str, ...] = ()
     host: str = ""
+    max_restarts: int = -1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -74,6 +74,13 @@ async def join_round(rd: DynamicRendezvous, lease: int, state: dict[str, int]) -
             await rd._raise_outcome(ptr)
         r = rd._expect = ptr.round
     rd._pointers[r] = (ptr, ptr_rev)
+    budget = m.job_budget(rd._max_restarts, ptr.max_restarts)
+    if budget != rd._max_restarts:  # one budget for the job: every node decides alike
+        log.warning(
+            "--max-restarts is %d on this node but %d for the job (given to the node that "
+            "started it): this node counts with the job's", rd._max_restarts, budget,
+        )  # fmt: skip
+        rd._max_restarts = budget
     state["round"] = r
     rd._emit(NodeJoined, r, addr=rd._node.addr)
     closed_kv = next((kv for kv in close_kvs if kv.key == k.closed(r)), None)
@@ -165,8 +172,9 @@ async def after_close(
     if assignment is not None:
         rd._closed[r] = (closed, closed_kv.mod_revision, assignment)
         info = m.round_info_of(
-            rd._run_id, closed, assignment, full.members if full is not None else ()
-        )
+            rd._run_id, closed, assignment, full.members if full is not None else (),
+            rd._max_restarts,
+        )  # fmt: skip
         log.debug(
             "round %d closed: node %s is group rank %d of %d (restart %d)",
             r, me, info.group_rank, info.group_world_size, info.restart_count,

@@ -58,6 +58,11 @@ class RoundInfo:
     master_addr: str
     master_port: int
     restart_count: int  # restarts the job has had, of any cause (same on every node)
+    max_restarts: int = -1  # the job's restart budget, the same on every node (-1: unknown)
+
+    def restarts_allowed(self, own: int) -> int:
+        """The job's restart budget where the rendezvous knows it, else ``own``."""
+        return self.max_restarts if self.max_restarts >= 0 else own
 
 
 class ChangeKind(enum.Enum):

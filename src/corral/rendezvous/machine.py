@@ -24,6 +24,7 @@ from corral.rendezvous.restarts import (
     end_pointer,
     failure_step,
     is_spare,
+    job_budget,
     lost_node_report,
     next_pointer,
     restart_step,
@@ -56,6 +57,7 @@ __all__ = [
     "failure_step",
     "fixed_ranks",
     "is_spare",
+    "job_budget",
     "lost_node_report",
     "next_pointer",
     "rank_tables",
@@ -258,10 +260,12 @@ def round_info_of(
     closed: ClosedRound,
     assignment: Assignment,
     members: tuple[NodeDesc, ...] = (),
+    max_restarts: int = -1,
 ) -> RoundInfo:
     """A member's view of a closed round from the ``closed`` summary and its own assignment.
 
-    ``members`` is the member list when this node has it (the closer), else empty.
+    ``members`` is the member list when this node has it (the closer), else empty;
+    ``max_restarts`` the job's restart budget.
     """
     return RoundInfo(
         run_id=run_id,
@@ -274,4 +278,5 @@ def round_info_of(
         master_addr=closed.master_addr,
         master_port=closed.master_port,
         restart_count=closed.restart_count,
+        max_restarts=max_restarts,
     )

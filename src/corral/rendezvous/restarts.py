@@ -32,6 +32,7 @@ __all__ = [
     "end_pointer",
     "failure_step",
     "is_spare",
+    "job_budget",
     "lost_node_report",
     "next_pointer",
     "restart_step",
@@ -66,6 +67,12 @@ def end_pointer(current: RoundPointer, status: str) -> RoundPointer:
     return RoundPointer(
         current.round + 1, current.restart_count, REASON_JOB_ENDED, status, current.max_restarts
     )
+
+
+def job_budget(own: int, recorded: int) -> int:
+    """The job's restart budget: the one the first pointer recorded (``recorded``, the
+    ``--max-restarts`` of the node that made it), else this node's (``own``)."""
+    return recorded if recorded >= 0 else own
 
 
 def budget_left(pointer: RoundPointer, max_restarts: int) -> bool:

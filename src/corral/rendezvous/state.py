@@ -111,8 +111,9 @@ class RoundPointer:
     TORCHELASTIC_RESTART_COUNT.
 
     ``max_restarts`` is the budget as the node that made the first pointer
-    was given it (``--max-restarts``), carried along for ``corral status``;
-    -1: not recorded. Each node decides with its own ``--max-restarts``.
+    was given it (``--max-restarts``), carried along: the job's budget, which
+    every node adopts when it reads the pointer (``machine.job_budget``) and
+    ``corral status`` shows; -1: not recorded (a node then uses its own).
     """
 
     round: int

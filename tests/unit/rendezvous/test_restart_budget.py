@@ -128,30 +128,41 @@ async def test_a_node_arriving_with_the_budget_spent_waits_as_a_spare(
         await asyncio.wait_for(c_join, 2)
 
 
-async def test_a_spare_joins_when_an_allowed_restart_happens_for_another_reason(job: Job) -> None:
-    # Each node decides with its own --max-restarts. a (rank 0) was given 1, b 2: after
-    # one restart, a sees the budget spent and does not admit c; b's failure is still
-    # within b's budget, so the job restarts for it, and the spare joins that round.
+async def test_every_node_counts_with_the_jobs_budget_whatever_its_own(
+    job: Job, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a started the job with --max-restarts 1; b and c were given 2. The budget is the
+    # job's (the first pointer's): after one restart b's next failure ends the job, and c,
+    # arriving then, waits as a spare, though each of them alone would have gone on.
+    caplog.set_level(logging.INFO, logger="corral.rendezvous.dynamic")
     job.node("a", min_nodes=2, max_nodes=3, max_restarts=1)
     for n in "bc":
         job.node(n, min_nodes=2, max_nodes=3, max_restarts=2)
     tasks = await join_in_order(job, ["a", "b"], 0)
     await advance(job.clock, 31)  # below max: the last call closes round 0
     _ia, ib = await asyncio.gather(*tasks)
+    assert ib.max_restarts == 1 and ib.restarts_allowed(2) == 1
+    warned = [r.getMessage() for r in caplog.records if "--max-restarts is" in r.getMessage()]
+    assert warned == [
+        "--max-restarts is 2 on this node but 1 for the job (given to the node that "
+        "started it): this node counts with the job's"
+    ]
     assert await job.nodes["b"].report_failure(ib, [failure("b", 2)]) == (Decision.RESTART, None)
     a1, b1 = await asyncio.wait_for(asyncio.gather(job.nodes["a"].join(), job.nodes["b"].join()), 2)
-    assert (a1.group_rank, a1.restart_count) == (0, 1)
+    assert {(i.round, i.restart_count, i.max_restarts) for i in (a1, b1)} == {(1, 1, 1)}
     wa = asyncio.create_task(job.nodes["a"].watch_round(a1))
     c_join = asyncio.create_task(job.nodes["c"].join())
     await job.until(lambda: job.has_key(KEY + "waiting/c"))
     await spin()
-    assert not wa.done() and not c_join.done()
-    assert await job.nodes["b"].report_failure(b1, [failure("b", 2)]) == (Decision.RESTART, None)
-    assert (await asyncio.wait_for(wa, 2)).kind is ChangeKind.FAILURE
-    infos = await asyncio.wait_for(
-        asyncio.gather(job.nodes["a"].join(), job.nodes["b"].join(), c_join), 2
-    )
-    assert {(i.round, i.restart_count, i.group_world_size) for i in infos} == {(2, 2, 3)}
+    assert not wa.done() and not c_join.done()  # c is a spare: the job's budget is spent
+    spare = [r.getMessage() for r in caplog.records if "spare" in r.getMessage()]
+    assert len(spare) == 1 and "budget is spent (1/1 restarts)" in spare[0], spare
+    # b's second failure: with the job's budget spent, the job fails (b's own 2 is not used)
+    decision, root = await job.nodes["b"].report_failure(b1, [failure("b", 2)])
+    assert decision is Decision.FAIL and root is not None and root.node_id == "b"
+    assert (await asyncio.wait_for(wa, 2)).kind is ChangeKind.JOB_ENDED
+    with pytest.raises(JobFailed):
+        await asyncio.wait_for(c_join, 2)  # the spare ends with the job
 
 
 async def test_every_cause_counts_once_and_the_count_is_equal_everywhere(job: Job) -> None:
