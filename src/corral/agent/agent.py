@@ -26,7 +26,6 @@ from corral.agent.policy import ImmediatePolicy, RestartPolicy
 from corral.agent.results import summary as _summary  # imported from here by tests
 from corral.agent.state import AgentState, StateMachine
 from corral.clock import Clock, MonotonicClock
-from corral.config import LaunchConfig
 from corral.errors import (
     Interrupted,
     JobFailed,
@@ -42,6 +41,7 @@ from corral.rendezvous.liveness import PeerLiveness
 from corral.reporting.failures import FailureReport
 
 if TYPE_CHECKING:  # annotations only: these load lazily, when the agent first needs them
+    from corral.config import LaunchConfig
     from corral.events.observe import Observers
     from corral.hangs.watch import HangWatch
     from corral.store.api import Store

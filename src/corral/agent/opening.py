@@ -13,12 +13,12 @@ import os
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
-from corral.config import LaunchConfig
 from corral.net import local_address_towards, numeric_host
 from corral.rendezvous.api import NodeDesc, Rendezvous
 
 if TYPE_CHECKING:
     from corral.agent.agent import Agent
+    from corral.config import LaunchConfig
 
 __all__ = ["linger", "node_addr", "open_rendezvous"]
 

@@ -24,12 +24,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from corral._compat import timeout as _timeout
-from corral.config import LaunchConfig
 from corral.errors import Interrupted, JobStopped, LauncherError
 from corral.rendezvous.api import Rendezvous, RoundChange, RoundInfo
 from corral.rendezvous.state import Outcome
 
 if TYPE_CHECKING:
+    from corral.config import LaunchConfig
     from corral.workers.group import WorkerGroup
 
 __all__ = ["stop_for_change", "tell_job"]

@@ -14,13 +14,15 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral._compat import TaskGroup
-from corral.config import LaunchConfig
 from corral.events.sinks import EventSink, Fanout, JsonlSink, LoggingSink
 from corral.events.store import JournalWriter
 from corral.events.types import Event, ProgressStep, stamp
+
+if TYPE_CHECKING:
+    from corral.config import LaunchConfig
 
 __all__ = ["Observers"]
 

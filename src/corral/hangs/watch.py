@@ -30,11 +30,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral._aio import first_of, task_scope
 from corral.clock import Clock, MonotonicClock
-from corral.config import LaunchConfig
 from corral.errors import StoreError
 from corral.hangs import progress_file
 from corral.hangs.detect import Limits, RankState, judge
@@ -51,6 +50,9 @@ from corral.hangs.stacks import dump, proc_state
 from corral.progress import Mark, read_mark
 from corral.reporting.failures import FailureReport
 from corral.store.api import Store
+
+if TYPE_CHECKING:
+    from corral.config import LaunchConfig
 
 __all__ = ["HANG_EXIT_CODE", "HangWatch", "hangs_prefix", "progress_prefix", "stacks_prefix"]
 

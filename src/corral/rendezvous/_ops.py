@@ -7,9 +7,9 @@ from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 from corral._compat import timeout as _compat_timeout
-from corral.config import StoreOptions
 from corral.errors import StoreTimeout
 from corral.rendezvous import machine as m
+from corral.rendezvous.options import StoreOptions
 from corral.rendezvous.state import Keys, Outcome, RoundPointer
 from corral.reporting.failures import FailureReport
 from corral.store.api import KeyValue, Store, WatchEvent, WriteResult

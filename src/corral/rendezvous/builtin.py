@@ -16,15 +16,18 @@ import logging
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from corral.clock import Clock
-from corral.config import LaunchConfig
 from corral.errors import LauncherError, StoreUnavailable
 from corral.net import is_local_address, numeric_host, resolve_once
 from corral.rendezvous.api import NodeDesc, Rendezvous
 from corral.rendezvous.liveness import PeerLiveness
 from corral.store.api import Store
 from corral.store.tcp.server import StoreServer
+
+if TYPE_CHECKING:
+    from corral.config import LaunchConfig
 
 __all__ = ["Opened", "open_c10d", "open_etcd", "open_static"]
 

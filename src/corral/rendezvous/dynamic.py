@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Callable
 
 from corral._aio import Background
 from corral.clock import Clock, MonotonicClock
-from corral.config import RendezvousOptions, StoreOptions
 from corral.errors import (
     ConfigError,
     LeaseNotFound,
@@ -38,6 +37,7 @@ from corral.rendezvous._aio import clock_timeout
 from corral.rendezvous._common import Spare
 from corral.rendezvous._ops import Ops
 from corral.rendezvous.api import Decision, NodeDesc, RoundChange, RoundInfo
+from corral.rendezvous.options import RendezvousOptions, StoreOptions
 from corral.rendezvous.state import (
     Assignment,
     ClosedRound,

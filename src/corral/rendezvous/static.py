@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from corral.clock import Clock
-from corral.config import RendezvousOptions, StoreOptions
 from corral.errors import ConfigError
 from corral.rendezvous.api import Decision, NodeDesc, RoundChange, RoundInfo
 from corral.rendezvous.dynamic import DynamicRendezvous
+from corral.rendezvous.options import RendezvousOptions, StoreOptions
 from corral.rendezvous.state import Outcome
 from corral.reporting.failures import FailureReport
 from corral.store.api import Store

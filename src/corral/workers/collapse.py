@@ -26,8 +26,8 @@ import asyncio
 import collections
 from collections.abc import Callable, Sequence
 
-from corral.config import Std
 from corral.workers.logs import Sink, StreamPlan
+from corral.workers.std import Std
 
 __all__ = ["WINDOW", "LineCollapser", "collapse_plan", "rank_set"]
 

@@ -21,9 +21,12 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from corral.config import LaunchConfig, Std, StdSpec
+from corral.workers.std import Std, StdSpec
+
+if TYPE_CHECKING:
+    from corral.config import LaunchConfig
 
 __all__ = [
     "TAIL_LINES",

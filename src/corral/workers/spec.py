@@ -9,10 +9,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from corral.config import LaunchConfig
 from corral.errors import ConfigError
 from corral.rendezvous.api import RoundInfo
+
+if TYPE_CHECKING:
+    from corral.config import LaunchConfig
 
 __all__ = [
     "LOCAL_RANK_MACRO",

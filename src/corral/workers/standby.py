@@ -41,11 +41,10 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral._compat import TaskGroup
 from corral._compat import timeout as _compat_timeout
-from corral.config import LaunchConfig
 from corral.workers.prestart import (
     Child,
     PrestartPlan,
@@ -58,6 +57,9 @@ from corral.workers.reaper import Reaper, worker_preexec
 from corral.workers.spec import WorkerSpec, needs_omp_notice
 from corral.workers.standby_link import Standby
 from corral.workers.sweep import MARKER_VAR, children_owned
+
+if TYPE_CHECKING:
+    from corral.config import LaunchConfig
 
 __all__ = [
     "Child",
