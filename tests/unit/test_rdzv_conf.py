@@ -203,6 +203,7 @@ def test_each_key_lands_in_the_group_of_its_reader() -> None:
     [
         ("c10d", "cacert=/ca.pem,user=u,join_timeout=5", "does not read cacert, user; they are"),
         ("static", "protocol=https", "does not read protocol; it is ignored"),
+        ("static", "is_host=1,token=s", "does not read is_host; it is ignored"),  # rank 0 hosts
         ("etcd", "is_host=1,token=s", "does not read is_host, token; they are ignored"),
         ("etcd", "ca_cert=/ca.pem,read_timeout=2,prefix=/p,join_timeout=3", None),
         ("c10d", "token=s,is_host=0,read_timeout=2,local_addr=127.0.0.2", None),

@@ -49,6 +49,9 @@ BACKEND_GROUPS: dict[str, frozenset[str]] = {
     "static": frozenset({"rendezvous", "store", "tcp"}),
     "etcd": frozenset({"rendezvous", "store", "etcd"}),
 }
+# Keys of a group a backend reads that it does not read itself: static's node rank 0 hosts
+# the store, whatever is_host says.
+BACKEND_SKIPS: dict[str, frozenset[str]] = {"static": frozenset({"is_host"})}
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,10 @@ class RdzvConf:
         groups = BACKEND_GROUPS.get(backend)
         if groups is None:
             return None
-        unread = sorted(k for k in self.given if _KEYS[k][0] and _KEYS[k][0] not in groups)
+        skips = BACKEND_SKIPS.get(backend, frozenset())
+        unread = sorted(
+            k for k in self.given if k in skips or (_KEYS[k][0] and _KEYS[k][0] not in groups)
+        )
         if not unread:
             return None
         return (
