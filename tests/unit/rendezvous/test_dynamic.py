@@ -164,6 +164,31 @@ async def test_failure_restarts_job_at_once_and_counts_once(job: Job) -> None:
     ]
 
 
+async def test_a_restart_round_waits_for_expected_nodes_but_not_for_a_lost_one(
+    job: Job,
+) -> None:
+    # Round 1 after a failure: a and b are back, c (a live member of round 0) is expected,
+    # so the round does not close at MIN; when c's lease ends, nothing is missing any more
+    # and it closes at once, long before the last call.
+    for n in "abc":
+        job.node(n, min_nodes=2, max_nodes=4, max_restarts=3)
+    tasks = await join_in_order(job, list("abc"), 0)
+    await advance(job.clock, 31)
+    infos = await asyncio.gather(*tasks)
+    assert await job.nodes["b"].report_failure(infos[1], [failure("b", 2)]) == (
+        Decision.RESTART,
+        None,
+    )
+    joins = [asyncio.create_task(job.nodes[n].join()) for n in "ab"]
+    await job.until(lambda: job.has_key(f"{KEY}r/1/nodes/b"))
+    await advance(job.clock, 5)  # well within the last call (30 s): c is still expected
+    assert not any(t.done() for t in joins)
+    job.store.expire(job.nodes["c"].lease)  # c is lost: its round-0 key goes
+    new = await asyncio.wait_for(asyncio.gather(*joins), 2)
+    assert [(i.round, i.group_world_size) for i in new] == [(1, 2), (1, 2)]
+    assert job.clock.now() < 31 + 30  # no last call was waited for
+
+
 async def test_each_node_keeps_one_close_watch_for_its_life(job: Job) -> None:
     # A restart round costs a node no new watch: its watch of close/ stays open
     # from its first join until it leaves.
