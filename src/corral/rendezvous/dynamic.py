@@ -36,15 +36,13 @@ from corral.rendezvous import machine as m
 from corral.rendezvous._aio import clock_timeout
 from corral.rendezvous._common import Spare
 from corral.rendezvous._ops import Ops
-from corral.rendezvous.api import Decision, NodeDesc, RoundChange, RoundInfo
+from corral.rendezvous.api import NodeDesc, RoundChange, RoundInfo
 from corral.rendezvous.options import RendezvousOptions, StoreOptions
 from corral.rendezvous.state import (
     Assignment,
     ClosedRound,
-    Outcome,
     RoundPointer,
 )
-from corral.reporting.failures import FailureReport
 from corral.store.api import Store, WatchEvent
 
 __all__ = ["DynamicRendezvous"]
@@ -187,47 +185,15 @@ class DynamicRendezvous:
         """Return when ``rnd`` is superseded: a new round, a lost member, eviction, the job's end."""
         return await self._watch(rnd, done=False)
 
-    async def report_failure(
-        self, rnd: RoundInfo, failures: list[FailureReport], *, final: bool = False
-    ) -> tuple[Decision, FailureReport | None]:
-        """Publish failures of ``rnd`` and decide job-wide (see :class:`Rendezvous`).
-
-        ``final``: end the job in failure now, whatever the budget (a policy gave up).
-        """
-        return await _outcome.report_failure(self, rnd, failures, final=final)
-
-    async def report_success(self, rnd: RoundInfo) -> RoundChange | None:
-        """Mark this node done in ``rnd``; wait until every member is (None) or the round changes."""
-        return await _outcome.report_success(self, rnd)
-
-    async def report_stop(self, signum: int, node: str) -> Outcome:
-        """Stop the whole job: handled signal ``signum`` reached ``node`` (``--on-signal stop``).
-
-        Writes the stopped outcome (create-only: an outcome already there wins
-        and is returned), then moves the round pointer to the job's end, so
-        that every agent's :meth:`watch_round` returns JOB_ENDED with
-        ``stop_signal`` at once, and a join or a failure report raises
-        JobStopped. No restart is attempted or counted.
-        """
-        return await _outcome.report_stop(self, signum, node)
-
-    async def leave(self, rnd: RoundInfo, signum: int, node: str) -> Outcome | None:
-        """Leave the job on handled signal ``signum`` (``--on-signal leave``), then close.
-
-        A scale-down: the others restart without this node (a restart, counted
-        as any other). When the members of ``rnd`` not gone on a signal would
-        be fewer than MIN, or no restart is left, the job is stopped instead
-        (:meth:`report_stop`) and its outcome returned; None when the node left.
-        Each leaver marks itself under ``r/<r>/left/`` before it counts, so of
-        several leaving at once the last to count sees them all.
-        """
-        return await _outcome.leave(self, rnd, signum, node)
-
+    # The job-wide outcomes (see :class:`Rendezvous`), each documented at its step in
+    # _outcome.py: report_failure, report_success, report_stop (--on-signal stop),
+    # leave (--on-signal leave) and the job's outcome.
+    report_failure = _outcome.report_failure
+    report_success = _outcome.report_success
+    report_stop = _outcome.report_stop
+    leave = _outcome.leave
+    outcome = _outcome.outcome
     _change_of = _outcome.change_of
-
-    async def outcome(self) -> Outcome | None:
-        """The job's outcome, if it has one (completing a half-written end)."""
-        return await _outcome.outcome(self)
 
     async def close(self) -> None:
         """Leave: stop the keep-alive and revoke the lease (its keys vanish). Idempotent."""
