@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import textwrap
@@ -202,17 +203,17 @@ def test_signal_forwarded_then_agent_exits_128_plus_n(tmp_path: Path, procs: Pro
     assert (tmp_path / "got0").exists() and (tmp_path / "got1").exists()
 
 
-def test_no_orphans_after_agent_sigkill(tmp_path: Path, procs: Procs) -> None:
-    s = script(
-        tmp_path,
-        "tree.py",
-        """
-        import os, subprocess, sys, time
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-        print(f"pids {os.getpid()} {child.pid}", flush=True)
-        time.sleep(120)
-    """,
-    )
+TREE = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+print(f"pids {os.getpid()} {child.pid}", flush=True)
+time.sleep(120)
+"""
+
+
+def start_tree(tmp_path: Path, procs: Procs) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """An agent of 2 workers that each start a sleeping child; the agent and the 4 pids."""
+    s = script(tmp_path, "tree.py", TREE)
     p = procs.start(
         [*CORRAL, "--standalone", "--nproc-per-node", "2", s],
         stdout=subprocess.PIPE,
@@ -220,11 +221,17 @@ def test_no_orphans_after_agent_sigkill(tmp_path: Path, procs: Procs) -> None:
     )
     assert p.stdout is not None
     pids: list[int] = []
-    while len(pids) < 4:
+    out = ""
+    while len(pids) < 4:  # "pids A B" twice, maybe interleaved: read words, not lines
         line = p.stdout.readline().decode()
         assert line, "agent ended early"
-        if "pids" in line:
-            pids += [int(x) for x in line.split("pids", 1)[1].split()]
+        out += line
+        pids = [int(x) for x in re.findall(r"\d+", out)]
+    return p, pids
+
+
+def test_no_orphans_after_agent_sigkill(tmp_path: Path, procs: Procs) -> None:
+    p, pids = start_tree(tmp_path, procs)
     victims = [psutil.Process(pid) for pid in pids]
     watchdog = [c for c in psutil.Process(p.pid).children() if c.pid not in pids]
     assert len(watchdog) == 1, watchdog  # the agent's only other child: its watchdog

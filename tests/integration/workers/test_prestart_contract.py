@@ -13,14 +13,12 @@ ones do, "readyready\n\n": the shared tests read words, not lines.)
 
 from __future__ import annotations
 
-import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from tests.helpers import CORRAL, Procs, corral_env
+from tests.helpers import Procs
 from tests.integration import test_ddp, test_single_node
 from tests.integration.test_ddp import reference  # noqa: F401  (a module fixture)
 from tests.integration.test_single_node import (
@@ -69,29 +67,7 @@ def test_prestart_is_on(tmp_path: Path) -> None:
 
 
 def test_no_orphans_after_agent_sigkill_with_standbys(tmp_path: Path, procs: Procs) -> None:
-    s = test_single_node.script(
-        tmp_path,
-        "tree.py",
-        """
-        import os, subprocess, sys, time
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-        print(f"pids {os.getpid()} {child.pid}", flush=True)
-        time.sleep(120)
-    """,
-    )
-    p = procs.start(
-        [*CORRAL, "--standalone", "--nproc-per-node", "2", s],
-        stdout=subprocess.PIPE,
-        env=corral_env(TMPDIR=str(tmp_path)),
-    )
-    assert p.stdout is not None
-    pids: list[int] = []
-    out = ""
-    while len(pids) < 4:  # "pids A B" twice, maybe interleaved: read words, not lines
-        line = p.stdout.readline().decode()
-        assert line, "agent ended early"
-        out += line
-        pids = [int(x) for x in re.findall(r"\d+", out)]
+    p, pids = test_single_node.start_tree(tmp_path, procs)
     victims = [psutil.Process(pid) for pid in pids]
     others = [c for c in psutil.Process(p.pid).children() if c.pid not in pids]
     assert len(others) >= 1  # the watchdog, and the next attempt's standbys
