@@ -17,7 +17,6 @@ torchrun has no events, so its fields are null).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _figures import figure, print_figures
 from launch import CRASHER, _env, _run
 
 CORRAL = [sys.executable, "-m", "corral"]
@@ -81,17 +81,10 @@ def main() -> None:
         return round(v / base, 3) if base and v is not None else None
 
     t = med["torchrun"]
-    figures: list[dict[str, object]] = [
-        {"name": f"crash_recovery_n4_events_{name}", "unit": "s", "corral": med[name],
-         "torchrun": t, "ratio": round(med[name] / t, 3) if med[name] and t else None}
-        for name in SETTINGS
-    ]  # fmt: skip
+    figures = [figure(f"crash_recovery_n4_events_{name}", "s", med[name], t) for name in SETTINGS]
     for name in ("file", "file_metrics"):
-        figures.append(
-            {"name": f"events_{name}_over_none", "unit": "ratio", "corral": ratio(name),
-             "torchrun": None, "ratio": None}
-        )  # fmt: skip
-    print(json.dumps({"bench": "events", "figures": figures}))
+        figures.append(figure(f"events_{name}_over_none", "ratio", ratio(name), None))
+    print_figures("events", figures)
 
 
 if __name__ == "__main__":

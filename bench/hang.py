@@ -29,7 +29,6 @@ launcher has no figure).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -40,6 +39,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _figures import figure, print_figures
 
 LAUNCHERS: dict[str, list[str]] = {
     "corral": [sys.executable, "-m", "corral"],
@@ -270,13 +273,7 @@ def _row(name: str, unit: str, c: float | None, t: float | None) -> dict[str, ob
         for k, v in (("corral", c), ("torchrun", t))
     )
     print(f"{name:28s} {shown}" + (f"  ratio {ratio:.3f}" if ratio else ""), flush=True)
-    return {
-        "name": name,
-        "unit": unit,
-        "corral": None if c is None else round(c, 4),
-        "torchrun": None if t is None else round(t, 4),
-        "ratio": None if ratio is None else round(ratio, 4),
-    }
+    return figure(name, unit, c, t)
 
 
 def main() -> None:
@@ -315,7 +312,7 @@ def main() -> None:
     overhead = (1.0 - m_on / m_off) * 100.0 if m_on and m_off else None
     figures.append(_row("tracking_overhead", "%", overhead, None))
     figures.append(_row("hook_cost_per_step", "%", hook_overhead(args.steps * 5), None))
-    print(json.dumps({"bench": "hang", "figures": figures}))
+    print_figures("hang", figures)
 
 
 if __name__ == "__main__":

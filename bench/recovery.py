@@ -44,6 +44,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _figures import figure, print_figures
+
 LAUNCHERS: dict[str, list[str]] = {
     "corral": [sys.executable, "-m", "corral", "--prestart"],
     "corral-fresh": [sys.executable, "-m", "corral", "--no-prestart"],
@@ -299,16 +303,8 @@ def main() -> None:
         shown = f"{who} {c:.3f}" if c is not None else f"{who} n/a"
         shown += f"  torchrun {t:.3f}" if t is not None else "  torchrun n/a"
         print(f"{fig:40s} {shown} {unit}" + (f"  ratio {ratio:.2f}" if ratio else ""), flush=True)
-        figures.append(
-            {
-                "name": fig,
-                "unit": unit,
-                "corral": None if c is None else round(c, 4),
-                "torchrun": None if t is None else round(t, 4),
-                "ratio": None if ratio is None else round(ratio, 3),
-            }
-        )
-    print(json.dumps({"bench": "recovery", "figures": figures}))
+        figures.append(figure(fig, unit, c, t))
+    print_figures("recovery", figures)
 
 
 if __name__ == "__main__":
