@@ -126,7 +126,6 @@ class Pump:
         self.file: IO[bytes] | None = open(plan.path, "ab", buffering=0) if plan.path else None
         self.tail = Tail() if plan.keep_tail else None
         self.on_error = on_error
-        self.error: BaseException | None = None
         self._partial = b""
         self._reading = False
         os.set_blocking(fd, False)
@@ -145,21 +144,25 @@ class Pump:
         self.console.paused.append(self)
 
     def on_readable(self) -> None:
-        try:
-            self.drain(until_backlog=True)
-        except Exception as exc:  # reported, never a silently dead pump
-            self.error = exc
-            with contextlib.suppress(Exception):
-                self.close()
-            if self.on_error is not None:
-                self.on_error(exc)
+        self.drain(until_backlog=True)
 
     def drain(self, until_backlog: bool = False) -> None:
         """Read what is available now (the loop callback), or everything (at exit).
 
         With ``until_backlog``, stop reading (until resumed) while the console
-        holds data it could not write yet.
+        holds data it could not write yet. An error while copying closes the
+        pump and goes to ``on_error``, whoever called: the reader callback, the
+        worker's exit, or the group's close. Never a silently dead pump.
         """
+        try:
+            self._drain(until_backlog)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                self.close()
+            if self.on_error is not None:
+                self.on_error(exc)
+
+    def _drain(self, until_backlog: bool) -> None:
         while self.fd is not None:
             if until_backlog and self.console is not None and self.console.backlogged:
                 self._pause()

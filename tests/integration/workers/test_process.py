@@ -172,3 +172,20 @@ async def test_failing_log_pump_fails_the_group(make_group: MakeGroup, short_tmp
             await g.wait()
     await g.stop(0.1)
     logs.close()
+
+
+async def test_a_pump_error_in_the_final_drain_reaches_on_error(tmp_path: Path) -> None:
+    # The drain at a worker's exit (and at close) is no reader callback: an error there
+    # must reach on_error too, not escape into the loop's exception handler.
+    from corral.workers.pumps import Pump
+
+    full = tmp_path / "log"
+    os.symlink("/dev/full", full)  # a full disk
+    r, w = os.pipe()
+    seen: list[BaseException] = []
+    pump = Pump(r, StreamPlan(Sink.PIPE, path=str(full)), 2, seen.append)
+    os.write(w, b"the last words\n")
+    os.close(w)
+    pump.drain()  # as WorkerProcess._exited does: must not raise
+    assert len(seen) == 1 and isinstance(seen[0], OSError)
+    assert pump.fd is None  # closed
