@@ -176,7 +176,6 @@ class Agent:
                     pool_for(self.cfg, self.environ, reaper)  # import while nodes gather
                 )
                 rdzv = await self._open_rendezvous(stack)
-                self.observers.attach_rendezvous(rdzv)  # its events (docs/events.md)
                 try:
                     await self._loop(rdzv, logs, reaper)
                     return dict(self.results)

@@ -45,16 +45,17 @@ class AgentHooks:
 
 
 async def before_start(agent: Agent, rnd: RoundInfo) -> None:
-    """Run ``hooks.before_start``; a refusal fails the agent with NodeRefused."""
-    if agent.hooks.before_start is not None:
-        try:
-            await agent.hooks.before_start(rnd)
-        except LauncherError as exc:
-            agent.machine.to(AgentState.FAILED)
-            log.error("round %d: before_start refused to run: %s", rnd.round, exc)
-            if isinstance(exc, NodeRefused):
-                raise
-            raise NodeRefused(f"node refused round {rnd.round}: {exc}") from exc
+    """Run ``hooks.before_start`` (the caller checks that it is set); a refusal fails
+    the agent with NodeRefused."""
+    assert agent.hooks.before_start is not None
+    try:
+        await agent.hooks.before_start(rnd)
+    except LauncherError as exc:
+        agent.machine.to(AgentState.FAILED)
+        log.error("round %d: before_start refused to run: %s", rnd.round, exc)
+        if isinstance(exc, NodeRefused):
+            raise
+        raise NodeRefused(f"node refused round {rnd.round}: {exc}") from exc
 
 
 async def notify(agent: Agent, rnd: RoundInfo, kind: str, failures: list[FailureReport]) -> None:

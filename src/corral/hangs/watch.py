@@ -48,6 +48,7 @@ from corral.hangs.report import (
 )
 from corral.hangs.stacks import dump, proc_state
 from corral.progress import Mark, read_mark
+from corral.rendezvous.keys import Keys
 from corral.reporting.failures import FailureReport
 from corral.store.api import Store
 
@@ -137,7 +138,7 @@ class HangWatch:
         if cfg.hang_timeout is None:
             raise ValueError("hang detection is off (hang_timeout is None)")
         limits = Limits(cfg.hang_timeout, cfg.hang_startup_timeout)
-        base = f"{cfg.rdzv_conf.store.prefix.rstrip('/')}/{cfg.rdzv_id}/"
+        base = Keys(cfg.rdzv_conf.store.prefix, cfg.rdzv_id).base
         # a timeout under a second wants its wake-ups (for marks) no rarer than it
         return cls(
             limits,

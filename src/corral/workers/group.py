@@ -173,7 +173,8 @@ class WorkerGroup:
                 w.spec = self.spec
             w.spawn(self._on_exit, standby)
             if w.pid is not None:
-                self.reaper.register(w.pid)
+                if not w.prestarted:  # a standby's group is registered since its start
+                    self.reaper.register(w.pid)
                 self._registered.add(w.pid)
         if self.standbys is not None:
             self.standbys.fill()  # the next attempt's, in the background
