@@ -9,6 +9,7 @@ backend boundary with ``raise ... from exc``.
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,7 +33,16 @@ __all__ = [
     "StoreTimeout",
     "StoreUnavailable",
     "WorkerFailed",
+    "signal_name",
 ]
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15; ``signal 99`` for a number that names no signal."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 class LauncherError(Exception):
@@ -129,13 +139,7 @@ class Interrupted(LauncherError):
     """
 
     def __init__(self, signum: int) -> None:
-        import signal as _signal
-
-        try:
-            name = _signal.Signals(signum).name
-        except ValueError:
-            name = f"signal {signum}"
-        super().__init__(f"interrupted by {name}; the workers were stopped")
+        super().__init__(f"interrupted by {signal_name(signum)}; the workers were stopped")
         self.signum = signum
 
 
@@ -151,13 +155,7 @@ class JobStopped(Interrupted):
     """
 
     def __init__(self, signum: int, node: str) -> None:
-        import signal as _signal
-
-        try:
-            name = _signal.Signals(signum).name
-        except ValueError:
-            name = f"signal {signum}"
-        LauncherError.__init__(self, f"job stopped by {name} on node {node}")
+        LauncherError.__init__(self, f"job stopped by {signal_name(signum)} on node {node}")
         self.signum = signum
         self.node = node
 

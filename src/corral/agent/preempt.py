@@ -19,12 +19,11 @@ The agent that got the signal exits 128 + signal either way.
 from __future__ import annotations
 
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from corral._compat import timeout as _timeout
-from corral.errors import Interrupted, JobStopped, LauncherError
+from corral.errors import Interrupted, JobStopped, LauncherError, signal_name
 from corral.rendezvous.api import Rendezvous, RoundChange, RoundInfo
 from corral.rendezvous.state import Outcome
 
@@ -35,13 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["stop_for_change", "tell_job"]
 
 log = logging.getLogger("corral.agent")
-
-
-def _name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 async def tell_job(
@@ -62,7 +54,7 @@ async def tell_job(
     taking the store along: it stops the job instead. Bounded by read_timeout;
     a store error is logged, not raised (the node still ends with 128 + signal).
     """
-    name = _name(signum)
+    name = signal_name(signum)
     # beyond the Rendezvous protocol: the built-in backends have them, a plug-in may not
     report_stop: Callable[[int, str], Awaitable[Outcome]] | None
     report_stop = getattr(rdzv, "report_stop", None)
@@ -106,7 +98,7 @@ async def stop_for_change(
     node's workers now, give them ``shutdown_timeout`` to exit, end them; return the error
     to end with (128 + signal)."""
     sig = change.stop_signal
-    log.warning("job %s: forwarding %s to the workers", change.detail, _name(sig))
+    log.warning("job %s: forwarding %s to the workers", change.detail, signal_name(sig))
     await group.stop(shutdown_timeout, first_signal=sig)
     node = change.detail.rpartition(" on node ")[2]
     return JobStopped(sig, node)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from corral.errors import ConfigError, Interrupted
+from corral.errors import ConfigError, Interrupted, signal_name
 from corral.events import types as ev
 from corral.rendezvous.api import Rendezvous, RoundInfo
 
@@ -72,12 +72,12 @@ def remove_handlers(loop: asyncio.AbstractEventLoop, installed: dict[int, Handle
 
 def on_signal(agent: Agent, signum: int) -> None:
     """The loop's handler: forward to the workers, remember the first signal, wake the races."""
-    log.warning("received %s: forwarding to workers and stopping", signal.Signals(signum).name)
+    log.warning("received %s: forwarding to workers and stopping", signal_name(signum))
     if agent._group is not None:
         agent._group.send_signal(signum)
     if not agent._signum:
         agent._signum = signum
-    agent._emit(ev.SignalReceived, agent._round, signal=signal.Signals(signum).name)
+    agent._emit(ev.SignalReceived, agent._round, signal=signal_name(signum))
     agent._signal_event.set()
 
 

@@ -7,11 +7,10 @@ Functions of a :class:`~corral.rendezvous.dynamic.DynamicRendezvous`
 from __future__ import annotations
 
 import logging
-import signal
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from corral.errors import JobFailed, JobStopped, RendezvousClosed, RendezvousError
+from corral.errors import JobFailed, JobStopped, RendezvousClosed, RendezvousError, signal_name
 from corral.events.types import RoundOpened
 from corral.rendezvous import decide as d
 from corral.rendezvous import machine as m
@@ -105,8 +104,7 @@ async def report_stop(rd: DynamicRendezvous, signum: int, node: str) -> Outcome:
         ptr, rev = await rd._ops.pointer()
         if ptr.reason == REASON_JOB_ENDED:
             return out
-        end = replace(ptr, round=ptr.round + 1, reason=REASON_JOB_ENDED, detail="stopped")
-        if await rd._ops.cas_pointer(end, rev):
+        if await rd._ops.cas_pointer(m.end_pointer(ptr, "stopped"), rev):
             log.debug("job %s", out.stop_text if out.stopped else out.status)
             return out
     raise RendezvousError("report_stop: the round pointer kept changing (100 attempts)")
@@ -127,10 +125,10 @@ async def leave(rd: DynamicRendezvous, rnd: RoundInfo, signum: int, node: str) -
     await rd._ops.create(rd._k.left_key(r, me), node.encode())
     left, _ = await rd._ops.range(rd._k.left(r))
     ptr, rev = rd._pointers.get(r) or await rd._ops.pointer()
-    if rnd.group_world_size - len(left) < rd._min or ptr.restart_count >= rd._max_restarts:
+    if rnd.group_world_size - len(left) < rd._min or not m.budget_left(ptr, rd._max_restarts):
         return await rd.report_stop(signum, node)
     if ptr.round == r:
-        name = signal.Signals(signum).name
+        name = signal_name(signum)
         new = m.next_pointer(ptr, REASON_MEMBER_LOST, f"node {node} left on {name}")
         if await rd._ops.cas_pointer(new, rev):
             log.info("node %s leaves round %d on %s; the job goes on", node, r, name)

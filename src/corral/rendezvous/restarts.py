@@ -63,7 +63,8 @@ def next_pointer(current: RoundPointer, reason: str, detail: str = "") -> RoundP
 
 
 def end_pointer(current: RoundPointer, status: str) -> RoundPointer:
-    """The terminal pointer after ``current`` (``status``: "success" or "failed"); no restart."""
+    """The terminal pointer after ``current`` (``status``: "success", "failed" or
+    "stopped"); no restart."""
     return RoundPointer(
         current.round + 1, current.restart_count, REASON_JOB_ENDED, status, current.max_restarts
     )

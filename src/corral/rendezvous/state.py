@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from corral.errors import RendezvousError
+from corral.errors import RendezvousError, signal_name
 from corral.rendezvous.api import NodeDesc
 from corral.rendezvous.keys import Keys
 from corral.reporting.failures import FailureReport
@@ -311,13 +311,7 @@ class Outcome:
     @property
     def stop_text(self) -> str:
         """``stopped by SIGTERM on node gpu007`` (for a stopped job)."""
-        import signal as _signal
-
-        try:
-            name = _signal.Signals(self.signal).name
-        except ValueError:
-            name = f"signal {self.signal}"
-        return f"stopped by {name} on node {self.node}"
+        return f"stopped by {signal_name(self.signal)} on node {self.node}"
 
     @property
     def succeeded(self) -> bool:

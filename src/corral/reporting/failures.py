@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import signal as _signal
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from corral.errors import RendezvousError
+from corral.errors import RendezvousError, signal_name
 
 __all__ = ["FailureReport"]
 
@@ -57,10 +56,7 @@ class FailureReport:
     def signal_name(self) -> str | None:
         if self.exitcode >= 0:
             return None
-        try:
-            return _signal.Signals(-self.exitcode).name
-        except ValueError:
-            return f"signal {-self.exitcode}"
+        return signal_name(-self.exitcode)
 
     @property
     def exit_code(self) -> int:
