@@ -26,7 +26,8 @@ from corral._compat import run as _compat_run
 from corral.config import RdzvConf, split_host_port
 from corral.errors import ConfigError, LauncherError
 from corral.rendezvous.api import NodeDesc
-from corral.rendezvous.state import ClosedRound, Keys, Outcome, RoundPointer, decode_node
+from corral.rendezvous.keys import Keys
+from corral.rendezvous.state import ClosedRound, Outcome, RoundPointer, decode_node
 from corral.reporting.failures import FailureReport
 from corral.store.api import Store
 
@@ -250,8 +251,10 @@ async def _open(args: argparse.Namespace, conf: RdzvConf) -> tuple[Store, str]:
         host, port = split_host_port(args.rdzv_endpoint, 29400)
     except ValueError as exc:
         raise ConfigError(f"--rdzv-endpoint {args.rdzv_endpoint}: {exc}") from exc
+    from corral.store.tcp.server import tcp_url
+
     token = conf.tcp.resolve_token(os.environ)
-    url = f"tcp://{host}:{port}"
+    url = tcp_url(host, port)
     return await open_store(url, token=token, timeout=min(conf.store.read_timeout, 10.0)), url
 
 

@@ -132,7 +132,7 @@ class Observers:
             self._tasks.append(self._tg.create_task(_guard(self.journal.run(), "journal")))
         stack.push_async_callback(self.journal.final_flush)
         if self.metrics is not None:
-            from corral.rendezvous.state import Keys
+            from corral.rendezvous.keys import Keys
 
             key = Keys(self.cfg.rdzv_conf.store.prefix, self.cfg.rdzv_id).round
 

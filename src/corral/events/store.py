@@ -22,7 +22,7 @@ from collections.abc import Callable
 from corral._compat import timeout as _timeout
 from corral.events.journal import AttemptRecord, Tracker
 from corral.events.types import Event
-from corral.rendezvous.state import Keys
+from corral.rendezvous.keys import Keys
 from corral.store.api import Store
 
 __all__ = ["JournalWriter", "journal_key", "journal_prefix", "read_records"]

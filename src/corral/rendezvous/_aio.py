@@ -47,10 +47,7 @@ class Mux:
         """:meth:`add`, and return once the watch is in place (or has failed:
         its error is then the tag's first item). A read made after it misses
         nothing the watch does not deliver."""
-        self.drop(tag)
-        entered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tasks[tag] = self._tg.create_task(self._pump(tag, cm, entered))
-        await entered
+        await self.start_all({tag: cm})
 
     async def start_all(
         self, sources: Mapping[str, AbstractAsyncContextManager[AsyncIterator[WatchEvent]]]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
-from corral.errors import RendezvousError
-from corral.rendezvous.api import ChangeKind, NodeDesc, RoundChange
+from corral.rendezvous.api import ChangeKind, RoundChange
 from corral.rendezvous.state import (
     REASON_FAILURE,
     REASON_JOB_ENDED,
@@ -37,13 +35,6 @@ def decode_closed(kv: KeyValue) -> ClosedRound:
 @functools.lru_cache(maxsize=16)
 def _decode(value: bytes) -> ClosedRound:
     return ClosedRound.from_json(value)
-
-
-def index_of(members: Sequence[NodeDesc], node_id: str) -> int:
-    for i, mm in enumerate(members):
-        if mm.node_id == node_id:
-            return i
-    raise RendezvousError(f"node {node_id!r} is not in the member list")
 
 
 class Spare(Exception):  # a signal to join(), not an error

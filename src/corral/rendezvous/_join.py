@@ -181,7 +181,7 @@ async def after_close(
         )  # fmt: skip
         return info
     members = await rd._members_of(r, closed)
-    wait = (r, members, closed_kv.mod_revision, ptr_rev, lease)
+    wait = (r, members, ptr_rev, lease)
     used = rd._pointers[r][0].restart_count
     if m.is_spare(closed.node_count, rd._max, used, rd._max_restarts):
         raise Spare(*wait)  # join() waits, with no join_timeout, then joins again
@@ -271,7 +271,7 @@ async def follow(
 
 
 async def wait_next_round(
-    rd: DynamicRendezvous, r: int, closed: ClosedRound, closed_rev: int, ptr_rev: int, lease: int
+    rd: DynamicRendezvous, r: int, closed: ClosedRound, ptr_rev: int, lease: int
 ) -> None:
     """Round r closed without this node: wait in ``waiting/`` until the pointer moves.
 

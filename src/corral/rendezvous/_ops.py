@@ -9,8 +9,9 @@ from typing import TypeVar
 from corral._compat import timeout as _compat_timeout
 from corral.errors import StoreTimeout
 from corral.rendezvous import machine as m
+from corral.rendezvous.keys import Keys
 from corral.rendezvous.options import StoreOptions
-from corral.rendezvous.state import Keys, Outcome, RoundPointer
+from corral.rendezvous.state import Outcome, RoundPointer
 from corral.reporting.failures import FailureReport
 from corral.store.api import KeyValue, Store, WatchEvent, WriteResult
 

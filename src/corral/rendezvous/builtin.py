@@ -24,7 +24,7 @@ from corral.net import is_local_address, numeric_host, resolve_once
 from corral.rendezvous.api import NodeDesc, Rendezvous
 from corral.rendezvous.liveness import PeerLiveness
 from corral.store.api import Store
-from corral.store.tcp.server import StoreServer
+from corral.store.tcp.server import StoreServer, tcp_url
 
 if TYPE_CHECKING:
     from corral.config import LaunchConfig
@@ -207,7 +207,7 @@ async def _open_tcp(
             local = server.local_store()
             stack.push_async_callback(local.close)
             return local, server
-    url = f"tcp://{host_num}:{port}" if ":" not in host_num else f"tcp://[{host_num}]:{port}"
+    url = tcp_url(host_num, port)
     try:
         store = await open_store(url, token=token, timeout=timeout)
     except StoreUnavailable as exc:

@@ -4,7 +4,7 @@ Every value is ``{"version": 1, ...}`` JSON behind explicit ``to_json`` /
 ``from_json`` (never pickle). A record that does not parse raises
 :class:`corral.errors.RendezvousError` naming the key, so a corrupt or foreign
 store is reported, not silently misread. Where each record lives is
-:class:`~corral.rendezvous.keys.Keys` (the key layout), re-exported here.
+:class:`~corral.rendezvous.keys.Keys` (the key layout).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 
 from corral.errors import RendezvousError, signal_name
 from corral.rendezvous.api import NodeDesc
-from corral.rendezvous.keys import Keys
 from corral.reporting.failures import FailureReport
 
 __all__ = [
@@ -25,7 +24,6 @@ __all__ = [
     "VERSION",
     "Assignment",
     "ClosedRound",
-    "Keys",
     "Outcome",
     "RankTable",
     "RoundPointer",

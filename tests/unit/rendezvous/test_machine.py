@@ -7,10 +7,10 @@ import pytest
 from corral.errors import RendezvousError
 from corral.rendezvous import machine as m
 from corral.rendezvous.api import NodeDesc
+from corral.rendezvous.keys import Keys
 from corral.rendezvous.state import (
     ASSIGNMENTS_PER_KEY,
     ClosedRound,
-    Keys,
     Outcome,
     RankTable,
     RoundPointer,

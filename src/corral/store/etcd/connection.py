@@ -40,8 +40,6 @@ __all__ = [
     "WATCH_IDLE",
     "Connection",
     "Session",
-    "is_failover_error",
-    "translate_error",
 ]
 
 log = logging.getLogger(__name__)

@@ -35,12 +35,8 @@ from corral._aio import Background
 from corral._compat import timeout as _compat_timeout
 from corral.errors import AuthenticationFailed, StoreCompacted, StoreError, StoreUnavailable
 from corral.store.api import EventType, KeyValue, WatchEvent
-from corral.store.etcd.connection import (
-    Connection,
-    Session,
-    is_failover_error,
-    translate_error,
-)
+from corral.store.etcd.connection import Connection, Session
+from corral.store.etcd.grpc_errors import is_failover_error, translate_error
 
 __all__ = ["EtcdWatch", "WatchHub"]
 

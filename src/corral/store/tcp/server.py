@@ -36,7 +36,7 @@ from corral.store.memory import MemoryStore, SharedCore
 from corral.store.tcp import protocol as p
 from corral.store.tcp.peer import Peer
 
-__all__ = ["ServerLimits", "StoreServer", "main"]
+__all__ = ["ServerLimits", "StoreServer", "main", "tcp_url"]
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _format_address(host: str, port: int) -> str:
+def tcp_url(host: str, port: int) -> str:
+    """``tcp://host:port``, with an IPv6 host in brackets."""
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
@@ -222,7 +223,7 @@ async def _serve(host: str, port: int, token: str | None) -> int:
     server = StoreServer()
     await server.start(host, port, token)
     h, prt = server.address
-    print(f"corral store listening on {_format_address(h, prt)}", flush=True)
+    print(f"corral store listening on {tcp_url(h, prt)}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
