@@ -15,10 +15,10 @@ Two helpers, used everywhere outside the worker layer instead of bare
   of any of them, before or during that cancellation, is raised.
 * :class:`Background` is the scope of an *object* whose tasks outlive any one
   of its calls (a store's lease timer, a rendezvous's keep-alive): the object
-  starts them, its ``close`` ends them (:meth:`Background.aclose`), and the
-  first error of one is kept, signalled (:attr:`Background.failed`, and to
-  :meth:`Background.subscribe`'s listeners, e.g. a watch multiplexer that then
-  ends its block with it) and raised by ``aclose``.
+  starts them and its ``close`` ends them (:meth:`Background.stop`); the first
+  error of one is kept (:attr:`Background.error`), logged, and signalled to
+  :meth:`Background.subscribe`'s listeners (e.g. a watch multiplexer, which then
+  ends its block with it).
 """
 
 from __future__ import annotations
@@ -112,17 +112,15 @@ async def _as_coro(aw: Awaitable[Any]) -> Any:
 class Background:
     """The tasks of one object that outlive its calls; they end with the object.
 
-    ``start`` runs a coroutine as a task the object owns; ``aclose`` cancels
-    and awaits all of them, then raises the first error any had (bare). A task
-    that fails (anything but cancellation) records its error and sets
-    :attr:`failed` and calls the :meth:`subscribe` listeners, so the owner
-    sees it at once (its watch multiplexer ends the wait in progress with it),
-    or calls :meth:`check`.
+    ``start`` runs a coroutine as a task the object owns; ``stop`` cancels one
+    and waits for it (the owner's ``close``). A task that fails (anything but
+    cancellation) records its error in :attr:`error`, logs it and calls the
+    :meth:`subscribe` listeners, so the owner sees it at once (its watch
+    multiplexer ends the wait in progress with it).
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.failed = asyncio.Event()
         self.error: BaseException | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listeners: list[Callable[[BaseException], None]] = []
@@ -142,7 +140,6 @@ class Background:
         if exc is not None and self.error is None:
             log.error("%s: background task %s failed: %r", self.name, task.get_name(), exc)
             self.error = exc
-            self.failed.set()
             for listener in list(self._listeners):
                 listener(exc)
 
@@ -167,17 +164,3 @@ class Background:
             return
         task.cancel()
         await asyncio.wait({task})
-
-    def check(self) -> None:
-        """Raise the first error of a task, if one failed."""
-        if self.error is not None:
-            raise self.error
-
-    async def aclose(self) -> None:
-        """Cancel every task, wait for all, then raise the first error any had."""
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        self.check()
