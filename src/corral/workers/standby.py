@@ -41,8 +41,10 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Coroutine, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
+from corral._aio import task_scope
 from corral._compat import TaskGroup
 from corral._compat import timeout as _compat_timeout
 from corral.workers.prestart import (
@@ -124,13 +126,13 @@ class StandbyPool:
         self._env = env
         self._standbys: list[Standby] = []
         self._zygote: Standby | None = None
+        self._scope: AbstractAsyncContextManager[TaskGroup] | None = None
         self._tg: TaskGroup | None = None
         self._closed = False
-        self.started = 0  # standbys started or forked (informational, tests)
 
     async def __aenter__(self) -> StandbyPool:
-        self._tg = TaskGroup()
-        await self._tg.__aenter__()
+        self._scope = task_scope()  # detached stops and reaps run in it (docs/design.md)
+        self._tg = await self._scope.__aenter__()
         if self.plan is not None and self.use_zygote:
             self._zygote = self._spawn(idle=False, zygote=True)
         self.fill(idle=False)  # before the first rendezvous: importing overlaps the gathering
@@ -143,17 +145,11 @@ class StandbyPool:
         self._standbys.clear()
         if self._zygote is not None:
             self._drop(self._zygote)
-        assert self._tg is not None
+        assert self._scope is not None
         # The children (stops finishing, standbys being reaped) end by themselves
         # within their timeouts: wait for them whatever ends the agent, and let
-        # the agent's own exception pass unchanged. A child's error is raised.
-        try:
-            await self._tg.__aexit__(None, None, None)
-        except BaseException as group:  # an ExceptionGroup: its first error, bare
-            leaves = getattr(group, "exceptions", None)
-            if leaves:
-                raise leaves[0] from None
-            raise
+        # the agent's own exception pass unchanged. A child's error is raised, bare.
+        await self._scope.__aexit__(None, None, None)
 
     # --- standbys ---------------------------------------------------------------
 
@@ -232,7 +228,6 @@ class StandbyPool:
             return None
         finally:
             theirs.close()
-        self.started += 1
         self.reaper.register(proc.pid)
         sb = Standby(ours, marker, proc)
         self._watch(sb)
@@ -253,7 +248,6 @@ class StandbyPool:
         finally:
             zygote.sock.setblocking(False)
             theirs.close()
-        self.started += 1
         sb = Standby(ours, zygote.marker)
         self._watch(sb)
         return sb
