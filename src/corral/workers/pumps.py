@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import weakref
 from collections.abc import Callable
 from typing import IO
 
@@ -35,9 +36,8 @@ class Console:
     must not take the agent down.
     """
 
-    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.loop = loop
         self.pending = bytearray()
         self.paused: list[Pump] = []
         self.closed = False
@@ -53,7 +53,7 @@ class Console:
             data = data[self._try_write(data) :]
             if not data or self.closed:
                 return
-            self.loop.add_writer(self.fd, self._on_writable)
+            asyncio.get_running_loop().add_writer(self.fd, self._on_writable)
         self.pending += data
 
     def _try_write(self, data: bytes | bytearray) -> int:
@@ -76,7 +76,7 @@ class Console:
         del self.pending[:n]
         if not self.pending:
             with contextlib.suppress(Exception):
-                self.loop.remove_writer(self.fd)
+                asyncio.get_running_loop().remove_writer(self.fd)
             self._resume_all()
 
     def _resume_all(self) -> None:
@@ -88,20 +88,23 @@ class Console:
         self.closed = True
         self.pending.clear()
         with contextlib.suppress(Exception):
-            self.loop.remove_writer(self.fd)
+            asyncio.get_running_loop().remove_writer(self.fd)
         self._resume_all()
 
 
-_consoles: dict[tuple[int, int], Console] = {}
+# Per loop (gone with it: a program that calls corral.launch() again and again keeps
+# none of the old loops), per descriptor.
+_consoles: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Console]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def console_for(fd: int) -> Console:
     """The :class:`Console` of ``fd`` for the running loop (one per loop and descriptor)."""
-    loop = asyncio.get_running_loop()
-    key = (id(loop), fd)
-    c = _consoles.get(key)
-    if c is None or c.loop is not loop:
-        c = _consoles[key] = Console(fd, loop)
+    per_fd = _consoles.setdefault(asyncio.get_running_loop(), {})
+    c = per_fd.get(fd)
+    if c is None:
+        c = per_fd[fd] = Console(fd)
     return c
 
 
