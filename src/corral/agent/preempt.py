@@ -100,5 +100,4 @@ async def stop_for_change(
     sig = change.stop_signal
     log.warning("job %s: forwarding %s to the workers", change.detail, signal_name(sig))
     await group.stop(shutdown_timeout, first_signal=sig)
-    node = change.detail.rpartition(" on node ")[2]
-    return JobStopped(sig, node)
+    return JobStopped(sig, change.stop_node)

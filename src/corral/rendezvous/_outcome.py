@@ -142,7 +142,7 @@ async def change_of(rd: DynamicRendezvous, ptr: RoundPointer) -> RoundChange:
     if ptr.reason == REASON_JOB_ENDED and ptr.detail == "stopped":
         out = await rd._ops.outcome()
         if out is not None and out.stopped:
-            return replace(change, detail=out.stop_text, stop_signal=out.signal)
+            return replace(change, detail=out.stop_text, stop_signal=out.signal, stop_node=out.node)
     return change
 
 

@@ -77,14 +77,15 @@ class RoundChange:
     """Why a round is over for everyone. ``detail`` is for humans (e.g. which node was lost).
 
     ``stop_signal``: the job was stopped by this handled signal on another node
-    (JOB_ENDED; ``--on-signal stop``): forward it to the workers, give them
-    ``--shutdown-timeout``, exit 128 + signal. 0 otherwise.
+    (JOB_ENDED; ``--on-signal stop``), ``stop_node`` (its host): forward it to
+    the workers, give them ``--shutdown-timeout``, exit 128 + signal. 0 otherwise.
     """
 
     kind: ChangeKind
     new_round: int | None
     detail: str = ""
     stop_signal: int = 0
+    stop_node: str = ""
 
 
 class Decision(enum.Enum):
