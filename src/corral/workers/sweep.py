@@ -49,8 +49,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 _owns_children = False
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, ppid) of ``pid``, or None when it is gone."""
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state letter, ppid, session id) of ``pid``, or None when it is gone."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
@@ -62,9 +62,9 @@ def _stat(pid: int) -> tuple[str, int] | None:
     finally:
         os.close(fd)
     fields = data[data.rfind(b")") + 2 :].split(b" ")
-    if len(fields) < 2:
+    if len(fields) < 4:
         return None
-    return fields[0].decode(), int(fields[1])
+    return fields[0].decode(), int(fields[1]), int(fields[3])
 
 
 def _environ(pid: int) -> bytes:
@@ -162,15 +162,6 @@ def children_owned() -> bool:
     return _owns_children
 
 
-def _session(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rfind(b")") + 2 :].split(b" ")[3])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _own_children() -> list[int]:
     """Children of this process that came from the workers: re-parented orphans.
 
@@ -184,7 +175,7 @@ def _own_children() -> list[int]:
     for name in os.listdir("/proc"):
         if name.isdigit():
             st = _stat(int(name))
-            if st is not None and st[1] == me and _session(int(name)) != my_session:
+            if st is not None and st[1] == me and st[2] != my_session:
                 out.append(int(name))
     return out
 
