@@ -137,6 +137,12 @@ class Ops:
         kv = await self.get(self.keys.outcome)
         return Outcome.from_json(kv.value) if kv is not None else None
 
+    async def failed(self, r: int) -> Outcome:
+        """The failed outcome of round ``r``: its earliest failure (by create revision)."""
+        kvs, _ = await self.range(self.keys.failures(r))
+        rc = m.root_cause((kv.create_revision, FailureReport.from_json(kv.value)) for kv in kvs)
+        return Outcome("failed", r, rc, rc.exit_code if rc is not None else 1)
+
     async def outcome_of(self, end: RoundPointer) -> Outcome:
         """The outcome of a job whose pointer is terminal; written here if its writer died.
 
@@ -147,13 +153,7 @@ class Ops:
         if out is not None:
             return out
         last = end.round - 1
-        if end.detail == "success":
-            new = Outcome("success", last)
-        else:
-            prefix = self.keys.failures(last)
-            kvs, _ = await self.range(prefix)
-            rc = m.root_cause((kv.create_revision, FailureReport.from_json(kv.value)) for kv in kvs)
-            new = Outcome("failed", last, rc, rc.exit_code if rc is not None else 1)
+        new = Outcome("success", last) if end.detail == "success" else await self.failed(last)
         res = await self.create(self.keys.outcome, new.to_json())
         if res.succeeded or res.kv is None:
             return new

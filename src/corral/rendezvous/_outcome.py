@@ -56,9 +56,7 @@ async def report_failure(
         if action is d.FailureAction.FIX_OUTCOME:
             # the job moved on without this round's outcome: fix the outcome on
             # round r's failures first, then end the job from where it is now
-            kvs, _ = await rd._ops.range(rd._k.failures(r))
-            rc = m.root_cause((kv.create_revision, FailureReport.from_json(kv.value)) for kv in kvs)
-            out = Outcome("failed", r, rc, rc.exit_code if rc is not None else 1)
+            out = await rd._ops.failed(r)
             await rd._ops.create(rd._k.outcome, out.to_json())
         if action is d.FailureAction.RESTART:
             detail = f"failure on {rd._node.node_id} in round {r}"
