@@ -255,7 +255,7 @@ class EtcdStore:
         full = self._full(key)
         end = _range_end(full) if prefix else b""
         write = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=full, range_end=end))
-        resp = await self._fenced("delete", [(full, end)], [write], lambda _found: False)
+        resp = await self._fenced("delete", [(full, end)], [write], None)
         return int(resp.responses[0].response_delete_range.deleted)
 
     async def _fenced(
@@ -263,14 +263,16 @@ class EtcdStore:
         what: str,
         targets: Sequence[tuple[bytes, bytes]],
         writes: Sequence[Any],
-        applied: Callable[[list[list[KeyValue]]], bool],
+        applied: Callable[[list[list[KeyValue]]], bool] | None,
     ) -> Any:
         """Run ``writes`` as fenced transactions (:mod:`corral.store.etcd.fenced`) until
         one succeeds, or a retried attempt is found applied (``applied`` of the keys
-        the failure branch read); return that TxnResponse."""
+        the failure branch read); return that TxnResponse. ``applied`` None: a
+        retried attempt is never taken as applied, and the failure branch reads
+        nothing (a fenced delete of a prefix would read back every value under it)."""
         fence = self._fence.seen
         for _ in range(FENCE_ROUNDS):
-            txn = fenced_txn(fence, targets, writes)
+            txn = fenced_txn(fence, targets, writes, reads=applied is not None)
 
             async def op(s: Session, timeout: float, retried: bool, txn: Any = txn) -> Any:
                 resp = await s.kv.Txn(txn, timeout=timeout, metadata=s.metadata)
@@ -280,10 +282,11 @@ class EtcdStore:
             revision = self._fence.note(int(resp.header.revision))
             if resp.succeeded:
                 return resp
-            found = [[self._kv(kv) for kv in r.response_range.kvs] for r in resp.responses]
-            if retried and applied(found):
-                log.info("etcd: %s was applied before failover", what)
-                return resp
+            if retried and applied is not None:
+                found = [[self._kv(kv) for kv in r.response_range.kvs] for r in resp.responses]
+                if applied(found):
+                    log.info("etcd: %s was applied before failover", what)
+                    return resp
             fence = revision  # written since the fence: by someone else; write again after it
         raise StoreError(f"etcd {what}: the keys kept changing ({FENCE_ROUNDS} attempts)")
 

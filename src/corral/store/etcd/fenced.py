@@ -48,13 +48,16 @@ class Fence:
         return revision
 
 
-def fenced_txn(fence: int, targets: Sequence[tuple[bytes, bytes]], writes: Sequence[Any]) -> Any:
+def fenced_txn(
+    fence: int, targets: Sequence[tuple[bytes, bytes]], writes: Sequence[Any], reads: bool = True
+) -> Any:
     """``if every key of targets has mod_revision <= fence: writes; else read each target``.
 
     ``targets``: (key, range_end) pairs (range_end ``b""`` for one key; a key
     that does not exist compares as mod revision 0). ``writes``: the
     ``RequestOp`` messages of the success branch. The failure branch holds one
-    range read per target, in order.
+    range read per target, in order; none with ``reads=False`` (a caller that
+    would not look at them).
     """
     txn = rpc.TxnRequest()
     for key, end in targets:
@@ -63,7 +66,8 @@ def fenced_txn(fence: int, targets: Sequence[tuple[bytes, bytes]], writes: Seque
         compare.target = rpc.Compare.MOD
         compare.result = rpc.Compare.LESS
         compare.mod_revision = fence + 1
-        read = txn.failure.add().request_range
-        read.key, read.range_end = key, end
+        if reads:
+            read = txn.failure.add().request_range
+            read.key, read.range_end = key, end
     txn.success.extend(writes)
     return txn
