@@ -106,7 +106,8 @@ class Rendezvous(Protocol):
         """Join the next round and wait until it closes with this node in it.
 
         Raises: RendezvousTimeout (join_timeout passed), RendezvousClosed /
-        JobFailed (the job already has an outcome), StoreError.
+        JobFailed / JobStopped (the job already has an outcome: success, failure,
+        or stopped by a handled signal), StoreError.
         """
         ...
 
@@ -130,7 +131,8 @@ class Rendezvous(Protocol):
         ``final=True`` spends the budget now (a restart policy gave up): the
         outcome becomes failure with the job-wide root cause of round ``rnd``
         even if restarts are left or the job already moved to a later round;
-        the answer is FAIL (unless the job had already ended).
+        the answer is FAIL (unless the job had already ended). Raises JobStopped
+        when a handled signal stopped the job meanwhile (not a failure).
         """
         ...
 

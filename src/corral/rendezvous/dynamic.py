@@ -161,7 +161,7 @@ class DynamicRendezvous:
 
         Raises: RendezvousTimeout (join_timeout), RendezvousClosed (the job
         succeeded), JobFailed (the job failed; carries the root cause),
-        StoreError.
+        JobStopped (a handled signal stopped it), StoreError.
         """
         if self._closed_flag:
             raise RendezvousClosed("this rendezvous handle is closed")

@@ -5,6 +5,8 @@
 * :mod:`corral.store.etcd.conditional`: ``create`` / ``compare_and_set`` as one
   transaction, and reading its answer.
 * :mod:`corral.store.etcd.connection`: channels, member failover.
+* :mod:`corral.store.etcd.fenced`: puts and deletes as fenced transactions (a late
+  retry never overwrites a newer value).
 * :mod:`corral.store.etcd.grpc_errors`: which grpc errors mean failover, and
   their translation into :mod:`corral.errors`.
 * :mod:`corral.store.etcd.url`: ``etcd://`` URL parsing and ``etcd_url_from_conf``

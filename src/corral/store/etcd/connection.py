@@ -9,8 +9,9 @@ connect to the next endpoint in the list, round-robin, until the operation's
 deadline.
 
 Calls are retried on the next member only when that is safe; the store layer
-says so per call (reads, puts, lease calls: yes; create/compare-and-set: yes,
-with a re-check of the outcome; see ``EtcdStore``).
+says so per call (reads and lease calls: yes; puts, deletes, create and
+compare-and-set: yes, as fenced or conditional transactions whose outcome is
+re-checked; see ``EtcdStore`` and :mod:`corral.store.etcd.fenced`).
 
 Every grpc error is translated here, with ``raise ... from exc``, into
 :mod:`corral.errors`; which errors mean "fail over", and the corral error for
