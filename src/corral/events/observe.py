@@ -168,17 +168,17 @@ class Observers:
         async def serve() -> None:
             try:
                 await serve_metrics(self.metrics, self.cfg_addr, port, probe=probe, started=started)
-            except OSError as exc:
-                if not ready.done():
+            except Exception as exc:
+                if not ready.done():  # it never listened: the agent's start fails with it
                     ready.set_exception(exc)
-                else:  # pragma: no cover - the listening socket failed later
-                    log.warning("metrics endpoint stopped: %s", exc)
+                    return
+                raise  # it stopped later: _guard logs it, the job goes on
 
         assert self._tg is not None
         self._tasks.append(self._tg.create_task(_guard(serve(), "metrics endpoint")))
         try:
             self.metrics_address = await ready
-        except OSError as exc:
+        except Exception as exc:  # OSError, or a name getaddrinfo refuses (UnicodeError)
             from corral.errors import LauncherError
 
             raise LauncherError(

@@ -47,6 +47,14 @@ def test_metrics_port_in_use(script: str) -> None:
     _one_error_line(r, "--metrics-port", port)
 
 
+def test_metrics_addr_that_no_resolver_takes(script: str) -> None:
+    # getaddrinfo refuses the name itself (UnicodeError, not OSError): the agent used to
+    # wait forever for an endpoint that would never listen
+    bad = "a" * 70 + ".com"
+    r = _run("--standalone", "--metrics-port", "0", "--metrics-addr", bad, script)
+    _one_error_line(r, "--metrics-port", bad)
+
+
 @pytest.mark.parametrize("value", ["-1", "65536", "x"])
 def test_metrics_port_out_of_range(value: str, script: str) -> None:
     r = _run("--standalone", "--metrics-port", value, script)
