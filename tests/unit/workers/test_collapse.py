@@ -53,10 +53,12 @@ async def test_no_line_waits_longer_than_100ms() -> None:
     c.feed(0, [b"only rank 0 says this"], con.write)
     c.feed(1, [b"only rank 0 says this"], con.write)
     assert con.lines == []
+    # the line is due within 100 ms of its arrival: what the collapser asked the loop
+    # for (when the loop gets to it on a busy machine is the loop's business)
+    assert c._timer is not None and c._timer.when() - t0 <= 0.1
     await con.wait_for(1)
-    (t, line), = con.lines  # fmt: skip
+    ((_, line),) = con.lines
     assert line == b"[default0-1]:only rank 0 says this"
-    assert t - t0 < 0.1
 
 
 async def test_one_ranks_lines_keep_their_order() -> None:
