@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 from tests.helpers import CORRAL, Hub, Procs, corral_env
+from tests.integration.test_multi_node import FAST, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
-
-FAST = "keep_alive_interval=0.5,keep_alive_max_attempt=3,last_call_timeout=10,read_timeout=5,join_timeout=60"
 
 WORKER = r"""
 import json, os, signal, socket, sys, time
@@ -48,9 +47,7 @@ class Job:
         self.script.write_text(WORKER)
         self.ckpt = tmp / "ckpt"
         self.ckpt.mkdir()
-        import random
-
-        self.port = random.Random().randrange(20_000, 30_000)
+        self.port = free_port()
         self.nnodes, self.extra = nnodes, extra
         self.agents: dict[int, subprocess.Popen[bytes]] = {}
 
