@@ -9,32 +9,19 @@ import pytest
 
 from corral.errors import JobStopped
 from corral.rendezvous.api import ChangeKind, RoundInfo
-from corral.rendezvous.state import Outcome, RoundPointer
-from corral.reporting.failures import FailureReport
+from corral.rendezvous.state import Outcome
 
 from .conftest import Job
+from .test_dynamic import failure, join_in_order, pointer
 
 pytestmark = pytest.mark.timeout(10)
-
-KEY = "/corral/job/"
-
-
-async def pointer(job: Job) -> RoundPointer:
-    kv = await job.store.get(KEY + "round")
-    assert kv is not None
-    return RoundPointer.from_json(kv.value)
 
 
 async def form(job: Job, names: str, lo: int, hi: int, restarts: int = 3) -> list[RoundInfo]:
     for n in names:
         job.node(n, min_nodes=lo, max_nodes=hi, max_restarts=restarts)
-    infos = []
-    tasks = []
-    for n in names:  # in order, each once the previous one's key is there
-        tasks.append(asyncio.create_task(job.nodes[n].join()))
-        await job.until(lambda n=n: job.has_key(f"{KEY}r/0/nodes/{n}"))  # type: ignore[misc]
-    infos = await asyncio.wait_for(asyncio.gather(*tasks), 5)
-    return list(infos)
+    tasks = await join_in_order(job, list(names), 0)
+    return list(await asyncio.wait_for(asyncio.gather(*tasks), 5))
 
 
 def test_outcome_record_round_trips_and_reads_old_records() -> None:
@@ -65,11 +52,8 @@ async def test_stop_reaches_every_watch_with_the_signal_and_counts_no_restart(jo
     with pytest.raises(JobStopped, match="job stopped by SIGTERM on node host-c") as ei:
         await job.nodes["a"].join()
     assert ei.value.signum == signal.SIGTERM
-    rep = FailureReport(
-        rank=1, local_rank=0, group_rank=1, host="b", node_id="b", pid=1, exitcode=1
-    )
     with pytest.raises(JobStopped):
-        await job.nodes["b"].report_failure(infos[1], [rep])
+        await job.nodes["b"].report_failure(infos[1], [failure("b", 1)])
 
 
 async def test_the_first_outcome_wins(job: Job) -> None:
@@ -132,10 +116,7 @@ async def test_status_reads_a_stopped_job(job: Job) -> None:
 async def test_a_stop_ends_a_rendezvous_that_waits_for_nodes(job: Job) -> None:
     for n in "abc":
         job.node(n, min_nodes=3, max_nodes=3)
-    joins = []
-    for n in "ab":  # the closer (a) and a follower (b) wait for a third node
-        joins.append(asyncio.create_task(job.nodes[n].join()))
-        await job.until(lambda n=n: job.has_key(f"{KEY}r/0/nodes/{n}"))  # type: ignore[misc]
+    joins = await join_in_order(job, ["a", "b"], 0)  # the closer (a), a follower (b)
     await job.nodes["c"].report_stop(signal.SIGTERM, "host-c")  # c got it before joining
     with pytest.raises(JobStopped, match="on node host-c"):
         await asyncio.wait_for(joins[0], 2)  # the closer watches the round pointer
