@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import corral_env
 
 from corral.cli import parse_args
 from corral.config import RdzvConf, RendezvousOptions
@@ -154,7 +154,7 @@ def _corral() -> list[str]:
 
 def test_cli_runs_with_torchs_keys_and_warns_once_for_an_unknown_one(tmp_path: Path) -> None:
     (tmp_path / "ok.py").write_text("print('ran')\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "TORCHELASTIC_"))}
+    env = corral_env()
     conf = "join_timeout=5,last_call_timeout=1,timeout=5,store_type=tcp,bogus_key=1"
     proc = subprocess.run(
         [*_corral(), "--standalone", "--nproc-per-node", "1", "--rdzv-conf", conf, "ok.py"],
@@ -223,7 +223,7 @@ def test_a_key_the_backend_does_not_read_is_one_warning_line(
 
 def test_cli_warns_once_for_a_key_the_backend_does_not_read(tmp_path: Path) -> None:
     (tmp_path / "ok.py").write_text("print('ran')\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "TORCHELASTIC_"))}
+    env = corral_env()
     proc = subprocess.run(
         [*_corral(), "--standalone", "--rdzv-conf", "cacert=/nowhere/ca.pem", "ok.py"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60,

@@ -53,7 +53,7 @@ class Metrics:
             registry=reg,
         )  # fmt: skip
         self.restarts_allowed = Gauge(
-            "corral_restarts_allowed", "The job's restart budget (--max-restarts).", registry=reg
+            "corral_restarts_allowed", "The job's restart budget.", registry=reg
         )
         self.restarts_allowed.set(max_restarts)
         self.workers = Gauge("corral_workers", "Local workers by state.", ["state"], registry=reg)

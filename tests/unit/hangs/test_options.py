@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import CORRAL, corral_env
 
 from corral.cli import parse_args
 from corral.errors import ConfigError
@@ -50,11 +50,12 @@ def test_bad_values_are_one_line_errors(argv: tuple[str, ...], needle: str) -> N
 def test_bad_value_exits_2_without_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "ok.py").write_text("pass\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "corral", "--hang-timeout", "x", "ok.py"],
+        [*CORRAL, "--hang-timeout", "x", "ok.py"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         timeout=30,
+        env=corral_env(),
     )
     assert proc.returncode == 2 and proc.stderr.startswith("corral: error: --hang-timeout x")
     assert "Traceback" not in proc.stderr
