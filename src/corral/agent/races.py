@@ -84,4 +84,5 @@ def hang_watch(agent: Agent) -> HangWatch | None:
         )
         if agent.observers is not None:  # progress marks as events and metrics
             agent._hangs.on_marks = agent.observers.on_marks
+            agent._hangs.on_hang = agent.observers.on_hang
     return agent._hangs

@@ -68,9 +68,6 @@ def round_over(
             ev.WorkerExited, r, local_rank=local_rank, rank=rnd.rank_offset + local_rank, pid=pid
         )
     for f in failed:
-        if getattr(f, "hang", False):  # hang detection's verdict (docs/hangs.md)
-            timeout = agent.cfg.hang_timeout or 0.0
-            agent._emit(ev.HangDeclared, r, local_rank=f.local_rank, rank=f.rank, silent_s=timeout)
         agent._emit(
             ev.WorkerFailed,
             r,

@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 from corral._compat import TaskGroup
 from corral.events.sinks import EventSink, Fanout, JsonlSink, LoggingSink
 from corral.events.store import JournalWriter
-from corral.events.types import Event, ProgressStep, stamp
+from corral.events.types import Event, HangDeclared, ProgressStep, stamp
 
 if TYPE_CHECKING:
     from corral.config import LaunchConfig
@@ -87,6 +87,13 @@ class Observers:
                                            wall=wall, local_rank=lr, step=m.step))  # fmt: skip
             if self.metrics is not None:
                 self.metrics.progress(lr, m.step, m.time)
+
+    def on_hang(self, rnd: Any, hung: Sequence[Any]) -> None:
+        """This node's hung ranks at hang detection's verdict (``RankDump``s): one
+        :class:`HangDeclared` each, with its last step and its real silence."""
+        for d in hung:
+            self.emit(HangDeclared, rnd.round, local_rank=d.local_rank, rank=d.rank,
+                      last_step=-1 if d.step is None else d.step, silent_s=d.age)  # fmt: skip
 
     async def __aenter__(self) -> Observers:
         stack = self._stack

@@ -129,6 +129,8 @@ class HangWatch:
         self._seen_progress = False  # on this node, in any attempt: arms the next attempts
         # called with (round info, {local rank: mark}) at each read (events, metrics)
         self.on_marks: Callable[[Any, dict[int, Mark]], None] | None = None
+        # this node's hung ranks, at the verdict (the agent's HangDeclared events)
+        self.on_hang: Callable[[Any, list[RankDump]], None] | None = None
 
     @classmethod
     def from_config(
@@ -310,6 +312,8 @@ class HangWatch:
             detected,
             await self._dumps(group, rnd, started, hung),
         )
+        if self.on_hang is not None:
+            self.on_hang(rnd, [d for d in mine.ranks if d.hung])
         nodes = await self._exchange(rnd, mine)
         every = [d for n in nodes for d in n.ranks]
         named = culprits(every)
