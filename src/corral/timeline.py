@@ -18,7 +18,7 @@ import html
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from corral.events.journal import PHASES, AttemptRecord, JobIncident, job_incidents
 
@@ -50,12 +50,33 @@ class _Band:
     host: str
     lanes: int
     addr: str = ""
-    agents: int = 1
+    nodes: set[str] = field(default_factory=set)  # every agent drawn in it
+    end: float = 0.0  # when the last of their attempts ended (so far)
     y: float = 0.0
 
 
-def _band_key(rec: AttemptRecord) -> str:
-    return f"{rec.host}|{rec.addr}" if rec.addr else rec.node
+def _bands(records: Sequence[AttemptRecord], t0: float) -> dict[int, _Band]:
+    """The band of each record (by ``id``): an agent that comes back at the same address
+    after the one before it ended (a rejoin) shares that band; two agents there at once
+    get a band each."""
+    by_key: dict[str, list[_Band]] = {}
+    by_node: dict[str, _Band] = {}
+    out: dict[int, _Band] = {}
+    for rec in sorted(records, key=lambda r: (r.closed or t0, r.group_rank)):
+        band = by_node.get(rec.node)
+        if band is None:
+            start = rec.closed or t0
+            same = by_key.setdefault(f"{rec.host}|{rec.addr}" if rec.addr else rec.node, [])
+            band = next((b for b in same if b.end <= start), None)
+            if band is None:
+                band = _Band(rec.node, rec.host, 0, rec.addr)
+                same.append(band)
+            by_node[rec.node] = band
+            band.nodes.add(rec.node)
+        band.lanes = max(band.lanes, rec.local_world_size)
+        band.end = max(band.end, rec.end or rec.closed or t0)
+        out[id(rec)] = band
+    return out
 
 
 def _esc(text: str) -> str:
@@ -83,16 +104,10 @@ def render_svg(records: Sequence[AttemptRecord], title: str = "corral job timeli
     def x(t: float) -> float:
         return _LEFT + (t - t0) / span * plot_w
 
-    bands: dict[str, _Band] = {}
-    for rec in sorted(records, key=lambda r: (r.closed or t0, r.group_rank)):
-        band = bands.get(_band_key(rec))
-        if band is None:
-            band = bands[_band_key(rec)] = _Band(rec.node, rec.host, 0, rec.addr)
-        elif rec.node != band.node and rec.round > 0:
-            band.agents = len({r.node for r in records if _band_key(r) == _band_key(rec)})
-        band.lanes = max(band.lanes, rec.local_world_size)
+    of = _bands(records, t0)
+    bands = list({id(b): b for b in of.values()}.values())  # in order of appearance
     y = float(_TOP)
-    for band in bands.values():
+    for band in bands:
         band.y = y
         y += _NODE_H + band.lanes * _LANE_H + _GAP
     height = int(y + 70)
@@ -118,9 +133,10 @@ def render_svg(records: Sequence[AttemptRecord], title: str = "corral job timeli
     for k, inc in enumerate(incidents):
         out.append(_incident(inc, k, x, y))
     # node bands
-    for band in bands.values():
+    for band in bands:
         label = f"{band.host} {band.addr}".strip() or band.node
-        sub = band.node if band.agents == 1 else f"{band.agents} agents (rejoined)"
+        agents = len(band.nodes)
+        sub = band.node if agents == 1 else f"{agents} agents (rejoined)"
         out.append(
             f'<g class="node" data-node="{_esc(band.node)}">'
             f'<text x="12" y="{band.y + 15:.1f}" font-weight="bold">{_esc(label)}</text>'
@@ -134,7 +150,7 @@ def render_svg(records: Sequence[AttemptRecord], title: str = "corral job timeli
             )
         out.append("</g>")
     for rec in records:
-        out.append(_attempt(rec, bands[_band_key(rec)], incidents, x, t1))
+        out.append(_attempt(rec, of[id(rec)], incidents, x, t1))
     # legend
     ly = y + 34
     lx = 12.0
