@@ -17,7 +17,9 @@ torchrun has no events, so its fields are null).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-events-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # however the bench ends
     crasher = work / "crasher.py"
     crasher.write_text(CRASHER)
     values: dict[str, list[float]] = {name: [] for name in [*SETTINGS, "torchrun"]}

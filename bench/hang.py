@@ -29,6 +29,7 @@ launcher has no figure).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import signal
@@ -43,6 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _figures import figure, print_figures
+from launch import _env
 
 LAUNCHERS: dict[str, list[str]] = {
     "corral": [sys.executable, "-m", "corral"],
@@ -142,13 +144,6 @@ def hook_overhead(steps: int) -> float | None:
             print(f"  hook overhead: exit {proc.returncode} {proc.stderr[-300:]}", file=sys.stderr)
             return None
         return float(proc.stdout.strip())
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "TORCHELASTIC_"))}
-    env["OMP_NUM_THREADS"] = "1"  # same for both; silences torchrun's notice
-    env.update(extra or {})
-    return env
 
 
 def _netns_prefix() -> list[str]:
@@ -284,6 +279,8 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-hang-"))
+
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # however the bench ends
     hanger, stepper = work / "hanger.py", work / "stepper.py"
     hanger.write_text(HANGER)
     stepper.write_text(STEPPER)

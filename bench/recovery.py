@@ -34,9 +34,10 @@ that launcher failed in most repetitions).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
-import signal
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _figures import figure, print_figures
+from agents import kill_marked
+from launch import _env as launch_env
 
 LAUNCHERS: dict[str, list[str]] = {
     "corral": [sys.executable, "-m", "corral", "--prestart"],
@@ -148,11 +151,7 @@ TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "TORCHELASTIC_"))}
-    env["OMP_NUM_THREADS"] = "1"
-    env["LOGLEVEL"] = "WARNING"
-    env.update(extra)
-    return env
+    return launch_env({"LOGLEVEL": "WARNING", **extra})
 
 
 def _standby_rss(agent: int) -> int:
@@ -181,18 +180,7 @@ def _end(proc: subprocess.Popen[bytes], bench_dir: str) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if b"\0BENCH_DIR=" + bench_dir.encode() + b"\0" in b"\0" + env:
-            try:
-                os.kill(int(entry), signal.SIGKILL)
-            except OSError:
-                pass
+    kill_marked("BENCH_DIR", bench_dir)
 
 
 def one_run(launcher: str, script: Path) -> dict[str, float] | None:
@@ -257,6 +245,7 @@ def main() -> None:
     args = parser.parse_args()
     chosen = [n.strip() for n in args.launchers.split(",") if n.strip()]
     work = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # however the bench ends
     script = work / "train.py"
     script.write_text(TRAIN.replace("CRASH_STEP", str(CRASH_STEP)).replace("AFTER", repr(AFTER)))
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in LAUNCHERS}
