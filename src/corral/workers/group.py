@@ -28,6 +28,7 @@ from corral.reporting.failures import FailureReport
 from corral.reporting.render import read_error_file
 from corral.workers.group_state import TRANSITIONS, GroupResult, GroupState, failure_report
 from corral.workers.logs import AttemptLogs, RunLogs
+from corral.workers.prestart import sys_argv
 from corral.workers.process import WorkerProcess
 from corral.workers.reaper import Reaper
 from corral.workers.spec import WorkerSpec, worker_argv, worker_env
@@ -169,9 +170,9 @@ class WorkerGroup:
         for w in self.workers:
             w.on_pump_error = self._on_pump_error
             standby = await self.standbys.take() if self.standbys is not None else None
-            if standby is not None:
-                w.spec = self.spec
-            w.spawn(self._on_exit, standby)
+            w.spawn(
+                self._on_exit, None if standby is None else (standby, sys_argv(self.spec, w.argv))
+            )
             if w.pid is not None:
                 if not w.prestarted:  # a standby's group is registered since its start
                     self.reaper.register(w.pid)

@@ -27,7 +27,6 @@ from corral.workers.pumps import Pump
 from corral.workers.reaper import worker_preexec
 
 if TYPE_CHECKING:
-    from corral.workers.spec import WorkerSpec
     from corral.workers.standby import Proc, Standby
 
 __all__ = ["WorkerProcess"]
@@ -75,8 +74,6 @@ class WorkerProcess:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._noticed: asyncio.Event | None = None
         self._reaped = False
-        #: set by the group when --prestart may hand this worker to a standby
-        self.spec: WorkerSpec | None = None
         #: the worker is a standby that took its assignment (``--prestart``)
         self.prestarted = False
         #: Called (in the loop) when a log pump fails; the group fails with it.
@@ -87,13 +84,16 @@ class WorkerProcess:
         return self.pid is not None and self.returncode is None
 
     def spawn(
-        self, on_exit: Callable[[WorkerProcess], None], standby: Standby | None = None
+        self,
+        on_exit: Callable[[WorkerProcess], None],
+        standby: tuple[Standby, list[str]] | None = None,
     ) -> None:
         """Start the child; ``on_exit(self)`` is called (in the loop) once it has exited.
 
-        With ``standby`` (``--prestart``), that pre-started interpreter becomes
-        this worker (same argv as seen by the script, environment, cwd, streams);
-        if it cannot take the assignment, the worker is spawned fresh.
+        With ``standby`` (``--prestart``: the pre-started interpreter, and the
+        ``sys.argv`` the script must see), that interpreter becomes this worker
+        (same argv as seen by the script, environment, cwd, streams); if it
+        cannot take the assignment, the worker is spawned fresh.
 
         A command that cannot be started (not found, not executable) counts as
         an exit with code 127 and ``spawn_error`` set, reported the same way.
@@ -123,8 +123,9 @@ class WorkerProcess:
                     fds[name] = w
                     to_close.append(w)
                     pipes.append((r, plan, console))
-            if standby is not None and standby.proc is not None and self._adopt(standby, fds):
-                self._popen = standby.proc
+            sb, sb_argv = standby if standby is not None else (None, [])
+            if sb is not None and sb.proc is not None and self._adopt(sb, sb_argv, fds):
+                self._popen = sb.proc
                 self.prestarted = True
             else:
                 self._popen = subprocess.Popen(
@@ -161,12 +162,9 @@ class WorkerProcess:
         else:
             self._loop.add_reader(self._pidfd, self._on_pidfd)
 
-    def _adopt(self, standby: Standby, fds: dict[str, int | None]) -> bool:
-        """Hand ``standby`` this worker; False (the standby killed) if it cannot take it."""
-        from corral.workers.standby import sys_argv
-
-        if self.spec is None:
-            return False
+    def _adopt(self, standby: Standby, argv: list[str], fds: dict[str, int | None]) -> bool:
+        """Hand ``standby`` this worker (``argv``: the script's ``sys.argv``); False (the
+        standby killed) if it cannot take it."""
         opened: list[int] = []
         try:
             out_err: list[int] = []
@@ -179,7 +177,7 @@ class WorkerProcess:
                     opened.append(fd)
                 out_err.append(fd)
             ok = standby.assign(
-                argv=sys_argv(self.spec, self.argv),
+                argv=argv,
                 orig_argv=self.argv,
                 env=self.env,
                 cwd=os.getcwd(),
