@@ -337,11 +337,10 @@ class WorkerGroup:
         if self._error_timer is not None:
             self._error_timer.cancel()
             self._error_timer = None
-        signalled = False
-        if first_signal is not None and any(w.running for w in self.workers):
-            self.send_signal(first_signal)
-            signalled = True
-        sent = first_signal if signalled else None
+        running = any(w.running for w in self.workers)
+        sent = first_signal if running else None  # what went to the workers, if anything
+        if sent is not None:
+            self.send_signal(sent)
         if self.standbys is not None and self.standbys.detach_stops:
             if self.standbys.detach(self._finish_stop(timeout, sent)):
                 log.debug(
