@@ -269,3 +269,49 @@ def test_a_hang_with_no_restart_left_fails_the_job_as_a_hang(netns: NetNS, tmp_p
     assert "culprit: rank 1 (node 0, local rank 1" in root and "stuck_in_io (" in root
     assert "step 30, no progress for" in root
     assert "failed with a hang" in r.stderr and "exit code -" not in r.stderr
+
+
+FROZEN = """
+import os, signal, sys, time
+import corral
+rank, restart = int(os.environ["LOCAL_RANK"]), int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+print(f"attempt {restart} rank {rank} started", flush=True)
+if restart > 0:
+    sys.exit(0)
+step = 0
+while True:
+    corral.progress(step)
+    step += 1
+    if rank == 1 and step == 5:
+        os.kill(os.getpid(), signal.SIGSTOP)  # frozen: cannot act on any signal but SIGKILL
+    time.sleep(0.05)
+"""
+
+
+def test_a_frozen_rank_is_killed_at_once_and_the_next_attempt_starts(
+    netns: NetNS, tmp_path: Path
+) -> None:
+    """Rank 1 frozen by SIGSTOP, --shutdown-timeout 60: the hung rank gets SIGKILL at once.
+
+    Bounded by a 45 s timeout, less than the 60 s grace: waiting for the grace
+    (the old SIGTERM to a frozen rank) cannot pass. Rank 0 gets SIGTERM and dies of it.
+    """
+    path = tmp_path / "w.py"
+    path.write_text(FROZEN)
+    r = subprocess.run(
+        netns.wrap(
+            [
+                *(*CORRAL, "--standalone", "--nproc-per-node", "2", "--max-restarts", "1"),
+                *("--hang-timeout", "1", "--shutdown-timeout", "60", str(path)),
+            ]
+        ),
+        capture_output=True,
+        text=True,
+        timeout=45,
+        env=corral_env(),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(r.stdout.split("\n"))[1:] == [
+        f"attempt {a} rank {k} started" for a in (0, 1) for k in (0, 1)
+    ], r.stdout
+    assert "SIGKILL to hung worker(s) [1] at once" in r.stderr, r.stderr[-3000:]

@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
@@ -304,9 +304,10 @@ class Agent:
             # a local failure: the job restarts (continue) or fails (raised)
             await self._on_failure(group, rdzv, rnd, list(outcome.failures))
 
-    async def _stop(self, group: WorkerGroup) -> None:
+    async def _stop(self, group: WorkerGroup, kill: Collection[int] = ()) -> None:
+        """Stop ``group`` (``kill``: hung local ranks, SIGKILLed at once: docs/hangs.md)."""
         t0 = self.clock.now()
-        await group.stop(self.cfg.shutdown_timeout)
+        await group.stop(self.cfg.shutdown_timeout, kill=kill)
         self._emit(ev.WorkersStopped, group.rnd.round, seconds=self.clock.now() - t0)
         if self._group is group:
             self._group = None

@@ -54,8 +54,11 @@ async def on_failure(
     verdict = agent.policy.on_failure(failures)
     if not verdict.restart:
         log.warning("restart policy gives up: %s; the job fails now", verdict.reason)
+    # a hung rank cannot act on SIGTERM: after the verdict and its stack dump it is
+    # SIGKILLed at once; the others get SIGTERM and the grace (docs/hangs.md)
+    hung = [f.local_rank for f in failures if f.hang and f.local_rank >= 0]
     async with task_scope() as tg:  # stop the siblings while the failures go out
-        stop = tg.create_task(agent._stop(group))
+        stop = tg.create_task(agent._stop(group, kill=hung))
         try:
             decision, root = await agent._race(
                 rdzv.report_failure(rnd, failures, final=not verdict.restart)

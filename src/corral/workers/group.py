@@ -19,7 +19,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from corral._compat import timeout as _compat_timeout
 from corral.errors import LauncherError
@@ -138,11 +138,13 @@ class WorkerGroup:
         """Spawn every worker and register its process group with the reaper.
 
         Raises:
-            ConfigError: the environment cannot be built (``--virtual-local-rank``).
+            ConfigError: the environment cannot be built (``--virtual-local-rank``),
+                or ``--numa-binding`` finds no CPUs for a worker (nothing is started).
             RuntimeError: the group was already started.
         """
         if self.state is not GroupState.CREATED:
             raise RuntimeError(f"worker group already {self.state.name}")
+        cpus = self._numa_cpus()
         if self.logs is None:
             assert isinstance(self._logs_src, RunLogs)
             self.logs = self._logs_src.new_attempt(self.spec.local_world_size)
@@ -164,6 +166,7 @@ class WorkerGroup:
                     err_plan,
                     console_out=self.console_out,
                     console_err=self.console_err,
+                    cpus=None if cpus is None else cpus[local_rank],
                 )
             )
         self._to(GroupState.RUNNING)
@@ -191,6 +194,25 @@ class WorkerGroup:
             list(self.pids.values()),
             logs.dir,
         )
+
+    def _numa_cpus(self) -> list[frozenset[int]] | None:
+        """``--numa-binding``: each local rank's CPUs (ConfigError where torch's binding fails)."""
+        from corral.workers.numa import cpu_ranges, group_cpus
+
+        cpus = group_cpus(
+            self.spec.numa_binding,
+            self.spec.local_world_size,
+            allowed=os.sched_getaffinity(0),
+            environ=self.base_env,
+            sysfs_root=self.spec.numa_sysfs_root,
+        )
+        if cpus is not None:
+            log.info(
+                "--numa-binding %s: local rank -> CPUs %s",
+                self.spec.numa_binding,
+                ", ".join(f"{r}: {cpu_ranges(c)}" for r, c in enumerate(cpus)),
+            )
+        return cpus
 
     # --- exits ----------------------------------------------------------------
 
@@ -314,11 +336,20 @@ class WorkerGroup:
             return False
         return True
 
-    async def stop(self, timeout: float, first_signal: int | None = signal.SIGTERM) -> None:
+    async def stop(
+        self,
+        timeout: float,
+        first_signal: int | None = signal.SIGTERM,
+        *,
+        kill: Collection[int] = (),
+    ) -> None:
         """Stop the group: SIGTERM each worker's process group, SIGKILL after ``timeout`` s.
 
         ``first_signal`` replaces SIGTERM (None: send nothing first, e.g. when a
         handled signal was already forwarded to the workers, as torchrun does).
+        A worker stopped by a signal (state ``T``, e.g. SIGSTOP) gets SIGCONT
+        right after it, so that it can act on it. ``kill``: local ranks that get
+        SIGKILL at once instead, with no grace (hung ranks, docs/hangs.md).
 
         Reaps every worker, SIGKILLs what is left in their process groups,
         unregisters them from the reaper and closes pipes and files. Workers
@@ -339,8 +370,7 @@ class WorkerGroup:
             self._error_timer = None
         running = any(w.running for w in self.workers)
         sent = first_signal if running else None  # what went to the workers, if anything
-        if sent is not None:
-            self.send_signal(sent)
+        self._signal_stop(sent, frozenset(kill))
         if self.standbys is not None and self.standbys.detach_stops:
             if self.standbys.detach(self._finish_stop(timeout, sent)):
                 log.debug(
@@ -348,6 +378,28 @@ class WorkerGroup:
                 )
                 return
         await self._finish_stop(timeout, sent)
+
+    def _signal_stop(self, sent: int | None, kill: frozenset[int]) -> None:
+        """The first signals of a stop: SIGKILL to ``kill``, ``sent`` (+SIGCONT if stopped) to the rest."""
+        killed = [w.local_rank for w in self.workers if w.running and w.local_rank in kill]
+        if killed:
+            log.warning("round %d: SIGKILL to hung worker(s) %s at once", self.rnd.round, killed)
+        for w in self.workers:
+            if not w.running:
+                continue
+            if w.local_rank in kill:
+                w.signal(signal.SIGKILL)
+            elif sent is not None:
+                stopped = w.stopped  # read before the signal: a SIGTERM may end it at once
+                w.signal(sent)
+                if stopped and sent not in (signal.SIGKILL, signal.SIGSTOP):
+                    log.info(
+                        "worker %d (pid %s) is stopped (state T): SIGCONT after %s",
+                        w.local_rank,
+                        w.pid,
+                        signal.Signals(sent).name,
+                    )
+                    w.signal(signal.SIGCONT)
 
     async def _finish_stop(self, timeout: float, sent: int | None) -> None:
         """The rest of :meth:`stop` once ``sent`` (or nothing) was sent: wait, kill, reap, sweep."""

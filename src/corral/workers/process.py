@@ -29,9 +29,17 @@ from corral.workers.reaper import worker_preexec
 if TYPE_CHECKING:
     from corral.workers.standby import Proc, Standby
 
-__all__ = ["WorkerProcess"]
+__all__ = ["WorkerProcess", "proc_stopped"]
 
 log = logging.getLogger(__name__)
+
+
+def _preexec(agent_pid: int, cpus: frozenset[int] | None) -> None:
+    """Between fork and exec: :func:`worker_preexec`, then ``--numa-binding``'s CPUs
+    (what ``numactl --physcpubind`` does in torch; the exec'ed program inherits them)."""
+    worker_preexec(agent_pid)
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
 
 
 class WorkerProcess:
@@ -55,8 +63,11 @@ class WorkerProcess:
         *,
         console_out: int = 1,
         console_err: int = 2,
+        cpus: frozenset[int] | None = None,
     ) -> None:
         self.local_rank = local_rank
+        #: ``--numa-binding``: the CPUs the worker is bound to before its code runs
+        self.cpus = cpus
         self.argv = argv
         self.env = env
         self.stdout_plan = stdout
@@ -134,10 +145,10 @@ class WorkerProcess:
                     stdout=fds["stdout"],
                     stderr=fds["stderr"],
                     start_new_session=True,
-                    preexec_fn=functools.partial(worker_preexec, os.getpid()),
+                    preexec_fn=functools.partial(_preexec, os.getpid(), self.cpus),
                     close_fds=True,
                 )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:  # SubprocessError: _preexec's
             for r, _, _ in pipes:
                 os.close(r)
             self.spawn_error = f"{type(exc).__name__}: {exc}"
@@ -183,6 +194,7 @@ class WorkerProcess:
                 cwd=os.getcwd(),
                 out_fd=out_err[0],
                 err_fd=out_err[1],
+                cpus=self.cpus,
             )
         finally:
             for fd in opened:
@@ -261,6 +273,18 @@ class WorkerProcess:
         except PermissionError as exc:  # pragma: no cover
             log.warning("cannot signal worker %d (pgid %d): %s", self.local_rank, self.pid, exc)
 
+    @property
+    def stopped(self) -> bool:
+        """The running worker is stopped by a signal (state ``T`` in ``/proc/<pid>/stat``).
+
+        Such a process cannot act on SIGTERM until it is continued: :meth:`WorkerGroup.stop
+        <corral.workers.group.WorkerGroup.stop>` sends it SIGCONT with the SIGTERM. False
+        when it is not running or its state cannot be read.
+        """
+        if not self.running or self._reaped:
+            return False
+        return proc_stopped(self.pid)
+
     def stderr_tail(self) -> str | None:
         """The last lines of the worker's stderr: the pipe's ring buffer, else the log file."""
         for pump in self._pumps:
@@ -313,3 +337,20 @@ class WorkerProcess:
                 asyncio.get_running_loop().remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
+
+
+def proc_stopped(pid: int | None) -> bool:
+    """Whether ``pid`` is stopped by a signal: state ``T`` in ``/proc/<pid>/stat``.
+
+    (``t``, a ptrace stop, is not: SIGCONT does not resume it.) False if unreadable.
+    """
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # "pid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ")"
+    rest = stat[stat.rfind(b")") + 1 :].split()
+    return bool(rest) and rest[0] == b"T"
