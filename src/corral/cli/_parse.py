@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from corral.cli._options import build_parser
+from corral.cli._split import split_at_script
 from corral.cli._values import (
     _backend,
     _endpoint_addr,
@@ -49,8 +50,10 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
     Raises:
         ConfigError: one line naming the option, the value and what is allowed.
     """
-    ns = build_parser(environ).parse_args(argv)
-    a: dict[str, Any] = vars(ns)
+    parser = build_parser(environ)
+    launcher, script_args = split_at_script(parser, argv)  # what follows the script is its own
+    a: dict[str, Any] = vars(parser.parse_args(launcher))
+    a["training_script_args"] = [*a["training_script_args"], *script_args]
     from corral.schedulers import apply_scheduler  # docs/schedulers.md
 
     sched = apply_scheduler(a, a.pop("_given", set()), environ)
