@@ -3,8 +3,8 @@
 The standby's side is :mod:`corral.workers._standby_boot`; the pool that
 starts, watches and reaps standbys is :class:`corral.workers.standby.StandbyPool`.
 :meth:`Standby.assign` sends the worker's argv, environment and working
-directory (JSON, after a 4-byte length) with its stdout/stderr descriptors
-(SCM_RIGHTS); the standby then becomes that worker.
+directory, and ``--numa-binding``'s CPUs (JSON, after a 4-byte length) with
+its stdout/stderr descriptors (SCM_RIGHTS); the standby then becomes that worker.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ class Standby:
         self.pidfd: int | None = None
         self.known = asyncio.Event()  # the pid is known (a zygote's fork says it)
         self._buf = b""
+        #: ``"<bytes> <packages>"``: what it printed while importing, shown only if
+        #: the worker imports those packages (``_standby_boot._hold``)
+        self.held = ""
         if proc is not None:
             self.known.set()
 
@@ -52,13 +55,24 @@ class Standby:
         cwd: str,
         out_fd: int,
         err_fd: int,
+        cpus: frozenset[int] | None = None,
         timeout: float = 5.0,
     ) -> bool:
-        """Hand the standby its worker; False if it cannot take it (it died)."""
+        """Hand the standby its worker; False if it cannot take it (it died).
+
+        ``cpus``: ``--numa-binding``'s CPUs, which every thread of the standby is
+        bound to before the worker's code runs (None: left as they are).
+        """
         if self.dead:
             return False
         body = json.dumps(
-            {"argv": argv, "orig_argv": orig_argv, "env": dict(env), "cwd": cwd}
+            {
+                "argv": argv,
+                "orig_argv": orig_argv,
+                "env": dict(env),
+                "cwd": cwd,
+                "cpus": None if cpus is None else sorted(cpus),
+            }
         ).encode()
         try:
             self.sock.settimeout(timeout)
