@@ -82,28 +82,10 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (("--rdzv-endpoint", "--rdzv_endpoint"), "", "Rendezvous endpoint, host[:port] (port 29400)."),
     (("--rdzv-id", "--rdzv_id"), "none", "Job id shared by every node of the job."),
     (("--rdzv-conf", "--rdzv_conf"), "", "Rendezvous settings, <key>=<value>,<key>=<value>."),
-    (
-        ("--max-restarts", "--max_restarts"),
-        "0",
-        "Restarts of the job's worker group (any cause, counted once for the job) before failing.",
-    ),
-    (
-        ("--monitor-interval", "--monitor_interval"),
-        "0.1",
-        "Accepted for torchrun (seconds > 0, checked) and otherwise ignored: torchrun polls "
-        "its workers this often; corral sees a worker's exit at once (pidfd).",
-    ),
-    (
-        ("--start-method", "--start_method"),
-        "spawn",
-        "spawn, fork or forkserver: checked, else ignored: every worker is a new interpreter, "
-        "as torchrun's for a script (torchrun's --run-path uses the method; corral's spawns).",
-    ),
-    (
-        ("--event-log-handler", "--event_log_handler"),
-        "null",
-        "Accepted for torchrun; ignored (corral's events: --events-file).",
-    ),
+    (("--max-restarts", "--max_restarts"), "0", "Worker group restarts before failing."),
+    (("--monitor-interval", "--monitor_interval"), "0.1", "Seconds between worker checks."),
+    (("--start-method", "--start_method"), "spawn", "spawn, fork or forkserver (accepted)."),
+    (("--event-log-handler", "--event_log_handler"), "null", "Accepted for torchrun; ignored."),
     (("--role",), "default", "Role name of the workers."),
     (("--log-dir", "--log_dir"), None, "Base directory for log files."),
     (("-r", "--redirects"), "0", "Redirect std streams to files: 0-3 or 0:1,1:2."),
@@ -115,15 +97,13 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     ),
     (
         ("--duplicate-stdout-filters", "--duplicate_stdout_filters"),
-        None,
-        "Also write the teed (-t) stdout lines holding any of these comma-separated strings "
-        "(,, for a comma) to <attempt dir>/filtered_stdout.log, prefixed like the console.",
+        "",
+        "Accepted for torchrun; ignored.",
     ),
     (
         ("--duplicate-stderr-filters", "--duplicate_stderr_filters"),
-        None,
-        "Also write the teed (-t) stderr lines holding any of these comma-separated strings "
-        "(,, for a comma) to <attempt dir>/filtered_stderr.log, prefixed like the console.",
+        "",
+        "Accepted for torchrun; ignored.",
     ),
     (("--node-rank", "--node_rank"), "0", "Rank of this node (static backend)."),
     (("--master-addr", "--master_addr"), "127.0.0.1", "Address of node 0 (static backend)."),
@@ -161,24 +141,6 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
         "Seconds allowed before a rank's first progress when --hang-timeout is on.",
     ),
     (
-        ("--no-restart-exit-code", "--no_restart_exit_code"),
-        None,
-        "A worker exit code (1-255) that ends the job without a restart when it is the "
-        "failure's root cause; every agent then exits with it (docs/workers.md).",
-    ),
-    (
-        ("--quarantine-after", "--quarantine_after"),
-        "2",
-        "Quarantine a node that is the root cause of this many failures of the job in a "
-        "row, when the job can go on without it; 0 turns it off (docs/rendezvous.md).",
-    ),
-    (
-        ("--gpu-reclaim-timeout", "--gpu_reclaim_timeout"),
-        "30",
-        "Seconds a restart waits for the previous attempt's processes to free GPU memory "
-        "(NVIDIA GPUs only), then goes on with a warning (docs/workers.md).",
-    ),
-    (
         ("--events-file", "--events_file"),
         None,
         "Append the agent's events to this file as JSON Lines; - logs them (docs/events.md).",
@@ -191,33 +153,18 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (
         ("--prestart-import", "--prestart_import"),
         "torch,torch._dynamo",
-        "Modules the pre-started workers import in advance, comma-separated: only those "
-        "the script imports (read from its source), skipped if not installed; "
-        "torch._dynamo is what torch's first optimizer imports.",
+        "With --prestart: modules imported in advance, comma-separated (skipped if not "
+        "installed; torch._dynamo is what torch's first optimizer imports).",
     ),
     (
         ("--metrics-addr", "--metrics_addr"),
         "0.0.0.0",
         "Address the metrics endpoint binds (127.0.0.1: this host only).",
     ),
-    (
-        ("--health-check-timeout", "--health_check_timeout"),
-        "30",
-        "Seconds a --health-check may take; a timeout is unhealthy (docs/health.md).",
-    ),
-    (
-        ("--health-check-interval", "--health_check_interval"),
-        "60",
-        "Seconds between health checks while the node runs; 0: only before joining.",
-    ),
 )
 # Options torchrun reads from neither the environment nor with an env action.
 _PLAIN_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
-    (
-        ("--logs-specs", "--logs_specs"),
-        None,
-        "torchrun's log-spec plug-ins are not supported: an error when given.",
-    ),
+    (("--logs-specs", "--logs_specs"), None, "Accepted for torchrun; must be unset."),
     (
         ("--numa-binding", "--numa_binding"),
         None,
@@ -238,11 +185,9 @@ _FLAG_OPTIONS: tuple[tuple[tuple[str, ...], str], ...] = (
     (
         ("--prestart",),
         "Pre-start the workers' interpreters (imports done) while waiting for a round "
-        "(docs/workers.md). On by default; --no-prestart or PET_PRESTART=0 turns it off.",
+        "(docs/workers.md); --no-prestart turns it off.",
     ),
 )
-#: Flags that are on unless turned off (their PET_ variable set to 0 or the --no- form).
-_ON_BY_DEFAULT = frozenset({"prestart"})
 
 
 def _dest(option_strings: Sequence[str]) -> str:
@@ -275,7 +220,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         dest = _dest(flags)
         env_name = f"PET_{dest.upper()}"
         env_value = environ.get(env_name)
-        on = dest in _ON_BY_DEFAULT
+        on = False
         if env_value is not None and env_value != "":
             parsed = parse_bool(env_value)
             if parsed is None:
@@ -284,27 +229,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                 )
             on = parsed
         parser.add_argument(
-            *flags,
-            dest=dest,
-            action=_CheckEnv,
-            default=on,
-            help=f"{help_text} Env {env_name}={0 if dest in _ON_BY_DEFAULT else 1}.",
+            *flags, dest=dest, action=_CheckEnv, default=on, help=f"{help_text} Env {env_name}=1."
         )
     parser.add_argument(
         "--no-prestart",
         "--no_prestart",
         dest="prestart",
         action="store_false",
-        help="Start every worker fresh, without pre-started interpreters. Env PET_PRESTART=0.",
-    )
-    parser.add_argument(  # repeatable; PET_HEALTH_CHECK: one command a line (cli/_parse.py)
-        "--health-check",
-        "--health_check",
-        dest="health_check",
-        action="append",
-        default=None,
-        help="A shell command that exits 0 when this node is healthy; repeatable "
-        "(docs/health.md). Env PET_HEALTH_CHECK, one command a line.",
+        help="Start every worker fresh (the default).",
     )
     parser.add_argument(
         "training_script", help="The script (or module, or command) each worker runs."

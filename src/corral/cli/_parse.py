@@ -29,6 +29,7 @@ from corral.config import (
     resolve_standalone,
 )
 from corral.errors import ConfigError
+from corral.workers.numa import check_mode
 
 __all__ = ["check_entrypoint", "parse_args"]
 
@@ -134,6 +135,7 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
         metrics_addr=a["metrics_addr"].strip() or "0.0.0.0",
         collapse_logs=a["collapse_logs"],
         prestart=a["prestart"],
+        numa_binding=check_mode(a["numa_binding"]),
         prestart_imports=tuple(m.strip() for m in a["prestart_import"].split(",") if m.strip()),
     )
     return resolve_standalone(cfg)  # the one standalone rule (corral.config)

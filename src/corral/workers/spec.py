@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from corral.errors import ConfigError
 from corral.rendezvous.api import RoundInfo
+from corral.workers.numa import NumaMode, check_mode
 
 if TYPE_CHECKING:
     from corral.config import LaunchConfig
@@ -54,6 +55,10 @@ class WorkerSpec:
         python_exec: the interpreter (``PYTHON_EXEC``, else ``sys.executable``).
         progress: hang detection is on (``--hang-timeout``): workers get
             ``CORRAL_PROGRESS_FILE`` and corral's start-up hook (docs/hangs.md).
+        numa_binding: ``--numa-binding`` mode (None: off); each worker is bound
+            to the CPUs :func:`corral.workers.numa.group_cpus` gives it.
+        numa_sysfs_root: where sysfs is read for ``numa_binding`` (internal:
+            tests point it at a fake tree).
     """
 
     entrypoint: str
@@ -67,8 +72,11 @@ class WorkerSpec:
     virtual_local_rank: bool = False
     python_exec: str = sys.executable
     progress: bool = False
+    numa_binding: NumaMode | None = None
+    numa_sysfs_root: str = "/sys"
 
     def __post_init__(self) -> None:
+        check_mode(self.numa_binding)
         if self.local_world_size < 1:
             raise ConfigError(f"local_world_size ({self.local_world_size}) must be >= 1")
         if self.no_python and self.module:
@@ -93,6 +101,7 @@ class WorkerSpec:
             virtual_local_rank=cfg.virtual_local_rank,
             python_exec=environ.get("PYTHON_EXEC") or sys.executable,
             progress=cfg.hang_timeout is not None,
+            numa_binding=cfg.numa_binding,
         )
 
 
