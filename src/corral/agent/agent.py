@@ -27,6 +27,7 @@ from corral.agent.results import summary as _summary  # imported from here by te
 from corral.agent.state import AgentState, StateMachine
 from corral.clock import Clock, MonotonicClock
 from corral.errors import (
+    ConfigError,
     Interrupted,
     JobFailed,
     JobStopped,
@@ -41,6 +42,7 @@ from corral.rendezvous.liveness import PeerLiveness
 from corral.reporting.failures import FailureReport
 
 if TYPE_CHECKING:  # annotations only: these load lazily, when the agent first needs them
+    from corral.agent.health import HealthWatch
     from corral.config import LaunchConfig
     from corral.events.observe import Observers
     from corral.hangs.watch import HangWatch
@@ -109,6 +111,7 @@ class Agent:
         self._told: Interrupted | None = None  # what a handled signal ended this agent with
         self._store: Store | None = None  # the job's store, once open (docs/hangs.md)
         self._hangs: HangWatch | None = None  # with --hang-timeout
+        self._health: HealthWatch | None = None  # with --health-check (docs/health.md)
         self.root_cause: FailureReport | None = None
 
     # -- public ---------------------------------------------------------------
@@ -130,6 +133,8 @@ class Agent:
             self.root_cause = exc.root_cause
             results.print_root_cause(exc.root_cause, len(exc.failures))
             return exc.exit_code
+        except ConfigError:
+            raise  # bad input found at start (a --health-check the shell cannot run): exit 2
         except LauncherError as exc:
             print(f"corral: error: {exc}", file=sys.stderr, flush=True)
             return 1
@@ -170,6 +175,10 @@ class Agent:
                     Observers(self.cfg, node_id=self.node_id, sink=self._events,
                               run_dir=logs.run_dir if self.cfg.log_dir else None)
                 )  # fmt: skip
+                from corral.agent.health import watch_for
+
+                # --health-check: the first check runs here, the rest beside the rounds
+                self._health = await stack.enter_async_context(watch_for(self))
                 from corral.workers.standby import pool_for
 
                 self._standbys = await stack.enter_async_context(  # --prestart: standbys
@@ -230,6 +239,10 @@ class Agent:
         attempt = 0
         while True:
             self.machine.to(AgentState.RENDEZVOUS)
+            if self._health is not None:  # an unhealthy node does not join (docs/health.md)
+                from corral.agent.health import wait_to_join
+
+                await self._race(wait_to_join(self._health, rdzv))
             try:
                 rnd = await self._race(rdzv.join())
                 self._round_closed(rnd, spec.local_world_size)

@@ -48,12 +48,19 @@ async def race_group(
         live = tg.create_task(agent._liveness.watch(rnd)) if agent._liveness else None
         try:
             hangs = hang_watch(agent)  # with --hang-timeout: a 4th racer (docs/hangs.md)
-            i, result = await first_of(
+            health = agent._health  # with --health-check: the last racer (docs/health.md)
+            racers = [
                 agent._signal_event.wait(),
                 group.wait(),
                 rdzv.watch_round(rnd),
                 *([hangs.watch(group, rnd)] if hangs is not None else []),
-            )
+                *([health.unhealthy()] if health is not None else []),
+            ]
+            i, result = await first_of(*racers)
+            if health is not None and i == len(racers) - 1:  # this node leaves the job
+                from corral.agent.health import leave_unhealthy
+
+                return await leave_unhealthy(agent, rdzv, rnd, result)
             if i == 3:  # a hang: the group fails with the hang's reports
                 from corral.workers.group import GroupResult
 

@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
         from corral.timeline import main as timeline_main
 
         sys.exit(timeline_main(args[1:]))
+    if args and args[0] == "health":  # built-in node health checks (docs/health.md)
+        from corral.health import main as health_main
+
+        sys.exit(health_main(args[1:]))
     if args and args[0] == "store":
         from corral.store.tcp.server import (  # type: ignore[import-not-found,unused-ignore]
             main as store_main,

@@ -141,18 +141,6 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
         "Seconds allowed before a rank's first progress when --hang-timeout is on.",
     ),
     (
-        ("--no-restart-exit-code", "--no_restart_exit_code"),
-        None,
-        "A worker exit code (1-255) that ends the job without a restart when it is the "
-        "failure's root cause; every agent then exits with it (docs/workers.md).",
-    ),
-    (
-        ("--gpu-reclaim-timeout", "--gpu_reclaim_timeout"),
-        "30",
-        "Seconds a restart waits for the previous attempt's processes to free GPU memory "
-        "(NVIDIA GPUs only), then goes on with a warning (docs/workers.md).",
-    ),
-    (
         ("--events-file", "--events_file"),
         None,
         "Append the agent's events to this file as JSON Lines; - logs them (docs/events.md).",
@@ -172,6 +160,16 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
         ("--metrics-addr", "--metrics_addr"),
         "0.0.0.0",
         "Address the metrics endpoint binds (127.0.0.1: this host only).",
+    ),
+    (
+        ("--health-check-timeout", "--health_check_timeout"),
+        "30",
+        "Seconds a --health-check may take; a timeout is unhealthy (docs/health.md).",
+    ),
+    (
+        ("--health-check-interval", "--health_check_interval"),
+        "60",
+        "Seconds between health checks while the node runs; 0: only before joining.",
     ),
 )
 # Options torchrun reads from neither the environment nor with an env action.
@@ -249,6 +247,15 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         dest="prestart",
         action="store_false",
         help="Start every worker fresh (the default).",
+    )
+    parser.add_argument(  # repeatable; PET_HEALTH_CHECK: one command a line (cli/_parse.py)
+        "--health-check",
+        "--health_check",
+        dest="health_check",
+        action="append",
+        default=None,
+        help="A shell command that exits 0 when this node is healthy; repeatable "
+        "(docs/health.md). Env PET_HEALTH_CHECK, one command a line.",
     )
     parser.add_argument(
         "training_script", help="The script (or module, or command) each worker runs."

@@ -79,14 +79,7 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
     shutdown_timeout = _shutdown_timeout(a["shutdown_timeout"], environ)
     ranks_filter = _ranks_filter(a["local_ranks_filter"])
     hang_timeout = _hang_timeout(a["hang_timeout"])
-    no_restart_code = a["no_restart_exit_code"]
-    if no_restart_code is not None:  # range: LaunchConfig
-        no_restart_code = _int(
-            "--no-restart-exit-code", no_restart_code, "expected an exit code in 1..255"
-        )
-    gpu_reclaim_timeout = _float(
-        "--gpu-reclaim-timeout", a["gpu_reclaim_timeout"], "expected seconds >= 0"
-    )
+    health_checks, health_timeout, health_interval = _health(a, environ)
     hang_startup_timeout = _float(
         "--hang-startup-timeout", a["hang_startup_timeout"], "expected seconds > 0"
     )
@@ -137,18 +130,39 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
         scheduler_summary=sched.summary,
         scheduler_ignored=sched.ignored,
         hang_timeout=hang_timeout,
-        no_restart_exit_code=no_restart_code,
-        gpu_reclaim_timeout=gpu_reclaim_timeout,
         hang_startup_timeout=hang_startup_timeout,
         events_file=a["events_file"] or None,
         metrics_port=_port("--metrics-port", a["metrics_port"]),
         metrics_addr=a["metrics_addr"].strip() or "0.0.0.0",
         collapse_logs=a["collapse_logs"],
         prestart=a["prestart"],
+        health_checks=health_checks,
+        health_check_timeout=health_timeout,
+        health_check_interval=health_interval,
         numa_binding=check_mode(a["numa_binding"]),
         prestart_imports=tuple(m.strip() for m in a["prestart_import"].split(",") if m.strip()),
     )
     return resolve_standalone(cfg)  # the one standalone rule (corral.config)
+
+
+def _health(a: dict[str, Any], environ: Mapping[str, str]) -> tuple[tuple[str, ...], float, float]:
+    """``--health-check`` (repeatable; else ``PET_HEALTH_CHECK``, one command a line),
+    its timeout and interval (docs/health.md)."""
+    given: list[str] | None = a["health_check"]
+    if given is not None:
+        if any(not c.strip() for c in given):
+            raise ConfigError("--health-check '': expected a shell command")
+        checks = tuple(c.strip() for c in given)
+    else:
+        lines = environ.get("PET_HEALTH_CHECK", "").splitlines()
+        checks = tuple(c.strip() for c in lines if c.strip())
+    timeout = _float(
+        "--health-check-timeout", a["health_check_timeout"], "expected seconds > 0"
+    )
+    interval = _float(
+        "--health-check-interval", a["health_check_interval"], "expected seconds >= 0"
+    )
+    return checks, timeout, interval
 
 
 def check_entrypoint(cfg: LaunchConfig, environ: Mapping[str, str]) -> None:

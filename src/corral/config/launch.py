@@ -62,13 +62,14 @@ class LaunchConfig:
     scheduler_ignored: tuple[str, ...] = ()  # half-set environments, one line each
     hang_timeout: float | None = None  # None: hang detection off (docs/hangs.md)
     hang_startup_timeout: float = 600.0
-    no_restart_exit_code: int | None = None  # a root cause exiting with it ends the job
-    gpu_reclaim_timeout: float = 30.0  # a restart waits this long for GPU memory to be freed
     events_file: str | None = None  # JSON Lines of the agent's events (docs/events.md)
     metrics_port: int | None = None  # None: no Prometheus endpoint
     metrics_addr: str = "0.0.0.0"  # where --metrics-port listens
     collapse_logs: bool = False  # one console line for a line many local ranks print
     prestart: bool = False  # pre-started workers (docs/workers.md)
+    health_checks: tuple[str, ...] = ()  # --health-check: shell commands (docs/health.md)
+    health_check_timeout: float = 30.0
+    health_check_interval: float = 60.0  # 0: only before joining
     # --numa-binding: bind each worker to the CPUs near its GPU; None: off (docs/workers.md)
     numa_binding: NumaMode | None = None
     # imported in advance when installed; torch._dynamo: what torch's first optimizer imports
@@ -148,15 +149,6 @@ class LaunchConfig:
             raise ConfigError(f"--on-signal {self.on_signal}: expected stop or leave")
         if not self.shutdown_timeout >= 0:
             raise ConfigError(f"--shutdown-timeout {self.shutdown_timeout}: expected seconds >= 0")
-        if self.no_restart_exit_code is not None and not 1 <= self.no_restart_exit_code <= 255:
-            raise ConfigError(
-                f"--no-restart-exit-code {self.no_restart_exit_code}: "
-                "expected an exit code in 1..255"
-            )
-        if not self.gpu_reclaim_timeout >= 0:
-            raise ConfigError(
-                f"--gpu-reclaim-timeout {self.gpu_reclaim_timeout}: expected seconds >= 0"
-            )
         if self.hang_timeout is not None and not self.hang_timeout > 0:
             raise ConfigError(
                 f"--hang-timeout {self.hang_timeout}: expected seconds > 0 (leave it unset for off)"
@@ -164,6 +156,14 @@ class LaunchConfig:
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"--metrics-port {self.metrics_port}: expected a port in 0..65535")
         check_mode(self.numa_binding)
+        if not 0 < self.health_check_timeout < float("inf"):
+            raise ConfigError(
+                f"--health-check-timeout {self.health_check_timeout}: expected seconds > 0"
+            )
+        if not 0 <= self.health_check_interval < float("inf"):
+            raise ConfigError(
+                f"--health-check-interval {self.health_check_interval}: expected seconds >= 0"
+            )
         if not self.hang_startup_timeout > 0:
             raise ConfigError(
                 f"--hang-startup-timeout {self.hang_startup_timeout}: expected seconds > 0"

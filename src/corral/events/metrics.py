@@ -80,6 +80,10 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=reg,
         )  # fmt: skip
         self.events = Counter("corral_events", "Events seen, by kind.", ["kind"], registry=reg)
+        self.unhealthy = Gauge(
+            "corral_unhealthy", "1 while this node's --health-check fails, else 0.",
+            registry=reg,
+        )  # fmt: skip
         self._states: dict[int, str] = {}
         self._last_mark: dict[int, float] = {}
         self._open: Incident | None = None
@@ -140,6 +144,10 @@ class Metrics:
             self.incidents.labels(cause).inc()
         elif isinstance(ev, t.JobEnded):
             self._open = None
+        elif isinstance(ev, t.NodeUnhealthy):
+            self.unhealthy.set(1)
+        elif isinstance(ev, t.NodeHealthy):
+            self.unhealthy.set(0)
 
     def progress(self, local_rank: int, step: int, mono: float) -> None:
         """A progress mark of ``local_rank``: ``step`` at ``mono`` (this host's monotonic clock)."""

@@ -23,8 +23,10 @@ __all__ = [
     "Event",
     "HangDeclared",
     "JobEnded",
+    "NodeHealthy",
     "NodeJoined",
     "NodeLost",
+    "NodeUnhealthy",
     "NodeWaiting",
     "ProgressStep",
     "RestartDecided",
@@ -266,6 +268,26 @@ class SignalReceived(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NodeUnhealthy(Event):
+    """A ``--health-check`` of this node failed (docs/health.md): it does not join, or it
+    leaves the job. ``host``: the node's host; ``check``: the command; ``reason``: the
+    last line it printed (or its timeout)."""
+
+    kind: ClassVar[str] = "NodeUnhealthy"
+    host: str
+    check: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeHealthy(Event):
+    """This node's health checks pass again after a :class:`NodeUnhealthy`."""
+
+    kind: ClassVar[str] = "NodeHealthy"
+    host: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobEnded(Event):
     """This agent is done with the job.
 
@@ -299,6 +321,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RestartDecided,
         SignalReceived,
         JobEnded,
+        NodeUnhealthy,
+        NodeHealthy,
     )
 }
 

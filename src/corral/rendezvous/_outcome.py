@@ -41,17 +41,6 @@ async def report_failure(
     r = rnd.round
     for f in failures:
         await rd._ops.create(rd._k.failure(r, rd._node.node_id, f.local_rank), f.to_json())
-    if not final and rd._no_restart_code > 0:
-        # The round's root cause, read after this node's reports are in, is final:
-        # a report created later has a later revision. So every node decides alike.
-        root = (await rd._ops.failed(r)).root_cause
-        if root is not None and m.ends_without_restart(root, rd._no_restart_code):
-            log.warning(
-                "round %d: worker rank %d exited with %d (--no-restart-exit-code): "
-                "the job ends without a restart",
-                r, root.rank, root.exitcode,
-            )  # fmt: skip
-            final = True
     for _ in range(100):
         ptr, rev = await rd._ops.pointer()
         if ptr.reason == REASON_JOB_ENDED:
@@ -177,3 +166,23 @@ async def raise_outcome(rd: DynamicRendezvous, ptr: RoundPointer) -> None:
     else:
         cause = ""
     raise JobFailed(f"run {rd._run_id!r} failed in round {out.round}{cause}", rc, out.exit_code)
+
+
+async def step_out(rd: DynamicRendezvous, rnd: RoundInfo, reason: str) -> RoundChange:
+    """Leave running round ``rnd`` because this node is unhealthy, but stay in the job.
+
+    ``--health-check`` (docs/health.md): a membership change like a lost
+    member, counted as a restart; the others restart without this node. The
+    node marks itself under ``r/<r>/left/`` (its value: ``reason``) first. Unlike
+    :func:`leave`, the handle stays open (its lease too): the node joins a later
+    round once healthy, as a new node. With no restart left, the job fails with
+    this node, lost, as its root cause. Returns the change that ended ``rnd``.
+    """
+    r = rnd.round
+    me = rd._node.node_id
+    await rd._ops.create(rd._k.left_key(r, me), reason.encode())
+    entry = rd._closed.get(r)
+    if entry is None or r not in rd._pointers:
+        return RoundChange(ChangeKind.MEMBER_LOST, None, "this node is no longer a member")
+    host = rd._node.host or rd._node.addr
+    return await rd._lost(r, entry[0], me, f"node {host} is unhealthy: {reason}")
