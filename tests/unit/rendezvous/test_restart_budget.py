@@ -199,7 +199,7 @@ async def test_every_cause_counts_once_and_the_count_is_equal_everywhere(job: Jo
     )
     seen.append([i.restart_count for i in infos])
     assert seen == [[0, 0, 0], [1, 1, 1], [2, 2], [3, 3, 3]]
-    assert await pointer(job) == RoundPointer(3, 3, "node_waiting", "node d waiting", 5)
+    assert await pointer(job) == RoundPointer(3, 3, "node_waiting", "node d waiting", 5, 0)
 
 
 async def test_a_spare_that_sees_every_member_leave_with_the_budget_spent_fails_the_job(
