@@ -11,6 +11,11 @@ file itself; teed -> the child writes a pipe that the agent copies to the file
 and, prefixed ``[<role><local rank>]:``, to the console; neither -> stdout is
 inherited, stderr goes through the agent unchanged so that its tail is kept for
 failure reports. ``--local-ranks-filter`` keeps ranks outside it off the console.
+
+``--duplicate-stdout-filters``/``--duplicate-stderr-filters`` (torchrun's): the
+lines of the teed and shown streams that contain any of the filters also go,
+prefixed, to ``attempt_<n>/filtered_stdout.log``/``filtered_stderr.log``, one
+file per attempt for all ranks (:class:`LineFilter`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import enum
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from corral.workers.std import Std, StdSpec
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TAIL_LINES",
     "AttemptLogs",
+    "LineFilter",
     "RunLogs",
     "StreamPlan",
     "Tail",
@@ -53,6 +59,44 @@ class Sink(enum.Enum):
 
 
 @dataclass(frozen=True)
+class LineFilter:
+    """torchrun's duplicate filters: matching lines of a teed stream copied to one file.
+
+    As torchrun's ``TailLog`` with a ``log_line_filter``, which reads the stream
+    as text (``errors="replace"``, universal newlines) and writes
+    ``<prefix><line>`` for each line that contains any of ``needles`` (the line
+    with its newline; an empty needle matches every line).
+
+    Attributes:
+        path: ``attempt_<n>/filtered_stdout.log`` or ``filtered_stderr.log``.
+        needles: the filters, at least one.
+    """
+
+    path: str
+    needles: tuple[str, ...]
+
+    def select(self, prefix: bytes, lines: list[bytes], last: bool = False) -> bytes:
+        """What goes to the file for complete ``lines`` (split at ``\\n``, without it).
+
+        ``last``: the lines are the unterminated end of the stream; each still
+        gets a newline in the file, so that no other rank's line joins it.
+        """
+        header = prefix.decode("utf-8", "replace")
+        out: list[str] = []
+        for raw in lines:
+            text = raw.decode("utf-8", "replace")
+            ended = not last or text.endswith("\r")
+            if text.endswith("\r"):
+                text = text[:-1]  # \r\n (or a last \r) ends one line
+            parts = text.split("\r")  # a lone \r is a line end too (universal newlines)
+            for i, part in enumerate(parts):
+                line = part + "\n" if ended or i < len(parts) - 1 else part
+                if any(n in line for n in self.needles):
+                    out.append(header + part + "\n")
+        return "".join(out).encode("utf-8")
+
+
+@dataclass(frozen=True)
 class StreamPlan:
     """How one stream of one worker is handled.
 
@@ -65,6 +109,8 @@ class StreamPlan:
         collapse: with ``console`` and ``prefix``, the
             :class:`~corral.workers.collapse.LineCollapser` that prints the lines
             (``--collapse-logs``); ``rank`` is the worker's local rank for it.
+        dup: with ``PIPE``, the :class:`LineFilter` whose file gets this
+            stream's matching lines, prefixed with ``prefix``.
     """
 
     sink: Sink
@@ -74,6 +120,7 @@ class StreamPlan:
     keep_tail: bool = False
     collapse: Any = None
     rank: int = 0
+    dup: LineFilter | None = None
 
 
 def plan_stream(
@@ -143,6 +190,7 @@ class AttemptLogs:
     tee: StdSpec
     local_ranks_filter: frozenset[int] | None
     collapsers: tuple[Any, Any] | None = None  # (stdout, stderr) with --collapse-logs
+    dup: tuple[LineFilter | None, LineFilter | None] = (None, None)  # (stdout, stderr)
 
     def rank_dir(self, local_rank: int) -> str:
         return os.path.join(self.dir, str(local_rank))
@@ -173,6 +221,11 @@ class AttemptLogs:
 
             out = collapse_plan(out, Std.OUT, prefix, self.collapsers[0], local_rank)
             err = collapse_plan(err, Std.ERR, prefix, self.collapsers[1], local_rank)
+        # torchrun duplicates the lines its tailers print: teed streams of shown ranks
+        if self.dup[0] is not None and t & Std.OUT and shown:
+            out = replace(out, dup=self.dup[0])
+        if self.dup[1] is not None and t & Std.ERR and shown:
+            err = replace(err, dup=self.dup[1])
         return out, err
 
 
@@ -183,6 +236,8 @@ class RunLogs:
         run_id: the rendezvous id (the directory is ``<run id>_<random suffix>``).
         log_dir: ``--log-dir``; None: a temporary directory removed by :meth:`close`.
         role, redirects, tee, local_ranks_filter: the matching options.
+        duplicate_stdout_filters, duplicate_stderr_filters: torchrun's options
+            (:func:`corral.workers.std.split_filters`); empty: no filtered file.
     """
 
     def __init__(
@@ -195,8 +250,11 @@ class RunLogs:
         tee: StdSpec | None = None,
         local_ranks_filter: frozenset[int] | None = None,
         collapse: bool = False,
+        duplicate_stdout_filters: tuple[str, ...] = (),
+        duplicate_stderr_filters: tuple[str, ...] = (),
     ) -> None:
         self._temp: str | None = None
+        self.duplicate_filters = (duplicate_stdout_filters, duplicate_stderr_filters)
         self.collapse = collapse
         self._collapsers: dict[int, tuple[Any, Any]] = {}
         if log_dir is None:
@@ -221,6 +279,8 @@ class RunLogs:
             tee=cfg.tee,
             local_ranks_filter=cfg.local_ranks_filter,
             collapse=cfg.collapse_logs,
+            duplicate_stdout_filters=cfg.duplicate_stdout_filters,
+            duplicate_stderr_filters=cfg.duplicate_stderr_filters,
         )
 
     @property
@@ -229,7 +289,12 @@ class RunLogs:
         return self._temp
 
     def new_attempt(self, local_world_size: int) -> AttemptLogs:
-        """Create ``attempt_<n>/<local rank>/`` for the next group start (n = 0, 1, ...)."""
+        """Create ``attempt_<n>/<local rank>/`` for the next group start (n = 0, 1, ...).
+
+        With duplicate filters, also ``attempt_<n>/filtered_stdout.log`` and/or
+        ``filtered_stderr.log``, empty (torchrun creates them whether or not a
+        stream is teed).
+        """
         n = self._attempts
         self._attempts += 1
         d = os.path.join(self.run_dir, f"attempt_{n}")
@@ -243,8 +308,24 @@ class RunLogs:
             collapsers = self._collapsers.setdefault(
                 local_world_size, (LineCollapser(self.role, shown), LineCollapser(self.role, shown))
             )
+        dup: list[LineFilter | None] = []
+        for name, needles in zip(("stdout", "stderr"), self.duplicate_filters, strict=True):
+            if not needles:
+                dup.append(None)
+                continue
+            path = os.path.join(d, f"filtered_{name}.log")
+            with open(path, "wb"):
+                pass
+            dup.append(LineFilter(path, needles))
         return AttemptLogs(
-            d, n, self.role, self.redirects, self.tee, self.local_ranks_filter, collapsers
+            d,
+            n,
+            self.role,
+            self.redirects,
+            self.tee,
+            self.local_ranks_filter,
+            collapsers,
+            (dup[0], dup[1]),
         )
 
     def close(self) -> None:

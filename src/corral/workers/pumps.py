@@ -1,4 +1,4 @@
-"""Copying worker output: pipe -> log file, console (tee, prefix), tail buffer.
+"""Copying worker output: pipe -> log file, console (tee, prefix), tail buffer, filtered file.
 
 A pump is the event loop's reader callback on one worker pipe (no task per
 stream). A console is shared by every pump that writes to it: when it is
@@ -109,7 +109,8 @@ def console_for(fd: int) -> Console:
 
 
 class Pump:
-    """Copies one worker stream from its pipe to a file, the console, and a tail buffer.
+    """Copies one worker stream from its pipe to a file, the console, a tail buffer and
+    the matching lines to the attempt's filtered file (``--duplicate-std*-filters``).
 
     Driven by the loop's reader callback (no task). An error while copying
     (the log file's disk full...) closes the pump and is handed to
@@ -128,6 +129,17 @@ class Pump:
         self.console = console_for(console_fd) if plan.console else None
         self.file: IO[bytes] | None = open(plan.path, "ab", buffering=0) if plan.path else None
         self.tail = Tail() if plan.keep_tail else None
+        # the filtered file is shared by every rank's pump: appended to, a write per read
+        self.dup: IO[bytes] | None = None
+        if plan.dup is not None:
+            assert plan.prefix is not None  # a teed stream
+            try:
+                self.dup = open(plan.dup.path, "ab", buffering=0)
+            except OSError:
+                if self.file is not None:
+                    self.file.close()
+                raise
+        self._lines = plan.dup is not None or (self.console is not None and plan.prefix is not None)
         self.on_error = on_error
         self._partial = b""
         self._reading = False
@@ -186,16 +198,26 @@ class Pump:
             self.file.write(data)
         if self.tail is not None:
             self.tail.feed(data)
-        if self.console is not None:
-            if self.plan.prefix is None:
-                self.console.write(data)
+        if self.console is not None and self.plan.prefix is None:
+            self.console.write(data)
+        if not self._lines:
+            return
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        if not lines:
+            return
+        if self.console is not None and self.plan.prefix is not None:
+            if self.plan.collapse is not None:  # --collapse-logs
+                self.plan.collapse.feed(self.plan.rank, lines, self.console.write)
             else:
-                *lines, self._partial = (self._partial + data).split(b"\n")
-                if lines and self.plan.collapse is not None:  # --collapse-logs
-                    self.plan.collapse.feed(self.plan.rank, lines, self.console.write)
-                elif lines:
-                    p = self.plan.prefix
-                    self.console.write(b"".join(p + line + b"\n" for line in lines))
+                p = self.plan.prefix
+                self.console.write(b"".join(p + line + b"\n" for line in lines))
+        self._dup(lines)
+
+    def _dup(self, lines: list[bytes], last: bool = False) -> None:
+        if self.dup is not None and self.plan.dup is not None and self.plan.prefix is not None:
+            selected = self.plan.dup.select(self.plan.prefix, lines, last)
+            if selected:
+                self.dup.write(selected)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -209,7 +231,14 @@ class Pump:
             self.plan.collapse.feed(self.plan.rank, [self._partial], self.console.write)
         elif self._partial and self.console is not None and self.plan.prefix is not None:
             self.console.write(self.plan.prefix + self._partial + b"\n")
-        self._partial = b""
-        if self.file is not None:
-            f, self.file = self.file, None
-            f.close()
+        partial, self._partial = self._partial, b""
+        try:
+            if partial:
+                self._dup([partial], last=True)
+        finally:
+            if self.dup is not None:
+                d, self.dup = self.dup, None
+                d.close()
+            if self.file is not None:
+                f, self.file = self.file, None
+                f.close()

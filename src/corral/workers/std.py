@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from corral.errors import ConfigError
 
-__all__ = ["Std", "StdSpec", "parse_std_spec"]
+__all__ = ["Std", "StdSpec", "parse_std_spec", "split_filters"]
 
 
 class Std(enum.IntFlag):
@@ -56,3 +56,18 @@ def parse_std_spec(option: str, text: str) -> StdSpec:
             raise ConfigError(f"{option} {text}: local rank {int(rank_text)} is given twice")
         per_rank[int(rank_text)] = Std(int(std_text))
     return StdSpec(default=Std.NONE, per_rank=tuple(sorted(per_rank.items())))
+
+
+def split_filters(text: str | None) -> tuple[str, ...]:
+    """``--duplicate-std{out,err}-filters``: torchrun's ``comma_separated_list``.
+
+    Unset (None) duplicates nothing; otherwise the text split at commas, ``,,``
+    standing for a comma. As in torchrun, an empty item (``""``, ``a,``) is a
+    filter that every line matches.
+    """
+    if text is None:
+        return ()
+    placeholder = "\0"
+    return tuple(
+        item.replace(placeholder, ",") for item in text.replace(",,", placeholder).split(",")
+    )
