@@ -133,9 +133,12 @@ class StandbyPool:
     async def __aenter__(self) -> StandbyPool:
         self._scope = task_scope()  # detached stops and reaps run in it (docs/design.md)
         self._tg = await self._scope.__aenter__()
+        # Before the first rendezvous: importing overlaps the gathering. Where the
+        # first attempt will not wait for it, it imports at idle priority.
+        first_idle = self.plan is not None and not self.plan.wait
         if self.plan is not None and self.use_zygote:
-            self._zygote = self._spawn(idle=False, zygote=True)
-        self.fill(idle=False)  # before the first rendezvous: importing overlaps the gathering
+            self._zygote = self._spawn(idle=first_idle, zygote=True)
+        self.fill(idle=first_idle)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -173,11 +176,18 @@ class StandbyPool:
     async def take(self, timeout: float = TAKE_TIMEOUT) -> Standby | None:
         """A live standby for one worker, or None (spawn it fresh then).
 
-        A zygote's fork whose pid is not known yet (the zygote still importing)
-        is waited for, up to ``timeout`` s. The caller owns the standby after.
+        Where the plan says the worker imports what the standbys import
+        (:attr:`PrestartPlan.wait`), a standby still on its way is waited for,
+        up to ``timeout`` s: it started earlier than a fresh spawn would, so it
+        is ready sooner. Otherwise only a standby that is ready now is taken,
+        and the others stay for a later attempt. The caller owns the standby after.
         """
+        wait = self.plan is not None and self.plan.wait
         while self._standbys:
-            sb = self._standbys.pop(0)
+            sb = self._standbys[0]
+            if not wait and not sb.dead and not sb.ready:
+                return None  # importing still: a fresh spawn is quicker
+            self._standbys.pop(0)
             if not sb.dead and not sb.known.is_set():
                 try:
                     async with _compat_timeout(timeout):
@@ -192,6 +202,15 @@ class StandbyPool:
             if sb.proc.poll() is not None:  # died just now
                 self._forget(sb)
                 continue
+            if sb.held:
+                bytes_, _, packages = sb.held.partition(" ")
+                log.debug(
+                    "standby %d: %s bytes printed while importing %s, shown only if the "
+                    "worker imports them",
+                    sb.pid,
+                    bytes_,
+                    packages,
+                )
             return sb
         return None
 
@@ -266,38 +285,78 @@ class StandbyPool:
             asyncio.get_running_loop().add_reader(sb.pidfd, self._on_death, sb)
 
     def _on_message(self, sb: Standby) -> None:
-        """``R<pid>\\n`` when a standby is ready (a fork's pid arrives so); EOF when it is gone."""
-        try:
-            data = sb.sock.recv(64)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(sb.sock.fileno())
-            if sb.proc is None or sb is self._zygote:  # a fork that never came, the zygote
-                self._drop(sb)
-            return
-        sb._buf += data
-        while b"\n" in sb._buf:
-            line, sb._buf = sb._buf.split(b"\n", 1)
-            if line.startswith(b"R"):
-                sb.ready = True
-                if sb.proc is None and line[1:].isdigit():  # a fork: now re-parented here
-                    sb.proc = Child(int(line[1:]))
-                    self.reaper.register(sb.proc.pid)
-                    self._watch_pid(sb)
-                    sb.known.set()
+        """``R<pid>\\n`` when a standby is ready (a fork's pid arrives so); EOF when it is gone.
+
+        Also ``H<bytes> <packages>`` (import-time output held back) and ``X<why>``
+        (its imports initialized a device runtime: :meth:`_refuse`).
+        """
+        while not sb.dead:
+            try:
+                data = sb.sock.recv(4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                with contextlib.suppress(Exception):
+                    asyncio.get_running_loop().remove_reader(sb.sock.fileno())
+                if sb is self._zygote:
+                    self._zygote_gone(sb)
+                elif sb.proc is None:  # a fork that never came
+                    self._drop(sb)
+                return
+            sb._buf += data
+            while b"\n" in sb._buf:
+                line, sb._buf = sb._buf.split(b"\n", 1)
+                if line.startswith(b"H"):  # what it printed while importing, held back
+                    sb.held = line[1:].decode(errors="replace")
+                elif line.startswith(b"X"):  # it holds a device runtime: never hand it a worker
+                    self._refuse(sb, line[1:].decode(errors="replace"))
+                    return
+                elif line.startswith(b"R"):
+                    sb.ready = True
+                    if sb.proc is None and line[1:].isdigit():  # a fork: now re-parented here
+                        sb.proc = Child(int(line[1:]))
+                        self.reaper.register(sb.proc.pid)
+                        self._watch_pid(sb)
+                        sb.known.set()
+
+    def _zygote_gone(self, zygote: Standby) -> None:
+        """The zygote is gone: the forks it never made are dropped; standbys start on their own."""
+        self._drop(zygote)
+        for other in self._standbys:
+            if other.proc is None:
+                self._drop(other)  # its fork will never come
+
+    def _refuse(self, sb: Standby, why: str) -> None:
+        """A standby initialized a device runtime while importing: pre-starting ends here.
+
+        Every standby imports the same modules, so every one would: the workers
+        are spawned fresh from now on (one warning line).
+        """
+        log.warning(
+            "--prestart: importing %s initialized a device runtime in the standby (%s); "
+            "workers are spawned fresh",
+            ",".join(self.plan.imports) if self.plan is not None else "",
+            why,
+        )
+        self.plan = None
+        for other in [*self._standbys, *([self._zygote] if self._zygote is not None else [])]:
+            self._drop(other)
+        self._standbys.clear()
+        self._zygote = None
+        self._drop(sb)
 
     def _on_death(self, sb: Standby) -> None:
         assert sb.proc is not None
+        self._on_message(sb)  # what it said before it died (a refusal) comes first
+        if sb.dead:
+            return
         log.info("standby %d exited before its assignment (%s)", sb.pid, sb.proc.poll())
-        self._drop(sb)
         if sb is self._zygote:
-            for other in self._standbys:
-                if other.proc is None:
-                    self._drop(other)  # its fork will never come
+            self._zygote_gone(sb)
+        else:
+            self._drop(sb)
 
     def _unwatch(self, sb: Standby) -> None:
         loop = asyncio.get_running_loop()
@@ -358,7 +417,8 @@ def pool_for(cfg: LaunchConfig, environ: Mapping[str, str], reaper: Reaper) -> S
     ``CORRAL_WAIT_FOR_TEARDOWN=1`` (or ``0``) forces waiting (or not).
     """
     spec = WorkerSpec.from_config(cfg, environ)
-    plan = prestart_plan(spec, cfg.prestart_imports) if cfg.prestart else None
+    roots = tuple(r for r in environ.get("PYTHONPATH", "").split(os.pathsep) if r)
+    plan = prestart_plan(spec, cfg.prestart_imports, extra_roots=roots) if cfg.prestart else None
     forced = environ.get("CORRAL_WAIT_FOR_TEARDOWN")
     if forced in ("0", "1"):
         detach = forced == "0"
