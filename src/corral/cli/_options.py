@@ -82,10 +82,28 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (("--rdzv-endpoint", "--rdzv_endpoint"), "", "Rendezvous endpoint, host[:port] (port 29400)."),
     (("--rdzv-id", "--rdzv_id"), "none", "Job id shared by every node of the job."),
     (("--rdzv-conf", "--rdzv_conf"), "", "Rendezvous settings, <key>=<value>,<key>=<value>."),
-    (("--max-restarts", "--max_restarts"), "0", "Worker group restarts before failing."),
-    (("--monitor-interval", "--monitor_interval"), "0.1", "Seconds between worker checks."),
-    (("--start-method", "--start_method"), "spawn", "spawn, fork or forkserver (accepted)."),
-    (("--event-log-handler", "--event_log_handler"), "null", "Accepted for torchrun; ignored."),
+    (
+        ("--max-restarts", "--max_restarts"),
+        "0",
+        "Restarts of the job's worker group (any cause, counted once for the job) before failing.",
+    ),
+    (
+        ("--monitor-interval", "--monitor_interval"),
+        "0.1",
+        "Accepted for torchrun (seconds > 0, checked) and otherwise ignored: torchrun polls "
+        "its workers this often; corral sees a worker's exit at once (pidfd).",
+    ),
+    (
+        ("--start-method", "--start_method"),
+        "spawn",
+        "spawn, fork or forkserver: checked, else ignored: every worker is a new interpreter, "
+        "as torchrun's for a script (torchrun's --run-path uses the method; corral's spawns).",
+    ),
+    (
+        ("--event-log-handler", "--event_log_handler"),
+        "null",
+        "Accepted for torchrun; ignored (corral's events: --events-file).",
+    ),
     (("--role",), "default", "Role name of the workers."),
     (("--log-dir", "--log_dir"), None, "Base directory for log files."),
     (("-r", "--redirects"), "0", "Redirect std streams to files: 0-3 or 0:1,1:2."),
@@ -97,13 +115,15 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     ),
     (
         ("--duplicate-stdout-filters", "--duplicate_stdout_filters"),
-        "",
-        "Accepted for torchrun; ignored.",
+        None,
+        "Also write the teed (-t) stdout lines holding any of these comma-separated strings "
+        "(,, for a comma) to <attempt dir>/filtered_stdout.log, prefixed like the console.",
     ),
     (
         ("--duplicate-stderr-filters", "--duplicate_stderr_filters"),
-        "",
-        "Accepted for torchrun; ignored.",
+        None,
+        "Also write the teed (-t) stderr lines holding any of these comma-separated strings "
+        "(,, for a comma) to <attempt dir>/filtered_stderr.log, prefixed like the console.",
     ),
     (("--node-rank", "--node_rank"), "0", "Rank of this node (static backend)."),
     (("--master-addr", "--master_addr"), "127.0.0.1", "Address of node 0 (static backend)."),
@@ -174,7 +194,11 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
 )
 # Options torchrun reads from neither the environment nor with an env action.
 _PLAIN_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
-    (("--logs-specs", "--logs_specs"), None, "Accepted for torchrun; must be unset."),
+    (
+        ("--logs-specs", "--logs_specs"),
+        None,
+        "torchrun's log-spec plug-ins are not supported: an error when given.",
+    ),
     (
         ("--numa-binding", "--numa_binding"),
         None,

@@ -30,6 +30,7 @@ from corral.config import (
 )
 from corral.errors import ConfigError
 from corral.workers.numa import check_mode
+from corral.workers.std import split_filters
 
 __all__ = ["check_entrypoint", "parse_args"]
 
@@ -119,6 +120,8 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
         redirects=redirects,
         tee=tee,
         local_ranks_filter=ranks_filter,
+        duplicate_stdout_filters=split_filters(a["duplicate_stdout_filters"]),
+        duplicate_stderr_filters=split_filters(a["duplicate_stderr_filters"]),
         node_rank=node_rank,
         master_addr=a["master_addr"],
         master_port=master_port,

@@ -50,6 +50,9 @@ class LaunchConfig:
     redirects: StdSpec = field(default_factory=StdSpec)
     tee: StdSpec = field(default_factory=StdSpec)
     local_ranks_filter: frozenset[int] | None = None  # None: show every rank
+    # torchrun's: lines of teed streams holding any of these go to attempt_<n>/filtered_*.log
+    duplicate_stdout_filters: tuple[str, ...] = ()
+    duplicate_stderr_filters: tuple[str, ...] = ()
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
     master_port: int | None = None
