@@ -170,15 +170,16 @@ def scan_imports(
         return Scan((), True)
     roots = [r for r in (path0 or os.getcwd(), *extra_roots) if r]
     if mode == "module":
-        first = _local_file(entry, roots)
-        if first is None:
-            main = _local_file(entry + ".__main__", roots)
-            first = main
-        if first is None:
-            first = _loaded_package_file(entry)
+        first = _local_file(entry, roots) or _loaded_package_file(entry)
         if first is None:  # an installed module: not ours to import to find it
             return Scan(tuple(candidates), False)
-        start = [(first, entry.rpartition(".")[0] if first.endswith("__init__.py") else entry)]
+        start = [(first, entry)]
+        if first.endswith("__init__.py"):  # -m on a package runs its __main__ too
+            main = _local_file(entry + ".__main__", roots) or _loaded_package_file(
+                entry + ".__main__"
+            )
+            if main is not None:
+                start.append((main, entry + ".__main__"))
     else:
         start = [(os.path.abspath(entry), "")]
     seen: set[str] = set()
