@@ -1,10 +1,13 @@
-"""Recovery of a real DDP training: corral (with and without --prestart) and torchrun side by side.
+"""Recovery of a real DDP training: corral (defaults, and --no-prestart) and torchrun side by side.
 
     python bench/recovery.py [--reps 3] [--launchers corral,corral-fresh,torchrun]
+                             [--variants record,plain]
 
 A DDP training on gloo (2 workers, the model of examples/train_ddp.py, a
-checkpoint every 20 steps) crashes on rank 1 at step 60 of the first attempt
-(through torch's ``record``); the launcher restarts it (``--max-restarts 1``),
+checkpoint every 20 steps) crashes on rank 1 at step 60 of the first attempt,
+raising through torch's ``record`` (variant ``record``) or with no decorator
+at all, as most scripts have none (variant ``plain``: figures named
+``..._no_record``); the launcher restarts it (``--max-restarts 1``),
 it resumes from the checkpoint and trains for 4 more seconds. A run whose
 restart fails (torchrun's stale store, in most runs here) is tried again, up
 to 3 times, and counted. Figures, medians
@@ -19,14 +22,18 @@ over the repetitions:
     the next attempt's standbys (and, not waiting for it, the failed attempt's
     workers finish dying); ``steady_steps_per_s_after_restart``: the same from
     1 s after the first step on, past that overlap;
-(d) ``standby_rss``: the resident size of one standby once it has imported
-    torch (corral --prestart only).
+(d) ``standby_uss`` / ``standbys_pss``: the memory the machine pays for the
+    pre-started workers, at its peak: the unique set size of the largest
+    standby (its private pages, what killing it would free), and the sum of
+    the proportional set sizes of the zygote and every standby (shared pages
+    split between the processes that share them); not RSS, which counts the
+    pages they share with each other once per process (corral only).
 
-``corral`` is ``python -m corral --prestart``, ``corral-fresh`` the same with
+``corral`` is ``python -m corral`` with its defaults (pre-started workers), ``corral-fresh`` the same with
 ``--no-prestart``, ``torchrun`` is ``python -m torch.distributed.run``; all
 get the same script and environment. Human lines first, then as the LAST line
 one JSON object: {"bench": "recovery", "figures": [{"name", "unit", "corral",
-"torchrun", "ratio"}]} ("corral" is corral --prestart; the corral-fresh
+"torchrun", "ratio"}]} ("corral" is corral's defaults; the corral-fresh
 figures are their own rows, named ``..._no_prestart``; a figure is null when
 that launcher failed in most repetitions).
 """
@@ -52,7 +59,7 @@ from agents import kill_marked
 from launch import _env as launch_env
 
 LAUNCHERS: dict[str, list[str]] = {
-    "corral": [sys.executable, "-m", "corral", "--prestart"],
+    "corral": [sys.executable, "-m", "corral"],
     "corral-fresh": [sys.executable, "-m", "corral", "--no-prestart"],
     "torchrun": [sys.executable, "-m", "torch.distributed.run"],
 }
@@ -154,9 +161,14 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return launch_env({"LOGLEVEL": "WARNING", **extra})
 
 
-def _standby_rss(agent: int) -> int:
-    """KiB: the largest VmRSS of a standby (a descendant running _standby_boot.py) now."""
-    best = 0
+def _standby_memory(agent: int) -> tuple[int, int]:
+    """KiB: (the largest USS of one standby, the PSS of all of them) now.
+
+    A standby is a child of the agent running _standby_boot.py (the zygote's
+    forks are re-parented to the agent); USS is Private_Clean + Private_Dirty
+    and PSS is Pss, both from /proc/<pid>/smaps_rollup.
+    """
+    uss_max = pss_sum = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -167,12 +179,15 @@ def _standby_rss(agent: int) -> int:
             stat = Path(f"/proc/{entry}/stat").read_text()
             if int(stat.rpartition(")")[2].split()[1]) != agent:
                 continue
-            for line in Path(f"/proc/{entry}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    best = max(best, int(line.split()[1]))
+            fields = {}
+            for line in Path(f"/proc/{entry}/smaps_rollup").read_text().splitlines()[1:]:
+                key, _, rest = line.partition(":")
+                fields[key] = int(rest.split()[0])
         except (OSError, ValueError, IndexError):
             continue
-    return best
+        uss_max = max(uss_max, fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0))
+        pss_sum += fields.get("Pss", 0)
+    return uss_max, pss_sum
 
 
 def _end(proc: subprocess.Popen[bytes], bench_dir: str) -> None:
@@ -206,11 +221,12 @@ def one_run(launcher: str, script: Path) -> dict[str, float] | None:
                 stderr=err_out,
                 start_new_session=True,  # its process group: what it leaves behind is ended
             )
-        rss = 0
+        uss = pss = 0
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
             if launcher == "corral":
-                rss = max(rss, _standby_rss(proc.pid))
+                one, every = _standby_memory(proc.pid)
+                uss, pss = max(uss, one), max(pss, every)
             time.sleep(0.05)
         _end(proc, d)
         err = err_file.read_text(errors="replace")
@@ -234,7 +250,8 @@ def one_run(launcher: str, script: Path) -> dict[str, float] | None:
         if len(steady) > 1 and steady[-1] > steady[0]:
             out["steady_steps_per_s"] = (len(steady) - 1) / (steady[-1] - steady[0])
         if launcher == "corral":
-            out["rss"] = rss / 1024
+            out["uss"] = uss / 1024
+            out["pss"] = pss / 1024
         return out
 
 
@@ -242,23 +259,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--launchers", default="corral,corral-fresh,torchrun")
+    parser.add_argument("--variants", default="record,plain")
     args = parser.parse_args()
     chosen = [n.strip() for n in args.launchers.split(",") if n.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     work = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)  # however the bench ends
-    script = work / "train.py"
-    script.write_text(TRAIN.replace("CRASH_STEP", str(CRASH_STEP)).replace("AFTER", repr(AFTER)))
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in LAUNCHERS}
-    failures = dict.fromkeys(LAUNCHERS, 0)
+    text = TRAIN.replace("CRASH_STEP", str(CRASH_STEP)).replace("AFTER", repr(AFTER))
+    scripts = {"record": work / "train.py", "plain": work / "train_plain.py"}
+    scripts["record"].write_text(text)
+    # no decorator: the exception reaches the top of the script uncaught
+    scripts["plain"].write_text(text.replace("@record\n", ""))
+    runs: dict[str, list[dict[str, float]]] = {
+        f"{n}/{v}": [] for n in LAUNCHERS for v in ("record", "plain")
+    }
+    failures = dict.fromkeys(runs, 0)
     for _ in range(args.reps):  # alternate the launchers, so drifts of the machine spread evenly
-        for name in LAUNCHERS:
-            if name in chosen:
-                for _ in range(TRIES):
-                    r = one_run(name, script)
-                    if r is not None:
-                        runs[name].append(r)
-                        break
-                    failures[name] += 1
+        for variant in variants:
+            for name in LAUNCHERS:
+                if name in chosen:
+                    for _ in range(TRIES):
+                        r = one_run(name, scripts[variant])
+                        if r is not None:
+                            runs[f"{name}/{variant}"].append(r)
+                            break
+                        failures[f"{name}/{variant}"] += 1
 
     def med(name: str, key: str) -> float | None:
         vals = [r[key] for r in runs[name] if key in r]
@@ -266,32 +291,44 @@ def main() -> None:
             return None
         return statistics.median(vals)
 
-    rows = [
-        ("launch_to_first_step", "s", "launch", "corral"),
-        ("crash_to_next_first_step", "s", "recovery", "corral"),
-        ("steps_per_s_after_restart", "steps/s", "steps_per_s", "corral"),
-        ("steady_steps_per_s_after_restart", "steps/s", "steady_steps_per_s", "corral"),
-        ("launch_to_first_step_no_prestart", "s", "launch", "corral-fresh"),
-        ("crash_to_next_first_step_no_prestart", "s", "recovery", "corral-fresh"),
-        ("steps_per_s_after_restart_no_prestart", "steps/s", "steps_per_s", "corral-fresh"),
-        (
-            "steady_steps_per_s_after_restart_no_prestart",
-            "steps/s",
-            "steady_steps_per_s",
-            "corral-fresh",
-        ),
-        ("standby_rss", "MiB", "rss", "corral"),
+    rows = []
+    for variant, suffix in (("record", ""), ("plain", "_no_record")):
+        if variant not in variants:
+            continue
+        for who, mode in (("corral", ""), ("corral-fresh", "_no_prestart")):
+            rows += [
+                (f"launch_to_first_step{mode}{suffix}", "s", "launch", who, variant),
+                (f"crash_to_next_first_step{mode}{suffix}", "s", "recovery", who, variant),
+                (
+                    f"steps_per_s_after_restart{mode}{suffix}",
+                    "steps/s",
+                    "steps_per_s",
+                    who,
+                    variant,
+                ),
+                (
+                    f"steady_steps_per_s_after_restart{mode}{suffix}",
+                    "steps/s",
+                    "steady_steps_per_s",
+                    who,
+                    variant,
+                ),
+            ]
+    rows += [
+        ("standby_uss", "MiB", "uss", "corral", variants[0]),
+        ("standbys_pss", "MiB", "pss", "corral", variants[0]),
     ]
-    for name in chosen:
-        print(f"{name}: {len(runs[name])} good run(s), {failures[name]} failed run(s)")
+    for key in runs:
+        if key.split("/")[0] in chosen and key.split("/")[1] in variants:
+            print(f"{key}: {len(runs[key])} good run(s), {failures[key]} failed run(s)")
     figures: list[dict[str, object]] = []
-    for fig, unit, key, who in rows:
-        c = med(who, key)
-        t = med("torchrun", key) if key != "rss" else None
+    for fig, unit, key, who, variant in rows:
+        c = med(f"{who}/{variant}", key)
+        t = med(f"torchrun/{variant}", key) if key not in ("uss", "pss") else None
         ratio = c / t if c is not None and t else None
         shown = f"{who} {c:.3f}" if c is not None else f"{who} n/a"
         shown += f"  torchrun {t:.3f}" if t is not None else "  torchrun n/a"
-        print(f"{fig:40s} {shown} {unit}" + (f"  ratio {ratio:.2f}" if ratio else ""), flush=True)
+        print(f"{fig:44s} {shown} {unit}" + (f"  ratio {ratio:.2f}" if ratio else ""), flush=True)
         figures.append(figure(fig, unit, c, t))
     print_figures("recovery", figures)
 
