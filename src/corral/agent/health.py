@@ -306,7 +306,7 @@ async def leave_unhealthy(
     """
     step_out: Callable[[RoundInfo, str], Awaitable[RoundChange]] | None
     step_out = getattr(rdzv, "step_out", None)  # beyond the Rendezvous protocol
-    detail = f"this node is unhealthy ({verdict.check})"
+    detail = "this node is unhealthy"  # the check and its output: HealthWatch's one line
     if step_out is None:
         return RoundChange(ChangeKind.MEMBER_LOST, None, detail)
     change: RoundChange = await step_out(rnd, f"{verdict.check}: {verdict.reason}")

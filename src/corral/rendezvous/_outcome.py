@@ -173,7 +173,8 @@ async def step_out(rd: DynamicRendezvous, rnd: RoundInfo, reason: str) -> RoundC
 
     ``--health-check`` (docs/health.md): a membership change like a lost
     member, counted as a restart; the others restart without this node. The
-    node marks itself under ``r/<r>/left/`` (its value: ``reason``) first. Unlike
+    node marks itself under ``r/<r>/left/`` (its value: ``reason``, the check and
+    its output, which only that node logs) first. Unlike
     :func:`leave`, the handle stays open (its lease too): the node joins a later
     round once healthy, as a new node. With no restart left, the job fails with
     this node, lost, as its root cause. Returns the change that ended ``rnd``.
@@ -184,5 +185,5 @@ async def step_out(rd: DynamicRendezvous, rnd: RoundInfo, reason: str) -> RoundC
     entry = rd._closed.get(r)
     if entry is None or r not in rd._pointers:
         return RoundChange(ChangeKind.MEMBER_LOST, None, "this node is no longer a member")
-    host = rd._node.host or rd._node.addr
-    return await rd._lost(r, entry[0], me, f"node {host} is unhealthy: {reason}")
+    where = ", ".join(x for x in (rd._node.host, rd._node.addr) if x)
+    return await rd._lost(r, entry[0], me, f"node {where} is unhealthy (its --health-check failed)")
