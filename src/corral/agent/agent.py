@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # annotations only: these load lazily, when the agent first n
     from corral.hangs.watch import HangWatch
     from corral.store.api import Store
     from corral.store.tcp.server import StoreServer
+    from corral.workers.gpu_reclaim import GpuReclaim
     from corral.workers.group import WorkerGroup
     from corral.workers.logs import RunLogs
     from corral.workers.reaper import Reaper
@@ -111,6 +112,7 @@ class Agent:
         self._told: Interrupted | None = None  # what a handled signal ended this agent with
         self._store: Store | None = None  # the job's store, once open (docs/hangs.md)
         self._hangs: HangWatch | None = None  # with --hang-timeout
+        self._reclaim: GpuReclaim | None = None  # GPU memory between attempts
         self._health: HealthWatch | None = None  # with --health-check (docs/health.md)
         self.root_cause: FailureReport | None = None
 
@@ -236,6 +238,9 @@ class Agent:
         from corral.workers.spec import WorkerSpec
 
         spec = WorkerSpec.from_config(self.cfg, self.environ)
+        from corral.workers.gpu_reclaim import GpuReclaim
+
+        self._reclaim = GpuReclaim.for_node(self.cfg, self.environ, self.clock)  # no-op sans GPUs
         attempt = 0
         while True:
             self.machine.to(AgentState.RENDEZVOUS)
@@ -278,6 +283,7 @@ class Agent:
             self._group = group
             self.machine.to(AgentState.RUNNING)
             try:
+                await self._reclaim.wait()  # the previous attempt's GPU memory is freed
                 await group.start()
                 self._workers_started(group, rnd, attempt - 1)
                 outcome = await self._race_group(group, rdzv, rnd)
@@ -320,6 +326,8 @@ class Agent:
     async def _stop(self, group: WorkerGroup, kill: Collection[int] = ()) -> None:
         """Stop ``group`` (``kill``: hung local ranks, SIGKILLed at once: docs/hangs.md)."""
         t0 = self.clock.now()
+        if self._reclaim is not None:
+            self._reclaim.remember(group)  # its processes, while they are alive
         await group.stop(self.cfg.shutdown_timeout, kill=kill)
         self._emit(ev.WorkersStopped, group.rnd.round, seconds=self.clock.now() - t0)
         if self._group is group:
