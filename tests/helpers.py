@@ -68,11 +68,10 @@ def corral_env(**extra: str) -> dict[str, str]:
     env.pop("CORRAL_TOKEN", None)
     env.pop("KUBERNETES_SERVICE_HOST", None)
     env["PYTHONUNBUFFERED"] = "1"
-    prestart = os.environ.get("CORRAL_TEST_PRESTART")  # the contract again, with --prestart
-    if prestart:  # "1": the default imports; else the --prestart-import list ("-": none)
-        env["PET_PRESTART"] = "1"
-        if prestart != "1":
-            env["PET_PRESTART_IMPORT"] = "" if prestart == "-" else prestart
+    # Pre-started workers are the default; the contract runs once more without them
+    # (tests/integration/workers/test_no_prestart_contract.py sets CORRAL_TEST_NO_PRESTART).
+    if os.environ.get("CORRAL_TEST_NO_PRESTART"):
+        env["PET_PRESTART"] = "0"
     env.update(extra)
     return env
 

@@ -352,28 +352,181 @@ def _at_exit() -> None:  # registered first, so it runs last (as the interpreter
         os.kill(os.getpid(), signal.SIGINT)
 
 
+def _sizes() -> tuple[int, int]:
+    """How much this process has written to stdout and stderr so far (files before the assignment)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sizes = []
+    for std in (1, 2):
+        try:
+            sizes.append(os.fstat(std).st_size)
+        except OSError:
+            sizes.append(0)
+    return sizes[0], sizes[1]
+
+
+#: Device nodes of GPU runtimes: one open means a device context exists.
+_DEVICE_NODES = ("/dev/nvidia", "/dev/kfd", "/dev/dri/", "/dev/accel", "/dev/neuron")
+
+
+def _device_runtime() -> str:
+    """Why this process already holds a device runtime (CUDA, NCCL, ...); empty if it does not.
+
+    A standby must never hold a GPU context before its assignment: it would pin
+    memory on a device that is not yet its own, and CUDA does not survive a fork.
+    """
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None) if torch is not None else None
+    if cuda is not None:
+        try:
+            if cuda.is_initialized():
+                return "torch.cuda is initialized"
+        except Exception:
+            pass
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return ""
+    for name in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith(_DEVICE_NODES):
+            return f"{target} is open"
+    return ""
+
+
+def _split_held(
+    early: bytes, index: int, marks: list[tuple[str, tuple[int, int], tuple[int, int]]]
+) -> tuple[bytes, dict[str, bytes]]:
+    """``early`` (stream ``index``: 0 stdout, 1 stderr) cut into what is shown at once
+    (printed outside any import) and what each pre-imported package printed."""
+    held: dict[str, bytes] = {}
+    shown: list[bytes] = []
+    pos = 0
+    for top, before, after in marks:
+        start, end = before[index], after[index]
+        if end <= start:
+            continue
+        shown.append(early[pos:start])
+        held[top] = held.get(top, b"") + early[start:end]
+        pos = end
+    shown.append(early[pos:])
+    return b"".join(shown), held
+
+
+def _hold(held: dict[str, list[bytes]]) -> None:
+    """Show what a pre-imported package printed only when the worker imports it.
+
+    A fresh worker prints a package's import-time output (torch's warnings) at
+    its ``import``: the held text is written at the worker's first ``import``
+    of that package (or of anything under it), and never for a worker that
+    does not import it. The hook on ``__import__`` is removed once nothing is
+    held.
+    """
+    pending = {top: parts for top, parts in held.items() if any(parts)}
+    if not pending:
+        return
+    import builtins
+
+    original = builtins.__import__
+
+    def hooked(
+        name: str,
+        globals: Any = None,
+        locals: Any = None,
+        fromlist: Any = (),
+        level: int = 0,
+    ) -> Any:
+        if level == 0:
+            parts = pending.pop(name.partition(".")[0], None)
+            if parts is not None:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                for std, data in zip((1, 2), parts, strict=True):
+                    if data:
+                        _write_all(std, data)
+                if not pending and builtins.__import__ is hooked:
+                    builtins.__import__ = original
+        return original(name, globals, locals, fromlist, level)
+
+    builtins.__import__ = hooked
+
+
+def _early_error_file(exc: BaseException, tb: Any) -> None:
+    """The worker's error file, written the moment an uncaught exception reaches the top.
+
+    torch's ``record`` format, so the agent knows the failure (and its root
+    cause text) before the interpreter's and the libraries' teardown, which
+    can take a second (gloo). A file ``record`` already wrote is kept.
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or os.path.exists(path):
+        return
+    try:
+        import time
+        import traceback
+
+        data = {
+            "message": {
+                "message": f"{type(exc).__name__}: {exc}",
+                "extraInfo": {
+                    "py_callstack": "".join(traceback.format_exception(type(exc), exc, tb)),
+                    "timestamp": str(int(time.time())),
+                },
+            }
+        }
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)  # the agent never reads half a file
+    except Exception:
+        pass
+
+
 def main() -> None:
     global _interrupted
     fd = int(sys.argv[1])
     conf = json.loads(sys.argv[2])
+    zygote = bool(conf.get("zygote"))
     sys.path[0] = conf["path0"]
     idle = bool(conf.get("idle")) and _probe_idle()
+    grouped = False
+    watcher = None
     if idle:
         _set_policy(os.SCHED_IDLE, all_threads=False)  # threads started by imports inherit it
         grouped = _autogroup_nice(19)
-        watcher = _restore_on_assignment(fd, grouped)
+        if not zygote:
+            watcher = _restore_on_assignment(fd, grouped)
     import importlib
     import importlib.util
 
+    # (package, (stdout, stderr) sizes before, after): what each import printed
+    marks: list[tuple[str, tuple[int, int], tuple[int, int]]] = []
     for name in conf["imports"]:
+        before = _sizes()
         try:
             if importlib.util.find_spec(name) is not None:
                 importlib.import_module(name)
         except Exception:  # the worker meets the same error itself, in its own logs
             pass
-    if conf.get("zygote"):
+        marks.append((name.partition(".")[0], before, _sizes()))
+    problem = _device_runtime()
+    if problem:  # the agent turns pre-starting off and spawns workers fresh
+        _write_all(fd, b"X%s\n" % " ".join(problem.split()).encode(errors="replace"))
+        os._exit(3)
+    if zygote:
+        if idle:  # done importing: its forks start at normal priority
+            _set_policy(os.SCHED_OTHER, all_threads=True)
+            if grouped:
+                _autogroup_nice(0)
         fd = _zygote(fd, int(conf["agent_pid"]))  # returns in each fork: a standby
+    held_bytes = sum(a[0] - b[0] + a[1] - b[1] for _, b, a in marks)
     try:
+        if held_bytes:  # counted in the agent's debug log
+            tops = ",".join(sorted({m[0] for m in marks if m[2] != m[1]}))
+            os.write(fd, b"H%d %s\n" % (held_bytes, tops.encode()))
         os.write(fd, b"R%d\n" % os.getpid())
     except OSError:  # the assignment may be waiting already (the agent closed its end)
         pass
@@ -381,17 +534,20 @@ def main() -> None:
     if got is None:  # the agent let the standby go (or died)
         os._exit(0)
     msg, fds = got
-    if idle:
+    if watcher is not None:
         watcher.join()  # it restored every thread's policy and ended
         _set_policy(os.SCHED_OTHER, all_threads=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    for std, new in zip((1, 2), fds, strict=True):
-        early = _read_all(std)
+    held: dict[str, list[bytes]] = {}
+    for index, (std, new) in enumerate(zip((1, 2), fds, strict=True)):
+        shown, by_package = _split_held(_read_all(std), index, marks)
+        for top, data in by_package.items():
+            held.setdefault(top, [b"", b""])[index] += data
         os.dup2(new, std)
         os.close(new)
-        if early:
-            _write_all(std, early)
+        if shown:
+            _write_all(std, shown)
     os.chdir(str(msg["cwd"]))
     os.environ.clear()
     os.environ.update(msg["env"])
@@ -403,6 +559,7 @@ def main() -> None:
     import atexit
 
     atexit.register(_at_exit)
+    _hold(held)
     try:
         _run(str(conf["mode"]), str(conf["entry"]), str(conf.get("run_path_code", "")))
     except SystemExit:
@@ -412,6 +569,8 @@ def main() -> None:
         while tb is not None and tb.tb_frame.f_code.co_filename == _BOOT_FILE:
             tb = tb.tb_next
         exc = exc.with_traceback(tb)
+        if isinstance(exc, Exception):  # what torch's record writes (not KeyboardInterrupt)
+            _early_error_file(exc, tb)
         _interrupted = isinstance(exc, KeyboardInterrupt)
         sys.excepthook(type(exc), exc, tb)
         del exc, tb

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from corral.workers.script_imports import scan_imports
 from corral.workers.spec import RUN_PATH_BOOTSTRAP, WorkerSpec
 
 __all__ = ["BOOT", "Child", "PrestartPlan", "Proc", "gpus_present", "prestart_plan", "sys_argv"]
@@ -24,8 +25,13 @@ class PrestartPlan:
         mode: ``script``, ``module`` or ``run_path``.
         entry: the script path or module name.
         path0: ``sys.path[0]`` as the worker's interpreter sets it.
-        imports: modules to import in advance (those not installed are skipped).
+        imports: modules to import in advance (those not installed are skipped):
+            the ``--prestart-import`` ones the entrypoint imports
+            (:func:`~corral.workers.script_imports.scan_imports`).
         python: the worker interpreter.
+        wait: a group start waits for a standby still on its way (the scan was
+            conclusive: the worker would import the same modules itself, later);
+            False: only a ready standby is taken, the rest are spawned fresh.
     """
 
     mode: str
@@ -33,6 +39,7 @@ class PrestartPlan:
     path0: str
     imports: tuple[str, ...]
     python: str
+    wait: bool = True
 
     def argv(self, fd: int, *, idle: bool = False, zygote: bool = False) -> list[str]:
         """The standby's command line; ``fd``: its end of the agent's socket.
@@ -54,29 +61,46 @@ class PrestartPlan:
 
 
 def prestart_plan(
-    spec: WorkerSpec, imports: tuple[str, ...], cwd: str | None = None
+    spec: WorkerSpec,
+    imports: tuple[str, ...],
+    cwd: str | None = None,
+    *,
+    extra_roots: tuple[str, ...] = (),
 ) -> PrestartPlan | None:
     """The standbys' plan for ``spec``; None when nothing can be pre-started.
 
     Nothing for ``--no-python``, nor for a script that is not a regular file
-    (a directory or zip archive with ``__main__.py``: spawned fresh).
+    (a directory or zip archive with ``__main__.py``: spawned fresh). Of
+    ``imports``, only those the entrypoint's sources import are pre-imported;
+    where the sources cannot be read, all of them, and the first attempt does
+    not wait for them (:attr:`PrestartPlan.wait`).
     """
     if spec.no_python:
         return None
     cwd = cwd or os.getcwd()
     if spec.module:
-        return PrestartPlan("module", spec.entrypoint, cwd, imports, spec.python_exec)
-    if spec.run_path:
-        return PrestartPlan("run_path", spec.entrypoint, "", imports, spec.python_exec)
-    path = os.path.join(cwd, spec.entrypoint)
-    if not os.path.isfile(path):
-        return None
-    return PrestartPlan(
-        "script",
-        spec.entrypoint,
-        os.path.dirname(os.path.realpath(path)),
+        mode, entry, path0 = "module", spec.entrypoint, cwd
+    elif spec.run_path:
+        mode, entry, path0 = "run_path", os.path.join(cwd, spec.entrypoint), ""
+    else:
+        path = os.path.join(cwd, spec.entrypoint)
+        if not os.path.isfile(path):
+            return None
+        mode, entry, path0 = "script", path, os.path.dirname(os.path.realpath(path))
+    scan = scan_imports(
+        mode,
+        entry,
+        path0 or os.path.dirname(os.path.realpath(entry)),
         imports,
+        extra_roots=extra_roots,
+    )
+    return PrestartPlan(
+        mode,
+        spec.entrypoint,
+        path0,
+        scan.imports if scan.conclusive else imports,
         spec.python_exec,
+        wait=scan.conclusive,
     )
 
 

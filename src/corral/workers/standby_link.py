@@ -36,6 +36,9 @@ class Standby:
         self.pidfd: int | None = None
         self.known = asyncio.Event()  # the pid is known (a zygote's fork says it)
         self._buf = b""
+        #: ``"<bytes> <packages>"``: what it printed while importing, shown only if
+        #: the worker imports those packages (``_standby_boot._hold``)
+        self.held = ""
         if proc is not None:
             self.known.set()
 

@@ -220,8 +220,13 @@ async def test_crash_while_importing_the_user_script(node: Node, tmp_path: Path)
         pre = await node.run(spec, pool, expect_ok=False)
     [want], [got] = fresh.failures, pre.failures
     assert got.exitcode == want.exitcode == 1
-    assert got.stderr_tail == want.stderr_tail  # the same traceback, no bootstrap frames
     assert want.stderr_tail and "ModuleNotFoundError" in want.stderr_tail
+    # The pre-started worker reported its exception as it reached the top, in an
+    # error file (torch's record format): the same traceback, no bootstrap frames.
+    assert got.error_file is not None and got.message == (
+        "ModuleNotFoundError: No module named 'no_such_module_here'"
+    )
+    assert got.traceback is not None and got.traceback.strip() == want.stderr_tail.strip()
 
 
 @BOTH
