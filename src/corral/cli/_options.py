@@ -161,6 +161,18 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
         "Seconds allowed before a rank's first progress when --hang-timeout is on.",
     ),
     (
+        ("--no-restart-exit-code", "--no_restart_exit_code"),
+        None,
+        "A worker exit code (1-255) that ends the job without a restart when it is the "
+        "failure's root cause; every agent then exits with it (docs/workers.md).",
+    ),
+    (
+        ("--gpu-reclaim-timeout", "--gpu_reclaim_timeout"),
+        "30",
+        "Seconds a restart waits for the previous attempt's processes to free GPU memory "
+        "(NVIDIA GPUs only), then goes on with a warning (docs/workers.md).",
+    ),
+    (
         ("--events-file", "--events_file"),
         None,
         "Append the agent's events to this file as JSON Lines; - logs them (docs/events.md).",

@@ -80,6 +80,14 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
     shutdown_timeout = _shutdown_timeout(a["shutdown_timeout"], environ)
     ranks_filter = _ranks_filter(a["local_ranks_filter"])
     hang_timeout = _hang_timeout(a["hang_timeout"])
+    no_restart_code = a["no_restart_exit_code"]
+    if no_restart_code is not None:  # range: LaunchConfig
+        no_restart_code = _int(
+            "--no-restart-exit-code", no_restart_code, "expected an exit code in 1..255"
+        )
+    gpu_reclaim_timeout = _float(
+        "--gpu-reclaim-timeout", a["gpu_reclaim_timeout"], "expected seconds >= 0"
+    )
     health_checks, health_timeout, health_interval = _health(a, environ)
     hang_startup_timeout = _float(
         "--hang-startup-timeout", a["hang_startup_timeout"], "expected seconds > 0"
@@ -133,6 +141,8 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
         scheduler_summary=sched.summary,
         scheduler_ignored=sched.ignored,
         hang_timeout=hang_timeout,
+        no_restart_exit_code=no_restart_code,
+        gpu_reclaim_timeout=gpu_reclaim_timeout,
         hang_startup_timeout=hang_startup_timeout,
         events_file=a["events_file"] or None,
         metrics_port=_port("--metrics-port", a["metrics_port"]),

@@ -65,6 +65,8 @@ class LaunchConfig:
     scheduler_ignored: tuple[str, ...] = ()  # half-set environments, one line each
     hang_timeout: float | None = None  # None: hang detection off (docs/hangs.md)
     hang_startup_timeout: float = 600.0
+    no_restart_exit_code: int | None = None  # a root cause exiting with it ends the job
+    gpu_reclaim_timeout: float = 30.0  # a restart waits this long for GPU memory to be freed
     events_file: str | None = None  # JSON Lines of the agent's events (docs/events.md)
     metrics_port: int | None = None  # None: no Prometheus endpoint
     metrics_addr: str = "0.0.0.0"  # where --metrics-port listens
@@ -152,6 +154,15 @@ class LaunchConfig:
             raise ConfigError(f"--on-signal {self.on_signal}: expected stop or leave")
         if not self.shutdown_timeout >= 0:
             raise ConfigError(f"--shutdown-timeout {self.shutdown_timeout}: expected seconds >= 0")
+        if self.no_restart_exit_code is not None and not 1 <= self.no_restart_exit_code <= 255:
+            raise ConfigError(
+                f"--no-restart-exit-code {self.no_restart_exit_code}: "
+                "expected an exit code in 1..255"
+            )
+        if not self.gpu_reclaim_timeout >= 0:
+            raise ConfigError(
+                f"--gpu-reclaim-timeout {self.gpu_reclaim_timeout}: expected seconds >= 0"
+            )
         if self.hang_timeout is not None and not self.hang_timeout > 0:
             raise ConfigError(
                 f"--hang-timeout {self.hang_timeout}: expected seconds > 0 (leave it unset for off)"

@@ -81,6 +81,14 @@ async def join_round(rd: DynamicRendezvous, lease: int, state: dict[str, int]) -
             "started it): this node counts with the job's", rd._max_restarts, budget,
         )  # fmt: skip
         rd._max_restarts = budget
+    code = m.job_budget(rd._no_restart_code, ptr.no_restart_code)
+    if code != rd._no_restart_code:  # the same rule for --no-restart-exit-code
+        log.warning(
+            "--no-restart-exit-code is %s on this node but %s for the job (given to the node "
+            "that started it): this node decides with the job's",
+            rd._no_restart_code or "unset", code or "unset",
+        )  # fmt: skip
+        rd._no_restart_code = code
     state["round"] = r
     rd._emit(NodeJoined, r, addr=rd._node.addr)
     closed_kv = next((kv for kv in close_kvs if kv.key == k.closed(r)), None)

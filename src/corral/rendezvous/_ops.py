@@ -31,11 +31,17 @@ class Ops:
     """
 
     def __init__(
-        self, store: Store, run_id: str, conf: StoreOptions, *, max_restarts: int = -1
+        self,
+        store: Store,
+        run_id: str,
+        conf: StoreOptions,
+        *,
+        max_restarts: int = -1,
+        no_restart_code: int = -1,
     ) -> None:
         self.store = store
         # The job's first pointer (whoever joins first makes it) records the budget.
-        self._first = RoundPointer(0, max_restarts=max_restarts)
+        self._first = RoundPointer(0, max_restarts=max_restarts, no_restart_code=no_restart_code)
         self._first_json = self._first.to_json()
         self.keys = Keys(conf.prefix, run_id)
         self._timeout = conf.read_timeout

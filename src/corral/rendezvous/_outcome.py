@@ -41,6 +41,17 @@ async def report_failure(
     r = rnd.round
     for f in failures:
         await rd._ops.create(rd._k.failure(r, rd._node.node_id, f.local_rank), f.to_json())
+    if not final and rd._no_restart_code > 0:
+        # The round's root cause, read after this node's reports are in, is final:
+        # a report created later has a later revision. So every node decides alike.
+        root = (await rd._ops.failed(r)).root_cause
+        if root is not None and m.ends_without_restart(root, rd._no_restart_code):
+            log.warning(
+                "round %d: worker rank %d exited with %d (--no-restart-exit-code): "
+                "the job ends without a restart",
+                r, root.rank, root.exitcode,
+            )  # fmt: skip
+            final = True
     for _ in range(100):
         ptr, rev = await rd._ops.pointer()
         if ptr.reason == REASON_JOB_ENDED:

@@ -71,6 +71,10 @@ class DynamicRendezvous:
 
         fixed_ranks: group rank = the integer before the first ``-`` of the
             node id (``"3-host-pid"`` is rank 3): the static backend.
+        no_restart_code: ``--no-restart-exit-code`` (0: none): a round whose root
+            cause is a worker that exited with it ends the job, with no restart.
+            Like ``max_restarts``, the first round pointer records it and every
+            node adopts the job's (the value of the node that started the job).
 
     Use as ``async with DynamicRendezvous(...) as rdzv`` or call :meth:`close`.
     """
@@ -88,6 +92,7 @@ class DynamicRendezvous:
         store_conf: StoreOptions,
         clock: Clock | None = None,
         fixed_ranks: bool = False,
+        no_restart_code: int = 0,
     ) -> None:
         if min_nodes < 1:
             raise ConfigError(f"min_nodes ({min_nodes}) must be >= 1")
@@ -98,13 +103,20 @@ class DynamicRendezvous:
         if "/" in node.node_id or not node.node_id:
             raise ConfigError(f"node id {node.node_id!r} must be non-empty and contain no '/'")
         self._clock: Clock = clock if clock is not None else MonotonicClock()
-        self._ops = Ops(store, run_id, store_conf, max_restarts=max_restarts)
+        self._ops = Ops(
+            store,
+            run_id,
+            store_conf,
+            max_restarts=max_restarts,
+            no_restart_code=no_restart_code,
+        )
         self._k = self._ops.keys
         self._run_id = run_id
         self._node = node
         self._min = min_nodes
         self._max = max_nodes
         self._max_restarts = max_restarts
+        self._no_restart_code = no_restart_code
         self._conf = conf
         self._params = m.CloseParams(
             min_nodes=min_nodes,

@@ -30,6 +30,7 @@ __all__ = [
     "ScaleUp",
     "budget_left",
     "end_pointer",
+    "ends_without_restart",
     "failure_step",
     "is_spare",
     "job_budget",
@@ -59,14 +60,21 @@ def next_pointer(current: RoundPointer, reason: str, detail: str = "") -> RoundP
     if reason not in RESTART_REASONS:
         raise ValueError(f"not a restart reason: {reason!r}")
     nxt = current.restart_count + 1
-    return RoundPointer(current.round + 1, nxt, reason, detail, current.max_restarts)
+    return RoundPointer(
+        current.round + 1, nxt, reason, detail, current.max_restarts, current.no_restart_code
+    )
 
 
 def end_pointer(current: RoundPointer, status: str) -> RoundPointer:
     """The terminal pointer after ``current`` (``status``: "success", "failed" or
     "stopped"); no restart."""
     return RoundPointer(
-        current.round + 1, current.restart_count, REASON_JOB_ENDED, status, current.max_restarts
+        current.round + 1,
+        current.restart_count,
+        REASON_JOB_ENDED,
+        status,
+        current.max_restarts,
+        current.no_restart_code,
     )
 
 
@@ -74,6 +82,22 @@ def job_budget(own: int, recorded: int) -> int:
     """The job's restart budget: the one the first pointer recorded (``recorded``, the
     ``--max-restarts`` of the node that made it), else this node's (``own``)."""
     return recorded if recorded >= 0 else own
+
+
+def ends_without_restart(root: FailureReport | None, no_restart_code: int) -> bool:
+    """``--no-restart-exit-code``: the round's root cause ``root`` is a worker that
+    exited with ``no_restart_code`` (> 0), so the job ends now, whatever the budget.
+
+    Only a worker's own exit code counts: not a hang (exit code 124 by convention),
+    a lost node or a death by a signal.
+    """
+    return (
+        no_restart_code > 0
+        and root is not None
+        and not root.hang
+        and not root.lost
+        and root.exitcode == no_restart_code
+    )
 
 
 def budget_left(pointer: RoundPointer, max_restarts: int) -> bool:

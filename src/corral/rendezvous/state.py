@@ -112,6 +112,8 @@ class RoundPointer:
     was given it (``--max-restarts``), carried along: the job's budget, which
     every node adopts when it reads the pointer (``machine.job_budget``) and
     ``corral status`` shows; -1: not recorded (a node then uses its own).
+    ``no_restart_code`` is carried the same way: that node's
+    ``--no-restart-exit-code`` (0: none; -1: not recorded).
     """
 
     round: int
@@ -119,6 +121,7 @@ class RoundPointer:
     reason: str = REASON_START
     detail: str = ""
     max_restarts: int = -1
+    no_restart_code: int = -1
 
     def to_json(self) -> bytes:
         return _dump(
@@ -128,6 +131,7 @@ class RoundPointer:
                 "reason": self.reason,
                 "detail": self.detail,
                 "max_restarts": self.max_restarts,
+                "no_restart_code": self.no_restart_code,
             }
         )
 
@@ -141,6 +145,7 @@ class RoundPointer:
                 str(d["reason"]),
                 str(d["detail"]),
                 int(d.get("max_restarts", -1)),
+                int(d.get("no_restart_code", -1)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RendezvousError(f"corrupt round record: {d!r:.80}") from exc

@@ -45,6 +45,7 @@ class StaticRendezvous:
         nnodes: the world's size in nodes.
         master_addr, master_port: MASTER_ADDR/MASTER_PORT for every round.
         max_restarts: restarts of the whole job, whatever their cause.
+        no_restart_code: ``--no-restart-exit-code`` (0: none; see DynamicRendezvous).
         conf: rendezvous timeouts.
         clock: for tests.
     """
@@ -63,6 +64,7 @@ class StaticRendezvous:
         conf: RendezvousOptions,
         store_conf: StoreOptions,
         clock: Clock | None = None,
+        no_restart_code: int = 0,
     ) -> None:
         if not 0 <= node_rank < nnodes:
             raise ConfigError(
@@ -81,6 +83,7 @@ class StaticRendezvous:
             store_conf=store_conf,
             clock=clock,
             fixed_ranks=True,
+            no_restart_code=no_restart_code,
         )
 
     @property

@@ -59,6 +59,7 @@ class Job:
         conf: RendezvousOptions = CONF,
         run_id: str = "job",
         over: Any = None,
+        no_restart_code: int = 0,
     ) -> DynamicRendezvous:
         """A node; ``over``: a wrapper of ``store.session()`` (a fault) to use instead."""
         sess = self.store.session()
@@ -72,6 +73,7 @@ class Job:
             conf=conf,
             store_conf=STORE,
             clock=self.clock,
+            no_restart_code=no_restart_code,
         )
         self.nodes[name] = r
         self.sessions[name] = sess
