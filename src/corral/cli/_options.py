@@ -185,8 +185,9 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
     (
         ("--prestart-import", "--prestart_import"),
         "torch,torch._dynamo",
-        "With --prestart: modules imported in advance, comma-separated (skipped if not "
-        "installed; torch._dynamo is what torch's first optimizer imports).",
+        "Modules the pre-started workers import in advance, comma-separated: only those "
+        "the script imports (read from its source), skipped if not installed; "
+        "torch._dynamo is what torch's first optimizer imports.",
     ),
     (
         ("--metrics-addr", "--metrics_addr"),
@@ -231,9 +232,13 @@ _FLAG_OPTIONS: tuple[tuple[tuple[str, ...], str], ...] = (
     (
         ("--prestart",),
         "Pre-start the workers' interpreters (imports done) while waiting for a round "
-        "(docs/workers.md); --no-prestart turns it off.",
+        "(docs/workers.md). On by default; --no-prestart or PET_PRESTART=0 turns it off.",
     ),
 )
+
+
+#: Flags that are on unless turned off (their PET_ variable set to 0 or the --no- form).
+_ON_BY_DEFAULT = frozenset({"prestart"})
 
 
 def _dest(option_strings: Sequence[str]) -> str:
@@ -266,7 +271,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         dest = _dest(flags)
         env_name = f"PET_{dest.upper()}"
         env_value = environ.get(env_name)
-        on = False
+        on = dest in _ON_BY_DEFAULT
         if env_value is not None and env_value != "":
             parsed = parse_bool(env_value)
             if parsed is None:
@@ -275,14 +280,18 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                 )
             on = parsed
         parser.add_argument(
-            *flags, dest=dest, action=_CheckEnv, default=on, help=f"{help_text} Env {env_name}=1."
+            *flags,
+            dest=dest,
+            action=_CheckEnv,
+            default=on,
+            help=f"{help_text} Env {env_name}={0 if dest in _ON_BY_DEFAULT else 1}.",
         )
     parser.add_argument(
         "--no-prestart",
         "--no_prestart",
         dest="prestart",
         action="store_false",
-        help="Start every worker fresh (the default).",
+        help="Start every worker fresh, without pre-started interpreters. Env PET_PRESTART=0.",
     )
     parser.add_argument(  # repeatable; PET_HEALTH_CHECK: one command a line (cli/_parse.py)
         "--health-check",

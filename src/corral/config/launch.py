@@ -71,7 +71,7 @@ class LaunchConfig:
     metrics_port: int | None = None  # None: no Prometheus endpoint
     metrics_addr: str = "0.0.0.0"  # where --metrics-port listens
     collapse_logs: bool = False  # one console line for a line many local ranks print
-    prestart: bool = False  # pre-started workers (docs/workers.md)
+    prestart: bool = True  # pre-started workers (docs/workers.md); off: --no-prestart
     health_checks: tuple[str, ...] = ()  # --health-check: shell commands (docs/health.md)
     health_check_timeout: float = 30.0
     health_check_interval: float = 60.0  # 0: only before joining
