@@ -36,7 +36,7 @@ def _can_mount() -> str:
 
 def in_private_tmpfs(mountpoint: Path, options: str, then: str = "") -> list[str]:
     """Run a command in a private mount namespace with a tmpfs at ``mountpoint``."""
-    script = f"mount -t tmpfs -o {options} tmpfs {mountpoint} && {then or 'true'} && exec \"$@\""
+    script = f'mount -t tmpfs -o {options} tmpfs {mountpoint} && {then or "true"} && exec "$@"'
     return ["unshare", "--mount", "sh", "-c", script, "sh"]
 
 
@@ -136,3 +136,62 @@ def test_parse_check_and_size() -> None:
     ]  # fmt: skip
     with pytest.raises(BadCheck):
         parse_size("-1G")
+
+
+# A stand-in for nvidia-ml-py's pynvml (the real one needs an NVIDIA driver): put first on
+# PYTHONPATH, it answers as the FAKE_NVML environment variable says, so that the real
+# `corral health gpu` runs its NVML queries against it.
+FAKE_PYNVML = r"""
+import os
+from types import SimpleNamespace
+S = dict(kv.partition("=")[::2] for kv in os.environ.get("FAKE_NVML", "").split(",") if kv)
+NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC, NVML_FEATURE_ENABLED = 1, 0, 1
+NVML_FI_DEV_GET_GPU_RECOVERY_ACTION = 230
+class NVMLError(Exception): pass
+class NVMLError_NotSupported(NVMLError): pass
+def nvmlInit():
+    if "nodriver" in S: raise NVMLError("Driver Not Loaded")
+def nvmlShutdown(): pass
+def nvmlDeviceGetCount(): return int(S.get("count", 2))
+def nvmlDeviceGetHandleByIndex(i):
+    if S.get("lost") == str(i): raise NVMLError("GPU is lost")
+    return i
+def nvmlDeviceGetName(h): return "Fake H100"
+def _ns(key, h):
+    if S.get("unsupported") == key: raise NVMLError_NotSupported("Not Supported")
+def nvmlDeviceGetTotalEccErrors(h, kind, counter):
+    _ns("ecc", h); return int(S.get("ecc", 0)) if h == 1 else 0
+def nvmlDeviceGetRemappedRows(h):
+    _ns("rows", h); return (0, 0, int(S.get("rows_pending", 0)), int(S.get("rows_failed", 0)))
+def nvmlDeviceGetRetiredPagesPendingStatus(h):
+    _ns("pages", h); return int(S.get("pages_pending", 0))
+def nvmlDeviceGetFieldValues(h, ids):
+    _ns("fields", h)
+    return [SimpleNamespace(nvmlReturn=0, value=SimpleNamespace(uiVal=int(S.get("action", 0))))]
+"""
+
+
+@pytest.mark.parametrize(
+    ("state", "code", "line"),
+    [
+        ("", 0, "gpu: 2 GPU(s) answer; no ECC, row remapping, page or recovery issue"),
+        ("unsupported=rows,unsupported=fields", 0, "gpu: 2 GPU(s) answer;"),
+        ("nodriver=1", 0, "gpu: no NVIDIA GPU here (NVML: Driver Not Loaded)"),
+        ("count=0", 0, "gpu: no NVIDIA GPU here (NVML lists none)"),
+        ("ecc=3", 1, "gpu: GPU 1: 3 uncorrectable ECC error(s) since the driver loaded"),
+        ("rows_pending=1", 1, "gpu: GPU 0: row remapping pending (reset the GPU)"),
+        ("rows_failed=1", 1, "gpu: GPU 0: row remapping failed"),
+        ("pages_pending=1", 1, "gpu: GPU 0: retired pages pending (reset the GPU)"),
+        ("action=2", 1, "gpu: GPU 0: the driver asks for recovery action 2"),
+        ("lost=1", 1, "gpu: GPU 1 does not answer (GPU is lost)"),
+    ],
+)
+def test_gpu_check_reads_nvml(tmp_path: Path, state: str, code: int, line: str) -> None:
+    (tmp_path / "pynvml.py").write_text(FAKE_PYNVML)
+    run = subprocess.run(
+        [*CORRAL, "health", "gpu"], capture_output=True, text=True, timeout=40,
+        env=corral_env(PYTHONPATH=str(tmp_path), FAKE_NVML=state),
+    )  # fmt: skip
+    assert run.returncode == code, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), lines
