@@ -211,6 +211,13 @@ class Tracker:
             kind = "lost" if isinstance(ev, t.NodeLost) else "joining"
             cur.marks.append(Mark(ev.wall, kind, -1, ev.detail))
             self._touch(cur)
+        elif isinstance(ev, t.NodeUnhealthy) and cur is not None and cur.end is None:
+            # a member's --health-check failed: it leaves the round (docs/health.md)
+            text = f"{ev.host or ev.node} unhealthy: {ev.check}: {ev.reason}"
+            cur.marks.append(Mark(ev.wall, "lost", -1, text))
+            if self._failed is None:
+                self._failed, self._root = ev.wall, text
+            self._touch(cur)
         elif isinstance(ev, t.WorkerExited) and cur is not None:
             cur.marks.append(Mark(ev.wall, "exited", ev.local_rank, f"rank {ev.rank} exited 0"))
             self._touch(cur)
