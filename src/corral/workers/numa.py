@@ -178,8 +178,8 @@ class _Topology:
     def node_of_gpu(self, gpu: int) -> int:
         if not 0 <= gpu < len(self.gpus):
             raise ConfigError(
-                f"no GPU {gpu}: {len(self.gpus)} NVIDIA GPU(s) visible under "
-                f"{self.fs._path('bus/pci/devices')}"
+                f"no such GPU ({len(self.gpus)} NVIDIA GPU(s) under "
+                f"{self.fs._path('bus/pci/devices')}, CUDA_VISIBLE_DEVICES applied)"
             )
         # -1 on one-node machines: node 0, as torch
         return max(int(self.fs.read(f"bus/pci/devices/{self.gpus[gpu]}/numa_node")), 0)

@@ -132,6 +132,6 @@ async def test_fresh_and_prestarted_workers_start_bound(tmp_path: Path) -> None:
 async def test_no_gpu_fails_the_start_with_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     spec = WorkerSpec(sys.executable, ("-c", "pass"), no_python=True, numa_binding="socket")
-    with pytest.raises(ConfigError, match=r"^--numa-binding socket: GPU 0: no GPU 0: 0 NVIDIA"):
+    with pytest.raises(ConfigError, match=r"^--numa-binding socket: GPU 0: no such GPU \(0 NVIDIA"):
         await run(spec, tmp_path, env)
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("attempt_*"))

@@ -187,9 +187,9 @@ def test_off_is_none(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("setup", "mode", "gpu", "kw", "needle"),
     [
-        ("none", "node", 0, {}, "no GPU 0: 0 NVIDIA GPU(s) visible"),
-        ("one", "node", 4, {}, "no GPU 4: 4 NVIDIA GPU(s)"),
-        ("one", "node", 0, {"cuda_visible_devices": ""}, "no GPU 0: 0 NVIDIA GPU(s)"),
+        ("none", "node", 0, {}, "GPU 0: no such GPU (0 NVIDIA GPU(s)"),
+        ("one", "node", 4, {}, "GPU 4: no such GPU (4 NVIDIA GPU(s)"),
+        ("one", "node", 0, {"cuda_visible_devices": ""}, "GPU 0: no such GPU (0 NVIDIA GPU(s)"),
         ("one", "node", 0, {"cuda_visible_devices": "GPU-1234"}, "only device indices"),
         ("one", "node", 0, {"allowed": {7, 8}}, "no CPU to bind to"),
         ("tight", "exclusive", 0, {}, "has 6 physical core(s) for 8 GPUs"),
@@ -310,3 +310,16 @@ def test_unknown_mode_exits_2(tmp_path: Path) -> None:
     assert proc.stderr.splitlines() == [
         "corral: error: --numa-binding 'numa': expected one of node, socket, exclusive, core-complex"
     ]
+
+
+def test_binding_that_fails_exits_2_before_any_worker(tmp_path: Path) -> None:
+    """No GPU visible: torchrun raises at the workers' start; corral says it in one line, exit 2."""
+    (tmp_path / "ok.py").write_text("open('ran', 'w').close()\n")
+    proc = _corral("--numa-binding", "node", "ok.py", cwd=tmp_path, CUDA_VISIBLE_DEVICES="")
+    assert proc.returncode == 2, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("corral: error: ")]
+    assert errors == [
+        "corral: error: --numa-binding node: GPU 0: no such GPU (0 NVIDIA GPU(s) under "
+        "/sys/bus/pci/devices, CUDA_VISIBLE_DEVICES applied)"
+    ], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "ran").exists()
