@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from corral.errors import JobFailed, JobStopped, RendezvousClosed, RendezvousError, signal_name
 from corral.events.types import RoundOpened
+from corral.rendezvous import _lease
 from corral.rendezvous import decide as d
 from corral.rendezvous import machine as m
 from corral.rendezvous._common import change_for
@@ -39,6 +40,13 @@ async def report_failure(
     ``final``: end the job in failure now, whatever the budget (a policy gave up).
     """
     r = rnd.round
+    if not await _lease.still_member(rd):  # a zombie (fenced, evicted) writes nothing
+        log.warning(
+            "round %d: this node is no longer a member; its failures are not published "
+            "(it rejoins as a new node)",
+            r,
+        )
+        return Decision.RESTART, None
     for f in failures:
         await rd._ops.create(rd._k.failure(r, rd._node.node_id, f.local_rank), f.to_json())
     if not final and rd._no_restart_code > 0:

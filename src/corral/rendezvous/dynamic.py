@@ -129,6 +129,8 @@ class DynamicRendezvous:
         self._expect = 0  # the round this node expects to join next (a guess)
         self._lease = 0
         self._evicted = asyncio.Event()
+        # Clock time the last successful renewal of the lease was sent (_lease.py: self-fencing).
+        self._renewed: float | None = None
         # The rendezvous owns its keep-alive task: close() ends it; an unexpected error
         # of it ends this node's current wait at once (every watching() block below).
         self._tasks = Background(f"rendezvous node {node.node_id}")
