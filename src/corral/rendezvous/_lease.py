@@ -119,6 +119,26 @@ async def _fence(rd: DynamicRendezvous, lease: int) -> None:
             await rd._ops.revoke(lease)
 
 
+async def unreachable(rd: DynamicRendezvous, exc: StoreError) -> None:
+    """A join's request got no answer (a partition, the store's host down): wait a
+    moment and let the join try again, within its join_timeout; nobody gives up before.
+
+    The first such error of a join is logged; the last one names the store in the
+    join's timeout (:func:`unreachable_text`).
+    """
+    if rd._unreachable is None:
+        log.warning("node %s: the store cannot be reached (trying until join_timeout): %s",
+                    rd._node.node_id, exc)  # fmt: skip
+    rd._unreachable = exc
+    await rd._clock.sleep(min(1.0, rd._conf.keep_alive_interval))
+
+
+def unreachable_text(rd: DynamicRendezvous) -> str:
+    """``"; the store could not be reached: <its last error>"`` after a join's failed
+    requests, else empty."""
+    return f"; the store could not be reached: {rd._unreachable}" if rd._unreachable else ""
+
+
 async def stop_keepalive(rd: DynamicRendezvous) -> None:
     bg, rd._bg = rd._bg, None
     await rd._tasks.stop(bg)

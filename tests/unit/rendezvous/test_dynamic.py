@@ -400,8 +400,11 @@ async def test_partition_surfaces_store_error(job: Job) -> None:
     job.sessions["a"].partition()
     with pytest.raises(StoreError):
         await asyncio.wait_for(w, 2)
-    with pytest.raises(StoreError):
-        await asyncio.wait_for(job.nodes["a"].join(), 2)
+    # a join tries again until join_timeout (docs/rendezvous.md, "Silence"), then names the store
+    j = asyncio.ensure_future(job.nodes["a"].join())
+    await advance(job.clock, 700, step=50)
+    with pytest.raises(RendezvousTimeout, match="the store could not be reached: memory store"):
+        await asyncio.wait_for(j, 2)
 
 
 async def test_waiting_node_restarts_an_abandoned_round(job: Job) -> None:

@@ -9,11 +9,13 @@ stay silent, as in a partition).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from tests.unit.rendezvous.conftest import CONF, STORE, Job, advance, spin
 
 from corral.clock import FakeClock
+from corral.errors import RendezvousTimeout
 from corral.rendezvous.api import ChangeKind, Decision, NodeDesc, RoundInfo
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.rendezvous.state import RoundPointer
@@ -136,3 +138,25 @@ async def test_a_zombie_cannot_change_a_newer_round(job: Job) -> None:
         await advance(job.clock, 0.1)
     ia2, ib2 = both.result()
     assert ia2.round == ib2.round == 2 and ia2.restart_count == before.restart_count + 1
+
+
+@pytest.mark.parametrize("heals", [True, False])
+async def test_a_join_tries_an_unreachable_store_until_join_timeout(job: Job, heals: bool) -> None:
+    conf = replace(CONF, join_timeout=20.0)
+    r = job.node("a", min_nodes=1, max_nodes=1, conf=conf)
+    job.sessions["a"].partition()
+    j = asyncio.ensure_future(r.join())
+    await advance(job.clock, 15)
+    assert not j.done()  # nobody gives up before join_timeout
+    if heals:
+        job.sessions["a"].heal()
+        await advance(job.clock, 2)
+        info = await asyncio.wait_for(j, 2)
+        assert info.round == 0
+        return
+    await advance(job.clock, 6)
+    with pytest.raises(RendezvousTimeout) as err:
+        await asyncio.wait_for(j, 2)
+    msg = str(err.value)
+    assert "join_timeout (20.0 s) passed" in msg and "\n" not in msg
+    assert "the store could not be reached: memory store: partitioned" in msg
