@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from corral.reporting.failures import FailureReport
 
 __all__ = [
+    "QUARANTINED_EXIT_CODE",
     "AuthenticationFailed",
     "ConfigError",
     "Interrupted",
@@ -23,6 +24,7 @@ __all__ = [
     "JobStopped",
     "LauncherError",
     "LeaseNotFound",
+    "NodeQuarantined",
     "NodeRefused",
     "ProtocolError",
     "RendezvousClosed",
@@ -97,6 +99,20 @@ class RendezvousTimeout(RendezvousError):
 
 class RendezvousClosed(RendezvousError):
     """The job has ended (it has an outcome); no further rounds will start."""
+
+
+# The exit code of an agent whose node is quarantined (docs/contract.md): 75,
+# sysexits' EX_TEMPFAIL: the job went on without this node, and the node
+# wants repair before it runs again.
+QUARANTINED_EXIT_CODE = 75
+
+
+class NodeQuarantined(RendezvousError):
+    """This node's address is quarantined (``--quarantine-after``): it took no part in
+    the job's later rounds and waited for its end. The CLI exits with
+    :data:`QUARANTINED_EXIT_CODE`."""
+
+    exit_code = QUARANTINED_EXIT_CODE
 
 
 # --- workers -----------------------------------------------------------------

@@ -27,7 +27,7 @@ from corral.config import RdzvConf, split_host_port
 from corral.errors import ConfigError, LauncherError
 from corral.rendezvous.api import NodeDesc
 from corral.rendezvous.keys import Keys
-from corral.rendezvous.state import ClosedRound, Outcome, RoundPointer, decode_node
+from corral.rendezvous.state import ClosedRound, Outcome, Quarantine, RoundPointer, decode_node
 from corral.reporting.failures import FailureReport
 from corral.store.api import Store
 
@@ -59,6 +59,7 @@ class JobStatus:
     nodes: list[NodeRow] = field(default_factory=list)
     joining: list[NodeDesc] = field(default_factory=list)
     waiting: list[NodeDesc] = field(default_factory=list)
+    quarantined: list[Quarantine] = field(default_factory=list)  # --quarantine-after
     failures: list[FailureReport] = field(default_factory=list)
     failures_round: int | None = None
     outcome: Outcome | None = None
@@ -70,6 +71,7 @@ class JobStatus:
         d = asdict(self)
         d["outcome"] = json.loads(self.outcome.to_json()) if self.outcome else None
         d["failures"] = [json.loads(f.to_json()) for f in self.failures]
+        d["quarantined"] = [json.loads(q.to_json()) for q in self.quarantined]
         return json.dumps(d)
 
 
@@ -117,6 +119,8 @@ async def read_status(store: Store, *, run_id: str, prefix: str, label: str) -> 
         st.joining = list(live.values())
     waiting_kvs, _ = await store.range(k.waiting)
     st.waiting = [decode_node(kv.value) for kv in waiting_kvs]
+    q_kvs, _ = await store.range(k.quarantine)
+    st.quarantined = [Quarantine.from_json(kv.value) for kv in q_kvs]
     from corral.hangs.view import read_progress
 
     st.progress = await read_progress(store, k.base, r)  # only with --hang-timeout
@@ -200,6 +204,7 @@ def render(st: JobStatus) -> str:
         lines.append(f"joining round {st.round}: " + ", ".join(_who(n) for n in st.joining))
     if st.waiting:
         lines.append("waiting for the next round: " + ", ".join(_who(n) for n in st.waiting))
+    lines.extend(f"quarantined: {q.line()}" for q in st.quarantined)
     if st.failures and st.outcome is None:
         lines.append(f"failures in round {st.failures_round} (first = root cause):")
         lines.extend(f"  {_failure_line(f)}" for f in st.failures[:5])

@@ -32,6 +32,7 @@ from corral.errors import (
     JobFailed,
     JobStopped,
     LauncherError,
+    NodeQuarantined,
     RendezvousClosed,
     WorkerFailed,
 )
@@ -134,6 +135,9 @@ class Agent:
         except WorkerFailed as exc:
             self.root_cause = exc.root_cause
             results.print_root_cause(exc.root_cause, len(exc.failures))
+            return exc.exit_code
+        except NodeQuarantined as exc:  # kept out of the job; it has ended (docs/contract.md)
+            print(f"corral: {exc}", file=sys.stderr, flush=True)
             return exc.exit_code
         except ConfigError:
             raise  # bad input found at start (a --health-check the shell cannot run): exit 2

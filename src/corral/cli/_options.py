@@ -167,6 +167,12 @@ _VALUE_OPTIONS: tuple[tuple[tuple[str, ...], str | None, str], ...] = (
         "failure's root cause; every agent then exits with it (docs/workers.md).",
     ),
     (
+        ("--quarantine-after", "--quarantine_after"),
+        "2",
+        "Quarantine a node that is the root cause of this many failures of the job in a "
+        "row, when the job can go on without it; 0 turns it off (docs/rendezvous.md).",
+    ),
+    (
         ("--gpu-reclaim-timeout", "--gpu_reclaim_timeout"),
         "30",
         "Seconds a restart waits for the previous attempt's processes to free GPU memory "

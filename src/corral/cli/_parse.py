@@ -85,6 +85,7 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
         no_restart_code = _int(
             "--no-restart-exit-code", no_restart_code, "expected an exit code in 1..255"
         )
+    quarantine_after = _int("--quarantine-after", a["quarantine_after"], "expected an integer >= 0")
     gpu_reclaim_timeout = _float(
         "--gpu-reclaim-timeout", a["gpu_reclaim_timeout"], "expected seconds >= 0"
     )
@@ -142,6 +143,7 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> LaunchConfig:
         scheduler_ignored=sched.ignored,
         hang_timeout=hang_timeout,
         no_restart_exit_code=no_restart_code,
+        quarantine_after=quarantine_after,
         gpu_reclaim_timeout=gpu_reclaim_timeout,
         hang_startup_timeout=hang_startup_timeout,
         events_file=a["events_file"] or None,

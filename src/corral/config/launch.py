@@ -66,6 +66,7 @@ class LaunchConfig:
     hang_timeout: float | None = None  # None: hang detection off (docs/hangs.md)
     hang_startup_timeout: float = 600.0
     no_restart_exit_code: int | None = None  # a root cause exiting with it ends the job
+    quarantine_after: int = 2  # failures in a row as root cause that quarantine a node; 0: off
     gpu_reclaim_timeout: float = 30.0  # a restart waits this long for GPU memory to be freed
     events_file: str | None = None  # JSON Lines of the agent's events (docs/events.md)
     metrics_port: int | None = None  # None: no Prometheus endpoint
@@ -158,6 +159,10 @@ class LaunchConfig:
             raise ConfigError(
                 f"--no-restart-exit-code {self.no_restart_exit_code}: "
                 "expected an exit code in 1..255"
+            )
+        if self.quarantine_after < 0:
+            raise ConfigError(
+                f"--quarantine-after {self.quarantine_after}: expected an integer >= 0 (0: off)"
             )
         if not self.gpu_reclaim_timeout >= 0:
             raise ConfigError(

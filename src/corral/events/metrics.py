@@ -84,6 +84,11 @@ class Metrics:
             "corral_unhealthy", "1 while this node's --health-check fails, else 0.",
             registry=reg,
         )  # fmt: skip
+        self.quarantined = Gauge(
+            "corral_quarantined_nodes", "Nodes this agent saw quarantined (--quarantine-after).",
+            registry=reg,
+        )  # fmt: skip
+        self._quarantined: set[str] = set()
         self._states: dict[int, str] = {}
         self._last_mark: dict[int, float] = {}
         self._open: Incident | None = None
@@ -144,6 +149,9 @@ class Metrics:
             self.incidents.labels(cause).inc()
         elif isinstance(ev, t.JobEnded):
             self._open = None
+        elif isinstance(ev, t.NodeQuarantined):
+            self._quarantined.add(ev.addr)
+            self.quarantined.set(len(self._quarantined))
         elif isinstance(ev, t.NodeUnhealthy):
             self.unhealthy.set(1)
         elif isinstance(ev, t.NodeHealthy):

@@ -26,6 +26,7 @@ __all__ = [
     "NodeHealthy",
     "NodeJoined",
     "NodeLost",
+    "NodeQuarantined",
     "NodeUnhealthy",
     "NodeWaiting",
     "ProgressStep",
@@ -280,6 +281,19 @@ class NodeUnhealthy(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NodeQuarantined(Event):
+    """Node ``subject`` (address ``addr``) is quarantined (``--quarantine-after``,
+    docs/rendezvous.md): the root cause of ``failures`` failures of the job in a row,
+    the last ``reason``. Emitted by the node that moved the job to ``round``."""
+
+    kind: ClassVar[str] = "NodeQuarantined"
+    subject: str
+    addr: str
+    failures: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeHealthy(Event):
     """This node's health checks pass again after a :class:`NodeUnhealthy`."""
 
@@ -323,6 +337,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         JobEnded,
         NodeUnhealthy,
         NodeHealthy,
+        NodeQuarantined,
     )
 }
 

@@ -44,6 +44,7 @@ async def close_round(
     prev_prefix = k.nodes(r - 1)
     prev: ClosedRound | None = None
     expected: set[str] = set()
+    holders: set[str] = set()  # the previous round's members that keep their slots
     # Each watch is in place before the read it follows (events up to the
     # read's revision are skipped). A watch from a past revision would do
     # too, but etcd serves one from its "unsynced" watchers, caught up
@@ -74,8 +75,12 @@ async def close_round(
                 }
             )
             live, seen["prev"] = await rd._ops.range(prev_prefix)
-            prev_ids = {mm.node_id for mm in prev.members}
-            expected = {kv.key[len(prev_prefix) :] for kv in live} & prev_ids
+            qkvs, _ = await rd._ops.range(k.quarantine)
+            quarantined = [kv.key[len(k.quarantine) :] for kv in qkvs]
+            holders = m.slot_holders(
+                prev.members, (kv.key[len(prev_prefix) :] for kv in live), quarantined
+            )
+            expected = set(holders)
             wkvs, seen["waiting"] = await rd._ops.range(k.waiting)
             expected |= {kv.key[len(k.waiting) :] for kv in wkvs}
         mux.add_event("evicted", rd._evicted)
@@ -97,6 +102,7 @@ async def close_round(
                 min_reached_at=min_at,
                 last_arrival_at=last_arrival,
                 p=rd._params,
+                members_back=holders <= joined.keys(),
             )
             if d.close:
                 if rd._fixed_ranks:
@@ -150,6 +156,7 @@ async def close_round(
                     joined.pop(nid, None)
             elif tag == "prev" and ev.type is EventType.DELETE:
                 expected.discard(ev.kv.key[len(prev_prefix) :])
+                holders.discard(ev.kv.key[len(prev_prefix) :])
             elif tag == "waiting" and ev.type is EventType.DELETE:
                 nid = ev.kv.key[len(k.waiting) :]
                 if nid not in joined:

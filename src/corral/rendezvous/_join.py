@@ -17,11 +17,10 @@ from corral.errors import (
     RendezvousError,
     StoreCompacted,
     StoreError,
-    StoreTimeout,
     StoreUnavailable,
 )
 from corral.events.types import NodeJoined, NodeWaiting
-from corral.rendezvous import _lease
+from corral.rendezvous import _quarantine
 from corral.rendezvous import decide as d
 from corral.rendezvous import machine as m
 from corral.rendezvous._aio import free_port, watching
@@ -38,16 +37,12 @@ log = logging.getLogger("corral.rendezvous.dynamic")  # one logger for the rende
 
 async def join(rd: DynamicRendezvous, state: dict[str, int]) -> RoundInfo:
     while True:
+        lease = await rd._ensure_lease()
         try:
-            lease = await rd._ensure_lease()
             info = await rd._join_round(lease, state)
         except LeaseNotFound:
             rd._evicted.set()  # our lease ended under us: take a new one
             continue
-        except (StoreTimeout, StoreUnavailable) as exc:  # try again until join_timeout
-            await _lease.unreachable(rd, exc)
-            continue
-        rd._unreachable = None
         if info is not None:
             rd._expect = info.round + 1
             return info
@@ -65,6 +60,7 @@ async def join_round(rd: DynamicRendezvous, lease: int, state: dict[str, int]) -
     # closes), and reads the pointer and close/<r>/. If the pointer names
     # another round, take back what was created and join that round the
     # same way.
+    await _quarantine.check(rd)  # a quarantined address joins no round (raises Refused)
     events = await rd._close_events()
     r = rd._expect
     while True:

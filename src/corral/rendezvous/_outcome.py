@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from corral.errors import JobFailed, JobStopped, RendezvousClosed, RendezvousError, signal_name
 from corral.events.types import RoundOpened
-from corral.rendezvous import _lease
+from corral.rendezvous import _lease, _quarantine
 from corral.rendezvous import decide as d
 from corral.rendezvous import machine as m
 from corral.rendezvous._common import change_for
@@ -79,7 +79,11 @@ async def report_failure(
             await rd._ops.create(rd._k.outcome, out.to_json())
         if action is d.FailureAction.RESTART:
             detail = f"failure on {rd._node.node_id} in round {r}"
-            new = m.next_pointer(ptr, REASON_FAILURE, detail)
+            cause, streak, out_ = await _quarantine.judge(rd, rnd, ptr)  # --quarantine-after
+            if out_ is not None:  # written before the pointer moves: it cannot rejoin
+                await _quarantine.record(rd, out_, ptr.round + 1)
+                detail += f"; node {out_.addr} quarantined"
+            new = m.next_pointer(ptr, REASON_FAILURE, detail, cause=cause, streak=streak)
             if await rd._ops.cas_pointer(new, rev):
                 log.info("round %d failed; job restarts as round %d", r, new.round)
                 rd._emit(RoundOpened, new.round, reason=REASON_FAILURE, detail=detail)

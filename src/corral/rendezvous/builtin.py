@@ -138,6 +138,7 @@ async def _dynamic(
         max_nodes=cfg.max_nodes,
         max_restarts=cfg.max_restarts,
         no_restart_code=cfg.no_restart_exit_code or 0,
+        quarantine_after=cfg.quarantine_after,
         conf=cfg.rdzv_conf.rendezvous,
         store_conf=cfg.rdzv_conf.store,
         clock=clock,

@@ -30,7 +30,7 @@ from corral.errors import (
     StoreError,
 )
 from corral.events.types import Event, stamp
-from corral.rendezvous import _closer, _lease, _outcome, _running
+from corral.rendezvous import _closer, _lease, _outcome, _quarantine, _running
 from corral.rendezvous import _join as _joining
 from corral.rendezvous import machine as m
 from corral.rendezvous._aio import clock_timeout
@@ -75,6 +75,9 @@ class DynamicRendezvous:
             cause is a worker that exited with it ends the job, with no restart.
             Like ``max_restarts``, the first round pointer records it and every
             node adopts the job's (the value of the node that started the job).
+        quarantine_after: ``--quarantine-after`` (0: off): a node that is the
+            root cause of that many failures of the job in a row is kept out,
+            when the job can go on without it (docs/rendezvous.md).
 
     Use as ``async with DynamicRendezvous(...) as rdzv`` or call :meth:`close`.
     """
@@ -93,6 +96,7 @@ class DynamicRendezvous:
         clock: Clock | None = None,
         fixed_ranks: bool = False,
         no_restart_code: int = 0,
+        quarantine_after: int = 0,
     ) -> None:
         if min_nodes < 1:
             raise ConfigError(f"min_nodes ({min_nodes}) must be >= 1")
@@ -117,6 +121,7 @@ class DynamicRendezvous:
         self._max = max_nodes
         self._max_restarts = max_restarts
         self._no_restart_code = no_restart_code
+        self._quarantine_after = quarantine_after
         self._conf = conf
         self._params = m.CloseParams(
             min_nodes=min_nodes,
@@ -131,8 +136,6 @@ class DynamicRendezvous:
         self._evicted = asyncio.Event()
         # Clock time the last successful renewal of the lease was sent (_lease.py: self-fencing).
         self._renewed: float | None = None
-        # The last store error a join retried past (_lease.unreachable), for its timeout's line.
-        self._unreachable: StoreError | None = None
         # The rendezvous owns its keep-alive task: close() ends it; an unexpected error
         # of it ends this node's current wait at once (every watching() block below).
         self._tasks = Background(f"rendezvous node {node.node_id}")
@@ -177,7 +180,8 @@ class DynamicRendezvous:
 
         Raises: RendezvousTimeout (join_timeout), RendezvousClosed (the job
         succeeded), JobFailed (the job failed; carries the root cause),
-        JobStopped (a handled signal stopped it), StoreError.
+        JobStopped (a handled signal stopped it), NodeQuarantined (this node's
+        address is quarantined: raised once the job has ended), StoreError.
         """
         if self._closed_flag:
             raise RendezvousClosed("this rendezvous handle is closed")
@@ -190,8 +194,9 @@ class DynamicRendezvous:
                 raise RendezvousTimeout(
                     f"join_timeout ({self._conf.join_timeout} s) passed in round {state['round']} "
                     f"before it closed with this node (min_nodes {self._min}, max_nodes {self._max})"
-                    f"{_lease.unreachable_text(self)}"
                 ) from None
+            except _quarantine.Refused as refused:  # out of the deadline: until the job ends
+                raise await _quarantine.sit_out(self, refused.args[0]) from None
             except Spare as spare:  # out of the deadline: a spare waits as long as the job runs
                 try:
                     await self._wait_next_round(*spare.args)

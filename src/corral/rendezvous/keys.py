@@ -7,6 +7,7 @@ Layout (under ``<prefix>/<run_id>/``)::
     round                         RoundPointer: current round, restart count, why it started
     outcome                       Outcome: the job's end (create-only)
     waiting/<node_id>             NodeDesc of a node waiting for the next round (lease)
+    quarantine/<addr>             Quarantine: a node kept out of the job (no lease)
     r/<r>/nodes/<node_id>         NodeDesc of a joiner of round r (lease); create revision = order
     close/<r>/closer              node id of the node that closes round r (lease, create-only)
     close/<r>/closed              ClosedRound summary: sizes, master addr/port, tag; no members
@@ -43,7 +44,12 @@ class Keys:
         self.round = self.base + "round"
         self.outcome = self.base + "outcome"
         self.waiting = self.base + "waiting/"
+        self.quarantine = self.base + "quarantine/"
         self.closes = self.base + "close/"
+
+    def quarantine_key(self, addr: str) -> str:
+        """A quarantined node, keyed by its address (``Quarantine``; no lease)."""
+        return f"{self.quarantine}{addr}"
 
     def waiting_key(self, node_id: str) -> str:
         return f"{self.waiting}{node_id}"

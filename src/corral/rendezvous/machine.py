@@ -12,7 +12,7 @@ so that ``machine.X`` names every pure decision of the rendezvous.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from corral.rendezvous.api import NodeDesc, RoundInfo
@@ -24,10 +24,12 @@ from corral.rendezvous.restarts import (
     end_pointer,
     ends_without_restart,
     failure_step,
+    failure_streak,
     is_spare,
     job_budget,
     lost_node_report,
     next_pointer,
+    quarantine_wanted,
     restart_step,
     restarts_text,
     root_cause,
@@ -57,11 +59,13 @@ __all__ = [
     "end_pointer",
     "ends_without_restart",
     "failure_step",
+    "failure_streak",
     "fixed_ranks",
     "is_spare",
     "job_budget",
     "lost_node_report",
     "next_pointer",
+    "quarantine_wanted",
     "rank_tables",
     "restart_step",
     "restarts_text",
@@ -70,6 +74,7 @@ __all__ = [
     "round_info_of",
     "scale_up_step",
     "scale_up_wanted",
+    "slot_holders",
     "waiting_line",
 ]
 
@@ -118,6 +123,7 @@ def close_decision(
     min_reached_at: float | None,
     last_arrival_at: float,
     p: CloseParams,
+    members_back: bool = True,
 ) -> CloseDecision:
     """Decide whether the closer closes the round now.
 
@@ -130,15 +136,23 @@ def close_decision(
         min_reached_at: when the closer first saw ``min_nodes`` joined (None: not yet).
         last_arrival_at: the closer's clock at the latest join it saw.
         p: limits.
+        members_back: every node that keeps its slot from the previous round
+            (its live members, less the quarantined: :func:`slot_holders`) has
+            joined; True when there is no previous round.
 
-    The round closes at once with ``max_nodes`` joined. Otherwise, with at
+    The round closes at once with ``max_nodes`` joined, once the previous
+    round's members are back: after a failure they keep their slots, so a
+    node waiting at MAX (a spare) is admitted only in the slot of a member
+    that is lost (its key gone) or quarantined, never in the place of a
+    member that is slower to rejoin; if one does not come back, the round
+    closes at the last call as any other. Otherwise, with at
     least ``min_nodes``, a close condition holds once the last call has passed
     (``min_reached_at + last_call_timeout``) or every expected node is
     present; the closer then still waits for a quiet ``settle_time`` with no
     new arrival (so a wave of nodes lands in one round), but no longer than
     ``settle_cap`` after the condition first could hold.
     """
-    if joined >= p.max_nodes:
+    if joined >= p.max_nodes and members_back:
         return CloseDecision(True, None, f"max_nodes ({p.max_nodes}) joined")
     if joined < p.min_nodes or min_reached_at is None:
         return CloseDecision(False, None, f"{joined} of min_nodes ({p.min_nodes}) joined")
@@ -203,6 +217,18 @@ def assign_ranks(
     for s in slots:
         out.append(s if s is not None else next(it))
     return tuple(out)
+
+
+def slot_holders(
+    previous: Sequence[NodeDesc], live: Iterable[str], quarantined: Iterable[str]
+) -> set[str]:
+    """The node ids that keep their slots in a restart round: the members of the
+    previous round (``previous``) whose join keys are still there (``live``, node
+    ids), less those whose address is quarantined (``quarantined``, addresses).
+    The closer waits for them at MAX (:func:`close_decision`)."""
+    out = set(live) & {n.node_id for n in previous}
+    out_addrs = set(quarantined)
+    return {n.node_id for n in previous if n.node_id in out and n.addr not in out_addrs}
 
 
 def fixed_ranks(joined: Sequence[Joiner]) -> tuple[NodeDesc, ...]:

@@ -32,10 +32,12 @@ __all__ = [
     "end_pointer",
     "ends_without_restart",
     "failure_step",
+    "failure_streak",
     "is_spare",
     "job_budget",
     "lost_node_report",
     "next_pointer",
+    "quarantine_wanted",
     "restart_step",
     "restarts_text",
     "root_cause",
@@ -51,18 +53,59 @@ __all__ = [
 RESTART_REASONS = frozenset({REASON_FAILURE, REASON_MEMBER_LOST, REASON_NODE_WAITING})
 
 
-def next_pointer(current: RoundPointer, reason: str, detail: str = "") -> RoundPointer:
+def next_pointer(
+    current: RoundPointer, reason: str, detail: str = "", *, cause: str = "", streak: int = 0
+) -> RoundPointer:
     """The pointer of the restart round after ``current``: every restart counts one.
 
     ``reason`` is one of :data:`RESTART_REASONS` (a failure, a lost member, a
-    waiting node); the job's end is :func:`end_pointer`.
+    waiting node); the job's end is :func:`end_pointer`. ``cause`` and
+    ``streak``: for a failure, the root cause's node and its
+    :func:`failure_streak` (0 once that node is quarantined).
     """
     if reason not in RESTART_REASONS:
         raise ValueError(f"not a restart reason: {reason!r}")
     nxt = current.restart_count + 1
     return RoundPointer(
-        current.round + 1, nxt, reason, detail, current.max_restarts, current.no_restart_code
+        current.round + 1,
+        nxt,
+        reason,
+        detail,
+        current.max_restarts,
+        current.no_restart_code,
+        cause=cause,
+        streak=streak,
     )
+
+
+def failure_streak(previous: RoundPointer, cause: str) -> int:
+    """How many failures of the job in a row node ``cause`` is the root cause of,
+    counting the failure now: one more than the pointer's ``streak`` when the
+    current round started on a failure of that same node, else 1. Any other
+    start (the first round, a lost or a waiting node) breaks the row."""
+    if previous.reason == REASON_FAILURE and previous.cause == cause and cause:
+        return previous.streak + 1
+    return 1
+
+
+def quarantine_wanted(
+    streak: int, after: int, members: int, min_nodes: int, spare_waiting: bool
+) -> bool:
+    """Whether the root cause's node is quarantined (``--quarantine-after``).
+
+    Args:
+        streak: its :func:`failure_streak`.
+        after: ``--quarantine-after`` (0: never).
+        members: nodes in the round that failed (the node included).
+        min_nodes: MIN.
+        spare_waiting: another node waits to join.
+
+    Only when the job can go on without it: a spare waits to take its slot, or
+    MIN is still met without it. Otherwise it is retried, as without quarantine.
+    """
+    if after <= 0 or streak < after:
+        return False
+    return spare_waiting or members - 1 >= min_nodes
 
 
 def end_pointer(current: RoundPointer, status: str) -> RoundPointer:

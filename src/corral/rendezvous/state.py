@@ -25,6 +25,7 @@ __all__ = [
     "Assignment",
     "ClosedRound",
     "Outcome",
+    "Quarantine",
     "RankTable",
     "RoundPointer",
     "decode_node",
@@ -114,6 +115,12 @@ class RoundPointer:
     ``corral status`` shows; -1: not recorded (a node then uses its own).
     ``no_restart_code`` is carried the same way: that node's
     ``--no-restart-exit-code`` (0: none; -1: not recorded).
+
+    ``cause`` and ``streak`` count the failures of the job in a row with one
+    root cause: after a move for a failure, the address of the node of its
+    root cause and how many failures in a row it has been the root cause of
+    (``machine.failure_streak``; quarantine, docs/rendezvous.md); empty and 0
+    after any other move.
     """
 
     round: int
@@ -122,6 +129,8 @@ class RoundPointer:
     detail: str = ""
     max_restarts: int = -1
     no_restart_code: int = -1
+    cause: str = ""
+    streak: int = 0
 
     def to_json(self) -> bytes:
         return _dump(
@@ -132,6 +141,8 @@ class RoundPointer:
                 "detail": self.detail,
                 "max_restarts": self.max_restarts,
                 "no_restart_code": self.no_restart_code,
+                "cause": self.cause,
+                "streak": self.streak,
             }
         )
 
@@ -146,6 +157,8 @@ class RoundPointer:
                 str(d["detail"]),
                 int(d.get("max_restarts", -1)),
                 int(d.get("no_restart_code", -1)),
+                str(d.get("cause", "")),
+                int(d.get("streak", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RendezvousError(f"corrupt round record: {d!r:.80}") from exc
@@ -348,3 +361,58 @@ class Outcome:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RendezvousError(f"corrupt outcome record: {d!r:.80}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """The value of ``quarantine/<addr>``: a node kept out of the job.
+
+    ``addr`` is the node's identity as the rendezvous knows it (its address,
+    ``NodeDesc.addr``): an agent restarted on that host is refused too.
+    ``node_id`` and ``host`` name the agent that was quarantined, ``round``
+    the round whose failure did it, ``failures`` how many failures in a row
+    it was the root cause of, ``reason`` the last root cause in one line.
+    """
+
+    addr: str
+    node_id: str
+    host: str
+    round: int
+    failures: int
+    reason: str
+
+    def to_json(self) -> bytes:
+        return _dump(
+            {
+                "addr": self.addr,
+                "node_id": self.node_id,
+                "host": self.host,
+                "round": self.round,
+                "failures": self.failures,
+                "reason": self.reason,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Quarantine:
+        d = _load(data, "quarantine")
+        try:
+            return cls(
+                str(d["addr"]),
+                str(d["node_id"]),
+                str(d.get("host", "")),
+                int(d["round"]),
+                int(d["failures"]),
+                str(d.get("reason", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RendezvousError(f"corrupt quarantine record: {d!r:.80}") from exc
+
+    def line(self) -> str:
+        """One line: who is out, and why."""
+        who = f"node {self.addr}" + (f" ({self.node_id})" if self.node_id else "")
+        return (
+            f"{who} is quarantined: the root cause of {self.failures} failures of the job "
+            f"in a row, the last in round {self.round}"
+            + (f": {self.reason}" if self.reason else "")
+        )
