@@ -17,10 +17,11 @@ from corral.errors import (
     RendezvousError,
     StoreCompacted,
     StoreError,
+    StoreTimeout,
     StoreUnavailable,
 )
 from corral.events.types import NodeJoined, NodeWaiting
-from corral.rendezvous import _quarantine
+from corral.rendezvous import _lease, _quarantine
 from corral.rendezvous import decide as d
 from corral.rendezvous import machine as m
 from corral.rendezvous._aio import free_port, watching
@@ -37,12 +38,16 @@ log = logging.getLogger("corral.rendezvous.dynamic")  # one logger for the rende
 
 async def join(rd: DynamicRendezvous, state: dict[str, int]) -> RoundInfo:
     while True:
-        lease = await rd._ensure_lease()
         try:
+            lease = await rd._ensure_lease()
             info = await rd._join_round(lease, state)
         except LeaseNotFound:
             rd._evicted.set()  # our lease ended under us: take a new one
             continue
+        except (StoreTimeout, StoreUnavailable) as exc:  # try again until join_timeout
+            await _lease.unreachable(rd, exc)
+            continue
+        rd._unreachable = None
         if info is not None:
             rd._expect = info.round + 1
             return info

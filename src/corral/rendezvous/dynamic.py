@@ -136,6 +136,8 @@ class DynamicRendezvous:
         self._evicted = asyncio.Event()
         # Clock time the last successful renewal of the lease was sent (_lease.py: self-fencing).
         self._renewed: float | None = None
+        # The last store error a join retried past (_lease.unreachable), for its timeout's line.
+        self._unreachable: StoreError | None = None
         # The rendezvous owns its keep-alive task: close() ends it; an unexpected error
         # of it ends this node's current wait at once (every watching() block below).
         self._tasks = Background(f"rendezvous node {node.node_id}")
@@ -194,6 +196,7 @@ class DynamicRendezvous:
                 raise RendezvousTimeout(
                     f"join_timeout ({self._conf.join_timeout} s) passed in round {state['round']} "
                     f"before it closed with this node (min_nodes {self._min}, max_nodes {self._max})"
+                    f"{_lease.unreachable_text(self)}"
                 ) from None
             except _quarantine.Refused as refused:  # out of the deadline: until the job ends
                 raise await _quarantine.sit_out(self, refused.args[0]) from None
