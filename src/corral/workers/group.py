@@ -252,8 +252,14 @@ class WorkerGroup:
         assert rc is not None
         log.debug("worker %d (pid %s) exited: %d", w.local_rank, w.pid, rc)
         if w.local_rank in self._early:  # reported when its error file appeared
-            if rc != EARLY_EXITCODE:
-                log.info("worker %d, reported failed, exited with %d", w.local_rank, rc)
+            if rc != EARLY_EXITCODE:  # -15/-9: the stop the agent sent it, during its teardown
+                stopped = rc in (-signal.SIGTERM, -signal.SIGKILL)
+                log.log(
+                    logging.DEBUG if stopped else logging.INFO,
+                    "worker %d, reported failed, exited with %d",
+                    w.local_rank,
+                    rc,
+                )
             self._changed.set()
             return
         if self.state is GroupState.RUNNING or (
