@@ -8,13 +8,18 @@ healed by putting it back. Each host runs a real agent (``ip netns exec``,
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from tests import netns_harness
-from tests.netns_harness import Hosts
+from tests.helpers import CORRAL, corral_env
+from tests.netns_harness import IFACE, Hosts
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -76,3 +81,213 @@ def test_harness_cut_is_silence_and_heal_restores(make_hosts: Callable[[int], Ho
     listener.stdout.close()
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(n in listed.split() for n in names)
+
+
+# A small real training: every step all-reduces over gloo; each worker appends
+# "<monotonic> <restart> <world> <rank> <step> <pid>" to its host's progress file.
+TRAIN = r"""
+import os, sys, time
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+restart = os.environ["TORCHELASTIC_RESTART_COUNT"]
+with open(os.path.join(sys.argv[1], "h" + os.environ["HARNESS_HOST"]), "a", buffering=1) as out:
+    step = 0
+    while True:
+        t = torch.ones(1)
+        dist.all_reduce(t)
+        assert int(t.item()) == world
+        out.write(f"{time.monotonic():.3f} {restart} {world} {rank} {step} {os.getpid()}\n")
+        step += 1
+        time.sleep(0.1)
+"""
+
+# The membership timeout (lease TTL) is keep_alive_interval x keep_alive_max_attempt = 4 s
+# here (15 s by default); requests are bounded by read_timeout.
+TTL = 4.0
+CONF = "keep_alive_interval=0.5,keep_alive_max_attempt=8,read_timeout=2,last_call_timeout=1"
+STORE = f"{netns_harness.SUBNET}.1:29400"
+
+
+class Job:
+    """A 2:3 job on the embedded store (hosted by host 1's agent), one agent per host."""
+
+    def __init__(self, hosts: Hosts, d: Path, join_timeout: float = 30) -> None:
+        self.hosts, self.d = hosts, d
+        self.script = d / "train.py"
+        self.script.write_text(TRAIN)
+        self.progress = d / "progress"
+        self.progress.mkdir()
+        self.join_timeout = join_timeout
+        self.agents: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, i: int) -> None:
+        h = self.hosts[i]
+        cmd = [*CORRAL, "--nnodes", "2:3", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", STORE, "--rdzv-id", "part", "--local-addr", h.addr,
+               "--max-restarts", "20", "--shutdown-timeout", "2",
+               "--rdzv-conf", f"{CONF},join_timeout={self.join_timeout}",
+               str(self.script), str(self.progress)]  # fmt: skip
+        env = corral_env(GLOO_SOCKET_IFNAME=IFACE, HARNESS_HOST=str(i), LOGLEVEL="INFO")
+        with (
+            open(self.d / f"agent{i}.out", "wb") as out,
+            open(self.d / f"agent{i}.err", "wb") as err,
+        ):
+            self.agents[i] = subprocess.Popen(self.hosts.wrap(i, cmd), stdout=out, stderr=err,
+                                              env=env, start_new_session=True)  # fmt: skip
+
+    def log(self, i: int) -> str:
+        return (self.d / f"agent{i}.err").read_text(errors="replace")
+
+    def steps(self, i: int) -> list[tuple[float, int, int, int, int, int]]:
+        """Host i's steps: (monotonic time, restart, world, rank, step, pid)."""
+        path = self.progress / f"h{i}"
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            f = line.split()
+            if len(f) == 6:
+                rows.append((float(f[0]), *(int(x) for x in f[1:])))  # type: ignore[arg-type]
+        return rows  # type: ignore[return-value]
+
+    def until(self, what: str, cond: Callable[[], object], limit: float = 40) -> object:
+        """Poll ``cond`` (bounded by ``limit`` s) until it is true; return its value."""
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            v = cond()
+            if v:
+                return v
+            time.sleep(0.1)
+        logs = "\n".join(f"--- agent {i}\n{self.log(i)[-2500:]}" for i in self.agents)
+        raise AssertionError(f"not reached within {limit}s: {what}\n{logs}")
+
+    def training(
+        self, i: int, world: int, after: float
+    ) -> tuple[float, int, int, int, int, int] | None:
+        """Host i's first step at ``world`` after time ``after``, or None."""
+        return next((s for s in self.steps(i) if s[0] > after and s[2] == world), None)
+
+    def alive(self, pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+
+    def pids_in(self, i: int) -> list[int]:
+        r = subprocess.run(
+            ["ip", "netns", "pids", self.hosts[i].ns], capture_output=True, text=True
+        )
+        return [int(p) for p in r.stdout.split()]
+
+
+@pytest.fixture
+def job(
+    request: pytest.FixtureRequest, make_hosts: Callable[[int], Hosts], tmp_path: Path
+) -> Iterator[Job]:
+    """The 2:3 job, running; ``indirect`` parametrization sets its join_timeout."""
+    pytest.importorskip("torch")
+    j = Job(make_hosts(3), tmp_path, join_timeout=getattr(request, "param", 30))
+    for i in (1, 2, 3):
+        j.start(i)
+    try:
+        yield j
+    finally:
+        for p in j.agents.values():  # the hosts' teardown kills whatever is left in them
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
+
+
+def all_three(job: Job, after: float = 0.0) -> float:
+    """Wait until every host trains at WORLD_SIZE 3; return when the last did."""
+    firsts = [
+        job.until(f"host {i} trains at world 3", lambda i=i: job.training(i, 3, after))
+        for i in (1, 2, 3)
+    ]  # type: ignore[misc]
+    return max(s[0] for s in firsts)  # type: ignore[index]
+
+
+@needs_netns
+def test_a_blip_is_no_fault_and_a_cut_member_fences_itself_then_rejoins(job: Job) -> None:
+    all_three(job)
+    # a blip shorter than the membership timeout: the same round goes on
+    restart = job.steps(3)[-1][1]
+    job.hosts.cut(3)
+    time.sleep(1.0)  # not a wait: the blip's length is what is tested
+    job.hosts.heal(3)
+    healed = time.monotonic()
+    job.until(
+        "host 3 trains after the blip", lambda: [s for s in job.steps(3) if s[0] > healed + 1]
+    )
+    assert {s[1] for s in job.steps(1) + job.steps(3)} == {restart}, "a blip restarted the job"
+    # a cut longer than the timeout: the others go on at WORLD_SIZE 2
+    worker = job.steps(3)[-1][5]
+    cut = time.monotonic()
+    job.hosts.cut(3)
+    survivors = job.until("the others train at world 2", lambda: job.training(1, 2, cut))
+    # the cut-off side fenced itself: its worker is gone while the cut lasts
+    job.until("host 3's worker stops", lambda: not job.alive(worker))
+    assert "not renewed for" in job.log(3) and "assuming this node was dropped" in job.log(3)
+    assert job.agents[3].poll() is None  # the agent itself lives on
+    heal = time.monotonic()
+    job.hosts.heal(3)
+    back = job.until("host 3 is back at world 3", lambda: job.training(3, 3, heal))
+    assert back[1] > survivors[1] > restart  # type: ignore[index]  # a newcomer: a restart
+    print(
+        f"survivors' next step {survivors[0] - cut:.1f}s after the cut (TTL {TTL}s); "  # type: ignore[index]
+        f"host 3's next step {back[0] - heal:.1f}s after the heal"
+    )  # type: ignore[index]
+
+
+@needs_netns
+def test_a_frozen_agent_is_dropped_and_on_sigcont_fences_before_anything_else(job: Job) -> None:
+    all_three(job)
+    worker = job.steps(3)[-1][5]
+    stop = time.monotonic()
+    os.kill(job.agents[3].pid, signal.SIGSTOP)  # the agent only: its worker keeps running
+    try:
+        job.until("the others train at world 2", lambda: job.training(1, 2, stop))
+        assert job.alive(worker)  # the stale worker is still there (its agent is frozen)
+    finally:
+        cont = time.monotonic()
+        os.kill(job.agents[3].pid, signal.SIGCONT)
+    job.until("the stale worker is gone", lambda: not job.alive(worker))
+    gone = time.monotonic()
+    log = job.log(3)
+    fence = log.find("assuming this node was dropped")
+    assert fence >= 0, log[-3000:]
+    # before anything else: no report of the stale worker's end before the fence
+    assert "failed with" not in log[:fence]
+    job.until("host 3 is back at world 3", lambda: job.training(3, 3, cont))
+    print(f"stale worker gone {gone - cont:.1f}s after SIGCONT")
+
+
+@needs_netns
+@pytest.mark.parametrize("job", [12], indirect=True)
+def test_the_store_host_cut_then_healed_and_then_cut_for_good(job: Job) -> None:
+    # healed within join_timeout: the job goes on with every node
+    all_three(job)
+    cut = time.monotonic()
+    job.hosts.cut(1)
+    time.sleep(TTL + 2)  # not a wait: a cut past the membership timeout is what is tested
+    job.hosts.heal(1)
+    heal = time.monotonic()
+    all_three(job, after=heal)
+    assert all(p.poll() is None for p in job.agents.values())
+    assert "not renewed for" in job.log(2) and "not renewed for" in job.log(3)
+    # never healed: nobody gives up before join_timeout, then each agent exits non-zero with
+    # one line naming the store it could not reach, and leaves no process behind
+    job.hosts.cut(1)
+    cut = time.monotonic()
+    for i in (2, 3):
+        assert job.agents[i].wait(timeout=job.join_timeout + 30) != 0
+        assert time.monotonic() - cut >= job.join_timeout  # not before join_timeout
+        last = [ln for ln in job.log(i).splitlines() if ln.startswith("corral: error:")]
+        assert len(last) == 1 and STORE in last[0], job.log(i)[-2000:]
+        assert "join_timeout" in last[0]
+        job.until(f"no process left on host {i}", lambda i=i: not job.pids_in(i), limit=10)  # type: ignore[misc]
+    assert job.agents[1].wait(timeout=30) != 0
+    job.until("no process left on host 1", lambda: not job.pids_in(1), limit=10)
