@@ -9,7 +9,15 @@ import time
 
 from corral.errors import LauncherError
 
-__all__ = ["is_local_address", "local_address_towards", "numeric_host", "resolve_once"]
+__all__ = [
+    "SILENCE_BOUND",
+    "bound_silence",
+    "is_local_address",
+    "local_address_towards",
+    "numeric_host",
+    "resolve_once",
+    "silence_bound",
+]
 
 log = logging.getLogger("corral")
 
@@ -89,3 +97,44 @@ def is_local_address(host: str) -> bool:
         except OSError:
             return False
     return True
+
+
+#: How long a TCP connection of corral's may stay silent before the kernel ends it,
+#: before a lease says better: twice torch's default membership timeout (lease TTL,
+#: 5 s x 3), so that no blip shorter than that timeout can end a healthy connection.
+SILENCE_BOUND = 30.0
+
+
+def silence_bound(ttl: float) -> float:
+    """The silence bound of a connection that carries a lease of ``ttl`` seconds: 2 x ttl.
+
+    Past the lease's own TTL (the owner fences itself and the store drops it first),
+    so a partition shorter than the membership timeout never ends the connection.
+    """
+    return max(2.0 * ttl, 2.0)
+
+
+def bound_silence(sock: socket.socket | None, seconds: float) -> None:
+    """End ``sock``'s connection when its peer stays silent for about ``seconds``.
+
+    ``TCP_USER_TIMEOUT``: data sent and not acknowledged for that long ends it;
+    TCP keepalive (first probe after ``seconds / 2`` idle, then every ``seconds / 6``):
+    an idle connection is probed, and the user timeout ends it when probes go
+    unanswered, about ``1.5 x seconds`` after the last sign of life. The pending
+    calls on it then fail with ETIMEDOUT. Options a platform lacks are skipped.
+    """
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    opts = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), max(1, int(seconds / 2))),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), max(1, int(seconds / 6))),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 3),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(seconds * 1000)),
+    ]
+    for level, opt, value in opts:
+        if opt is not None:
+            try:
+                sock.setsockopt(level, opt, value)
+            except OSError:
+                pass  # a closed socket, or an option this kernel refuses

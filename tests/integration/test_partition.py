@@ -291,3 +291,59 @@ def test_the_store_host_cut_then_healed_and_then_cut_for_good(job: Job) -> None:
         job.until(f"no process left on host {i}", lambda i=i: not job.pids_in(i), limit=10)  # type: ignore[misc]
     assert job.agents[1].wait(timeout=30) != 0
     job.until("no process left on host 1", lambda: not job.pids_in(1), limit=10)
+
+
+SERVE = r"""
+import asyncio
+from corral.store.tcp.server import StoreServer
+async def main():
+    srv = StoreServer()
+    await srv.start("10.77.0.1", 29400)
+    print("up", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+WATCH = r"""
+import asyncio, time
+from corral.store.tcp.client import connect
+async def main():
+    store = await connect("10.77.0.1", 29400, timeout=10, request_timeout=5)
+    await store.grant(1.0)  # a lease of TTL 1 s: the connection may stay silent 2 s
+    async with store.watch("/k") as events:
+        print("watching", flush=True)
+        try:
+            async for _ in events:
+                pass
+            print("ended quietly", flush=True)
+        except Exception as exc:
+            print("ended", type(exc).__name__, flush=True)
+asyncio.run(main())
+"""
+
+
+@needs_netns
+def test_a_half_open_store_connection_ends_within_its_silence_bound(
+    make_hosts: Callable[[int], Hosts],
+) -> None:
+    """Cut off, an idle watch of the store would wait forever (TCP notices nothing for
+    hours); its connection's silence bound (2 x the lease TTL) ends it."""
+    hosts = make_hosts(2)
+    procs = []
+    try:
+        for i, code in ((1, SERVE), (2, WATCH)):
+            procs.append(subprocess.Popen(hosts.wrap(i, [sys.executable, "-c", code]),
+                                          stdout=subprocess.PIPE, env=corral_env()))  # fmt: skip
+            out = procs[-1].stdout
+            assert out is not None and out.readline().split() in ([b"up"], [b"watching"])
+        hosts.cut(2)
+        out = procs[1].stdout
+        assert out is not None
+        assert procs[1].wait(timeout=30) == 0  # not forever
+        assert out.read().split() == [b"ended", b"StoreUnavailable"]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(timeout=10)
+            if p.stdout is not None:
+                p.stdout.close()

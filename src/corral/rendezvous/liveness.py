@@ -16,7 +16,10 @@ default). This module closes that gap without touching the rendezvous:
   lost member at once, exactly as if the lease had expired.
 
 A hung or partitioned agent keeps its socket open: it is evicted by its
-lease's TTL as before. An agent that cannot be reached (a firewall) is watched
+lease's TTL as before. The ring's connections are kept alive by TCP
+(``corral.net.bound_silence``, SILENCE_BOUND): one that goes silent past that
+bound ends with ETIMEDOUT, which is no verdict (the lease decides), unlike a
+close or a reset. An agent that cannot be reached (a firewall) is watched
 by its lease alone. A false alarm costs one rejoin: an evicted agent that is
 alive finds its lease gone and joins as a new node.
 """
@@ -31,6 +34,7 @@ from typing import NoReturn
 
 from corral._compat import timeout as _compat_timeout
 from corral.errors import LauncherError
+from corral.net import SILENCE_BOUND, bound_silence
 from corral.rendezvous.api import RoundInfo
 from corral.store.api import Store
 
@@ -134,8 +138,12 @@ class PeerLiveness:
             return
         if conn is not None:
             reader, writer = conn
+            bound_silence(writer.get_extra_info("socket"), SILENCE_BOUND)
             try:
                 await _drain(reader)
+            except TimeoutError:  # silence, not a close: no verdict (a partition, or a blip)
+                log.debug("the agent of rank %d went silent; its lease watches it", pred_rank)
+                return
             finally:
                 writer.close()
         log.warning(
@@ -171,6 +179,7 @@ class _Held(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         self._peers.add(transport)
+        bound_silence(transport.get_extra_info("socket"), SILENCE_BOUND)  # a gone successor
 
     def data_received(self, data: bytes) -> None:
         pass  # the ring carries nothing
@@ -186,5 +195,7 @@ async def _drain(reader: asyncio.StreamReader) -> None:
     try:
         while await reader.read(1024):
             pass
+    except TimeoutError:  # ETIMEDOUT: the silence bound passed (bound_silence); the caller decides
+        raise
     except OSError:
         pass

@@ -27,6 +27,7 @@ from corral.errors import (
     StoreError,
     StoreUnavailable,
 )
+from corral.net import SILENCE_BOUND, bound_silence, silence_bound
 from corral.store.api import (
     Characteristics,
     KeyValue,
@@ -76,6 +77,9 @@ class TcpStore:
         self._next_id = 0
         self._closed = False
         self._lock = asyncio.Lock()
+        # How long the connection may stay silent: SILENCE_BOUND, then 2 x the TTL of the
+        # last lease granted on it (a blip shorter than the membership timeout never ends it).
+        self._silence = SILENCE_BOUND
 
     @property
     def characteristics(self) -> Characteristics:
@@ -115,6 +119,9 @@ class TcpStore:
                 sock = conn.transport.get_extra_info("socket") if conn.transport else None
                 if sock is not None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                bound_silence(
+                    sock, self._silence
+                )  # a half-open connection ends (docs/rendezvous.md)
                 return conn
             except (AuthenticationFailed, ProtocolError):
                 raise
@@ -243,6 +250,10 @@ class TcpStore:
         rid = self._id()
         r = await self._call(p.Grant(rid, float(ttl)), rid)
         assert isinstance(r, p.LeaseReply)
+        self._silence = silence_bound(ttl)
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            bound_silence(conn.transport.get_extra_info("socket"), self._silence)
         return r.lease
 
     async def keep_alive(self, lease: int) -> float:

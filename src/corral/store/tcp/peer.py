@@ -23,6 +23,7 @@ from corral.errors import (
     StoreCompacted,
     StoreError,
 )
+from corral.net import SILENCE_BOUND, bound_silence, silence_bound
 from corral.store.tcp import protocol as p
 from corral.store.tcp.auth import check_answer, new_nonce
 
@@ -71,6 +72,9 @@ class Peer(asyncio.Protocol):
             t.abort()
             return
         srv.conns.add(self)
+        # a silent peer (partitioned, its host gone) is dropped: SILENCE_BOUND, then
+        # 2 x its lease's TTL once it has one (h_grant); its leases end with it
+        bound_silence(t.get_extra_info("socket"), SILENCE_BOUND)
         loop = asyncio.get_running_loop()
         self.handshake_timer = loop.call_later(srv.limits.handshake_timeout, self._handshake_late)
         t.write(p.encode(p.Challenge(p.VERSION, self.nonce, srv.token is not None)))
@@ -243,6 +247,8 @@ class Peer(asyncio.Protocol):
                 )
         lid = core.grant(m.ttl, srv.shared.clock.now(), owner=self)
         self.leases.add(lid)
+        if self.transport is not None:
+            bound_silence(self.transport.get_extra_info("socket"), silence_bound(m.ttl))
         srv.shared.kick()
         return p.encode(p.LeaseReply(m.id, lid, m.ttl))
 
