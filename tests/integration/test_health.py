@@ -120,6 +120,8 @@ def test_a_check_the_shell_cannot_run_is_bad_input(tmp_path: Path) -> None:
         (["--health-check-timeout", "soon"], "--health-check-timeout soon"),
         (["--health-check-interval", "-1"], "--health-check-interval"),
         (["--health-check", " "], "--health-check"),
+        (["--health-check", "corral health gpu dsk:/x"], "check 'dsk:/x'"),
+        (["--health-check", "corral health tcp:host"], "check 'tcp:host'"),
     ],
 )
 def test_bad_health_options_one_line_exit_2(args: list[str], named: str) -> None:

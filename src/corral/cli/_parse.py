@@ -171,13 +171,35 @@ def _health(a: dict[str, Any], environ: Mapping[str, str]) -> tuple[tuple[str, .
     else:
         lines = environ.get("PET_HEALTH_CHECK", "").splitlines()
         checks = tuple(c.strip() for c in lines if c.strip())
-    timeout = _float(
-        "--health-check-timeout", a["health_check_timeout"], "expected seconds > 0"
-    )
+    for cmd in checks:
+        _builtin_checks(cmd)
+    timeout = _float("--health-check-timeout", a["health_check_timeout"], "expected seconds > 0")
     interval = _float(
         "--health-check-interval", a["health_check_interval"], "expected seconds >= 0"
     )
     return checks, timeout, interval
+
+
+def _builtin_checks(cmd: str) -> None:
+    """A ``corral health CHECK...`` command is checked now: a malformed check is bad input
+    (one line, exit 2), not a node that stays unhealthy for ever."""
+    import shlex
+
+    try:
+        words = shlex.split(cmd)
+    except ValueError:
+        return  # the shell's business: its first run tells (exit 2 if it cannot run it)
+    if words[:2] != ["corral", "health"] or any(w in ("|", "&&", "||", ";") for w in words):
+        return
+    from corral.health import BadCheck, parse_check
+
+    for word in words[2:]:
+        if word.startswith("--timeout") or (word and word[0].isdigit()):
+            continue  # --timeout's value: checked when it runs
+        try:
+            parse_check(word)
+        except BadCheck as exc:
+            raise ConfigError(f"--health-check {cmd!r}: {exc}") from None
 
 
 def check_entrypoint(cfg: LaunchConfig, environ: Mapping[str, str]) -> None:
