@@ -14,6 +14,7 @@ from corral.errors import LeaseNotFound, StoreError
 from corral.rendezvous import machine as m
 from corral.rendezvous._aio import watching
 from corral.rendezvous._common import decode_closed
+from corral.rendezvous.keys import Keys
 from corral.rendezvous.state import (
     REASON_JOB_ENDED,
     ClosedRound,
@@ -77,9 +78,11 @@ async def close_round(
             live, seen["prev"] = await rd._ops.range(prev_prefix)
             qkvs, _ = await rd._ops.range(k.quarantine)
             quarantined = [kv.key[len(k.quarantine) :] for kv in qkvs]
-            holders = m.slot_holders(
-                prev.members, (kv.key[len(prev_prefix) :] for kv in live), quarantined
-            )
+            # a member that left round r-1 (a signal, or unhealthy: its lease may live
+            # on) holds no slot either
+            left = {Keys.leaf(kv.key) for kv in (await rd._ops.range(k.left(r - 1)))[0]}
+            back = (kv.key[len(prev_prefix) :] for kv in live)
+            holders = m.slot_holders(prev.members, (i for i in back if i not in left), quarantined)
             expected = set(holders)
             wkvs, seen["waiting"] = await rd._ops.range(k.waiting)
             expected |= {kv.key[len(k.waiting) :] for kv in wkvs}
