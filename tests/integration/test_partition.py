@@ -9,6 +9,7 @@ healed by putting it back. Each host runs a real agent (``ip netns exec``,
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,8 +113,16 @@ STORE = f"{netns_harness.SUBNET}.1:29400"
 class Job:
     """A 2:3 job on the embedded store (hosted by host 1's agent), one agent per host."""
 
-    def __init__(self, hosts: Hosts, d: Path, join_timeout: float = 30) -> None:
+    def __init__(
+        self,
+        hosts: Hosts,
+        d: Path,
+        join_timeout: float = 30,
+        backend: str = "c10d",
+        endpoint: str = STORE,
+    ) -> None:
         self.hosts, self.d = hosts, d
+        self.backend, self.endpoint = backend, endpoint
         self.script = d / "train.py"
         self.script.write_text(TRAIN)
         self.progress = d / "progress"
@@ -123,8 +132,8 @@ class Job:
 
     def start(self, i: int) -> None:
         h = self.hosts[i]
-        cmd = [*CORRAL, "--nnodes", "2:3", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-               "--rdzv-endpoint", STORE, "--rdzv-id", "part", "--local-addr", h.addr,
+        cmd = [*CORRAL, "--nnodes", "2:3", "--nproc-per-node", "1", "--rdzv-backend", self.backend,
+               "--rdzv-endpoint", self.endpoint, "--rdzv-id", "part", "--local-addr", h.addr,
                "--max-restarts", "20", "--shutdown-timeout", "2",
                "--rdzv-conf", f"{CONF},join_timeout={self.join_timeout}",
                str(self.script), str(self.progress)]  # fmt: skip
@@ -347,3 +356,98 @@ def test_a_half_open_store_connection_ends_within_its_silence_bound(
             p.wait(timeout=10)
             if p.stdout is not None:
                 p.stdout.close()
+
+
+def start_etcd(hosts: Hosts, d: Path, procs: list[subprocess.Popen[bytes]]) -> str:
+    """One etcd member per host (client port 12379, peer 12380 on the host's address),
+    added to ``procs``; returns the agents' endpoint list once every member serves clients."""
+    if shutil.which("etcd") is None:
+        pytest.skip("no etcd binary (scripts/install-etcd)")
+    n = len(hosts.hosts)
+    peers = ",".join(f"m{h.index}=http://{h.addr}:12380" for h in hosts.hosts)
+    logs = []
+    for h in hosts.hosts:
+        client, peer = f"http://{h.addr}:12379", f"http://{h.addr}:12380"
+        log = d / f"etcd{h.index}.log"
+        logs.append(log)
+        with open(log, "wb") as f:
+            procs.append(
+                subprocess.Popen(
+                    hosts.wrap(
+                        h.index,
+                        [
+                            "etcd",
+                            "--name",
+                            f"m{h.index}",
+                            "--data-dir",
+                            str(d / f"etcd{h.index}"),
+                            "--listen-client-urls",
+                            client,
+                            "--advertise-client-urls",
+                            client,
+                            "--listen-peer-urls",
+                            peer,
+                            "--initial-advertise-peer-urls",
+                            peer,
+                            "--initial-cluster",
+                            peers,
+                            "--initial-cluster-state",
+                            "new",
+                            "--initial-cluster-token",
+                            hosts.tag,
+                            "--heartbeat-interval",
+                            "50",
+                            "--election-timeout",
+                            "500",
+                        ],
+                    ),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=f,
+                )
+            )
+    end = time.monotonic() + 30
+    ready = ("serving client traffic", "ready to serve client requests")
+    while not all(any(m in p.read_text(errors="replace") for m in ready) for p in logs):
+        assert time.monotonic() < end, "etcd members not ready within 30 s"
+        time.sleep(0.1)
+    return ",".join(f"{h.addr}:12379" for h in hosts.hosts[:n])
+
+
+@needs_netns
+def test_etcd_majority_goes_on_and_the_minority_fences_itself_then_rejoins(
+    make_hosts: Callable[[int], Hosts], tmp_path: Path
+) -> None:
+    """A 3-member etcd cluster, one member per host; host 3 (its member and its agent)
+    is cut off: the majority side keeps the quorum and trains at WORLD_SIZE 2; the
+    minority agent fences itself (its worker stops while the cut lasts) and comes back
+    as a newcomer after the heal."""
+    pytest.importorskip("torch")
+    hosts = make_hosts(3)
+    members: list[subprocess.Popen[bytes]] = []
+    agents: dict[int, subprocess.Popen[bytes]] = {}
+    try:
+        job = Job(hosts, tmp_path, backend="etcd", endpoint=start_etcd(hosts, tmp_path, members))
+        agents = job.agents
+        for i in (1, 2, 3):
+            job.start(i)
+        all_three(job)
+        worker = job.steps(3)[-1][5]
+        cut = time.monotonic()
+        hosts.cut(3)
+        survivors = job.until("the majority trains at world 2", lambda: job.training(1, 2, cut))
+        job.until("the minority's worker stops", lambda: not job.alive(worker))
+        assert "assuming this node was dropped" in job.log(3)
+        assert job.agents[3].poll() is None
+        heal = time.monotonic()
+        hosts.heal(3)
+        back = job.until("host 3 is back at world 3", lambda: job.training(3, 3, heal))
+        assert back[1] > survivors[1]  # type: ignore[index]
+        print(
+            f"etcd: majority's next step {survivors[0] - cut:.1f}s after the cut; "  # type: ignore[index]
+            f"host 3's next step {back[0] - heal:.1f}s after the heal"
+        )  # type: ignore[index]
+    finally:
+        for p in [*agents.values(), *members]:
+            p.kill()
+            p.wait(timeout=10)

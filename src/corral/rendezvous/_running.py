@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from corral.errors import StoreError
+from corral.errors import LeaseNotFound, StoreError
 from corral.events.types import RoundOpened
 from corral.rendezvous import decide as d
 from corral.rendezvous import machine as m
@@ -32,6 +32,37 @@ log = logging.getLogger("corral.rendezvous.dynamic")  # one logger for the rende
 
 
 async def watch(rd: DynamicRendezvous, rnd: RoundInfo, *, done: bool) -> RoundChange:
+    """Watch round ``rnd`` until it is superseded (see ``watch_round``).
+
+    A store that cannot be reached (a watch lost, a request unanswered: a partition,
+    a failover) ends nothing by itself: the node's membership decides (docs/rendezvous.md,
+    "Silence"). Once a renewal of its lease gets through again, the round's watches are
+    opened again from the round's close (they replay what was missed); if the
+    membership timeout passes first, the node has fenced itself: ``MEMBER_LOST``.
+    """
+    r = rnd.round
+    while True:
+        try:
+            return await _watch_once(rd, rnd, done=done)
+        except LeaseNotFound:
+            rd._evicted.set()
+            return RoundChange(ChangeKind.MEMBER_LOST, None, "this node's lease ended")
+        except StoreError as exc:
+            lost = rd._clock.now()
+            log.warning(
+                "round %d: the store cannot be reached (%s): waiting for it, or for the "
+                "membership timeout",
+                r,
+                exc,
+            )
+            while not rd._evicted.is_set() and (rd._renewed or 0.0) < lost:
+                await rd._clock.sleep(rd._conf.keep_alive_interval / 2)
+            if rd._evicted.is_set():
+                return RoundChange(ChangeKind.MEMBER_LOST, None, "this node fenced itself")
+            log.info("round %d: the store answers again: watching the round again", r)
+
+
+async def _watch_once(rd: DynamicRendezvous, rnd: RoundInfo, *, done: bool) -> RoundChange:
     r = rnd.round
     if rd._evicted.is_set() or r not in rd._closed:
         return RoundChange(ChangeKind.MEMBER_LOST, None, "this node is no longer a member")

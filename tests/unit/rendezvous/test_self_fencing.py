@@ -160,3 +160,22 @@ async def test_a_join_tries_an_unreachable_store_until_join_timeout(job: Job, he
     msg = str(err.value)
     assert "join_timeout (20.0 s) passed" in msg and "\n" not in msg
     assert "the store could not be reached: memory store: partitioned" in msg
+
+
+async def test_watches_lost_in_a_blip_are_opened_again_and_miss_nothing(job: Job) -> None:
+    a = job.node("a", min_nodes=1, max_nodes=2, max_restarts=3)
+    b = job.node("b", min_nodes=1, max_nodes=2, max_restarts=3)
+    ja = asyncio.ensure_future(a.join())
+    await advance(job.clock, 31)  # the last call: round 0 with a alone
+    ia = await asyncio.wait_for(ja, 2)
+    w = asyncio.ensure_future(a.watch_round(ia))
+    await spin()
+    job.sessions["a"].partition()  # its watches fail at once
+    await advance(job.clock, 3)
+    jb = asyncio.ensure_future(b.join())  # b waits while a cannot see it
+    await advance(job.clock, 2)
+    job.sessions["a"].heal()  # before the TTL: a renewal gets through
+    await advance(job.clock, 8)
+    change = await asyncio.wait_for(w, 2)  # the watches, opened again, saw b waiting
+    assert change.kind is ChangeKind.NODE_WAITING and change.new_round == 1
+    jb.cancel()
