@@ -207,8 +207,14 @@ def test_fourth_agent_joins_running_job(cluster_factory, hub: Hub) -> None:
 def test_store_host_killed_others_exit_with_clear_error(
     procs: Procs, hub: Hub, tmp_path: Path
 ) -> None:
-    """The embedded store dies with its hosting agent (etcd has none: see the cluster test)."""
-    c = Cluster(procs, hub, tmp_path, "2:2")
+    """The embedded store dies with its hosting agent (etcd has none: see the cluster test).
+
+    The other agent fences itself, then tries the store until join_timeout, as in a
+    partition (docs/rendezvous.md, "Silence"), and exits with one line naming it.
+    """
+    c = Cluster(
+        procs, hub, tmp_path, "2:2", conf=FAST.replace("join_timeout=60", "join_timeout=15")
+    )
     c.start(1)
     c.start(2)
     hub.collect(2, where=ws(2))
@@ -216,7 +222,9 @@ def test_store_host_killed_others_exit_with_clear_error(
     code = c.wait(2, timeout=40)
     assert code == 1, c.stderr(2)
     err = c.stderr(2)
-    assert "store" in err.lower()
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("corral: error:")]
+    assert "join_timeout (15.0 s) passed" in line and "the store could not be reached" in line
+    assert f"127.0.0.1:{c.port}" in line, line
     assert "Traceback" not in err
 
 
