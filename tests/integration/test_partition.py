@@ -9,6 +9,7 @@ healed by putting it back. Each host runs a real agent (``ip netns exec``,
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -451,3 +452,28 @@ def test_etcd_majority_goes_on_and_the_minority_fences_itself_then_rejoins(
         for p in [*agents.values(), *members]:
             p.kill()
             p.wait(timeout=10)
+
+
+@needs_netns
+def test_a_random_mix_of_crashes_and_partitions(job: Job) -> None:
+    """Four faults drawn from a seeded mix (shortened to fit CI): a worker host's agent
+    SIGKILLed and started again, a cut past the membership timeout, a blip. After each,
+    every host trains at WORLD_SIZE 3 again, and no agent has exited."""
+    seed = int(os.environ.get("CORRAL_PARTITION_SEED", "23"))
+    rng = random.Random(seed)
+    all_three(job)
+    for n in range(4):
+        kind, host = rng.choice(["crash", "cut", "blip"]), rng.choice([2, 3])
+        print(f"seed {seed}, fault {n}: {kind} of host {host}")
+        start = time.monotonic()
+        if kind == "crash":
+            job.agents[host].kill()  # the reaper ends its worker
+            job.agents[host].wait(timeout=10)
+            job.start(host)  # a new agent on the same host
+        else:
+            job.hosts.cut(host)
+            time.sleep(1.0 if kind == "blip" else TTL + 2)  # not a wait: the fault's length
+            job.hosts.heal(host)
+        all_three(job, after=start if kind == "blip" else time.monotonic())
+        alive = [i for i, p in job.agents.items() if p.poll() is None]
+        assert alive == [1, 2, 3], "\n".join(job.log(i)[-2000:] for i in job.agents)
