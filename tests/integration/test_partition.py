@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from tests import netns_harness
-from tests.helpers import CORRAL, corral_env
+from tests.helpers import CORRAL, EXAMPLE, corral_env
 from tests.netns_harness import IFACE, Hosts
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -477,3 +478,58 @@ def test_a_random_mix_of_crashes_and_partitions(job: Job) -> None:
         all_three(job, after=start if kind == "blip" else time.monotonic())
         alive = [i for i, p in job.agents.items() if p.poll() is None]
         assert alive == [1, 2, 3], "\n".join(job.log(i)[-2000:] for i in job.agents)
+
+
+@needs_netns
+def test_a_partition_healed_in_time_resumes_ddp_bit_identical(
+    make_hosts: Callable[[int], Hosts], tmp_path: Path
+) -> None:
+    """examples/train_ddp.py (DDP on gloo, checkpoints) as a 2:2 job on two hosts; host 2 is
+    cut past the membership timeout mid-training, then healed within join_timeout: it fences
+    itself, comes back as a newcomer, the job resumes from its checkpoint and ends with
+    parameters bit-identical to an uninterrupted run."""
+    torch = pytest.importorskip("torch")
+    hosts = make_hosts(2)
+    steps = ["--steps", "240", "--ckpt-every", "20"]
+    env = corral_env(GLOO_SOCKET_IFNAME=IFACE)
+    ref = tmp_path / "ref"
+    r = subprocess.run(
+        hosts.wrap(1, [*CORRAL, "--standalone", "--nproc-per-node", "2", EXAMPLE, *steps,
+                       "--ckpt-dir", str(ref / "ckpt"), "--out", str(ref / "p.pt")]),
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    agents: dict[int, subprocess.Popen[bytes]] = {}
+    try:
+        for i in (1, 2):
+            cmd = [*CORRAL, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                   "--rdzv-endpoint", STORE, "--rdzv-id", "ddp", "--local-addr", hosts[i].addr,
+                   "--max-restarts", "5", "--rdzv-conf", f"{CONF},join_timeout=60", EXAMPLE,
+                   *steps, "--ckpt-dir", str(tmp_path / "ckpt"), "--out", str(tmp_path / "p.pt"),
+                   "--log-every", "10"]  # fmt: skip
+            with open(tmp_path / f"a{i}.out", "wb") as o, open(tmp_path / f"a{i}.err", "wb") as e:
+                agents[i] = subprocess.Popen(hosts.wrap(i, cmd), stdout=o, stderr=e, env=env,
+                                             start_new_session=True)  # fmt: skip
+        out = tmp_path / "a1.out"
+        end = time.monotonic() + 90
+        while "step 60\n" not in out.read_text():  # rank 0 (host 1) passed a checkpoint
+            assert time.monotonic() < end and agents[1].poll() is None, out.read_text()
+            time.sleep(0.05)
+        hosts.cut(2)
+        time.sleep(TTL + 2)  # not a wait: a cut past the membership timeout is the fault
+        hosts.heal(2)
+        for i in (1, 2):
+            err = (tmp_path / f"a{i}.err").read_text
+            assert agents[i].wait(timeout=90) == 0, err()[-3000:]
+        assert "assuming this node was dropped" in (tmp_path / "a2.err").read_text()
+        resumed = [int(m) for m in re.findall(r"restart [1-9]\d*: starting at step (\d+)",
+                                              out.read_text())]  # fmt: skip
+        assert resumed and min(resumed) >= 60, out.read_text()
+        a = torch.load(ref / "p.pt", weights_only=True)
+        b = torch.load(tmp_path / "p.pt", weights_only=True)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), "parameters differ from the reference"
+    finally:
+        for p in agents.values():
+            p.kill()
+            p.wait(timeout=10)
