@@ -187,7 +187,9 @@ class WorkerGroup:
         log.info(
             "started %d worker(s)%s for round %d (ranks %d..%d): pids %s; logs in %s",
             len(self.workers),
-            f" ({sum(w.prestarted for w in self.workers)} pre-started)" if self.standbys else "",
+            f" ({sum(w.prestarted for w in self.workers)} pre-started)"
+            if self.standbys is not None and self.standbys.prestarting
+            else "",
             self.rnd.round,
             self.rnd.rank_offset,
             self.rnd.rank_offset + len(self.workers) - 1,

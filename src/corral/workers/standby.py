@@ -117,6 +117,8 @@ class StandbyPool:
         self.use_zygote = children_owned() if zygote is None else zygote
         self.idle = idle
         self.detach_stops = detach_stops
+        #: pre-starting was asked for and is possible here (a pool may hold only detached stops)
+        self.prestarting = plan is not None
         env = dict(base_env)
         # Variables a library may read while being imported (libgomp reads
         # OMP_NUM_THREADS when it loads) are set as the worker will have them.

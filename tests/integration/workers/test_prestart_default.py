@@ -170,4 +170,11 @@ def test_plan_imports_only_what_the_script_imports(tmp_path: Path) -> None:
     b = prestart_plan(WorkerSpec(str(plain)), cands)
     assert a is not None and a.imports == cands and a.wait
     assert b is not None and b.imports == () and b.wait
-    assert sys.modules.get("torch") is None  # the launcher never imports torch to find out
+    # the launcher never imports torch to find out (a fresh interpreter, as the agent)
+    probe = (
+        "import sys; from corral.workers.prestart import prestart_plan; "
+        "from corral.workers.spec import WorkerSpec; "
+        f"p = prestart_plan(WorkerSpec({str(uses)!r}), ('torch', 'torch._dynamo')); "
+        "assert p.imports and 'torch' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)
