@@ -137,10 +137,14 @@ class StandbyPool:
         self._tg = await self._scope.__aenter__()
         # Before the first rendezvous: importing overlaps the gathering. Where the
         # first attempt will not wait for it, it imports at idle priority.
-        first_idle = self.plan is not None and not self.plan.wait
-        if self.plan is not None and self.use_zygote:
-            self._zygote = self._spawn(idle=first_idle, zygote=True)
-        self.fill(idle=first_idle)
+        # Where nothing is to be imported, a standby saves only an interpreter's
+        # start: the first attempt spawns fresh (no process competes with it)
+        # and the standbys are made at its start, for the next one.
+        if self.plan is not None and self.plan.imports:
+            first_idle = not self.plan.wait
+            if self.use_zygote:
+                self._zygote = self._spawn(idle=first_idle, zygote=True)
+            self.fill(idle=first_idle)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -166,6 +170,10 @@ class StandbyPool:
         if self._closed or self.plan is None:
             return
         self._standbys = [sb for sb in self._standbys if not sb.dead]
+        if self.use_zygote and self._zygote is None and len(self._standbys) < (
+            self.spec.local_world_size
+        ):
+            self._zygote = self._spawn(idle=idle, zygote=True)
         while len(self._standbys) < self.spec.local_world_size:
             zygote = self._zygote
             sb = self._fork(zygote) if zygote is not None and not zygote.dead else None

@@ -32,7 +32,7 @@ from .conftest import round_info
 pytestmark = pytest.mark.timeout(60)
 
 SCRIPT = """\
-import os, sys
+import json, os, sys  # json: what the pre-started test pre-imports
 r = os.environ["LOCAL_RANK"]
 print(f"apple {r}")
 print(f"banana {r}")

@@ -100,7 +100,7 @@ def test_standby_holding_a_device_runtime_is_never_used(tmp_path: Path) -> None:
 
 
 SLOW_TEARDOWN = """
-import atexit, signal, time
+import atexit, json, signal, time  # json: what the pool pre-imports
 def teardown():  # a library's slow teardown (gloo's takes about a second), deaf to SIGTERM
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(60)
