@@ -170,8 +170,10 @@ class StandbyPool:
         if self._closed or self.plan is None:
             return
         self._standbys = [sb for sb in self._standbys if not sb.dead]
-        if self.use_zygote and self._zygote is None and len(self._standbys) < (
-            self.spec.local_world_size
+        if (
+            self.use_zygote
+            and self._zygote is None
+            and len(self._standbys) < (self.spec.local_world_size)
         ):
             self._zygote = self._spawn(idle=idle, zygote=True)
         while len(self._standbys) < self.spec.local_world_size:
