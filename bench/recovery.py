@@ -23,11 +23,12 @@ over the repetitions:
     workers finish dying); ``steady_steps_per_s_after_restart``: the same from
     1 s after the first step on, past that overlap;
 (d) ``standby_uss`` / ``standbys_pss``: the memory the machine pays for the
-    pre-started workers, at its peak: the unique set size of the largest
-    standby (its private pages, what killing it would free), and the sum of
-    the proportional set sizes of the zygote and every standby (shared pages
-    split between the processes that share them); not RSS, which counts the
-    pages they share with each other once per process (corral only).
+    pre-started workers, read once while the next attempt's standbys wait
+    (after the timed part): the unique set size of the largest waiting
+    standby or zygote (its private pages, what killing it would free), and the
+    sum of the proportional set sizes of the zygote and the waiting standbys
+    (shared pages split between the processes that share them, workers
+    included); not RSS, which counts shared pages once per process (corral only).
 
 ``corral`` is ``python -m corral`` with its defaults (pre-started workers), ``corral-fresh`` the same with
 ``--no-prestart``, ``torchrun`` is ``python -m torch.distributed.run``; all
@@ -179,6 +180,10 @@ def _standby_memory(agent: int) -> tuple[int, int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
             if int(stat.rpartition(")")[2].split()[1]) != agent:
                 continue
+            # a pre-started worker keeps the standby's command line: a standby still
+            # waiting (or the zygote) writes to its own unlinked temporary file
+            if not os.readlink(f"/proc/{entry}/fd/1").endswith("(deleted)"):
+                continue
             fields = {}
             for line in Path(f"/proc/{entry}/smaps_rollup").read_text().splitlines()[1:]:
                 key, _, rest = line.partition(":")
@@ -223,10 +228,15 @@ def one_run(launcher: str, script: Path) -> dict[str, float] | None:
             )
         uss = pss = 0
         deadline = time.monotonic() + 120
+        sampled = False
         while proc.poll() is None and time.monotonic() < deadline:
-            if launcher == "corral":
-                one, every = _standby_memory(proc.pid)
-                uss, pss = max(uss, one), max(pss, every)
+            # smaps_rollup walks a process's page tables under its mmap lock: read it
+            # once, when the timed part is over (the restarted attempt has written its
+            # steps) and the next attempt's standbys wait, or the bench would slow the
+            # training it measures
+            if launcher == "corral" and not sampled and Path(d, "steps_1").exists():
+                sampled = True
+                uss, pss = _standby_memory(proc.pid)
             time.sleep(0.05)
         _end(proc, d)
         err = err_file.read_text(errors="replace")
