@@ -252,12 +252,18 @@ class Agent:
                 from corral.agent.health import wait_to_join
 
                 await self._race(wait_to_join(self._health, rdzv))
+            # A join that waits (a spare, a slow gathering) is idle time: the standbys
+            # the pool deferred (nothing to pre-import) are made then, not later.
+            filling = self._standbys.fill_later() if self._standbys is not None else None
             try:
                 rnd = await self._race(rdzv.join())
                 self._round_closed(rnd, spec.local_world_size)
             except RendezvousClosed:
                 self.machine.to(AgentState.SUCCEEDED)
                 return 0
+            finally:
+                if filling is not None:
+                    filling.cancel()
             log.info(
                 "round %d: node %d of %d, ranks %d..%d of %d, restarts %d/%d",
                 rnd.round,

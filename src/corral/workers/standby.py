@@ -78,6 +78,8 @@ log = logging.getLogger(__name__)
 
 #: How long a group start waits for a standby that has no pid yet (the zygote importing).
 TAKE_TIMEOUT = 120.0
+#: A join still waiting after this long makes the standbys the pool has not made yet.
+FILL_AFTER = 0.5
 
 
 class StandbyPool:
@@ -184,6 +186,15 @@ class StandbyPool:
             if sb is None:
                 return
             self._standbys.append(sb)
+
+    def fill_later(self, delay: float = FILL_AFTER) -> asyncio.TimerHandle:
+        """:meth:`fill` in ``delay`` s, unless cancelled first (a join that returned by then).
+
+        For a join that waits: what a spare or a slow gathering waits is idle
+        time, and the standbys made then are ready for the round that comes.
+        :meth:`fill` only starts processes and never raises.
+        """
+        return asyncio.get_running_loop().call_later(delay, self.fill)
 
     async def take(self, timeout: float = TAKE_TIMEOUT) -> Standby | None:
         """A live standby for one worker, or None (spawn it fresh then).
