@@ -2,16 +2,23 @@
 
     sudo python bench/partition.py [--reps 1] [--launchers corral,torchrun]
                                    [--rdzv-conf keep_alive_interval=1,keep_alive_max_attempt=5]
-                                   [--bound 60]
+                                   [--bound 60] [--steps 2000]
 
 Three hosts are network namespaces on one bridge (tests/netns_harness.py; needs
 root and ``ip``); each runs one agent of a 2:3 job (``--rdzv-backend c10d``, the
 store on host 1: corral's embedded store; torchrun's TCPStore, with
-``is_host=1`` on host 1) with one worker: a small real training on gloo
-(an all-reduce per step, a step every 0.1 s), whose ranks log every step with
-the host's monotonic time. Host 3 is cut off by taking its port off the bridge
-(silence: nothing errors), then healed; then host 3's agent is frozen with
-SIGSTOP, then resumed with SIGCONT. Figures, medians over the repetitions:
+``is_host=1`` on host 1) with one worker: a small real data-parallel training
+on gloo whose ranks log every step with the host's monotonic time. It is
+deterministic whatever the world size and the restarts: each step's gradient
+is the mean of 6 shards' gradients (a shard's batch a function of the step and
+the shard only, its gradient computed alone), all-gathered and summed in shard
+order; rank 0 writes a checkpoint (a file per step) every 50 steps, and every
+rank resumes from the newest. It ends at step ``--steps``, where rank 0 writes
+a hash of the final parameters. Host 3 is cut off by taking its port off the
+bridge (silence: nothing errors), then healed; then host 3's agent is frozen
+with SIGSTOP, then resumed with SIGCONT. Meanwhile a step is taken every
+0.1 s; after the last case the training runs flat out to its end. Figures,
+medians over the repetitions:
 
 (a) ``partition_to_survivors_step``: from the cut to host 1's first step at
     WORLD_SIZE 2;
@@ -20,10 +27,16 @@ SIGSTOP, then resumed with SIGCONT. Figures, medians over the repetitions:
 (c) ``sigstop_to_survivors_step``: from the SIGSTOP to host 1's first step at
     WORLD_SIZE 2;
 (d) ``sigcont_to_stale_gone``: from the SIGCONT to the exit of host 3's stale
-    worker.
+    worker;
+(e) ``bit_identical`` (yes=1): the final parameters' hash equals that of the
+    same training run without a fault (a plain 2-rank ``corral --standalone``
+    run, once per invocation), in every repetition. corral: 1 or 0 (0 too
+    when its job did not end); torchrun: null where its job never reached the
+    end.
 
-A figure is null when it did not happen within ``--bound`` seconds (and the
-cases after it are not run for that launcher). Targets (docs/rendezvous.md,
+A figure (a) to (d) is null when it did not happen within ``--bound`` seconds
+(and the cases after it are not run for that launcher; the training is then
+let run to its end all the same). Targets (docs/rendezvous.md,
 "Silence"): (a), (c) <= membership timeout + 5 s; (b) <= 10 s. Human lines
 first, then as the LAST line one JSON object: {"bench": "partition",
 "figures": [...]}.
