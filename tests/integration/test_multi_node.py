@@ -63,7 +63,16 @@ class Cluster:
         self.extra = extra
         self.agents: dict[int, subprocess.Popen[bytes]] = {}
 
-    def start(self, n: int, *worker_args: str) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        n: int,
+        *worker_args: str,
+        addr: int | None = None,
+        flags: tuple[str, ...] = (),
+        script: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Agent ``n`` at 127.0.0.<addr> (default ``n``), with ``flags`` after the
+        cluster's own, running ``script`` (default the hub's worker)."""
         err = open(self.tmp / f"agent{n}.err", "wb")
         cmd = [
             *CORRAL,
@@ -78,13 +87,14 @@ class Cluster:
             "--rdzv-id",
             self.run_id,
             "--local-addr",
-            f"127.0.0.{n}",
+            f"127.0.0.{addr or n}",
             "--max-restarts",
             str(self.max_restarts),
             "--rdzv-conf",
             self.conf,
             *self.extra,
-            str(self.hub.script),
+            *flags,
+            str(script or self.hub.script),
             *worker_args,
         ]
         p = self.procs.start(

@@ -44,33 +44,15 @@ def worker(c: Cluster) -> Path:
 
 def start(c: Cluster, n: int, addr: int, *extra: str) -> subprocess.Popen[bytes]:
     """Agent ``n`` at 127.0.0.<addr> (two agents may share an address: a restart)."""
-    err = open(c.tmp / f"agent{n}.err", "wb")
-    cmd = [
-        *CORRAL,
-        "--nnodes", c.nnodes,
-        "--nproc-per-node", "1",
-        "--rdzv-backend", "c10d",
-        "--rdzv-endpoint", c.endpoint,
-        "--rdzv-id", c.run_id,
-        "--local-addr", f"127.0.0.{addr}",
-        "--max-restarts", str(c.max_restarts),
-        "--rdzv-conf", c.conf,
-        *c.extra,
-        *extra,
-        *(["--no-prestart"] if n == 1 else []),  # so that its stop comes before its rejoin
-        str(worker(c)),
+    return c.start(
+        n,
         f"node={n}",
         *(["slow-stop"] if n == 1 else []),
-    ]  # fmt: skip
-    p = c.procs.start(
-        cmd,
-        stdout=subprocess.DEVNULL,
-        stderr=err,
-        env=corral_env(HUB=c.hub.path, TMPDIR=str(c.tmp)),
+        addr=addr,
+        # node 1 without standbys, so that its stop comes before its rejoin
+        flags=(*extra, *(["--no-prestart"] if n == 1 else [])),
+        script=worker(c),
     )
-    err.close()
-    c.agents[n] = p
-    return p
 
 
 def node(w: HubWorker) -> int:

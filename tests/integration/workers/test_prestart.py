@@ -80,10 +80,9 @@ class Node:
         self.logs = RunLogs("pre", log_dir=str(tmp / "logs"))
         self.env = {**os.environ, "OUT": str(tmp)}
 
-    async def run(
-        self, spec: WorkerSpec, pool: StandbyPool | None, expect_ok: bool = True
-    ) -> WorkerGroup:
-        g = WorkerGroup(
+    def group(self, spec: WorkerSpec, pool: StandbyPool | None) -> WorkerGroup:
+        """A group of ``spec`` on this node, not started."""
+        return WorkerGroup(
             spec,
             round_info(spec.local_world_size),
             attempt=0,
@@ -94,6 +93,11 @@ class Node:
             base_env=self.env,
             standbys=pool,
         )
+
+    async def run(
+        self, spec: WorkerSpec, pool: StandbyPool | None, expect_ok: bool = True
+    ) -> WorkerGroup:
+        g = self.group(spec, pool)
         await g.start()
         res = await asyncio.wait_for(g.wait(), 30)
         await g.stop(2.0)

@@ -22,12 +22,11 @@ import psutil
 import pytest
 from tests.helpers import CORRAL, corral_env
 
-from corral.workers import WorkerGroup, WorkerSpec
+from corral.workers import WorkerSpec
 from corral.workers.prestart import prestart_plan
 from corral.workers.standby import StandbyPool
 
 from . import test_prestart
-from .conftest import round_info
 from .test_prestart import BOTH, Node
 
 node = test_prestart.node  # the fixture: standbys of their own, or from a zygote
@@ -119,17 +118,7 @@ async def test_uncaught_exception_known_before_the_teardown(node: Node, tmp_path
     async with StandbyPool(
         plan, spec, node.env, node.reaper, zygote=node.zygote, detach_stops=True
     ) as pool:
-        g = WorkerGroup(
-            spec,
-            round_info(1),
-            attempt=0,
-            logs=node.logs,
-            reaper=node.reaper,
-            node_id="n",
-            host="h",
-            base_env=node.env,
-            standbys=pool,
-        )
+        g = node.group(spec, pool)
         await g.start()
         assert g.workers[0].prestarted
         res = await asyncio.wait_for(g.wait(), 30)
