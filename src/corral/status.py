@@ -136,18 +136,6 @@ async def read_status(store: Store, *, run_id: str, prefix: str, label: str) -> 
     return st
 
 
-def _failure_line(f: FailureReport) -> str:
-    if f.hang and f.message:
-        return f.message  # "hang: rank R (...) step S, no progress for X s"
-    if f.lost and f.message:
-        return f.message  # a whole node lost: the message names it
-    how = f"died of {f.signal_name}" if f.exitcode < 0 else f"exited with code {f.exitcode}"
-    why = f": {f.message}" if f.message else ""
-    if not why and f.stderr_tail:
-        why = f": {f.stderr_tail.strip().splitlines()[-1]}"
-    return f"rank {f.rank} (node {f.group_rank}, local rank {f.local_rank}, {f.host}) {how}{why}"
-
-
 def render(st: JobStatus) -> str:
     """One screen: job state, the round's nodes, waiting nodes, failures, outcome."""
     lines = [f"job {st.run_id!r} on {st.store} (store revision {st.revision})"]
@@ -160,7 +148,7 @@ def render(st: JobStatus) -> str:
                 f"state: STOPPED in round {o.round}, {o.stop_text} (exit code {o.exit_code})"
             )
         else:
-            root = _failure_line(o.root_cause) if o.root_cause else "no report"
+            root = o.root_cause.line() if o.root_cause else "no report"
             lines.append(
                 f"state: FAILED in round {o.round} (exit code {o.exit_code}); "
                 f"restarts {_restarts(st)}"
@@ -207,7 +195,7 @@ def render(st: JobStatus) -> str:
     lines.extend(f"quarantined: {q.line()}" for q in st.quarantined)
     if st.failures and st.outcome is None:
         lines.append(f"failures in round {st.failures_round} (first = root cause):")
-        lines.extend(f"  {_failure_line(f)}" for f in st.failures[:5])
+        lines.extend(f"  {f.line()}" for f in st.failures[:5])
         if len(st.failures) > 5:
             lines.append(f"  ... and {len(st.failures) - 5} more")
     from corral.events.report import incident_lines

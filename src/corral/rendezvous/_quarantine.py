@@ -64,8 +64,7 @@ async def judge(
     spare = any(kv.key[len(rd._k.waiting) :] != node.node_id for kv in waiting)
     if not m.quarantine_wanted(streak, rd._quarantine_after, rnd.group_world_size, rd._min, spare):
         return node.addr, streak, None
-    what = root.message.splitlines()[0] if root.message else ""
-    reason = f"rank {root.rank} exited with {root.exitcode}" + (f" ({what})" if what else "")
+    reason = root.line().splitlines()[0]  # a hang, a lost node, a signal or an exit code
     rec = Quarantine(node.addr, node.node_id, node.host, r, streak, reason)
     return node.addr, 0, rec
 
@@ -73,7 +72,8 @@ async def judge(
 async def record(rd: DynamicRendezvous, rec: Quarantine, next_round: int) -> None:
     """Write ``rec`` (create-only: the first record of an address stays) before the
     pointer moves; say so in one line and one event."""
-    await rd._ops.create(rd._k.quarantine_key(rec.addr), rec.to_json())
+    if not (await rd._ops.create(rd._k.quarantine_key(rec.addr), rec.to_json())).succeeded:
+        return  # recorded already (a retried move, or another node): said once
     log.warning("%s; the job goes on without it", rec.line())
     rd._emit(
         NodeQuarantinedEvent, next_round, subject=rec.node_id, addr=rec.addr,

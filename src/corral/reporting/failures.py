@@ -52,6 +52,23 @@ class FailureReport:
     lost: bool = False
     hang: bool = False
 
+    def line(self) -> str:
+        """One line for people: who failed and how (``corral status``, quarantine reasons)."""
+        if self.hang and self.message:
+            return self.message  # "hang: rank R (...) step S, no progress for X s"
+        if self.lost and self.message:
+            return self.message  # a whole node lost: the message names it
+        how = (
+            f"died of {self.signal_name}"
+            if self.exitcode < 0
+            else f"exited with code {self.exitcode}"
+        )
+        why = f": {self.message}" if self.message else ""
+        if not why and self.stderr_tail:
+            why = f": {self.stderr_tail.strip().splitlines()[-1]}"
+        where = f"node {self.group_rank}, local rank {self.local_rank}, {self.host}"
+        return f"rank {self.rank} ({where}) {how}{why}"
+
     @property
     def signal_name(self) -> str | None:
         if self.exitcode >= 0:
