@@ -481,8 +481,8 @@ def _early_error_file(exc: BaseException, tb: Any) -> None:
         with open(tmp, "w") as f:
             json.dump(data, f)
         os.replace(tmp, path)  # the agent never reads half a file
-    except Exception:
-        pass
+    except Exception as exc:  # the agent still sees the exit, later: say why it waited
+        sys.stderr.write(f"corral: the error file {path} could not be written: {exc!r}\n")
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from corral._compat import timeout as _compat_timeout
 from corral.workers.logs import Sink, StreamPlan, tail_of_file
 from corral.workers.pumps import Pump
 from corral.workers.reaper import worker_preexec
+from corral.workers.sweep import proc_stat
 
 if TYPE_CHECKING:
     from corral.workers.standby import Proc, Standby
@@ -344,13 +345,5 @@ def proc_stopped(pid: int | None) -> bool:
 
     (``t``, a ptrace stop, is not: SIGCONT does not resume it.) False if unreadable.
     """
-    if pid is None:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    # "pid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ")"
-    rest = stat[stat.rfind(b")") + 1 :].split()
-    return bool(rest) and rest[0] == b"T"
+    stat = proc_stat(pid) if pid is not None else None  # the sweep's reading of /proc/<pid>/stat
+    return stat is not None and stat[0] == "T"

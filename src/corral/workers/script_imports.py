@@ -216,7 +216,9 @@ def scan_imports(
         for t in tops
         if t not in stdlib and t not in wanted and _local_file(t, roots) is None and t != "corral"
     }
-    required = _third_party_requires(third, wanted) if third else set()
+    # the metadata scan reads every installed distribution: only for what is still missing
+    missing = wanted - tops
+    required = _third_party_requires(third, missing) if third and missing else set()
     # A submodule counts with its package: ``import torch`` brings torch.optim, and
     # the first optimizer step torch._dynamo, without an import statement naming them.
     found = [

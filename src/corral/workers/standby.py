@@ -187,14 +187,21 @@ class StandbyPool:
                 return
             self._standbys.append(sb)
 
-    def fill_later(self, delay: float = FILL_AFTER) -> asyncio.TimerHandle:
-        """:meth:`fill` in ``delay`` s, unless cancelled first (a join that returned by then).
+    def fill_later(self, delay: float = FILL_AFTER) -> asyncio.Task[None] | None:
+        """:meth:`fill` in ``delay`` s, in the pool's task group, unless cancelled first
+        (a join that returned by then); None when the pool is closed.
 
         For a join that waits: what a spare or a slow gathering waits is idle
         time, and the standbys made then are ready for the round that comes.
-        :meth:`fill` only starts processes and never raises.
         """
-        return asyncio.get_running_loop().call_later(delay, self.fill)
+        if self._tg is None or self._closed:
+            return None
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            self.fill()
+
+        return self._tg.create_task(later(), name="standby-fill")
 
     async def take(self, timeout: float = TAKE_TIMEOUT) -> Standby | None:
         """A live standby for one worker, or None (spawn it fresh then).

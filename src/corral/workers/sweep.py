@@ -37,6 +37,7 @@ __all__ = [
     "children_owned",
     "claim_children",
     "kill_marked",
+    "proc_stat",
     "scan",
     "sweep",
     "wait_gone",
@@ -49,7 +50,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 _owns_children = False
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
     """(state letter, ppid, session id) of ``pid``, or None when it is gone."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
@@ -174,7 +175,7 @@ def _own_children() -> list[int]:
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
-            st = _stat(int(name))
+            st = proc_stat(int(name))
             if st is not None and st[1] == me and st[2] != my_session:
                 out.append(int(name))
     return out
@@ -216,7 +217,7 @@ async def wait_gone(pids: Collection[int], timeout: float) -> list[int]:
                     await asyncio.wait_for(done.wait(), deadline - loop.time())
             else:  # pragma: no cover
                 for pid in pending:
-                    st = _stat(pid)
+                    st = proc_stat(pid)
                     if st is None or st[0] in ("Z", "X"):
                         gone.add(pid)
                 await asyncio.sleep(0.01)
@@ -227,7 +228,7 @@ async def wait_gone(pids: Collection[int], timeout: float) -> list[int]:
                     loop.remove_reader(fd)
                 os.close(fd)
     for pid in gone:
-        st = _stat(pid)
+        st = proc_stat(pid)
         if st is not None and st[1] == me:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
@@ -256,7 +257,7 @@ async def sweep(
         pids = set(scan(needle, known))
         if children_owned():
             for pid in _own_children():
-                st = _stat(pid)
+                st = proc_stat(pid)
                 if pid not in known and st is not None and st[0] not in ("Z", "X"):
                     env = b"\0" + _environ(pid)
                     if not any(n in env for n in spared):
@@ -270,7 +271,7 @@ async def sweep(
         killed |= pids
     if children_owned():  # orphans that exited by themselves, still unreaped
         for pid in _own_children():
-            st = _stat(pid)
+            st = proc_stat(pid)
             if pid not in known and st is not None and st[0] == "Z":
                 killed.add(pid)
     if killed:
