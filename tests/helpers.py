@@ -61,6 +61,16 @@ class Procs:
                     stream.close()
 
 
+def gone(pid: int) -> bool:
+    """``pid`` has exited (gone, or a zombie waiting for its reaper)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def corral_env(**extra: str) -> dict[str, str]:
     # the tests' own environment, not the scheduler's that may run them (docs/schedulers.md)
     drop = ("PET_", "TORCHELASTIC_", "SLURM_", "SKYPILOT_", "JOB_COMPLETION_INDEX")

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-from tests.helpers import CORRAL, Hub, HubWorker, Procs, corral_env
+from tests.helpers import CORRAL, Hub, HubWorker, Procs, corral_env, gone
 from tests.integration.test_multi_node import FAST, Cluster, assert_one_round, ws
+from tests.integration.test_restart_budget import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
-
-
-def _until(cond, what: str, bound: float = 60.0) -> None:
-    """Poll a real condition (not a delay) for at most ``bound`` seconds."""
-    end = time.monotonic() + bound
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _check(flag: Path) -> tuple[str, ...]:
@@ -37,13 +28,6 @@ def _agent_of(w: HubWorker) -> int:
     raise AssertionError(f"worker {w['pid']} has no corral agent above it")
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def test_an_unhealthy_node_is_never_admitted(procs: Procs, hub: Hub, tmp_path: Path) -> None:
     sick = tmp_path / "sick3"
     sick.touch()
@@ -51,7 +35,7 @@ def test_an_unhealthy_node_is_never_admitted(procs: Procs, hub: Hub, tmp_path: P
     c.start(1)
     c.extra = _check(sick)
     c.start(3)  # unhealthy: it must not take a slot
-    _until(lambda: "GPU 0 fell off the bus" in c.stderr(3), "agent 3's failing check")
+    until(lambda: "GPU 0 fell off the bus" in c.stderr(3), "agent 3's failing check")
     c.extra = ()
     c.start(2)
     workers = hub.collect(2, where=ws(2))
@@ -83,12 +67,12 @@ def test_a_member_turning_unhealthy_leaves_and_a_spare_takes_over(
     assert_one_round(first, 2)
     victim = next(w for w in first if _agent_of(w) == c.agents[2].pid)
     c.start(3)  # a spare: the job is at MAX
-    _until(lambda: "spare" in c.stderr(3) or "waiting" in c.stderr(3), "agent 3 to wait")
+    until(lambda: "spare" in c.stderr(3) or "waiting" in c.stderr(3), "agent 3 to wait")
     sick.touch()
     second = hub.collect(2, where=lambda w: w["TORCHELASTIC_RESTART_COUNT"] == "1")
     assert_one_round(second, 2)  # the job goes on at full size, with the spare
     assert {_agent_of(w) for w in second} == {c.agents[1].pid, c.agents[3].pid}
-    _until(lambda: _gone(victim["pid"]), "the unhealthy node's worker to be stopped")
+    until(lambda: gone(victim["pid"]), "the unhealthy node's worker to be stopped")
     err2 = c.stderr(2)
     lines = [ln for ln in err2.splitlines() if "GPU 0 fell off the bus" in ln]
     assert len(lines) == 1 and "health check" in lines[0], err2

@@ -120,17 +120,19 @@ async def test_uncaught_exception_known_before_the_teardown(node: Node, tmp_path
     ) as pool:
         g = node.group(spec, pool)
         await g.start()
-        assert g.workers[0].prestarted
-        res = await asyncio.wait_for(g.wait(), 30)
-        pid = g.workers[0].pid
-        assert pid is not None
-        assert not res.succeeded
-        [failure] = res.failures
-        assert failure.message == "RuntimeError: boom at the top"
-        assert failure.traceback is not None and 'raise RuntimeError("boom' in failure.traceback
-        # known while the worker is still in its teardown
-        assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        await g.stop(1.0)
+        try:
+            assert g.workers[0].prestarted
+            res = await asyncio.wait_for(g.wait(), 30)
+            pid = g.workers[0].pid
+            assert pid is not None
+            assert not res.succeeded
+            [failure] = res.failures
+            assert failure.message == "RuntimeError: boom at the top"
+            assert failure.traceback is not None and 'raise RuntimeError("boom' in failure.traceback
+            # known while the worker is still in its teardown
+            assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        finally:
+            await g.stop(1.0)  # it ignores SIGTERM in its teardown: SIGKILL after 1 s
 
 
 async def test_unreadable_script_first_attempt_does_not_wait(node: Node, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from tests.helpers import gone
 
 from corral.agent.health import HealthWatch, Unhealthy, run_check
 from corral.clock import FakeClock, MonotonicClock
@@ -24,13 +25,6 @@ async def _until(cond, what: str, bound: float = 20.0) -> None:
         if loop.time() > end:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 async def test_exit_zero_is_healthy_and_the_last_line_is_the_reason() -> None:
@@ -51,20 +45,23 @@ async def test_a_hanging_check_is_killed_with_its_process_group_at_the_timeout(
     # the shell and a child of its own both hang; the child also holds the output pipe
     cmd = f"sleep 1000 & echo $! > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}; wait"
     task = asyncio.create_task(run_check(cmd, 30, clock))
-    await _until(pidfile.exists, "the check's child to start")
-    child = int(pidfile.read_text())
-    pgid = os.getpgid(child)
-    assert pgid != os.getpgid(0), "the check runs in a process group of its own"
-    assert not task.done()
-    clock.advance(29.9)
-    await asyncio.sleep(0)
-    assert not task.done(), "not before the timeout"
-    clock.advance(0.1)
-    res = await asyncio.wait_for(task, 20)
+    try:
+        await _until(pidfile.exists, "the check's child to start")
+        child = int(pidfile.read_text())
+        pgid = os.getpgid(child)
+        assert pgid != os.getpgid(0), "the check runs in a process group of its own"
+        await _until(lambda: clock.sleepers == 1, "the check to wait on its timeout")
+        clock.advance(29.9)
+        await asyncio.sleep(0)
+        assert not task.done() and clock.sleepers == 1, "its timeout is not due before 30 s"
+        clock.advance(0.1)
+        res = await asyncio.wait_for(task, 20)
+    finally:
+        task.cancel()  # the check's own cleanup kills its process group
     assert res.exit_code is None and not res.healthy
     assert res.reason == "no answer within 30 s (killed)"
-    await _until(lambda: _gone(child), "the check's child to be killed")
-    members = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == pgid and not _gone(p.pid)]
+    await _until(lambda: gone(child), "the check's child to be killed")
+    members = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == pgid and not gone(p.pid)]
     assert members == [], "no process of the check's group is left"
 
 
@@ -84,7 +81,7 @@ async def test_a_cancelled_check_kills_its_process_group(tmp_path: Path) -> None
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await _until(lambda: _gone(child), "the cancelled check's child to be killed")
+    await _until(lambda: gone(child), "the cancelled check's child to be killed")
 
 
 async def test_watch_checks_every_interval_and_reports_changes_once(tmp_path: Path) -> None:
