@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from corral.config import RendezvousOptions, StoreOptions
-from corral.rendezvous.api import NodeDesc
+from corral.core.model import NodeDesc
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.store.api import Store
 from corral.store.registry import open_store

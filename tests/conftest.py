@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from corral import _compat
+from corral.core import compat as _compat
 from tests.etcd_fixtures import stop_shared
 from tests.helpers import Hub, NetNS, Procs
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from corral.reporting.record import record
+from corral.core.record import record
 
 if TYPE_CHECKING:
     from corral.agent.agent import Agent, AgentHooks
     from corral.agent.policy import BackoffPolicy, ImmediatePolicy, RestartPolicy, RestartVerdict
     from corral.api import launch, launch_async
     from corral.config import LaunchConfig
-    from corral.errors import Interrupted, LauncherError, NodeRefused, WorkerFailed
+    from corral.core.errors import Interrupted, LauncherError, NodeRefused, WorkerFailed
     from corral.store.registry import open_store
 
 __version__ = "0.1.0"
@@ -51,10 +51,10 @@ _LAZY: dict[str, str] = {
     "launch": "corral.api",
     "launch_async": "corral.api",
     "LaunchConfig": "corral.config",
-    "Interrupted": "corral.errors",
-    "LauncherError": "corral.errors",
-    "NodeRefused": "corral.errors",
-    "WorkerFailed": "corral.errors",
+    "Interrupted": "corral.core.errors",
+    "LauncherError": "corral.core.errors",
+    "NodeRefused": "corral.core.errors",
+    "WorkerFailed": "corral.core.errors",
     "open_store": "corral.store.registry",
 }
 

@@ -33,9 +33,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from corral._compat import run as _compat_run
 from corral.config import LaunchConfig, resolve_standalone
-from corral.errors import ConfigError
+from corral.core.compat import run as _compat_run
+from corral.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from corral.agent.agent import Agent, AgentHooks
@@ -168,7 +168,7 @@ def launch(
             at once while ``max_restarts`` lasts).
         agent_class: an :class:`~corral.agent.agent.Agent` subclass to run.
         events: an EventSink: called with each of the agent's events
-            (:mod:`corral.events.types`; docs/events.md).
+            (:mod:`corral.core.events`; docs/events.md).
 
     Returns:
         This node's results by global rank (``RANK``): a function's return

@@ -10,8 +10,8 @@ import logging
 import os
 import sys
 
-from corral._compat import run as _compat_run
 from corral.config import LaunchConfig
+from corral.core.compat import run as _compat_run
 
 __all__ = ["run"]
 

@@ -40,10 +40,10 @@ import struct
 import sys
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-__all__ = ["ENV", "FORMAT", "Mark", "read_mark"]
+__all__ = ["ENV", "FORMAT", "SITE_DIR", "Mark", "progress_env", "progress_file", "read_mark"]
 
 #: The variable naming this worker's progress file (set by the agent only when detection is on).
 ENV = "CORRAL_PROGRESS_FILE"
@@ -52,6 +52,30 @@ FORMAT = struct.Struct("<QqdII")
 EXITING = 1  # flags: the interpreter is exiting
 _FILE_SIZE = 64
 _TARGET = "torch.optim.optimizer"
+
+#: The directory prepended to a worker's PYTHONPATH when detection is on: its
+#: ``sitecustomize`` installs the optimizer hook (package data of corral.hangs).
+SITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hangs", "_site")
+
+
+def progress_file(error_file: str) -> str:
+    """A worker's progress file: ``progress`` beside its error file (its log directory)."""
+    return os.path.join(os.path.dirname(error_file), "progress")
+
+
+def progress_env(base_env: Mapping[str, str], error_file: str) -> dict[str, str]:
+    """What hang detection adds to one worker's environment (only when it is on).
+
+    ``CORRAL_PROGRESS_FILE`` (this worker's progress file) and ``PYTHONPATH``
+    with :data:`SITE_DIR` first (the inherited value after it). The injected
+    ``sitecustomize`` puts ``PYTHONPATH`` and ``sys.path`` back as they were
+    before the script runs (see docs/contract.md).
+    """
+    inherited = base_env.get("PYTHONPATH")
+    return {
+        ENV: progress_file(error_file),
+        "PYTHONPATH": SITE_DIR if inherited is None else SITE_DIR + os.pathsep + inherited,
+    }
 
 
 class Mark(NamedTuple):

@@ -22,13 +22,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from corral._compat import run as _compat_run
 from corral.config import RdzvConf, split_host_port
-from corral.errors import ConfigError, LauncherError
-from corral.rendezvous.api import NodeDesc
-from corral.rendezvous.keys import Keys
+from corral.core.compat import run as _compat_run
+from corral.core.errors import ConfigError, LauncherError
+from corral.core.failures import FailureReport
+from corral.core.keys import Keys
+from corral.core.model import NodeDesc
 from corral.rendezvous.state import ClosedRound, Outcome, Quarantine, RoundPointer, decode_node
-from corral.reporting.failures import FailureReport
 from corral.store.api import Store
 
 __all__ = ["JobStatus", "main", "read_status", "render"]

@@ -337,7 +337,7 @@ async def _from_store(args: argparse.Namespace) -> list[AttemptRecord]:
 
 def main(argv: Sequence[str]) -> int:
     """``corral timeline ...``; 0, or 2 on bad input, 1 when the store cannot be read."""
-    from corral.errors import ConfigError, LauncherError
+    from corral.core.errors import ConfigError, LauncherError
 
     parser = _parser()
     try:
@@ -361,7 +361,7 @@ def main(argv: Sequence[str]) -> int:
                 print("corral timeline: error: --rdzv-id is required with --rdzv-endpoint",
                       file=sys.stderr)  # fmt: skip
                 return 2
-            from corral._compat import run
+            from corral.core.compat import run
 
             records = run(_from_store(args))
             title = args.title or f"corral job {args.rdzv_id}"

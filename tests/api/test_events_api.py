@@ -8,8 +8,8 @@ import pytest
 
 import corral
 from corral.config import LaunchConfig
-from corral.errors import WorkerFailed
-from corral.events import types as t
+from corral.core import events as t
+from corral.core.errors import WorkerFailed
 from tests.api import fns
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,9 +10,9 @@ import pytest
 import corral
 from corral.agent.agent import AgentHooks
 from corral.config import LaunchConfig, RdzvConf, RendezvousOptions, TcpStoreOptions
-from corral.errors import NodeRefused, WorkerFailed
-from corral.rendezvous.api import RoundInfo
-from corral.reporting.failures import FailureReport
+from corral.core.errors import NodeRefused, WorkerFailed
+from corral.core.failures import FailureReport
+from corral.core.model import RoundInfo
 from tests.api import fns
 
 pytestmark = pytest.mark.timeout(60)

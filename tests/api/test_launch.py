@@ -13,8 +13,8 @@ import pytest
 import corral
 from corral.agent.agent import Agent
 from corral.config import LaunchConfig
-from corral.errors import ConfigError, WorkerFailed
-from corral.rendezvous.api import RoundInfo
+from corral.core.errors import ConfigError, WorkerFailed
+from corral.core.model import RoundInfo
 from corral.workers.spec import WorkerSpec
 from tests.api import fns
 from tests.helpers import Hub

@@ -10,11 +10,11 @@ import pytest
 import corral
 from corral.agent.agent import AgentHooks
 from corral.agent.policy import BackoffPolicy, ImmediatePolicy, RestartPolicy, RestartVerdict
-from corral.clock import FakeClock
 from corral.config import LaunchConfig
-from corral.errors import ConfigError, WorkerFailed
-from corral.rendezvous.api import RoundInfo
-from corral.reporting.failures import FailureReport
+from corral.core.clock import FakeClock
+from corral.core.errors import ConfigError, WorkerFailed
+from corral.core.failures import FailureReport
+from corral.core.model import RoundInfo
 from tests.api import fns
 
 pytestmark = pytest.mark.timeout(60)

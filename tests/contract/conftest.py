@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from corral.clock import FakeClock
+from corral.core.clock import FakeClock
 from corral.store.api import Store
 from corral.store.memory import MemoryStore
 

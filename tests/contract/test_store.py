@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from corral.errors import ConfigError, LeaseNotFound, StoreCompacted
+from corral.core.errors import ConfigError, LeaseNotFound, StoreCompacted
 from corral.store.api import EventType, Store, WatchEvent
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import AuthenticationFailed, ConfigError, StoreError, StoreUnavailable
+from corral.core.errors import AuthenticationFailed, ConfigError, StoreError, StoreUnavailable
 from corral.store.api import Characteristics, EventType, Store
 from corral.store.etcd.client import EtcdStore, open_etcd_store
 from corral.store.registry import open_store

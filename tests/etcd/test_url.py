@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corral.config import EtcdOptions
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 from corral.store.etcd.url import EtcdTarget, etcd_url_from_conf, parse_etcd_url
 
 

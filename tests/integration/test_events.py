@@ -12,10 +12,8 @@ import pytest
 from tests.helpers import CORRAL, Hub, Procs, corral_env
 from tests.integration.test_multi_node import FAST, Cluster, free_port, ws
 
-from corral.events import types as t
-from corral.events.journal import job_incidents, records_from_events
-from corral.events.sinks import read_jsonl
-from corral.events.types import (
+from corral.core import events as t
+from corral.core.events import (
     JobEnded,
     NodeJoined,
     NodeWaiting,
@@ -24,6 +22,8 @@ from corral.events.types import (
     RoundOpened,
     WorkerFailed,
 )
+from corral.events.journal import job_incidents, records_from_events
+from corral.events.sinks import read_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

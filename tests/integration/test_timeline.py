@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tests.helpers import CORRAL, corral_env
 
-from corral.events import types as t
+from corral.core import events as t
 from corral.events.sinks import JsonlSink
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]  # a headless browser

@@ -1,4 +1,4 @@
-"""corral._aio: task scopes with bare errors, and the first-of race."""
+"""corral.core.aio: task scopes with bare errors, and the first-of race."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from corral._aio import Background, first_of, task_scope
-from corral.errors import StoreUnavailable
+from corral.core.aio import Background, first_of, task_scope
+from corral.core.errors import StoreUnavailable
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -13,7 +13,7 @@ import pytest
 
 from corral.cli import parse_args, resolve_nproc_per_node
 from corral.config import DEFAULT_SIGNALS, LaunchConfig, RdzvConf, Std, StdSpec
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 
 S = "train.py"
 

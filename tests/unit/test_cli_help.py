@@ -22,7 +22,7 @@ import pytest
 from corral.cli import parse_args
 from corral.cli._options import build_parser
 from corral.config import LaunchConfig
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "corral"
 BASE = ["--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:29400", "--rdzv-id", "job"]

@@ -21,7 +21,7 @@ import pytest
 from corral.cli import build_parser, parse_args
 from corral.cli._split import split_at_script
 from corral.config import Std, StdSpec
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 
 S = "train.py"
 # static backend with a port and two workers: no standalone run id, so configs compare equal

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]  # real launches, suit
 
 def test_backports_are_selected() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", "import corral._compat as c; print(c.BACKPORTS, c.timeout.__module__)"],
+        [sys.executable, "-c", "import corral.core.compat as c; print(c.BACKPORTS, c.timeout.__module__)"],
         capture_output=True, text=True, env=corral_env(CORRAL_COMPAT_BACKPORTS="1"), check=True,
     )  # fmt: skip
     assert out.stdout.split() == ["True", "taskgroup.timeouts"]

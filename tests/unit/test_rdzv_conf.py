@@ -13,7 +13,7 @@ from tests.helpers import corral_env
 
 from corral.cli import parse_args
 from corral.config import RdzvConf, RendezvousOptions
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 
 S = "train.py"
 

@@ -25,8 +25,9 @@ from corral.agent.hooks import AgentHooks
 from corral.agent.policy import ImmediatePolicy, RestartPolicy
 from corral.agent.results import summary as _summary  # imported from here by tests
 from corral.agent.state import AgentState, StateMachine
-from corral.clock import Clock, MonotonicClock
-from corral.errors import (
+from corral.core import events as ev
+from corral.core.clock import Clock, MonotonicClock
+from corral.core.errors import (
     ConfigError,
     Interrupted,
     JobFailed,
@@ -36,11 +37,11 @@ from corral.errors import (
     RendezvousClosed,
     WorkerFailed,
 )
+from corral.core.failures import FailureReport
+from corral.core.model import RoundChange, RoundInfo
 from corral.events import agent as agent_events
-from corral.events import types as ev
-from corral.rendezvous.api import Rendezvous, RoundChange, RoundInfo
+from corral.rendezvous.api import Rendezvous
 from corral.rendezvous.liveness import PeerLiveness
-from corral.reporting.failures import FailureReport
 
 if TYPE_CHECKING:  # annotations only: these load lazily, when the agent first needs them
     from corral.agent.health import HealthWatch

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from corral.events import types as ev
+from corral.core import events as ev
+from corral.core.model import RoundInfo
 from corral.events.agent import round_closed as _round_closed
-from corral.rendezvous.api import RoundInfo
 
 if TYPE_CHECKING:
     from corral.agent.agent import Agent

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from corral._aio import task_scope
 from corral.agent.results import summary
 from corral.agent.state import AgentState
-from corral.errors import WorkerFailed
-from corral.rendezvous.api import Decision, Rendezvous, RoundInfo
-from corral.reporting.failures import FailureReport
+from corral.core.aio import task_scope
+from corral.core.errors import WorkerFailed
+from corral.core.failures import FailureReport
+from corral.core.model import Decision, RoundInfo
+from corral.rendezvous.api import Rendezvous
 
 if TYPE_CHECKING:
     from corral.agent.agent import Agent

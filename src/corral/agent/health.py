@@ -3,12 +3,12 @@
 :func:`run_check` runs one command through the shell in a process group of its
 own, bounded by a timeout (a timeout counts as unhealthy; the whole group is
 SIGKILLed, at the timeout or when the caller is cancelled). :class:`HealthWatch`
-runs the node's checks in a background task it owns (``corral._aio.Background``)
+runs the node's checks in a background task it owns (``corral.core.aio.Background``)
 and keeps the latest verdict: the agent waits for a healthy verdict before it
 joins a round, and races ``unhealthy()`` against its running workers, so a
 slow check delays neither a step nor a restart (docs/health.md).
 
-Time is an argument (a :class:`~corral.clock.Clock`): the intervals and the
+Time is an argument (a :class:`~corral.core.clock.Clock`): the intervals and the
 timeout are driven by a fake clock in tests.
 """
 
@@ -23,11 +23,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from corral._aio import Background, first_of
-from corral.clock import Clock
-from corral.errors import ConfigError
-from corral.events import types as ev
-from corral.rendezvous.api import ChangeKind, Rendezvous, RoundChange, RoundInfo
+from corral.core import events as ev
+from corral.core.aio import Background, first_of
+from corral.core.clock import Clock
+from corral.core.errors import ConfigError
+from corral.core.model import ChangeKind, RoundChange, RoundInfo
+from corral.rendezvous.api import Rendezvous
 
 if TYPE_CHECKING:
     from corral.agent.agent import Agent

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from corral.agent.state import AgentState
-from corral.errors import LauncherError, NodeRefused
-from corral.rendezvous.api import RoundInfo
-from corral.reporting.failures import FailureReport
+from corral.core.errors import LauncherError, NodeRefused
+from corral.core.failures import FailureReport
+from corral.core.model import RoundInfo
 
 if TYPE_CHECKING:
     from corral.agent.agent import Agent
@@ -32,7 +32,7 @@ class AgentHooks:
     Attributes:
         before_start: awaited with the round before the worker group starts. To
             refuse to run (e.g. a failed health check) raise
-            :class:`~corral.errors.NodeRefused` (any LauncherError is taken as a
+            :class:`~corral.core.errors.NodeRefused` (any LauncherError is taken as a
             refusal): the agent leaves the rendezvous (the other nodes see a lost
             node) and ends with NodeRefused (the CLI: exit code 1 and the message).
         on_outcome: awaited with (round, kind, failures) after each group ends;

@@ -13,8 +13,9 @@ import os
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
-from corral.net import local_address_towards, numeric_host
-from corral.rendezvous.api import NodeDesc, Rendezvous
+from corral.core.model import NodeDesc
+from corral.core.net import local_address_towards, numeric_host
+from corral.rendezvous.api import Rendezvous
 
 if TYPE_CHECKING:
     from corral.agent.agent import Agent

@@ -8,7 +8,7 @@ fail. A policy only adds node-local judgement on top of it:
   the agent spend the budget now: ``Rendezvous.report_failure(..., final=True)``
   ends the job in failure with the job-wide root cause), and
 * how long to wait before rejoining (``RestartVerdict.delay``), slept on the
-  policy's own :class:`~corral.clock.Clock` so tests advance a ``FakeClock``.
+  policy's own :class:`~corral.core.clock.Clock` so tests advance a ``FakeClock``.
 
 :class:`ImmediatePolicy` is the default (torchrun's behaviour). :class:`BackoffPolicy`
 waits exponentially longer after each failure and gives up when the same
@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from corral.clock import Clock, MonotonicClock
-from corral.errors import ConfigError
-from corral.reporting.failures import FailureReport
+from corral.core.clock import Clock, MonotonicClock
+from corral.core.errors import ConfigError
+from corral.core.failures import FailureReport
 
 __all__ = ["BackoffPolicy", "ImmediatePolicy", "RestartPolicy", "RestartVerdict", "failure_key"]
 

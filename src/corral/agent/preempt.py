@@ -22,9 +22,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from corral._compat import timeout as _timeout
-from corral.errors import Interrupted, JobStopped, LauncherError, signal_name
-from corral.rendezvous.api import Rendezvous, RoundChange, RoundInfo
+from corral.core.compat import timeout as _timeout
+from corral.core.errors import Interrupted, JobStopped, LauncherError, signal_name
+from corral.core.model import RoundChange, RoundInfo
+from corral.rendezvous.api import Rendezvous
 from corral.rendezvous.state import Outcome
 
 if TYPE_CHECKING:

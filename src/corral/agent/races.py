@@ -2,7 +2,7 @@
 
 Functions of an :class:`~corral.agent.agent.Agent` (``agent``), bound on it as
 methods (``_race``, ``_race_group``) rather than wrapped in coroutines that
-only await them. Each race runs in a task scope (``corral._aio``): the losers
+only await them. Each race runs in a task scope (``corral.core.aio``): the losers
 are cancelled and awaited, and an error of any racer is raised (docs/design.md).
 """
 
@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from corral._aio import first_of, task_scope
 from corral.agent.signals import tell_job
-from corral.errors import Interrupted
-from corral.rendezvous.api import Rendezvous, RoundChange, RoundInfo
-from corral.reporting.failures import FailureReport
+from corral.core.aio import first_of, task_scope
+from corral.core.errors import Interrupted
+from corral.core.failures import FailureReport
+from corral.core.model import RoundChange, RoundInfo
+from corral.rendezvous.api import Rendezvous
 
 if TYPE_CHECKING:
     from corral.agent.agent import Agent

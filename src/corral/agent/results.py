@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from corral.reporting.failures import FailureReport
+from corral.core.failures import FailureReport
 
 if TYPE_CHECKING:
     from corral.workers.group import WorkerGroup
@@ -34,7 +34,7 @@ def summary(root: FailureReport | None) -> str:
 
 def print_root_cause(report: FailureReport | None, total: int = 1) -> None:
     """The root-cause block on stderr (``total``: how many workers failed)."""
-    from corral.reporting.render import render_root_cause
+    from corral.core.render import render_root_cause
 
     if report is None:
         print("corral: job failed (no failure report available)", file=sys.stderr, flush=True)

@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from corral.errors import ConfigError, Interrupted, signal_name
-from corral.events import types as ev
-from corral.rendezvous.api import Rendezvous, RoundInfo
+from corral.core import events as ev
+from corral.core.errors import ConfigError, Interrupted, signal_name
+from corral.core.model import RoundInfo
+from corral.rendezvous.api import Rendezvous
 
 if TYPE_CHECKING:
     from corral.agent.agent import Agent

@@ -24,7 +24,7 @@ from typing import NoReturn
 from corral.cli._options import PROG, build_parser
 from corral.cli._parse import check_entrypoint, parse_args
 from corral.cli._values import parse_nnodes, resolve_nproc_per_node
-from corral.errors import ConfigError, LauncherError
+from corral.core.errors import ConfigError, LauncherError
 
 __all__ = [
     "PROG",

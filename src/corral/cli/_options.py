@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from corral.config import DEFAULT_SIGNALS, parse_bool
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 
 __all__ = ["PROG", "build_parser"]
 

@@ -28,7 +28,7 @@ from corral.config import (
     parse_std_spec,
     resolve_standalone,
 )
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 from corral.workers.numa import check_mode
 from corral.workers.std import split_filters
 

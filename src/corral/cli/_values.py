@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Mapping
 
 from corral.config import RDZV_BACKENDS
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 
 __all__ = ["parse_nnodes", "resolve_nproc_per_node"]
 

@@ -2,7 +2,7 @@
 
 ``cli.parse_args`` builds a :class:`LaunchConfig` from argv and the ``PET_*``
 environment; nothing below the CLI reads argv or the environment for options.
-Every check raises :class:`corral.errors.ConfigError` with one line that names
+Every check raises :class:`corral.core.errors.ConfigError` with one line that names
 the option, the value and what is allowed.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from corral.config.rdzv import RdzvConf
 from corral.config.values import DEFAULT_SIGNALS, StdSpec, split_host_port
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 from corral.workers.numa import NumaMode, check_mode
 
 __all__ = ["RDZV_BACKENDS", "START_METHODS", "LaunchConfig", "resolve_standalone"]

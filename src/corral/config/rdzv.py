@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 
 from corral.config.values import BOOL_VALUES, parse_bool
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 from corral.rendezvous.options import (
     EtcdOptions,
     RendezvousOptions,

@@ -1,13 +1,13 @@
 """Values of the command line, parsed once at the edge: booleans, ``host[:port]``,
 the ``-r``/``-t`` stream specs, signal lists. Pure; every error is a one-line
-:class:`corral.errors.ConfigError` naming the option, the value and what is allowed.
+:class:`corral.core.errors.ConfigError` naming the option, the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import signal
 
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 from corral.workers.std import Std, StdSpec, parse_std_spec
 
 __all__ = [

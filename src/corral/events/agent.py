@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from corral.events import types as ev
-from corral.rendezvous.api import RoundInfo
-from corral.reporting.failures import FailureReport
+from corral.core import events as ev
+from corral.core.failures import FailureReport
+from corral.core.model import RoundInfo
 
 __all__ = ["job_ended", "round_closed", "round_over", "workers_started"]
 
@@ -84,7 +84,7 @@ def round_over(
 
 def job_ended(agent: Any, exc: BaseException | None) -> None:
     """:class:`JobEnded` with the outcome ``exc`` (None: success) stands for."""
-    from corral.errors import Interrupted, JobFailed, WorkerFailed
+    from corral.core.errors import Interrupted, JobFailed, WorkerFailed
 
     root = ""
     if exc is None:

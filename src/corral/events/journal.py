@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from corral.events import types as t
+from corral.core import events as t
 
 __all__ = [
     "PHASES",

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from corral.events import types as t
+from corral.core import events as t
 from corral.events.journal import CHANGE_CAUSE, PHASES, Incident
 
 __all__ = ["Metrics", "serve_metrics"]

@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
-from corral._compat import TaskGroup
+from corral.core.compat import TaskGroup
+from corral.core.events import Event, HangDeclared, ProgressStep, stamp
 from corral.events.sinks import EventSink, Fanout, JsonlSink, LoggingSink
 from corral.events.store import JournalWriter
-from corral.events.types import Event, HangDeclared, ProgressStep, stamp
 
 if TYPE_CHECKING:
     from corral.config import LaunchConfig
@@ -109,7 +109,7 @@ class Observers:
                 try:
                     jsonl = JsonlSink(path)
                 except OSError as exc:
-                    from corral.errors import ConfigError
+                    from corral.core.errors import ConfigError
 
                     raise ConfigError(f"--events-file {path}: cannot open ({exc})") from exc
                 self.sink.add(jsonl)
@@ -139,7 +139,7 @@ class Observers:
             self._tasks.append(self._tg.create_task(_guard(self.journal.run(), "journal")))
         stack.push_async_callback(self.journal.final_flush)
         if self.metrics is not None:
-            from corral.rendezvous.keys import Keys
+            from corral.core.keys import Keys
 
             key = Keys(self.cfg.rdzv_conf.store.prefix, self.cfg.rdzv_id).round
 
@@ -186,7 +186,7 @@ class Observers:
         try:
             self.metrics_address = await ready
         except Exception as exc:  # OSError, or a name getaddrinfo refuses (UnicodeError)
-            from corral.errors import LauncherError
+            from corral.core.errors import LauncherError
 
             raise LauncherError(
                 f"--metrics-port {port}: cannot listen on {self.cfg_addr}:{port} ({exc})"

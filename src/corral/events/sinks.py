@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
-from corral.events.types import Event, event_from_dict
+from corral.core.events import Event, event_from_dict
 
 __all__ = ["EventSink", "Fanout", "JsonlSink", "LoggingSink", "null_sink", "read_jsonl"]
 

@@ -19,10 +19,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from corral._compat import timeout as _timeout
+from corral.core.compat import timeout as _timeout
+from corral.core.events import Event
+from corral.core.keys import Keys
 from corral.events.journal import AttemptRecord, Tracker
-from corral.events.types import Event
-from corral.rendezvous.keys import Keys
 from corral.store.api import Store
 
 __all__ = ["JournalWriter", "journal_key", "journal_prefix", "read_records"]

@@ -32,9 +32,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from corral._aio import first_of, task_scope
-from corral.clock import Clock, MonotonicClock
-from corral.errors import StoreError
+from corral.core.aio import first_of, task_scope
+from corral.core.clock import Clock, MonotonicClock
+from corral.core.errors import StoreError
+from corral.core.failures import FailureReport
+from corral.core.keys import Keys
 from corral.hangs import progress_file
 from corral.hangs.detect import Limits, RankState, judge
 from corral.hangs.report import (
@@ -48,8 +50,6 @@ from corral.hangs.report import (
 )
 from corral.hangs.stacks import dump, proc_state
 from corral.progress import Mark, read_mark
-from corral.rendezvous.keys import Keys
-from corral.reporting.failures import FailureReport
 from corral.store.api import Store
 
 if TYPE_CHECKING:

@@ -1,20 +1,18 @@
-"""Small asyncio helpers of the rendezvous runner: watch multiplexing, clock deadlines, ports."""
+"""Watch multiplexing for the rendezvous runner (deadlines: corral.core.clock.clock_timeout)."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from corral._aio import Background, task_scope
-from corral._compat import TaskGroup
-from corral._compat import timeout as _compat_timeout
-from corral.clock import Clock, MonotonicClock
-from corral.errors import StoreError, StoreUnavailable
+from corral.core.aio import Background, task_scope
+from corral.core.clock import Clock, clock_timeout
+from corral.core.compat import TaskGroup
+from corral.core.errors import StoreError, StoreUnavailable
 from corral.store.api import WatchEvent
 
-__all__ = ["Mux", "clock_timeout", "free_port", "watching"]
+__all__ = ["Mux", "watching"]
 
 # What a Mux yields: (tag, event), (tag, error) when a watch failed, (tag, None) for a signal.
 Item = tuple[str, WatchEvent | StoreError | None]
@@ -143,7 +141,7 @@ async def _reraise(exc: BaseException) -> None:
 async def watching() -> AsyncIterator[Mux]:
     """``async with watching() as mux``: every source added ends with the block.
 
-    The sources' tasks live in a :func:`corral._aio.task_scope`: leaving the
+    The sources' tasks live in a :func:`corral.core.aio.task_scope`: leaving the
     block cancels and awaits them; a source that fails with anything but a
     ``StoreError`` ends the block with that error.
     """
@@ -153,48 +151,3 @@ async def watching() -> AsyncIterator[Mux]:
             yield mux
         finally:
             mux.cancel_all()
-
-
-@asynccontextmanager
-async def clock_timeout(clock: Clock, seconds: float) -> AsyncIterator[None]:
-    """Like ``asyncio.timeout`` but on ``clock``: raises TimeoutError when it passes."""
-    if isinstance(clock, MonotonicClock):
-        async with _compat_timeout(seconds):
-            yield
-        return
-    task = asyncio.current_task()
-    assert task is not None  # always inside a task under asyncio
-    fired = False
-
-    async def _timer() -> None:
-        nonlocal fired
-        await clock.sleep(seconds)
-        fired = True
-        task.cancel()
-
-    try:
-        async with task_scope() as tg:
-            timer = tg.create_task(_timer())
-            try:
-                yield
-            finally:
-                timer.cancel()
-    except asyncio.CancelledError:
-        if fired and task.uncancel() == 0:
-            raise TimeoutError(f"deadline of {seconds} s passed") from None
-        raise
-
-
-def free_port(addr: str) -> int:
-    """A port that is free now on ``addr`` (bind port 0, read it, release it)."""
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    for host in (addr, ""):
-        try:
-            with socket.socket(family, socket.SOCK_STREAM) as s:
-                s.bind((host, 0))
-                return int(s.getsockname()[1])
-        except OSError:
-            continue
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])

@@ -10,11 +10,11 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from corral.errors import LeaseNotFound, StoreError
+from corral.core.errors import LeaseNotFound, StoreError
+from corral.core.keys import Keys
 from corral.rendezvous import machine as m
 from corral.rendezvous._aio import watching
 from corral.rendezvous._common import decode_closed
-from corral.rendezvous.keys import Keys
 from corral.rendezvous.state import (
     REASON_JOB_ENDED,
     ClosedRound,

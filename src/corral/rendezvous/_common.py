@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from corral.rendezvous.api import ChangeKind, RoundChange
+from corral.core.model import ChangeKind, RoundChange
 from corral.rendezvous.state import (
     REASON_FAILURE,
     REASON_JOB_ENDED,

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from corral.errors import (
+from corral.core.errors import (
     LeaseNotFound,
     RendezvousError,
     StoreCompacted,
@@ -20,13 +20,14 @@ from corral.errors import (
     StoreTimeout,
     StoreUnavailable,
 )
-from corral.events.types import NodeJoined, NodeWaiting
+from corral.core.events import NodeJoined, NodeWaiting
+from corral.core.model import RoundInfo
+from corral.core.net import free_port
 from corral.rendezvous import _lease, _quarantine
 from corral.rendezvous import decide as d
 from corral.rendezvous import machine as m
-from corral.rendezvous._aio import free_port, watching
+from corral.rendezvous._aio import watching
 from corral.rendezvous._common import Spare, decode_closed
-from corral.rendezvous.api import RoundInfo
 from corral.rendezvous.state import Assignment, ClosedRound, RankTable, encode_node, rank_table_of
 from corral.store.api import EventType, KeyValue, WatchEvent, WriteResult
 

@@ -23,8 +23,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from corral.errors import LeaseNotFound, StoreError
-from corral.rendezvous._aio import clock_timeout
+from corral.core.clock import clock_timeout
+from corral.core.errors import LeaseNotFound, StoreError
 
 if TYPE_CHECKING:
     from corral.rendezvous.dynamic import DynamicRendezvous

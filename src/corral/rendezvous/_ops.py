@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
-from corral._compat import timeout as _compat_timeout
-from corral.errors import StoreTimeout
+from corral.core.compat import timeout as _compat_timeout
+from corral.core.errors import StoreTimeout
+from corral.core.failures import FailureReport
+from corral.core.keys import Keys
 from corral.rendezvous import machine as m
-from corral.rendezvous.keys import Keys
 from corral.rendezvous.options import StoreOptions
 from corral.rendezvous.state import Outcome, RoundPointer
-from corral.reporting.failures import FailureReport
 from corral.store.api import KeyValue, Store, WatchEvent, WriteResult
 
 __all__ = ["Ops"]

@@ -10,13 +10,14 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from corral.errors import JobFailed, JobStopped, RendezvousClosed, RendezvousError, signal_name
-from corral.events.types import RoundOpened
+from corral.core.errors import JobFailed, JobStopped, RendezvousClosed, RendezvousError, signal_name
+from corral.core.events import RoundOpened
+from corral.core.failures import FailureReport
+from corral.core.model import ChangeKind, Decision, RoundChange, RoundInfo
 from corral.rendezvous import _lease, _quarantine
 from corral.rendezvous import decide as d
 from corral.rendezvous import machine as m
 from corral.rendezvous._common import change_for
-from corral.rendezvous.api import ChangeKind, Decision, RoundChange, RoundInfo
 from corral.rendezvous.state import (
     REASON_FAILURE,
     REASON_JOB_ENDED,
@@ -24,7 +25,6 @@ from corral.rendezvous.state import (
     Outcome,
     RoundPointer,
 )
-from corral.reporting.failures import FailureReport
 
 if TYPE_CHECKING:
     from corral.rendezvous.dynamic import DynamicRendezvous

@@ -11,7 +11,7 @@ only when the job can go on without it (a node waits, or MIN is met without
 it), the node is written under ``quarantine/<addr>`` before the pointer moves,
 so its agent, and any agent later started at that address, finds the record
 at its next join: it takes no part in later rounds, says why in one line, and
-waits for the job's end (:class:`~corral.errors.NodeQuarantined`).
+waits for the job's end (:class:`~corral.core.errors.NodeQuarantined`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from corral.errors import NodeQuarantined, StoreUnavailable
-from corral.events.types import NodeQuarantined as NodeQuarantinedEvent
+from corral.core.errors import NodeQuarantined, StoreUnavailable
+from corral.core.events import NodeQuarantined as NodeQuarantinedEvent
+from corral.core.model import RoundInfo
 from corral.rendezvous import machine as m
-from corral.rendezvous.api import RoundInfo
 from corral.rendezvous.state import REASON_JOB_ENDED, Quarantine, RoundPointer
 from corral.store.api import EventType
 

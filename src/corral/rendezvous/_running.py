@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from corral.errors import LeaseNotFound, StoreError
-from corral.events.types import RoundOpened
+from corral.core.errors import LeaseNotFound, StoreError
+from corral.core.events import RoundOpened
+from corral.core.model import ChangeKind, RoundChange, RoundInfo
 from corral.rendezvous import decide as d
 from corral.rendezvous import machine as m
 from corral.rendezvous._aio import Mux, watching
 from corral.rendezvous._common import change_for
-from corral.rendezvous.api import ChangeKind, RoundChange, RoundInfo
 from corral.rendezvous.state import (
     REASON_JOB_ENDED,
     REASON_MEMBER_LOST,

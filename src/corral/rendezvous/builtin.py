@@ -18,10 +18,11 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from corral.clock import Clock
-from corral.errors import LauncherError, StoreUnavailable
-from corral.net import is_local_address, numeric_host, resolve_once
-from corral.rendezvous.api import NodeDesc, Rendezvous
+from corral.core.clock import Clock
+from corral.core.errors import LauncherError, StoreUnavailable
+from corral.core.model import NodeDesc
+from corral.core.net import is_local_address, numeric_host, resolve_once
+from corral.rendezvous.api import Rendezvous
 from corral.rendezvous.liveness import PeerLiveness
 from corral.store.api import Store
 from corral.store.tcp.server import StoreServer, tcp_url

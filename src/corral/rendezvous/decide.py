@@ -23,7 +23,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from corral.errors import RendezvousError
+from corral.core.errors import RendezvousError
 from corral.rendezvous.machine import FailureStep
 from corral.rendezvous.state import REASON_JOB_ENDED, RoundPointer
 

@@ -20,23 +20,22 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from corral._aio import Background
-from corral.clock import Clock, MonotonicClock
-from corral.errors import (
+from corral.core.aio import Background
+from corral.core.clock import Clock, MonotonicClock, clock_timeout
+from corral.core.errors import (
     ConfigError,
     LeaseNotFound,
     RendezvousClosed,
     RendezvousTimeout,
     StoreError,
 )
-from corral.events.types import Event, stamp
+from corral.core.events import Event, stamp
+from corral.core.model import NodeDesc, RoundChange, RoundInfo
 from corral.rendezvous import _closer, _lease, _outcome, _quarantine, _running
 from corral.rendezvous import _join as _joining
 from corral.rendezvous import machine as m
-from corral.rendezvous._aio import clock_timeout
 from corral.rendezvous._common import Spare
 from corral.rendezvous._ops import Ops
-from corral.rendezvous.api import NodeDesc, RoundChange, RoundInfo
 from corral.rendezvous.options import RendezvousOptions, StoreOptions
 from corral.rendezvous.state import (
     Assignment,

@@ -17,7 +17,7 @@ default). This module closes that gap without touching the rendezvous:
 
 A hung or partitioned agent keeps its socket open: it is evicted by its
 lease's TTL as before. The ring's connections are kept alive by TCP
-(``corral.net.bound_silence``, SILENCE_BOUND): one that goes silent past that
+(``corral.core.net.bound_silence``, SILENCE_BOUND): one that goes silent past that
 bound ends with ETIMEDOUT, which is no verdict (the lease decides), unlike a
 close or a reset. An agent that cannot be reached (a firewall) is watched
 by its lease alone. A false alarm costs one rejoin: an evicted agent that is
@@ -32,10 +32,10 @@ import logging
 from collections.abc import Callable
 from typing import NoReturn
 
-from corral._compat import timeout as _compat_timeout
-from corral.errors import LauncherError
-from corral.net import SILENCE_BOUND, bound_silence
-from corral.rendezvous.api import RoundInfo
+from corral.core.compat import timeout as _compat_timeout
+from corral.core.errors import LauncherError
+from corral.core.model import RoundInfo
+from corral.core.net import SILENCE_BOUND, bound_silence
 from corral.store.api import Store
 
 __all__ = ["PeerLiveness"]

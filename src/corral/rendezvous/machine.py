@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from corral.rendezvous.api import NodeDesc, RoundInfo
+from corral.core.model import NodeDesc, RoundInfo
 from corral.rendezvous.restarts import (
     RESTART_REASONS,
     FailureStep,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 
 __all__ = ["EtcdOptions", "RendezvousOptions", "StoreOptions", "TcpStoreOptions"]
 

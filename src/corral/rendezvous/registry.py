@@ -33,12 +33,13 @@ from collections.abc import Awaitable, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Protocol, cast
 
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from corral.clock import Clock
     from corral.config import LaunchConfig
-    from corral.rendezvous.api import NodeDesc, Rendezvous
+    from corral.core.clock import Clock
+    from corral.core.model import NodeDesc
+    from corral.rendezvous.api import Rendezvous
     from corral.rendezvous.builtin import Opened
 
 __all__ = [

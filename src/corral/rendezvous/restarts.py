@@ -14,7 +14,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 
-from corral.rendezvous.api import NodeDesc
+from corral.core.failures import FailureReport
+from corral.core.model import NodeDesc
 from corral.rendezvous.state import (
     REASON_FAILURE,
     REASON_JOB_ENDED,
@@ -22,7 +23,6 @@ from corral.rendezvous.state import (
     REASON_NODE_WAITING,
     RoundPointer,
 )
-from corral.reporting.failures import FailureReport
 
 __all__ = [
     "RESTART_REASONS",

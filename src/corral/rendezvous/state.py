@@ -2,9 +2,9 @@
 
 Every value is ``{"version": 1, ...}`` JSON behind explicit ``to_json`` /
 ``from_json`` (never pickle). A record that does not parse raises
-:class:`corral.errors.RendezvousError` naming the key, so a corrupt or foreign
+:class:`corral.core.errors.RendezvousError` naming the key, so a corrupt or foreign
 store is reported, not silently misread. Where each record lives is
-:class:`~corral.rendezvous.keys.Keys` (the key layout).
+:class:`~corral.core.keys.Keys` (the key layout).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from corral.errors import RendezvousError, signal_name
-from corral.rendezvous.api import NodeDesc
-from corral.reporting.failures import FailureReport
+from corral.core.errors import RendezvousError, signal_name
+from corral.core.failures import FailureReport
+from corral.core.model import NodeDesc
 
 __all__ = [
     "ASSIGNMENTS_PER_KEY",

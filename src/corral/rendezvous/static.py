@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from corral.clock import Clock
-from corral.errors import ConfigError
-from corral.rendezvous.api import Decision, NodeDesc, RoundChange, RoundInfo
+from corral.core.clock import Clock
+from corral.core.errors import ConfigError
+from corral.core.failures import FailureReport
+from corral.core.model import Decision, NodeDesc, RoundChange, RoundInfo
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.rendezvous.options import RendezvousOptions, StoreOptions
 from corral.rendezvous.state import Outcome
-from corral.reporting.failures import FailureReport
 from corral.store.api import Store
 
 __all__ = ["StaticRendezvous", "static_store_endpoint"]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 from corral.schedulers import kubernetes, skypilot, slurm
 from corral.schedulers.base import Found, Read
 from corral.schedulers.hostlist import HostlistError, expand_hostlist

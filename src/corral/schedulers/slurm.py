@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 from corral.schedulers.base import Found, Read, endpoint, positive_int
 from corral.schedulers.hostlist import HostlistError, expand_hostlist
 

@@ -25,7 +25,7 @@ Data model
 * **Watches**: :meth:`Store.watch` streams put/delete events for a key or a
   prefix, from a start revision, in revision order, with no polling.
 
-Errors (all in :mod:`corral.errors`)
+Errors (all in :mod:`corral.core.errors`)
 ------------------------------------
 * ``StoreUnavailable``: the store cannot be reached, or the connection was lost
   mid-request (the request may or may not have been applied).

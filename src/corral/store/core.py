@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from corral.errors import ConfigError, LeaseNotFound, StoreCompacted
+from corral.core.errors import ConfigError, LeaseNotFound, StoreCompacted
 from corral.store.api import EventType, KeyValue, WatchEvent, WriteResult
 
 __all__ = ["MAX_KEY_BYTES", "Lease", "StoreCore", "WatchCallback"]

@@ -10,8 +10,8 @@ faults:
   watches end with StoreUnavailable, until healed;
 * ``expire(lease)``: the lease ends now, as if its TTL had passed.
 
-Lease expiry follows the injected :class:`~corral.clock.Clock`: with a
-:class:`~corral.clock.FakeClock`, ``clock.advance(ttl)`` ends due leases at once
+Lease expiry follows the injected :class:`~corral.core.clock.Clock`: with a
+:class:`~corral.core.clock.FakeClock`, ``clock.advance(ttl)`` ends due leases at once
 (the next call sees them gone, and a background timer delivers their delete
 events to watches when the event loop next runs), with no real sleeping.
 
@@ -25,9 +25,9 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from corral._aio import Background, first_of
-from corral.clock import Clock, MonotonicClock
-from corral.errors import StoreError, StoreUnavailable
+from corral.core.aio import Background, first_of
+from corral.core.clock import Clock, MonotonicClock
+from corral.core.errors import StoreError, StoreUnavailable
 from corral.store.api import (
     Characteristics,
     KeyValue,

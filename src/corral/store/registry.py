@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 from corral.store.api import Store
 
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "StoreFactory", "known_schemes", "open_store"]

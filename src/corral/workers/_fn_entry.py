@@ -65,7 +65,7 @@ def read_result(rank_dir: str) -> Any:
     try:
         return pickle.loads(data)
     except Exception as exc:
-        from corral.errors import LauncherError
+        from corral.core.errors import LauncherError
 
         raise LauncherError(f"cannot read the worker's result {path}: {exc!r}") from exc
 
@@ -88,7 +88,7 @@ def _write_result(value: Any) -> None:
 
 def main(argv: list[str]) -> int:
     """Load the payload named by ``argv[0]``, call the function, write result or error."""
-    from corral.reporting.record import write_error_file
+    from corral.core.record import write_error_file
 
     if len(argv) != 1:
         print("usage: python -m corral.workers._fn_entry <payload>", file=sys.stderr)

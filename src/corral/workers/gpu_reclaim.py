@@ -25,7 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
-from corral.clock import Clock
+from corral.core.clock import Clock
 from corral.workers.prestart import gpus_present
 from corral.workers.sweep import marker_needle, scan
 

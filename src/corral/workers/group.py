@@ -21,11 +21,11 @@ import os
 import signal
 from collections.abc import Callable, Collection, Mapping
 
-from corral._compat import timeout as _compat_timeout
-from corral.errors import LauncherError
-from corral.rendezvous.api import RoundInfo
-from corral.reporting.failures import FailureReport
-from corral.reporting.render import read_error_file
+from corral.core.compat import timeout as _compat_timeout
+from corral.core.errors import LauncherError
+from corral.core.failures import FailureReport
+from corral.core.model import RoundInfo
+from corral.core.render import read_error_file
 from corral.workers.group_state import TRANSITIONS, GroupResult, GroupState, failure_report
 from corral.workers.logs import AttemptLogs, RunLogs
 from corral.workers.prestart import sys_argv

@@ -12,9 +12,9 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from corral.rendezvous.api import RoundInfo
-from corral.reporting.failures import FailureReport
-from corral.reporting.render import read_error_file
+from corral.core.failures import FailureReport
+from corral.core.model import RoundInfo
+from corral.core.render import read_error_file
 from corral.workers.process import WorkerProcess
 
 __all__ = ["TRANSITIONS", "GroupResult", "GroupState", "failure_report"]

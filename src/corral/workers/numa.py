@@ -35,7 +35,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal, TypeVar, get_args
 
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 
 __all__ = [
     "NUMA_MODES",

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from corral._compat import timeout as _compat_timeout
+from corral.core.compat import timeout as _compat_timeout
 from corral.workers.logs import Sink, StreamPlan, tail_of_file
 from corral.workers.pumps import Pump
 from corral.workers.reaper import worker_preexec

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from corral.errors import ConfigError
-from corral.rendezvous.api import RoundInfo
+from corral.core.errors import ConfigError
+from corral.core.model import RoundInfo
+from corral.progress import progress_env
 from corral.workers.numa import NumaMode, check_mode
 
 if TYPE_CHECKING:
@@ -181,8 +182,6 @@ def worker_env(
     if needs_omp_notice(base_env, spec):
         env["OMP_NUM_THREADS"] = "1"
     if spec.progress:  # only with --hang-timeout: nothing changes when it is off
-        from corral.hangs import progress_env
-
         env.update(progress_env(base_env, error_file))
     if spec.virtual_local_rank:
         env["LOCAL_RANK"] = "0"

@@ -44,9 +44,9 @@ from collections.abc import Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from corral._aio import task_scope
-from corral._compat import TaskGroup
-from corral._compat import timeout as _compat_timeout
+from corral.core.aio import task_scope
+from corral.core.compat import TaskGroup
+from corral.core.compat import timeout as _compat_timeout
 from corral.workers.prestart import (
     Child,
     PrestartPlan,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 
 __all__ = ["Std", "StdSpec", "parse_std_spec", "split_filters"]
 

@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from corral.rendezvous.api import RoundInfo
+from corral.core.model import RoundInfo
 from corral.workers import Reaper, RunLogs, WorkerGroup, WorkerSpec
 
 

@@ -21,7 +21,7 @@ PR_SET_CHILD_SUBREAPER = 36
 # ignores SIGTERM; the agent prints every pid once all are up, then waits forever.
 AGENT = r'''
 import asyncio, os, sys
-from corral.rendezvous.api import RoundInfo
+from corral.core.model import RoundInfo
 from corral.workers import Reaper, RunLogs, WorkerGroup, WorkerSpec
 
 WORKER = """
@@ -137,7 +137,7 @@ signal.pause()
 
 ESCAPE_AGENT = r"""
 import asyncio, os, sys
-from corral.rendezvous.api import RoundInfo
+from corral.core.model import RoundInfo
 from corral.workers import Reaper, RunLogs, WorkerGroup, WorkerSpec
 from corral.workers.sweep import claim_children
 
@@ -262,7 +262,7 @@ signal.pause()
 
 STOPPING_AGENT = r"""
 import asyncio, os, sys
-from corral.rendezvous.api import RoundInfo
+from corral.core.model import RoundInfo
 from corral.workers import Reaper, RunLogs, WorkerGroup, WorkerSpec
 from corral.workers.sweep import claim_children
 

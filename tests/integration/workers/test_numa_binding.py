@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 from corral.workers import Reaper, RunLogs, WorkerGroup, WorkerSpec
 from corral.workers.standby import StandbyPool, prestart_plan
 

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from corral.config import Std, StdSpec
-from corral.errors import LauncherError
+from corral.core.errors import LauncherError
 from corral.workers import RunLogs
 from corral.workers.logs import Sink, StreamPlan
 from corral.workers.process import WorkerProcess

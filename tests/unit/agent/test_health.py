@@ -11,8 +11,8 @@ import pytest
 from tests.helpers import gone
 
 from corral.agent.health import HealthWatch, Unhealthy, run_check
-from corral.clock import FakeClock, MonotonicClock
-from corral.errors import ConfigError
+from corral.core.clock import FakeClock, MonotonicClock
+from corral.core.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
 

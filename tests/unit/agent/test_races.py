@@ -9,8 +9,8 @@ import pytest
 
 from corral.agent.agent import Agent
 from corral.config import LaunchConfig
-from corral.errors import Interrupted
-from corral.rendezvous.api import RoundChange, RoundInfo
+from corral.core.errors import Interrupted
+from corral.core.model import RoundChange, RoundInfo
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.events import types as t
+from corral.core import events as t
 from corral.events.journal import AttemptRecord, Tracker, goodput, job_incidents
 from corral.events.sinks import Fanout, JsonlSink, LoggingSink, null_sink, read_jsonl
 

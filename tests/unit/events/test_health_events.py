@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.unit.events.test_events import _closed, _ev
 
-from corral.events import types as t
+from corral.core import events as t
 from corral.events.journal import Tracker, job_incidents
 from corral.events.metrics import Metrics
 

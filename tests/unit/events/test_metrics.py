@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from corral._compat import TaskGroup
-from corral.events import types as t
+from corral.core import events as t
+from corral.core.compat import TaskGroup
 from corral.events.metrics import Metrics, serve_metrics
 
 

@@ -9,8 +9,8 @@ import pytest
 from tests.helpers import CORRAL, corral_env
 
 from corral.cli import parse_args
-from corral.errors import ConfigError
-from corral.reporting.failures import FailureReport
+from corral.core.errors import ConfigError
+from corral.core.failures import FailureReport
 from corral.status import JobStatus, render
 
 

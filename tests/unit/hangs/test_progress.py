@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from tests.helpers import corral_env
 
+from corral.core.model import RoundInfo
 from corral.hangs import PROGRESS_ENV, SITE_DIR, progress_env
 from corral.progress import read_mark
-from corral.rendezvous.api import RoundInfo
 from corral.workers.spec import WorkerSpec, worker_env
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from corral.clock import FakeClock
+from corral.core.clock import FakeClock
+from corral.core.failures import FailureReport
+from corral.core.model import RoundInfo
 from corral.hangs import progress_file
 from corral.hangs.detect import Limits
 from corral.hangs.view import progress_lines, read_progress
 from corral.hangs.watch import HangWatch
 from corral.progress import FORMAT
-from corral.rendezvous.api import RoundInfo
-from corral.reporting.failures import FailureReport
 from corral.store.memory import MemoryStore
 
 BASE = "/corral/job/"

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from corral.clock import FakeClock
 from corral.config import RendezvousOptions, StoreOptions
-from corral.rendezvous.api import NodeDesc
+from corral.core.clock import FakeClock
+from corral.core.model import NodeDesc
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.store.memory import MemoryStore
 

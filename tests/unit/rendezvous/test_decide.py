@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.errors import RendezvousError
+from corral.core.errors import RendezvousError
 from corral.rendezvous.decide import (
     AfterJoin,
     FailureAction,

@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-from corral.errors import (
+from corral.core.errors import (
     JobFailed,
     RendezvousClosed,
     RendezvousTimeout,
     StoreCompacted,
 )
-from corral.rendezvous.api import ChangeKind, Decision, NodeDesc, RoundInfo
+from corral.core.failures import FailureReport
+from corral.core.model import ChangeKind, Decision, NodeDesc, RoundInfo
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.rendezvous.state import ClosedRound, RoundPointer, encode_node
-from corral.reporting.failures import FailureReport
 from corral.store.api import WatchEvent
 from corral.store.memory import MemoryStore
 
@@ -440,10 +440,10 @@ async def test_evicted_node_rejoins_with_a_new_lease(job: Job) -> None:
 
 
 async def test_constructor_validates() -> None:
-    from corral.clock import FakeClock
     from corral.config import RendezvousOptions, StoreOptions
-    from corral.errors import ConfigError
-    from corral.rendezvous.api import NodeDesc
+    from corral.core.clock import FakeClock
+    from corral.core.errors import ConfigError
+    from corral.core.model import NodeDesc
     from corral.store.memory import MemoryStore
 
     node = NodeDesc("a", "127.0.0.1", 1)
@@ -455,7 +455,7 @@ async def test_constructor_validates() -> None:
 
 
 async def test_static_ranks_follow_node_rank(job: Job) -> None:
-    from corral.rendezvous.api import NodeDesc
+    from corral.core.model import NodeDesc
     from corral.rendezvous.static import StaticRendezvous, static_store_endpoint
 
     from .conftest import CONF, STORE

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from corral._compat import timeout
-from corral.rendezvous.api import RoundInfo
+from corral.core.compat import timeout
+from corral.core.model import RoundInfo
 from corral.rendezvous.liveness import PeerLiveness
 from corral.store.memory import MemoryStore
 

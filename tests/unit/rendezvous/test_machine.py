@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from corral.errors import RendezvousError
+from corral.core.errors import RendezvousError
+from corral.core.failures import FailureReport
+from corral.core.keys import Keys
+from corral.core.model import NodeDesc
 from corral.rendezvous import machine as m
-from corral.rendezvous.api import NodeDesc
-from corral.rendezvous.keys import Keys
 from corral.rendezvous.state import (
     ASSIGNMENTS_PER_KEY,
     ClosedRound,
@@ -19,7 +20,6 @@ from corral.rendezvous.state import (
     rank_table_count,
     rank_table_of,
 )
-from corral.reporting.failures import FailureReport
 
 P = m.CloseParams(min_nodes=2, max_nodes=4, last_call_timeout=30.0, settle_time=0.1, settle_cap=1.0)
 

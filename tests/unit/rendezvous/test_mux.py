@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from corral.clock import FakeClock, MonotonicClock
-from corral.errors import StoreUnavailable
-from corral.rendezvous._aio import clock_timeout, watching
+from corral.core.clock import FakeClock, MonotonicClock, clock_timeout
+from corral.core.errors import StoreUnavailable
+from corral.rendezvous._aio import watching
 from corral.store.api import WatchEvent
 
 pytestmark = pytest.mark.timeout(10)

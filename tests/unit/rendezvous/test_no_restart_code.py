@@ -15,10 +15,10 @@ from dataclasses import replace
 
 import pytest
 
-from corral.errors import JobFailed
+from corral.core.errors import JobFailed
+from corral.core.keys import Keys
+from corral.core.model import ChangeKind, Decision
 from corral.rendezvous import machine as m
-from corral.rendezvous.api import ChangeKind, Decision
-from corral.rendezvous.keys import Keys
 from corral.rendezvous.state import RoundPointer
 
 from .conftest import Job, advance

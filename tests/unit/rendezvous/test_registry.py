@@ -6,10 +6,10 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from corral.clock import MonotonicClock
 from corral.config import LaunchConfig, resolve_standalone
-from corral.errors import ConfigError
-from corral.rendezvous.api import NodeDesc
+from corral.core.clock import MonotonicClock
+from corral.core.errors import ConfigError
+from corral.core.model import NodeDesc
 from corral.rendezvous.registry import BUILTIN, known_backends, open_rendezvous
 
 

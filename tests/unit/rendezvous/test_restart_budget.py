@@ -13,8 +13,8 @@ import logging
 
 import pytest
 
-from corral.errors import JobFailed, RendezvousClosed, RendezvousTimeout
-from corral.rendezvous.api import ChangeKind, Decision
+from corral.core.errors import JobFailed, RendezvousClosed, RendezvousTimeout
+from corral.core.model import ChangeKind, Decision
 from corral.rendezvous.state import Outcome, RoundPointer
 
 from .conftest import Job, advance, spin
@@ -69,7 +69,7 @@ async def test_a_lost_node_with_max_restarts_0_fails_the_job_at_once(job: Job) -
 
 async def test_status_and_the_root_cause_name_the_lost_node(job: Job) -> None:
     from corral.agent.agent import _summary
-    from corral.reporting.render import render_root_cause
+    from corral.core.render import render_root_cause
     from corral.status import read_status, render
 
     for n in "ab":

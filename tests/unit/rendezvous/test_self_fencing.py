@@ -14,12 +14,12 @@ from dataclasses import replace
 import pytest
 from tests.unit.rendezvous.conftest import CONF, STORE, Job, advance, spin
 
-from corral.clock import FakeClock
-from corral.errors import RendezvousTimeout
-from corral.rendezvous.api import ChangeKind, Decision, NodeDesc, RoundInfo
+from corral.core.clock import FakeClock
+from corral.core.errors import RendezvousTimeout
+from corral.core.failures import FailureReport
+from corral.core.model import ChangeKind, Decision, NodeDesc, RoundInfo
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.rendezvous.state import RoundPointer
-from corral.reporting.failures import FailureReport
 
 pytestmark = pytest.mark.timeout(10)
 

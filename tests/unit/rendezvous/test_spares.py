@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from corral.errors import RendezvousError
+from corral.core.errors import RendezvousError
+from corral.core.keys import Keys
+from corral.core.model import NodeDesc
 from corral.rendezvous import machine as m
-from corral.rendezvous.api import NodeDesc
-from corral.rendezvous.keys import Keys
 from corral.rendezvous.state import ClosedRound, Quarantine, RoundPointer
 
 P = m.CloseParams(min_nodes=2, max_nodes=2, last_call_timeout=30.0, settle_time=0.1, settle_cap=1.0)

@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from corral.errors import JobStopped
-from corral.rendezvous.api import ChangeKind, RoundInfo
+from corral.core.errors import JobStopped
+from corral.core.model import ChangeKind, RoundInfo
 from corral.rendezvous.state import Outcome
 
 from .conftest import Job

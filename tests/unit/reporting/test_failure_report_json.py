@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from corral.errors import LauncherError, RendezvousError
-from corral.reporting.failures import FailureReport
+from corral.core.errors import LauncherError, RendezvousError
+from corral.core.failures import FailureReport
 
 REPORT = FailureReport(rank=3, local_rank=1, group_rank=1, host="h", node_id="n", pid=7, exitcode=2)
 

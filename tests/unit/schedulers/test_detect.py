@@ -19,7 +19,7 @@ import pytest
 
 from corral.cli import parse_args
 from corral.config import LaunchConfig
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 
 S = "train.py"
 K8S = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}

@@ -7,8 +7,8 @@ from collections.abc import Awaitable
 
 import pytest
 
-from corral.clock import FakeClock
-from corral.errors import LeaseNotFound, StoreTimeout, StoreUnavailable
+from corral.core.clock import FakeClock
+from corral.core.errors import LeaseNotFound, StoreTimeout, StoreUnavailable
 from corral.store.api import EventType, Store
 from corral.store.memory import MemoryStore
 
@@ -97,7 +97,7 @@ class _BrokenClock:
 
 
 async def test_a_failed_lease_timer_fails_every_later_call() -> None:
-    from corral.errors import StoreError
+    from corral.core.errors import StoreError
 
     store = MemoryStore(_BrokenClock())
     await store.grant(5)  # starts the timer, which fails on its first sleep

@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from corral.net import SILENCE_BOUND
+from corral.core.net import SILENCE_BOUND
 from corral.store.tcp.client import connect
 from corral.store.tcp.server import StoreServer
 

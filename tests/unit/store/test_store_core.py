@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corral.errors import ConfigError, LeaseNotFound, StoreCompacted
+from corral.core.errors import ConfigError, LeaseNotFound, StoreCompacted
 from corral.store.api import EventType, WatchEvent
 from corral.store.core import StoreCore
 

@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corral.clock import FakeClock
-from corral.errors import LauncherError
+from corral.core.clock import FakeClock
+from corral.core.errors import LauncherError
 from corral.store.api import Store, WatchEvent
 from corral.store.memory import MemoryStore
 from corral.store.tcp.client import connect

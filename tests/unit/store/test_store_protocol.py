@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.errors import ProtocolError
+from corral.core.errors import ProtocolError
 from corral.store.api import EventType, KeyValue, WatchEvent, WriteResult
 from corral.store.tcp import protocol as p
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 from corral.store import registry
 from corral.store.memory import MemoryStore
 

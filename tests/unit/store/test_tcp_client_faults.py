@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from corral.errors import LeaseNotFound, StoreUnavailable
+from corral.core.errors import LeaseNotFound, StoreUnavailable
 from corral.store.tcp import protocol as p
 from corral.store.tcp.client import connect
 

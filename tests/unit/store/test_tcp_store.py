@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import pytest
 from tests.helpers import cancel_watch_opens
 
-from corral.clock import FakeClock
-from corral.errors import (
+from corral.core.clock import FakeClock
+from corral.core.errors import (
     AuthenticationFailed,
     LeaseNotFound,
     StoreError,

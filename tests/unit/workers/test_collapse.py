@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tests.helpers import CORRAL, corral_env
 
-from corral._compat import timeout
+from corral.core.compat import timeout
 from corral.workers.collapse import LineCollapser, rank_set
 
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from corral.reporting.failures import FailureReport
-from corral.reporting.record import record
-from corral.reporting.render import parse_error_data, read_error_file, render_root_cause
+from corral.core.failures import FailureReport
+from corral.core.record import record
+from corral.core.render import parse_error_data, read_error_file, render_root_cause
 
 TORCH_SHAPE = {
     "message": {

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from corral.clock import FakeClock
 from corral.config import LaunchConfig
+from corral.core.clock import FakeClock
 from corral.workers.gpu_reclaim import GpuReclaim, still_holding
 
 pytestmark = pytest.mark.timeout(10)

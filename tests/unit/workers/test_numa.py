@@ -15,7 +15,7 @@ import pytest
 
 from corral.cli import parse_args
 from corral.config import LaunchConfig
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 from corral.workers.numa import (
     NUMA_MODES,
     NumaMode,

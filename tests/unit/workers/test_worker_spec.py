@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from corral.config import LaunchConfig
-from corral.errors import ConfigError
-from corral.rendezvous.api import NodeDesc, RoundInfo
+from corral.core.errors import ConfigError
+from corral.core.model import NodeDesc, RoundInfo
 from corral.workers.spec import (
     RUN_PATH_BOOTSTRAP,
     WorkerSpec,

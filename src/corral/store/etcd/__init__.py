@@ -8,7 +8,7 @@
 * :mod:`corral.store.etcd.fenced`: puts and deletes as fenced transactions (a late
   retry never overwrites a newer value).
 * :mod:`corral.store.etcd.grpc_errors`: which grpc errors mean failover, and
-  their translation into :mod:`corral.errors`.
+  their translation into :mod:`corral.core.errors`.
 * :mod:`corral.store.etcd.url`: ``etcd://`` URL parsing and ``etcd_url_from_conf``
   (pure; importable without grpc).
 

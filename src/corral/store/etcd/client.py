@@ -40,8 +40,8 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 
-from corral._aio import task_scope
-from corral.errors import ConfigError, LeaseNotFound, StoreError
+from corral.core.aio import task_scope
+from corral.core.errors import ConfigError, LeaseNotFound, StoreError
 from corral.store.api import (
     Characteristics,
     KeyValue,

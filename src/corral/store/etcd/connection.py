@@ -14,7 +14,7 @@ compare-and-set: yes, as fenced or conditional transactions whose outcome is
 re-checked; see ``EtcdStore`` and :mod:`corral.store.etcd.fenced`).
 
 Every grpc error is translated here, with ``raise ... from exc``, into
-:mod:`corral.errors`; which errors mean "fail over", and the corral error for
+:mod:`corral.core.errors`; which errors mean "fail over", and the corral error for
 the others, is :mod:`corral.store.etcd.grpc_errors`.
 """
 
@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 
-from corral._compat import timeout as _compat_timeout
-from corral.errors import ConfigError, StoreTimeout, StoreUnavailable
+from corral.core.compat import timeout as _compat_timeout
+from corral.core.errors import ConfigError, StoreTimeout, StoreUnavailable
 from corral.store.etcd.grpc_errors import is_failover_error, short_reason, translate_error
 from corral.store.etcd.url import EtcdTarget
 
@@ -323,7 +323,7 @@ class Connection:
 
         ``retried`` is True once an earlier attempt may have reached a member
         (its outcome unknown), so a conditional write can re-check it.
-        Raises: corral.errors.StoreError subclasses only.
+        Raises: corral.core.errors.StoreError subclasses only.
         """
         loop = asyncio.get_running_loop()
         started = loop.time()

@@ -2,7 +2,7 @@
 
 :func:`is_failover_error` says whether another member may serve a request
 that failed (the member is gone, hung, has no leader, or the transport broke);
-:func:`translate_error` makes the :mod:`corral.errors` exception for any other
+:func:`translate_error` makes the :mod:`corral.core.errors` exception for any other
 (a lease not found, a compacted revision, authentication, a deadline). Used by
 every call of :class:`~corral.store.etcd.connection.Connection` and by the
 watches (:mod:`corral.store.etcd.watch`).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import grpc  # type: ignore[import-untyped]
 
-from corral.errors import (
+from corral.core.errors import (
     AuthenticationFailed,
     LeaseNotFound,
     StoreCompacted,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
-from corral.errors import ConfigError
+from corral.core.errors import ConfigError
 
 __all__ = [
     "DEFAULT_PORT",

@@ -31,9 +31,9 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 
-from corral._aio import Background
-from corral._compat import timeout as _compat_timeout
-from corral.errors import AuthenticationFailed, StoreCompacted, StoreError, StoreUnavailable
+from corral.core.aio import Background
+from corral.core.compat import timeout as _compat_timeout
+from corral.core.errors import AuthenticationFailed, StoreCompacted, StoreError, StoreUnavailable
 from corral.store.api import EventType, KeyValue, WatchEvent
 from corral.store.etcd.connection import Connection, Session
 from corral.store.etcd.grpc_errors import is_failover_error, translate_error

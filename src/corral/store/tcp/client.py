@@ -18,16 +18,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from corral._aio import task_scope
-from corral._compat import timeout as _compat_timeout
-from corral.errors import (
+from corral.core.aio import task_scope
+from corral.core.compat import timeout as _compat_timeout
+from corral.core.errors import (
     AuthenticationFailed,
     ConfigError,
     ProtocolError,
     StoreError,
     StoreUnavailable,
 )
-from corral.net import SILENCE_BOUND, bound_silence, silence_bound
+from corral.core.net import SILENCE_BOUND, bound_silence, silence_bound
 from corral.store.api import (
     Characteristics,
     KeyValue,

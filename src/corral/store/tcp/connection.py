@@ -14,7 +14,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
-from corral.errors import (
+from corral.core.errors import (
     AuthenticationFailed,
     ConfigError,
     LauncherError,

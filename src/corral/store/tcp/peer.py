@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from corral.errors import (
+from corral.core.errors import (
     ConfigError,
     LauncherError,
     LeaseNotFound,
@@ -23,7 +23,7 @@ from corral.errors import (
     StoreCompacted,
     StoreError,
 )
-from corral.net import SILENCE_BOUND, bound_silence, silence_bound
+from corral.core.net import SILENCE_BOUND, bound_silence, silence_bound
 from corral.store.tcp import protocol as p
 from corral.store.tcp.auth import check_answer, new_nonce
 

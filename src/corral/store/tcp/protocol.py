@@ -26,7 +26,7 @@ from base64 import b64decode, b64encode
 from collections.abc import Callable
 from typing import Any
 
-from corral.errors import ProtocolError
+from corral.core.errors import ProtocolError
 from corral.store.api import EventType, KeyValue, WatchEvent, WriteResult
 from corral.store.tcp.messages import (
     CancelWatch,

@@ -22,10 +22,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from corral._compat import Runner as _CompatRunner
-from corral._compat import timeout as _compat_timeout
-from corral.clock import Clock, MonotonicClock
-from corral.errors import (
+from corral.core.clock import Clock, MonotonicClock
+from corral.core.compat import Runner as _CompatRunner
+from corral.core.compat import timeout as _compat_timeout
+from corral.core.errors import (
     ConfigError,
     StoreError,
     StoreUnavailable,

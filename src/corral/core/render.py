@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from corral.reporting.failures import FailureReport
+from corral.core.failures import FailureReport
 
 __all__ = ["parse_error_data", "read_error_file", "render_root_cause"]
 

@@ -7,11 +7,12 @@ import logging
 import socket
 import time
 
-from corral.errors import LauncherError
+from corral.core.errors import LauncherError
 
 __all__ = [
     "SILENCE_BOUND",
     "bound_silence",
+    "free_port",
     "is_local_address",
     "local_address_towards",
     "numeric_host",
@@ -138,3 +139,18 @@ def bound_silence(sock: socket.socket | None, seconds: float) -> None:
                 sock.setsockopt(level, opt, value)
             except OSError:
                 pass  # a closed socket, or an option this kernel refuses
+
+
+def free_port(addr: str) -> int:
+    """A port that is free now on ``addr`` (bind port 0, read it, release it)."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    for host in (addr, ""):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                return int(s.getsockname()[1])
+        except OSError:
+            continue
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from corral._compat import TaskGroup
+from corral.core.compat import TaskGroup
 
 if sys.version_info >= (3, 11):
     _GroupTypes: tuple[type[BaseException], ...] = (BaseExceptionGroup,)  # noqa: F821

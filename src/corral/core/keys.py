@@ -29,7 +29,7 @@ Layout (under ``<prefix>/<run_id>/``)::
 
 from __future__ import annotations
 
-from corral.errors import RendezvousError
+from corral.core.errors import RendezvousError
 
 __all__ = ["Keys"]
 

@@ -6,10 +6,14 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from typing import Protocol
 
-__all__ = ["Clock", "FakeClock", "MonotonicClock"]
+from corral.core.aio import task_scope
+from corral.core.compat import timeout as _compat_timeout
+
+__all__ = ["Clock", "FakeClock", "MonotonicClock", "clock_timeout"]
 
 
 class Clock(Protocol):
@@ -74,3 +78,33 @@ class FakeClock:
             _, _, fut = heapq.heappop(self._sleepers)
             if not fut.done():
                 fut.set_result(None)
+
+
+@asynccontextmanager
+async def clock_timeout(clock: Clock, seconds: float) -> AsyncIterator[None]:
+    """Like ``asyncio.timeout`` but on ``clock``: raises TimeoutError when it passes."""
+    if isinstance(clock, MonotonicClock):
+        async with _compat_timeout(seconds):
+            yield
+        return
+    task = asyncio.current_task()
+    assert task is not None  # always inside a task under asyncio
+    fired = False
+
+    async def _timer() -> None:
+        nonlocal fired
+        await clock.sleep(seconds)
+        fired = True
+        task.cancel()
+
+    try:
+        async with task_scope() as tg:
+            timer = tg.create_task(_timer())
+            try:
+                yield
+            finally:
+                timer.cancel()
+    except asyncio.CancelledError:
+        if fired and task.uncancel() == 0:
+            raise TimeoutError(f"deadline of {seconds} s passed") from None
+        raise
