@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from corral.config import RdzvConf, split_host_port
+from corral.config import RdzvConf
 from corral.core.compat import run as _compat_run
 from corral.core.errors import ConfigError, LauncherError
 from corral.core.failures import FailureReport
@@ -232,30 +231,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _open(args: argparse.Namespace, conf: RdzvConf) -> tuple[Store, str]:
-    from corral.store.registry import open_store
-
-    if args.rdzv_backend in ("etcd", "etcd-v3"):
-        from corral.store.etcd.url import etcd_url_from_conf
-
-        url = etcd_url_from_conf(args.rdzv_endpoint, conf.etcd, conf.store.prefix)
-        return await open_store(url, timeout=conf.store.read_timeout), f"etcd {args.rdzv_endpoint}"
-    try:
-        host, port = split_host_port(args.rdzv_endpoint, 29400)
-    except ValueError as exc:
-        raise ConfigError(f"--rdzv-endpoint {args.rdzv_endpoint}: {exc}") from exc
-    from corral.store.tcp.server import tcp_url
-
-    token = conf.tcp.resolve_token(os.environ)
-    url = tcp_url(host, port)
-    return await open_store(url, token=token, timeout=min(conf.store.read_timeout, 10.0)), url
-
-
 async def _run(args: argparse.Namespace) -> int:
     conf = RdzvConf.parse(args.rdzv_conf)
     if conf.unknown:
         print(f"corral status: warning: {conf.unknown_warning()}", file=sys.stderr)
-    store, label = await _open(args, conf)
+    store, label = await conf.open_job_store(args.rdzv_backend, args.rdzv_endpoint)
     try:
         while True:
             st = await read_status(

@@ -325,10 +325,9 @@ def _parser() -> argparse.ArgumentParser:
 async def _from_store(args: argparse.Namespace) -> list[AttemptRecord]:
     from corral.config import RdzvConf
     from corral.events.store import read_records
-    from corral.status import _open
 
     conf = RdzvConf.parse(args.rdzv_conf)
-    store, _ = await _open(args, conf)
+    store, _ = await conf.open_job_store(args.rdzv_backend, args.rdzv_endpoint)
     try:
         return await read_records(store, prefix=conf.store.prefix, run_id=args.rdzv_id)
     finally:

@@ -11,9 +11,11 @@ not read, is named in one warning line, never an error.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
-from corral.config.values import BOOL_VALUES, parse_bool
+from corral.config.values import BOOL_VALUES, parse_bool, split_host_port
 from corral.core.errors import ConfigError
 from corral.rendezvous.options import (
     EtcdOptions,
@@ -21,6 +23,9 @@ from corral.rendezvous.options import (
     StoreOptions,
     TcpStoreOptions,
 )
+
+if TYPE_CHECKING:
+    from corral.store.api import Store
 
 __all__ = [
     "EtcdOptions",
@@ -117,6 +122,29 @@ class RdzvConf:
             f"{option}: the {backend} backend does not read {', '.join(unread)}; "
             f"{'they are' if len(unread) > 1 else 'it is'} ignored"
         )
+
+    async def open_job_store(self, backend: str, endpoint: str) -> tuple[Store, str]:
+        """Open the job's store as ``--rdzv-backend``/``--rdzv-endpoint`` and these keys
+        name it (``corral status``, ``corral timeline``); returns it and a label for humans.
+
+        Raises: ConfigError (a bad endpoint), StoreError (it cannot be reached).
+        """
+        from corral.store.registry import open_store
+
+        if backend in ("etcd", "etcd-v3"):
+            from corral.store.etcd.url import etcd_url_from_conf
+
+            url = etcd_url_from_conf(endpoint, self.etcd, self.store.prefix)
+            return await open_store(url, timeout=self.store.read_timeout), f"etcd {endpoint}"
+        try:
+            host, port = split_host_port(endpoint, 29400)
+        except ValueError as exc:
+            raise ConfigError(f"--rdzv-endpoint {endpoint}: {exc}") from exc
+        from corral.store.tcp.server import tcp_url
+
+        token = self.tcp.resolve_token(os.environ)
+        url = tcp_url(host, port)
+        return await open_store(url, token=token, timeout=min(self.store.read_timeout, 10.0)), url
 
     def with_host(self) -> RdzvConf:
         """This conf, with this agent hosting corral's store (``--standalone``)."""
