@@ -22,10 +22,12 @@ another handle onto the same data, clock and timer, with its own fault switches.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
-from corral.core.aio import Background, first_of
+from corral.core.aio import first_of, task_scope
+from corral.core.compat import TaskGroup
 from corral.core.clock import Clock, MonotonicClock
 from corral.core.errors import StoreError, StoreUnavailable
 from corral.store.api import (
@@ -39,6 +41,8 @@ from corral.store.core import StoreCore
 from corral.store.stream import WatchStream
 
 __all__ = ["MemoryStore", "SharedCore", "open_memory_store"]
+
+log = logging.getLogger(__name__)
 
 # No I/O: every call returns at once.
 _CHARACTERISTICS = Characteristics(
@@ -54,17 +58,37 @@ class SharedCore:
 
     Every :class:`MemoryStore` session of one store shares one; the tcp server
     owns one too (its :meth:`~corral.store.tcp.server.StoreServer.local_store`
-    is a session onto it). The timer starts on the first :meth:`kick` (a grant)
-    and is cancelled by :meth:`stop`.
+    is a session onto it). The timer runs in a task scope of the store's own:
+    :meth:`open` enters it (``StoreServer.start``, ``async with MemoryStore()``,
+    ``open_memory_store``, and at the latest a bare store's first grant),
+    :meth:`stop` cancels the timer and leaves it. The timer starts on the first
+    :meth:`kick` (a grant).
+
+    A timer that fails does not end the scope (that would cancel whichever task
+    happened to open the store): its error is logged and kept in
+    :attr:`errors`, every one of them, and every later call of the store is
+    told (:meth:`expire_due` raises).
     """
 
     def __init__(self, core: StoreCore, clock: Clock) -> None:
         self.core = core
         self.clock = clock
         self.timer: asyncio.Task[None] | None = None
-        self._bg = Background("store lease timer")
+        #: every failure of the lease timer, in order
+        self.errors: list[BaseException] = []
         self.wake = asyncio.Event()
         self.target: float | None = None  # deadline the timer sleeps towards
+        self._scope: AsyncExitStack | None = None
+        self._tasks: TaskGroup | None = None
+        self._stopped = False
+
+    async def open(self) -> None:
+        """Enter the task scope the lease timer runs in (again: nothing; after :meth:`stop`: nothing)."""
+        if self._scope is not None or self._stopped:
+            return
+        scope = AsyncExitStack()
+        self._tasks = await scope.enter_async_context(task_scope())
+        self._scope = scope
 
     def expire_due(self) -> None:
         """End the leases that are due now.
@@ -72,36 +96,56 @@ class SharedCore:
         Raises: StoreError if the lease timer has failed (leases would no longer
         end by themselves: every caller of the store is told, instead of none).
         """
-        err = self._bg.error
-        if err is not None:
-            raise StoreError(f"the store's lease timer failed: {err!r}") from err
+        if self.errors:
+            first = self.errors[0]
+            more = f" (and {len(self.errors) - 1} more time(s))" if len(self.errors) > 1 else ""
+            raise StoreError(f"the store's lease timer failed: {first!r}{more}") from first
         self.core.expire(self.clock.now())
 
     def kick(self) -> None:
-        """Make sure the timer runs and sleeps towards the earliest deadline."""
+        """Make sure the timer runs and sleeps towards the earliest deadline.
+
+        After :meth:`stop` or a failure of the timer, nothing (the leases end on
+        the next call, or every call raises).
+        Raises: RuntimeError if the scope was never opened (a bug of the owner).
+        """
+        if self._stopped or self.errors:  # a failed timer: every call says so instead
+            return
         if self.timer is None or self.timer.done():
-            self.timer = self._bg.start(self._run(), name="lease timer")
+            if self._tasks is None:
+                raise RuntimeError("the store's lease timer has no task scope: open() it first")
+            self.timer = self._tasks.create_task(self._run(), name="store lease timer")
             return
         deadline = self.core.next_deadline()
         if deadline is not None and (self.target is None or deadline < self.target):
             self.wake.set()
 
     async def _run(self) -> None:
-        while True:
-            self.wake.clear()
-            self.expire_due()
-            self.target = deadline = self.core.next_deadline()
-            if deadline is None:
-                await self.wake.wait()
-                continue
-            delay = deadline - self.clock.now()
-            if delay <= 0:
-                continue
-            await first_of(self.clock.sleep(delay), self.wake.wait())
+        try:
+            while True:
+                self.wake.clear()
+                self.expire_due()
+                self.target = deadline = self.core.next_deadline()
+                if deadline is None:
+                    await self.wake.wait()
+                    continue
+                delay = deadline - self.clock.now()
+                if delay <= 0:
+                    continue
+                await first_of(self.clock.sleep(delay), self.wake.wait())
+        except Exception as exc:
+            log.error("store: the lease timer failed: %r", exc, exc_info=exc)
+            self.errors.append(exc)
 
     async def stop(self) -> None:
+        """Cancel the timer and leave the scope, waiting for it (idempotent)."""
+        self._stopped = True
         timer, self.timer = self.timer, None
-        await self._bg.stop(timer)
+        if timer is not None:
+            timer.cancel()
+        scope, self._scope, self._tasks = self._scope, None, None
+        if scope is not None:
+            await scope.aclose()
 
 
 class MemoryStore:
@@ -227,6 +271,7 @@ class MemoryStore:
 
     async def grant(self, ttl: float) -> int:
         core = self._enter()
+        await self._shared.open()  # a bare MemoryStore(clock): its timer's scope, now
         lid = core.grant(ttl, self._shared.clock.now(), owner=self if self._owns_leases else None)
         self._shared.kick()
         return lid
@@ -269,6 +314,7 @@ class MemoryStore:
             await self._shared.stop()
 
     async def __aenter__(self) -> MemoryStore:
+        await self._shared.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -280,4 +326,6 @@ async def open_memory_store(
 ) -> MemoryStore:
     """Registry factory for ``memory://`` (a fresh, private store; ``token`` is ignored)."""
     del url, token, timeout
-    return MemoryStore()
+    store = MemoryStore()
+    await store._shared.open()
+    return store

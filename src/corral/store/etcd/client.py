@@ -104,6 +104,15 @@ class EtcdStore:
     def target(self) -> EtcdTarget:
         return self._target
 
+    async def open(self) -> None:
+        """Enter the store's task scope (its watch streams run in it; :meth:`close`
+        leaves it) and connect to a member. :func:`open_etcd_store` calls it.
+
+        Raises: StoreUnavailable, AuthenticationFailed.
+        """
+        await self._conn.open()
+        await self.connect()
+
     async def connect(self) -> None:
         """Connect to a member now (else the first call does).
 
@@ -387,7 +396,7 @@ async def open_etcd_store(
     del token
     store = EtcdStore(parse_etcd_url(url), timeout=timeout)
     try:
-        await store.connect()
+        await store.open()
     except BaseException:
         await store.close()
         raise

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +32,8 @@ from urllib.parse import urlsplit
 import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 
+from corral.core.aio import task_scope
+from corral.core.compat import TaskGroup
 from corral.core.compat import timeout as _compat_timeout
 from corral.core.errors import ConfigError, StoreTimeout, StoreUnavailable
 from corral.store.etcd.grpc_errors import is_failover_error, short_reason, translate_error
@@ -131,6 +134,31 @@ class Connection:
         self._lock = asyncio.Lock()
         self._closed = False
         self._retired: set[Session] = set()
+        # The scope of the connection's tasks (one per watch stream): entered by
+        # open(), left by close() once every stream has ended.
+        self._scope: AsyncExitStack | None = None
+        self._tasks: TaskGroup | None = None
+
+    async def open(self) -> None:
+        """Enter the task scope of the connection's watch streams (again: nothing)."""
+        if self._scope is not None or self._closed:
+            return
+        scope = AsyncExitStack()
+        self._tasks = await scope.enter_async_context(task_scope())
+        self._scope = scope
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+        """Run ``coro`` (a watch stream's life, which raises nothing) in the connection's scope.
+
+        Raises: StoreUnavailable if the store is closed; RuntimeError if it was never opened.
+        """
+        if self._closed:
+            coro.close()
+            raise StoreUnavailable("the etcd store is closed")
+        if self._tasks is None:
+            coro.close()
+            raise RuntimeError("etcd connection not opened (open_etcd_store opens it)")
+        return self._tasks.create_task(coro, name=name)
 
     # --- sessions --------------------------------------------------------------
 
@@ -309,6 +337,9 @@ class Connection:
                 s.watch_hub.abort("the etcd store is closed")
                 await s.watch_hub.wait_closed()
             await s.channel.close()
+        scope, self._scope, self._tasks = self._scope, None, None
+        if scope is not None:  # every stream has ended: the scope only waits for them
+            await scope.aclose()
 
     # --- calls -----------------------------------------------------------------
 

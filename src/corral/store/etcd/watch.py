@@ -25,13 +25,13 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 
-from corral.core.aio import Background
+from corral.core.aio import task_scope
 from corral.core.compat import timeout as _compat_timeout
 from corral.core.errors import AuthenticationFailed, StoreCompacted, StoreError, StoreUnavailable
 from corral.store.api import EventType, KeyValue, WatchEvent
@@ -71,28 +71,59 @@ class WatchHub:
         self._call = session.watch.Watch(metadata=(*session.metadata, ("hasleader", "true")))
         self._watches: dict[int, EtcdWatch] = {}
         self._ids = itertools.count(1)
-        # Requests go out through one writer task (grpc allows one write in
-        # flight per call), so callers never wait for a write.
+        # Requests go out through one writer task of run() (grpc allows one
+        # write in flight per call), so callers never wait for a write.
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self.down: _HubDown | None = None
         self._fail_member = False  # give the member up when the stream ends
+        self._heard = asyncio.get_running_loop().time()  # when the stream last brought a message
+        #: the task of :meth:`run`, in the connection's task scope (set by :func:`hub_of`)
+        self.task: asyncio.Task[None] | None = None
         conn.acquire(session)
-        loop = asyncio.get_running_loop()
-        self._heard = loop.time()  # when the stream last brought a message
-        # The hub owns its reader, writer and prober tasks; if one fails unexpectedly
-        # the stream ends at once (every watch on it sees the hub down, and moves).
-        self._bg = Background(f"etcd watch stream at {session.endpoint}")
-        self._writer = self._bg.start(self._guard(self._write_all()), name="watch writer")
-        self._task = self._bg.start(self._run(), name="watch reader")
 
-    async def _guard(self, coro: Any) -> None:
-        """Run a helper task of the stream; if it fails unexpectedly, end the stream."""
+    async def run(self) -> None:
+        """The stream's life: read here, write and probe beside, in one task scope.
+
+        Run by :func:`hub_of` in the connection's task scope. Any way it ends
+        (the stream broke, :meth:`abort`, or a helper failed unexpectedly),
+        every watch on it is told (and moves), and the session's use is
+        released. An unexpected error of a helper or of the reader is logged,
+        each one, and ends the stream; it is not raised (that would cancel the
+        task that opened the store).
+        """
+        try:
+            async with task_scope() as tg:
+                writer = tg.create_task(self._guard(self._write_all(), "writer"))
+                prober = tg.create_task(self._guard(self._probe(), "prober"))
+                try:
+                    await self._read_all()
+                finally:
+                    writer.cancel()
+                    prober.cancel()
+        except Exception as exc:
+            self._failed("reader", exc)
+        finally:
+            self._call.cancel()
+            self._end(_HubDown("watch stream stopped", failover=True))
+            try:
+                if self._fail_member and self.down is not None:
+                    await self._conn.fail(self.session, self.down.reason)
+            finally:
+                await self._conn.release(self.session)
+
+    async def _guard(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        """Run a helper of the stream; if it fails unexpectedly, end the stream."""
         try:
             await coro
         except Exception as exc:
-            self._end(_HubDown(f"watch stream helper failed: {exc!r}", failover=True))
-            self._call.cancel()  # ends the reader's read
-            raise  # recorded and logged by the hub's Background
+            self._failed(what, exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        log.error(
+            "etcd: watch stream %s at %s failed: %r", what, self.session.endpoint, exc, exc_info=exc
+        )
+        self._end(_HubDown(f"watch stream {what} failed: {exc!r}", failover=True))
+        self._call.cancel()  # ends the reader's read
 
     def add(self, watch: EtcdWatch) -> int:
         wid = next(self._ids)
@@ -122,48 +153,36 @@ class WatchHub:
         self._call.cancel()
         self._end(_HubDown(reason, failover=True))
 
-    async def _run(self) -> None:
+    async def _read_all(self) -> None:
         # One read at a time, straight from the call: a message costs one await.
         # Silence is watched by _probe, which ends the stream (and so this read)
         # when a member does not answer.
         loop = asyncio.get_running_loop()
-        prober = self._bg.start(self._guard(self._probe()), name="watch prober")
-        try:
-            while self.down is None:
-                try:
-                    resp = await self._call.read()
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise
-                    # The call was cancelled under us: abort(), _probe, or the
-                    # channel closed. Not a cancellation of this task.
-                    self._end(_HubDown("watch call cancelled", failover=True))
-                    continue
-                except grpc.aio.AioRpcError as exc:
-                    self._end(_HubDown(exc, failover=is_failover_error(exc)))
-                    self._fail_member = is_failover_error(exc)
-                    continue
-                self._heard = loop.time()
-                if resp is grpc.aio.EOF:
-                    self._end(_HubDown("watch stream closed by the server", failover=True))
-                    self._fail_member = True
-                    continue
-                watch = self._watches.get(resp.watch_id)
-                if watch is not None:
-                    if resp.canceled and not resp.created:
-                        del self._watches[resp.watch_id]  # etcd ended it
-                    watch.feed(resp)
-        finally:
-            prober.cancel()
-            self._writer.cancel()
-            self._call.cancel()
-            self._end(_HubDown("watch stream stopped", failover=True))
+        while self.down is None:
             try:
-                if self._fail_member and self.down is not None:
-                    await self._conn.fail(self.session, self.down.reason)
-            finally:
-                await self._conn.release(self.session)
+                resp = await self._call.read()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # The call was cancelled under us: abort(), _probe, or the
+                # channel closed. Not a cancellation of this task.
+                self._end(_HubDown("watch call cancelled", failover=True))
+                continue
+            except grpc.aio.AioRpcError as exc:
+                self._end(_HubDown(exc, failover=is_failover_error(exc)))
+                self._fail_member = is_failover_error(exc)
+                continue
+            self._heard = loop.time()
+            if resp is grpc.aio.EOF:
+                self._end(_HubDown("watch stream closed by the server", failover=True))
+                self._fail_member = True
+                continue
+            watch = self._watches.get(resp.watch_id)
+            if watch is not None:
+                if resp.canceled and not resp.created:
+                    del self._watches[resp.watch_id]  # etcd ended it
+                watch.feed(resp)
 
     async def _probe(self) -> None:
         """After ``watch_idle`` of silence (with watches open), ask for progress;
@@ -199,15 +218,21 @@ class WatchHub:
             w.hub_down(self, down)
 
     async def wait_closed(self) -> None:
-        """Wait for the reader task to end (after :meth:`abort`); its errors stay in it."""
-        await asyncio.wait({self._task})
+        """Wait for :meth:`run` to end (after :meth:`abort`); it raises nothing."""
+        if self.task is not None:
+            await asyncio.wait({self.task})
 
 
 def hub_of(conn: Connection, session: Session) -> WatchHub:
-    """The live watch stream of ``session``, opened on first use."""
+    """The live watch stream of ``session``, opened on first use: its :meth:`WatchHub.run`
+    is a task in the connection's task scope (:meth:`Connection.spawn`).
+
+    Raises: StoreUnavailable if the store is closed.
+    """
     hub: WatchHub | None = session.watch_hub
     if hub is None or hub.down is not None:
         hub = WatchHub(conn, session)
+        hub.task = conn.spawn(hub.run(), name=f"etcd watch stream at {session.endpoint}")
         session.watch_hub = hub
     return hub
 

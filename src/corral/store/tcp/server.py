@@ -122,6 +122,7 @@ class StoreServer:
             raise ConfigError("store token is empty; pass a non-empty token or none")
         self.token = token
         self._loop = asyncio.get_running_loop()
+        await self.shared.open()  # the lease timer's scope, left by close()
         try:
             self._server = await self._loop.create_server(
                 lambda: Peer(self), host, port, backlog=1024, reuse_address=True
