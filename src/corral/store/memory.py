@@ -27,8 +27,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from corral.core.aio import first_of, task_scope
-from corral.core.compat import TaskGroup
 from corral.core.clock import Clock, MonotonicClock
+from corral.core.compat import TaskGroup
 from corral.core.errors import StoreError, StoreUnavailable
 from corral.store.api import (
     Characteristics,

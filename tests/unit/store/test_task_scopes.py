@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from corral.core.compat import TaskGroup
 from corral.core.clock import FakeClock
+from corral.core.compat import TaskGroup
 from corral.core.errors import StoreError
 from corral.store.memory import MemoryStore, open_memory_store
 from corral.store.tcp.server import StoreServer
