@@ -20,7 +20,10 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Collection, Mapping
+from contextlib import AsyncExitStack
 
+from corral.core.aio import task_scope
+from corral.core.compat import TaskGroup
 from corral.core.compat import timeout as _compat_timeout
 from corral.core.errors import LauncherError
 from corral.core.failures import FailureReport
@@ -68,6 +71,10 @@ class WorkerGroup:
             workers (a fresh spawn where none is alive); refilled in the
             background once the workers started. With its ``detach_stops``,
             :meth:`stop` leaves the dying workers to the pool.
+        tasks: the task group the group's background task (the error-file poll
+            of detached stops) runs in: the agent run's. Without it the group
+            opens a task scope of its own at :meth:`start` and leaves it at
+            :meth:`stop`.
 
     Use from the event-loop thread only.
     """
@@ -88,6 +95,7 @@ class WorkerGroup:
         env_builder: Callable[[Mapping[str, str], WorkerSpec, RoundInfo, int, str], dict[str, str]]
         | None = None,
         standbys: StandbyPool | None = None,
+        tasks: TaskGroup | None = None,
     ) -> None:
         self.spec = spec
         self.rnd = rnd
@@ -110,9 +118,11 @@ class WorkerGroup:
         self._registered: set[int] = set()
         #: ``CORRAL_WORKER_TOKEN`` of this group's processes (set by :meth:`start`).
         self.marker = ""
-        self._pump_error: LauncherError | None = None
+        self._error: LauncherError | None = None  # what wait() raises: a pump's, the poll's
         self._early: set[int] = set()  # local ranks whose error file was their failure
-        self._error_timer: asyncio.TimerHandle | None = None
+        self._tasks = tasks
+        self._scope: AsyncExitStack | None = None  # the group's own task scope (no ``tasks``)
+        self._poll: asyncio.Task[None] | None = None
 
     # --- state ----------------------------------------------------------------
 
@@ -183,7 +193,13 @@ class WorkerGroup:
         if self.standbys is not None:
             self.standbys.fill()  # the next attempt's, in the background
             if self.standbys.detach_stops:
-                self._watch_error_files()
+                tasks = self._tasks
+                if tasks is None:
+                    self._scope = AsyncExitStack()
+                    tasks = await self._scope.enter_async_context(task_scope())
+                self._poll = tasks.create_task(
+                    self._watch_error_files(), name=f"error-file poll, round {self.rnd.round}"
+                )
         log.info(
             "started %d worker(s)%s for round %d (ranks %d..%d): pids %s; logs in %s",
             len(self.workers),
@@ -218,16 +234,45 @@ class WorkerGroup:
 
     # --- exits ----------------------------------------------------------------
 
-    def _watch_error_files(self) -> None:
+    async def _watch_error_files(self) -> None:
         """A running worker's error file is its failure: known before its (slow) exit.
 
         Only with detached stops (``--prestart``, no GPU): the agent then goes
         on at once, while the worker finishes dying. Its exit code is taken as
         :data:`EARLY_EXITCODE`; a different one at its exit is logged.
+
+        Every :data:`ERROR_FILE_POLL` s while the group runs. A look that fails
+        with an OSError is tried again, with a warning; any other error ends
+        the poll and is raised by :meth:`wait` (a LauncherError), never silently.
         """
-        self._error_timer = None
-        if self.state is not GroupState.RUNNING or self.logs is None:
-            return
+        while self.state is GroupState.RUNNING:
+            try:
+                found = self._error_files()
+            except OSError as exc:
+                log.warning(
+                    "round %d: looking at the workers' error files failed (%s); trying again",
+                    self.rnd.round,
+                    exc,
+                )
+            except Exception as exc:
+                failed = LauncherError(f"watching the workers' error files failed: {exc!r}")
+                failed.__cause__ = exc
+                self._fail(failed)
+                return
+            else:
+                if found:  # several in one look (a peer failed of the first): the earliest first
+                    for w in found:
+                        self._early.add(w.local_rank)
+                        log.debug("worker %d wrote its error file: a failure", w.local_rank)
+                        self._failures.append(self._report(w, EARLY_EXITCODE))
+                    self._to(GroupState.FAILED)
+                    self._changed.set()
+                    return
+            await asyncio.sleep(ERROR_FILE_POLL)
+
+    def _error_files(self) -> list[WorkerProcess]:
+        """The running workers (not yet reported) whose error file is there, earliest first."""
+        assert self.logs is not None
         found: list[tuple[int, WorkerProcess]] = []
         for w in self.workers:
             if w.running and w.local_rank not in self._early:
@@ -237,16 +282,7 @@ class WorkerGroup:
                         found.append((os.stat(path).st_mtime_ns, w))
                     except OSError:
                         continue
-        if found:  # several in one look (a peer failed of the first): the earliest first
-            for _, w in sorted(found, key=lambda f: f[0]):
-                self._early.add(w.local_rank)
-                log.debug("worker %d wrote its error file: a failure", w.local_rank)
-                self._failures.append(self._report(w, EARLY_EXITCODE))
-            self._to(GroupState.FAILED)
-            self._changed.set()
-            return
-        loop = asyncio.get_running_loop()
-        self._error_timer = loop.call_later(ERROR_FILE_POLL, self._watch_error_files)
+        return [w for _, w in sorted(found, key=lambda f: f[0])]
 
     def _on_exit(self, w: WorkerProcess) -> None:
         self._exit_order.append(w)
@@ -279,11 +315,19 @@ class WorkerGroup:
         self._changed.set()
 
     def _on_pump_error(self, w: WorkerProcess, exc: BaseException) -> None:
-        if self._pump_error is None:
-            self._pump_error = LauncherError(
-                f"copying the output of worker {w.local_rank} (pid {w.pid}) failed: {exc!r}"
-            )
-            self._pump_error.__cause__ = exc
+        failed = LauncherError(
+            f"copying the output of worker {w.local_rank} (pid {w.pid}) failed: {exc!r}"
+        )
+        failed.__cause__ = exc
+        self._fail(failed)
+
+    def _fail(self, error: LauncherError) -> None:
+        """A failure of corral's own work for the group: :meth:`wait` raises the first;
+        a later one is logged (an error)."""
+        if self._error is None:
+            self._error = error
+        else:
+            log.error("round %d: also: %s", self.rnd.round, error)
         self._changed.set()
 
     def _report(self, w: WorkerProcess, early: int | None = None) -> FailureReport:
@@ -311,15 +355,16 @@ class WorkerGroup:
 
         Raises:
             RuntimeError: the group was never started.
-            LauncherError: copying a worker's output (log file, console) failed.
+            LauncherError: copying a worker's output (log file, console) failed,
+                or watching the error files (detached stops) failed.
         """
         if self.state is GroupState.CREATED:
             raise RuntimeError("wait() on a worker group that was not started")
-        while self.state is GroupState.RUNNING and self._pump_error is None:
+        while self.state is GroupState.RUNNING and self._error is None:
             self._changed.clear()
             await self._changed.wait()
-        if self._pump_error is not None:
-            raise self._pump_error
+        if self._error is not None:
+            raise self._error
         return GroupResult(
             succeeded=self.state is GroupState.SUCCEEDED,
             failures=list(self._failures),
@@ -373,9 +418,7 @@ class WorkerGroup:
                 await self._changed.wait()
             return
         self._to(GroupState.STOPPING)
-        if self._error_timer is not None:
-            self._error_timer.cancel()
-            self._error_timer = None
+        await self._stop_poll()
         running = any(w.running for w in self.workers)
         sent = first_signal if running else None  # what went to the workers, if anything
         self._signal_stop(sent, frozenset(kill))
@@ -386,6 +429,16 @@ class WorkerGroup:
                 )
                 return
         await self._finish_stop(timeout, sent)
+
+    async def _stop_poll(self) -> None:
+        """End the error-file poll, and leave the group's own task scope if it has one."""
+        poll, self._poll = self._poll, None
+        if poll is not None:
+            poll.cancel()
+            await asyncio.wait({poll})
+        scope, self._scope = self._scope, None
+        if scope is not None:
+            await scope.aclose()
 
     def _signal_stop(self, sent: int | None, kill: frozenset[int]) -> None:
         """The first signals of a stop: SIGKILL to ``kill``, ``sent`` (+SIGCONT if stopped) to the rest."""
