@@ -26,10 +26,7 @@ import asyncio
 import collections
 from collections.abc import Callable, Sequence
 
-from corral.workers.logs import Sink, StreamPlan
-from corral.workers.std import Std
-
-__all__ = ["WINDOW", "LineCollapser", "collapse_plan", "rank_set"]
+__all__ = ["WINDOW", "LineCollapser", "rank_set"]
 
 #: How long a line may wait for the same line from other ranks (seconds).
 WINDOW = 0.08
@@ -178,21 +175,3 @@ class LineCollapser:
             self._timer.cancel()
             self._timer = None
         self._flush(lambda g: True)
-
-
-def collapse_plan(
-    plan: StreamPlan, which: Std, prefix: bytes, collapser: LineCollapser, local_rank: int
-) -> StreamPlan:
-    """The plan of a shown stream with ``--collapse-logs``: through the agent, line by line.
-
-    A stream that would be inherited (stdout, neither redirected nor teed) or
-    copied raw (stderr) becomes a pipe the agent copies to the console,
-    collapsed; files and hidden ranks are unchanged.
-    """
-    from dataclasses import replace
-
-    if plan.sink is Sink.INHERIT and which == Std.OUT:
-        plan = StreamPlan(Sink.PIPE, None, console=True, prefix=prefix)
-    if plan.sink is not Sink.PIPE or not plan.console:
-        return plan
-    return replace(plan, prefix=plan.prefix or prefix, collapse=collapser, rank=local_rank)

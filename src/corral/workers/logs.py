@@ -26,8 +26,9 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from corral.workers.collapse import LineCollapser
 from corral.workers.std import Std, StdSpec
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ __all__ = [
     "RunLogs",
     "StreamPlan",
     "Tail",
+    "collapse_plan",
     "plan_stream",
     "tail_of_file",
 ]
@@ -118,7 +120,7 @@ class StreamPlan:
     console: bool = False
     prefix: bytes | None = None
     keep_tail: bool = False
-    collapse: Any = None
+    collapse: LineCollapser | None = None
     rank: int = 0
     dup: LineFilter | None = None
 
@@ -141,6 +143,22 @@ def plan_stream(
     if is_err:
         return StreamPlan(Sink.PIPE, None, console=shown, keep_tail=True)
     return StreamPlan(Sink.INHERIT if shown else Sink.DEVNULL)
+
+
+def collapse_plan(
+    plan: StreamPlan, which: Std, prefix: bytes, collapser: LineCollapser, local_rank: int
+) -> StreamPlan:
+    """The plan of a shown stream with ``--collapse-logs``: through the agent, line by line.
+
+    A stream that would be inherited (stdout, neither redirected nor teed) or
+    copied raw (stderr) becomes a pipe the agent copies to the console,
+    collapsed; files and hidden ranks are unchanged.
+    """
+    if plan.sink is Sink.INHERIT and which == Std.OUT:
+        plan = StreamPlan(Sink.PIPE, None, console=True, prefix=prefix)
+    if plan.sink is not Sink.PIPE or not plan.console:
+        return plan
+    return replace(plan, prefix=plan.prefix or prefix, collapse=collapser, rank=local_rank)
 
 
 class Tail:
@@ -189,7 +207,9 @@ class AttemptLogs:
     redirects: StdSpec
     tee: StdSpec
     local_ranks_filter: frozenset[int] | None
-    collapsers: tuple[Any, Any] | None = None  # (stdout, stderr) with --collapse-logs
+    collapsers: tuple[LineCollapser, LineCollapser] | None = (
+        None  # (stdout, stderr), --collapse-logs
+    )
     dup: tuple[LineFilter | None, LineFilter | None] = (None, None)  # (stdout, stderr)
 
     def rank_dir(self, local_rank: int) -> str:
@@ -217,8 +237,6 @@ class AttemptLogs:
         out = plan_stream(Std.OUT, r, t, shown, self.stdout_path(local_rank), prefix)
         err = plan_stream(Std.ERR, r, t, shown, self.stderr_path(local_rank), prefix)
         if self.collapsers is not None and shown:
-            from corral.workers.collapse import collapse_plan
-
             out = collapse_plan(out, Std.OUT, prefix, self.collapsers[0], local_rank)
             err = collapse_plan(err, Std.ERR, prefix, self.collapsers[1], local_rank)
         # torchrun duplicates the lines its tailers print: teed streams of shown ranks
@@ -256,7 +274,7 @@ class RunLogs:
         self._temp: str | None = None
         self.duplicate_filters = (duplicate_stdout_filters, duplicate_stderr_filters)
         self.collapse = collapse
-        self._collapsers: dict[int, tuple[Any, Any]] = {}
+        self._collapsers: dict[int, tuple[LineCollapser, LineCollapser]] = {}
         if log_dir is None:
             self._temp = base = tempfile.mkdtemp(prefix="corral_")
         else:
@@ -302,8 +320,6 @@ class RunLogs:
             os.makedirs(os.path.join(d, str(local_rank)))
         collapsers = None
         if self.collapse and local_world_size > 1:  # one pair per run and size (docs/events.md)
-            from corral.workers.collapse import LineCollapser
-
             shown = len(self.local_ranks_filter or range(local_world_size))
             collapsers = self._collapsers.setdefault(
                 local_world_size, (LineCollapser(self.role, shown), LineCollapser(self.role, shown))
