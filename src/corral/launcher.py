@@ -27,7 +27,7 @@ def _setup_logging() -> None:
 
 
 def run(cfg: LaunchConfig) -> int:
-    """Run this node's agent to the end of the job; return the exit code (CONTRACT.md).
+    """Run this node's agent to the end of the job; return the exit code (docs/contract.md, "Failures, errors and exit").
 
     The same launch path as :func:`corral.launch` (see :func:`corral.api.run_cli`).
     """

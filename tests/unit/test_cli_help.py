@@ -153,6 +153,9 @@ def test_option_is_read_and_its_help_is_true(key: str) -> None:
     ]
     if key in IGNORED:
         assert "ignored" in help_text.lower(), f"{key} is ignored; its help must say so"
+        assert re.search(r"accepted|checked", help_text, re.I), (
+            f"{key}: the help must say the value is accepted (and checked) before it is ignored"
+        )
         return
     assert "ignored" not in help_text.lower(), f"{key}: the help says ignored, but it is read"
     assert changed, f"{key} {argv}: parsed, but the LaunchConfig is the same: dropped"

@@ -4,7 +4,7 @@ Shipped sinks: :func:`null_sink` (the default: nothing), :class:`LoggingSink`
 (one log line per event), :class:`JsonlSink` (one JSON object per line, to a
 file), and :class:`Fanout` (several sinks, each isolated from the others'
 errors). There is no global registry: whoever builds the agent passes its
-sink (STYLE.md section 8).
+sink (docs/events.md, "Events").
 
 A sink is called on the event loop's thread, synchronously, at each state
 change (never per monitor tick); it must not block for long. A sink that

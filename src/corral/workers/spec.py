@@ -1,7 +1,8 @@
 """What one worker runs and with which environment: pure functions, no I/O.
 
 :func:`worker_env` is *the* function that builds a worker's environment; the
-table in ``docs/workers.md`` (and CONTRACT.md) is its specification.
+table in ``docs/workers.md`` (and docs/contract.md, "The worker environment") is its
+specification.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Table tests of the worker command line and environment (CONTRACT.md, "The worker environment")."""
+"""Table tests of the worker command line and environment (docs/contract.md, "The worker environment")."""
 
 from __future__ import annotations
 
