@@ -97,7 +97,7 @@ def _by_name() -> dict[str, list[Path]]:
     return out
 
 
-def _find_py(ref: str) -> Path | None | bool:
+def _find_py(ref: str) -> Path | bool | None:
     """The file ``ref`` names; None if missing; False if it is not ours to check."""
     parts = ref.split("/")
     if ref in USER_FILES:
@@ -154,7 +154,7 @@ def _check(path: Path) -> Iterator[Ref]:
                         yield Ref(where, target_s, f"no heading of {target.name} has #{anchor}")
         for m in _PY.finditer(line):
             found = _find_py(m.group(1))
-            if found is False:
+            if isinstance(found, bool):  # not ours to check
                 continue
             if found is None:
                 yield Ref(where, m.group(0), "no such Python file in the repository")
