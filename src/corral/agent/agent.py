@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
-from corral.core.aio import task_scope
 from corral.agent import results, signals
 from corral.agent.decide import Fail, Rejoin, Stop, Succeeded, next_action
 from corral.agent.events import AgentEvents
@@ -32,6 +31,8 @@ from corral.agent.policy import ImmediatePolicy, RestartPolicy
 from corral.agent.results import summary as _summary  # imported from here by tests
 from corral.agent.signals import SignalLatch
 from corral.agent.state import AgentState, StateMachine
+from corral.core import events as ev
+from corral.core.aio import task_scope
 from corral.core.clock import Clock, MonotonicClock
 from corral.core.errors import (
     ConfigError,
@@ -43,16 +44,15 @@ from corral.core.errors import (
     WorkerFailed,
     signal_name,
 )
-from corral.core import events as ev
-from corral.core.model import RoundInfo
 from corral.core.failures import FailureReport
+from corral.core.model import RoundInfo
 
 if TYPE_CHECKING:  # annotations only: these load lazily, when the agent first needs them
-    from corral.core.compat import TaskGroup
     from corral.agent.health import HealthWatch
     from corral.agent.runner import RoundRunner
     from corral.agent.services import NodeServices
     from corral.config import LaunchConfig
+    from corral.core.compat import TaskGroup
     from corral.events.observe import Observers
     from corral.rendezvous.builtin import Opened
     from corral.workers.logs import RunLogs

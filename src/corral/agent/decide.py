@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from corral.agent.policy import RestartVerdict
 from corral.agent.state import AgentState
-from corral.core.model import Decision, RoundChange, RoundInfo
 from corral.core.failures import FailureReport
+from corral.core.model import Decision, RoundChange, RoundInfo
 
 __all__ = [
     "Action",

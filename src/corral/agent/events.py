@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from corral.core.errors import Interrupted, JobFailed, WorkerFailed, signal_name
 from corral.core import events as ev
-from corral.core.model import RoundInfo
+from corral.core.errors import Interrupted, JobFailed, WorkerFailed, signal_name
 from corral.core.failures import FailureReport
+from corral.core.model import RoundInfo
 
 if TYPE_CHECKING:
     from corral.events.observe import Observers

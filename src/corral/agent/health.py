@@ -22,10 +22,10 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from corral.core.aio import first_of
-from corral.core.compat import TaskGroup
 from corral.agent.features import KnowsOutcome, StepsOut
+from corral.core.aio import first_of
 from corral.core.clock import Clock
+from corral.core.compat import TaskGroup
 from corral.core.errors import ConfigError
 from corral.core.model import ChangeKind, RoundChange, RoundInfo
 from corral.rendezvous.api import Rendezvous

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from corral.core.errors import LauncherError, NodeRefused
-from corral.core.model import RoundInfo
 from corral.core.failures import FailureReport
+from corral.core.model import RoundInfo
 
 __all__ = ["AgentHooks", "before_start", "notify"]
 

@@ -14,8 +14,8 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 from corral.core.clock import Clock
-from corral.core.net import local_address_towards, numeric_host
 from corral.core.model import NodeDesc
+from corral.core.net import local_address_towards, numeric_host
 from corral.rendezvous.api import Rendezvous
 
 if TYPE_CHECKING:

@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from corral.core.compat import timeout as _timeout
 from corral.agent.features import Leaves, ReportsStop
+from corral.core.compat import timeout as _timeout
 from corral.core.errors import Interrupted, JobStopped, LauncherError, signal_name
 from corral.core.model import RoundChange, RoundInfo
 from corral.rendezvous.api import Rendezvous

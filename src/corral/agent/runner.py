@@ -19,7 +19,6 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, cast
 
-from corral.core.aio import first_of, task_scope
 from corral.agent import hooks as agent_hooks
 from corral.agent.decide import Changed, Failed, JobOver, RoundOutcome, Stopped, Succeeded
 from corral.agent.events import AgentEvents
@@ -30,15 +29,16 @@ from corral.agent.results import read_results
 from corral.agent.services import Hung, NodeServices
 from corral.agent.signals import SignalLatch
 from corral.agent.state import AgentState, StateMachine
+from corral.core.aio import first_of, task_scope
 from corral.core.clock import Clock
 from corral.core.errors import Interrupted, NodeRefused, RendezvousClosed
+from corral.core.failures import FailureReport
 from corral.core.model import RoundChange, RoundInfo
 from corral.rendezvous.api import Rendezvous
-from corral.core.failures import FailureReport
 
 if TYPE_CHECKING:
-    from corral.core.compat import TaskGroup
     from corral.config import LaunchConfig
+    from corral.core.compat import TaskGroup
     from corral.workers.group import GroupResult, WorkerGroup
     from corral.workers.logs import RunLogs
     from corral.workers.reaper import Reaper

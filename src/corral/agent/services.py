@@ -25,11 +25,11 @@ from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from corral.core.aio import first_of
 from corral.agent.health import HealthWatch, Unhealthy, wait_to_join
+from corral.core.aio import first_of
+from corral.core.failures import FailureReport
 from corral.core.model import RoundInfo
 from corral.rendezvous.api import Rendezvous
-from corral.core.failures import FailureReport
 
 if TYPE_CHECKING:
     from corral.hangs.watch import HangWatch

@@ -10,8 +10,8 @@ import psutil
 import pytest
 from tests.helpers import gone
 
-from corral.core.aio import task_scope
 from corral.agent.health import HealthWatch, Unhealthy, run_check
+from corral.core.aio import task_scope
 from corral.core.clock import FakeClock, MonotonicClock
 from corral.core.errors import ConfigError
 

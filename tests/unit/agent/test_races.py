@@ -14,8 +14,8 @@ from corral.agent.runner import RoundRunner
 from corral.agent.services import NodeServices
 from corral.agent.signals import SignalLatch
 from corral.agent.state import StateMachine
-from corral.core.clock import MonotonicClock
 from corral.config import LaunchConfig
+from corral.core.clock import MonotonicClock
 from corral.core.errors import Interrupted
 from corral.core.model import RoundChange, RoundInfo
 
