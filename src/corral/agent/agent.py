@@ -1,10 +1,14 @@
 """The agent: one per node. Rendezvous, run the worker group, react, repeat.
 
-The loop (DESIGN.md): join a round -> start the worker group -> wait for the
-first of (group finished, group failed, round superseded, signal) -> stop ->
-decide -> rejoin or exit. The job-wide decisions (restart budget, root cause)
-are the rendezvous's; this module only composes the pieces and owns the
-process-level concerns (signals, the reaper, the hosted store).
+The loop (docs/design.md): join a round -> start the worker group -> wait for
+the first of (group finished, group failed, round superseded, signal) -> stop
+-> decide -> rejoin or exit. :class:`Agent` is the façade: it opens what one
+run needs (the logs, the observers, the run's task group, the node's services,
+the rendezvous), then loops: :class:`~corral.agent.runner.RoundRunner` runs a
+round and returns its outcome, :func:`~corral.agent.decide.next_action`
+decides, and the loop does it. The job-wide decisions (restart budget, root
+cause) are the rendezvous's; the process-level concerns (signals, the reaper,
+the hosted store) are this module's.
 """
 
 from __future__ import annotations
@@ -15,17 +19,20 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
-from corral.agent import emitting, failure, opening, races, results, signals
-from corral.agent import hooks as agent_hooks
+from corral.agent import results, signals
+from corral.agent.decide import Fail, Rejoin, Stop, Succeeded, next_action
+from corral.agent.events import AgentEvents
 from corral.agent.hooks import AgentHooks
 from corral.agent.policy import ImmediatePolicy, RestartPolicy
 from corral.agent.results import summary as _summary  # imported from here by tests
+from corral.agent.signals import SignalLatch
 from corral.agent.state import AgentState, StateMachine
 from corral.core import events as ev
+from corral.core.aio import task_scope
 from corral.core.clock import Clock, MonotonicClock
 from corral.core.errors import (
     ConfigError,
@@ -34,24 +41,20 @@ from corral.core.errors import (
     JobStopped,
     LauncherError,
     NodeQuarantined,
-    RendezvousClosed,
     WorkerFailed,
+    signal_name,
 )
 from corral.core.failures import FailureReport
-from corral.core.model import RoundChange, RoundInfo
-from corral.events import agent as agent_events
-from corral.rendezvous.api import Rendezvous
-from corral.rendezvous.liveness import PeerLiveness
+from corral.core.model import RoundInfo
 
 if TYPE_CHECKING:  # annotations only: these load lazily, when the agent first needs them
     from corral.agent.health import HealthWatch
+    from corral.agent.runner import RoundRunner
+    from corral.agent.services import NodeServices
     from corral.config import LaunchConfig
+    from corral.core.compat import TaskGroup
     from corral.events.observe import Observers
-    from corral.hangs.watch import HangWatch
-    from corral.store.api import Store
-    from corral.store.tcp.server import StoreServer
-    from corral.workers.gpu_reclaim import GpuReclaim
-    from corral.workers.group import WorkerGroup
+    from corral.rendezvous.builtin import Opened
     from corral.workers.logs import RunLogs
     from corral.workers.reaper import Reaper
     from corral.workers.spec import WorkerSpec
@@ -102,21 +105,14 @@ class Agent:
         self.machine = StateMachine()
         self.host = socket.gethostname()
         self.node_id = f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._signal_event = asyncio.Event()
-        self._events = events  # the caller's EventSink (docs/events.md)
+        self.events = events  # the caller's EventSink (docs/events.md)
         self.observers: Observers | None = None  # while executing
-        self._round = -1
-        self._signum = 0
-        self._group: WorkerGroup | None = None
-        self._standbys: StandbyPool | None = None  # --prestart
-        self._server: StoreServer | None = None
-        self._liveness: PeerLiveness | None = None
-        self._told: Interrupted | None = None  # what a handled signal ended this agent with
-        self._store: Store | None = None  # the job's store, once open (docs/hangs.md)
-        self._hangs: HangWatch | None = None  # with --hang-timeout
-        self._reclaim: GpuReclaim | None = None  # GPU memory between attempts
-        self._health: HealthWatch | None = None  # with --health-check (docs/health.md)
         self.root_cause: FailureReport | None = None
+        # the running round's runner and the run's signals (while executing)
+        self._runner: RoundRunner | None = None
+        self._latch: SignalLatch | None = None
+        self._agent_events: AgentEvents | None = None
+        self._opened: Opened | None = None  # the rendezvous and its store, once open
 
     # -- public ---------------------------------------------------------------
 
@@ -166,6 +162,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         reaper = Reaper()
         reaper.start()
+        latch = self._latch = SignalLatch()
         installed: dict[int, signals.Handler] = {}
         try:
             installed = signals.install_handlers(
@@ -179,35 +176,20 @@ class Agent:
                 from corral.events.observe import Observers
 
                 self.observers = await stack.enter_async_context(
-                    Observers(self.cfg, node_id=self.node_id, sink=self._events,
+                    Observers(self.cfg, node_id=self.node_id, sink=self.events,
                               run_dir=logs.run_dir if self.cfg.log_dir else None)
                 )  # fmt: skip
-                from corral.agent.health import watch_for
-
-                # --health-check: the first check runs here, the rest beside the rounds
-                self._health = await stack.enter_async_context(watch_for(self))
-                from corral.workers.standby import pool_for
-
-                self._standbys = await stack.enter_async_context(  # --prestart: standbys
-                    pool_for(self.cfg, self.environ, reaper)  # import while nodes gather
+                events = self._agent_events = AgentEvents(
+                    self.observers, host=self.host, max_restarts=self.cfg.max_restarts
                 )
-                rdzv = await self._open_rendezvous(stack)
                 try:
-                    await self._loop(rdzv, logs, reaper)
-                    return dict(self.results)
-                except (JobFailed, WorkerFailed):
-                    await self._linger()
+                    await self._run(stack, logs, reaper, latch, events)
+                except BaseException as exc:
+                    events.job_ended(exc)
                     raise
-                except Interrupted as exc:  # a handled signal: agent/preempt.py
-                    if self._signum and not isinstance(exc, JobStopped):
-                        exc = await self._tell_job(rdzv, None)
-                    if isinstance(exc, JobStopped):
-                        await self._linger()
-                    raise exc from None
-                finally:
-                    self._job_ended(sys.exc_info()[1])
-                    if self.machine.state is AgentState.SUCCEEDED:
-                        await self._linger()
+                events.job_ended(None)
+                await self._linger()
+                return dict(self.results)
         except JobFailed as exc:
             self.root_cause = exc.root_cause
             failures = [exc.root_cause] if exc.root_cause is not None else []
@@ -218,6 +200,124 @@ class Agent:
         finally:
             signals.remove_handlers(loop, installed)
             reaper.close()
+            self._runner = None
+
+    async def _run(
+        self,
+        stack: AsyncExitStack,
+        logs: RunLogs,
+        reaper: Reaper,
+        latch: SignalLatch,
+        events: AgentEvents,
+    ) -> None:
+        """The run: its task group (every background task of the run is in it: an error
+        of one ends the run, as itself), the node's services, the rendezvous, the loop."""
+        from corral.workers.standby import pool_for
+
+        # --prestart: standbys import while the nodes gather; the pool's own scope
+        # lets the detached stops finish whatever ends the run (docs/design.md)
+        standbys = await stack.enter_async_context(pool_for(self.cfg, self.environ, reaper))
+        async with task_scope() as tasks, AsyncExitStack() as in_tasks:
+            from corral.agent.health import health_watch
+
+            # --health-check: the first check runs here, the rest in the run's group
+            health = await in_tasks.enter_async_context(
+                health_watch(
+                    self.cfg.health_checks,
+                    tasks=tasks,
+                    timeout=self.cfg.health_check_timeout,
+                    interval=self.cfg.health_check_interval,
+                    clock=self.clock,
+                    on_change=lambda v: events.health_changed(
+                        None if v is None else v.check, "" if v is None else v.reason
+                    ),
+                )
+            )
+            from corral.agent.opening import open_rendezvous
+
+            opened = self._opened = await open_rendezvous(
+                self.cfg,
+                node_id=self.node_id,
+                host=self.host,
+                clock=self.clock,
+                environ=self.environ,
+                stack=stack,  # closed after the run's tasks have ended
+                observers=self.observers,
+            )
+            services = self._services(opened, health, standbys)
+            self._runner = self._round_runner(opened, services, logs, reaper, latch, events, tasks)
+            try:
+                await self._loop(self._runner)
+            except (JobFailed, WorkerFailed):
+                await self._linger()
+                raise
+            except Interrupted as exc:  # a handled signal: agent/preempt.py
+                if latch.received and not isinstance(exc, JobStopped):
+                    exc = await self._runner.tell_job(None)
+                if isinstance(exc, JobStopped):
+                    await self._linger()
+                raise exc from None
+
+    def _services(
+        self, opened: Opened, health: HealthWatch | None, standbys: StandbyPool
+    ) -> NodeServices:
+        from corral.agent.services import NodeServices
+        from corral.workers.gpu_reclaim import GpuReclaim
+
+        hangs = None
+        if self.cfg.hang_timeout is not None:  # docs/hangs.md
+            from corral.hangs.watch import HangWatch
+
+            obs = self.observers  # progress marks as events and metrics
+            hangs = HangWatch.from_config(
+                self.cfg,
+                node_id=self.node_id,
+                host=self.host,
+                store=opened.store,
+                on_marks=obs.on_marks if obs is not None else None,
+                on_hang=obs.on_hang if obs is not None else None,
+            )
+        return NodeServices(
+            health=health,
+            hangs=hangs,
+            liveness=opened.liveness,
+            standbys=standbys,
+            reclaim=GpuReclaim.for_node(self.cfg, self.environ, self.clock),  # no-op sans GPUs
+        )
+
+    def _round_runner(
+        self,
+        opened: Opened,
+        services: NodeServices,
+        logs: RunLogs,
+        reaper: Reaper,
+        latch: SignalLatch,
+        events: AgentEvents,
+        tasks: TaskGroup,
+    ) -> RoundRunner:
+        from corral.agent.runner import RoundRunner
+        from corral.workers.spec import WorkerSpec
+
+        return RoundRunner(
+            self.cfg,
+            rdzv=opened.rendezvous,
+            spec=WorkerSpec.from_config(self.cfg, self.environ),
+            logs=logs,
+            reaper=reaper,
+            services=services,
+            latch=latch,
+            events=events,
+            machine=self.machine,
+            hooks=self.hooks,
+            policy=self.policy,
+            env_builder=self.worker_env,
+            node_id=self.node_id,
+            host=self.host,
+            environ=self.environ,
+            clock=self.clock,
+            hosts_store=opened.server is not None,
+            tasks=tasks,
+        )
 
     def worker_env(
         self,
@@ -238,129 +338,47 @@ class Agent:
 
     # -- the loop -------------------------------------------------------------
 
-    async def _loop(self, rdzv: Rendezvous, logs: RunLogs, reaper: Reaper) -> int:
-        from corral.workers.group import WorkerGroup
-        from corral.workers.spec import WorkerSpec
-
-        spec = WorkerSpec.from_config(self.cfg, self.environ)
-        from corral.workers.gpu_reclaim import GpuReclaim
-
-        self._reclaim = GpuReclaim.for_node(self.cfg, self.environ, self.clock)  # no-op sans GPUs
-        attempt = 0
+    async def _loop(self, runner: RoundRunner) -> None:
+        """Run rounds until :func:`next_action` ends the job: return on success, raise
+        the failure or the stop."""
         while True:
-            self.machine.to(AgentState.RENDEZVOUS)
-            if self._health is not None:  # an unhealthy node does not join (docs/health.md)
-                from corral.agent.health import wait_to_join
-
-                await self._race(wait_to_join(self._health, rdzv))
-            # A join that waits (a spare, a slow gathering) is idle time: the standbys
-            # the pool deferred (nothing to pre-import) are made then, not later.
-            filling = self._standbys.fill_later() if self._standbys is not None else None
-            try:
-                rnd = await self._race(rdzv.join())
-                self._round_closed(rnd, spec.local_world_size)
-            except RendezvousClosed:
-                self.machine.to(AgentState.SUCCEEDED)
-                return 0
-            finally:
-                if filling is not None:
-                    filling.cancel()
-            log.info(
-                "round %d: node %d of %d, ranks %d..%d of %d, restarts %d/%d",
-                rnd.round,
-                rnd.group_rank,
-                rnd.group_world_size,
-                rnd.rank_offset,
-                rnd.rank_offset + spec.local_world_size - 1,
-                rnd.world_size,
-                rnd.restart_count,
-                rnd.restarts_allowed(self.cfg.max_restarts),
-            )
-            if self.hooks.before_start is not None:
-                await self._before_start(rnd)  # it may refuse: NodeRefused
-            group = WorkerGroup(
-                spec,
-                rnd,
-                attempt=attempt,
-                logs=logs,
-                reaper=reaper,
-                node_id=self.node_id,
-                host=self.host,
-                base_env=self.environ,
-                env_builder=self.worker_env,
-                standbys=self._standbys,
-            )
-            attempt += 1
-            self._group = group
-            self.machine.to(AgentState.RUNNING)
-            try:
-                await self._reclaim.wait()  # the previous attempt's GPU memory is freed
-                await group.start()
-                self._workers_started(group, rnd, attempt - 1)
-                outcome = await self._race_group(group, rdzv, rnd)
-            except BaseException:
-                await group.stop(self.cfg.shutdown_timeout)
-                raise
-            if isinstance(outcome, RoundChange):
-                self.machine.to(AgentState.STOPPING)
-                if outcome.stop_signal:  # a handled signal on another node stopped the job
-                    from corral.agent.preempt import stop_for_change
-
-                    raise await stop_for_change(group, outcome, self.cfg.shutdown_timeout)
-                log.info(
-                    "round %d over (%s%s): stopping workers",
-                    rnd.round,
-                    outcome.kind.value,
-                    f": {outcome.detail}" if outcome.detail else "",
-                )
-                self._round_over(rnd, outcome.kind.value, outcome.detail)
-                await self._stop(group)
-                await self._notify(rnd, outcome.kind.value, [])
-                self._restart(rnd, outcome.kind.value, outcome.detail)
+            outcome = await runner.run()
+            if isinstance(outcome, Succeeded):
+                self.results = outcome.results
+            action = next_action(self.machine.state, outcome)
+            if isinstance(action, Rejoin):
+                if action.cause:
+                    runner.events.restart_decided(action.rnd, action.cause, action.detail)
+                if action.verdict is not None:
+                    if action.verdict.delay > 0:
+                        log.info(
+                            "waiting %.1fs before rejoining (%s)",
+                            action.verdict.delay,
+                            action.verdict.reason,
+                        )
+                    await runner.latch.race(self.policy.before_rejoin(action.verdict))
                 continue
-            if outcome.succeeded:
-                self.results = results.read_results(group)
-                self._round_over(rnd, "succeeded", "", exited=group.pids)
-                await self._notify(rnd, "succeeded", [])
-                self.machine.to(AgentState.STOPPING)
-                change = await self._race(rdzv.report_success(rnd))
-                if change is None:
-                    self.machine.to(AgentState.SUCCEEDED)
-                    return 0
-                log.info(
-                    "round %d superseded after local success (%s)", rnd.round, change.kind.value
-                )
-                continue
-            # a local failure: the job restarts (continue) or fails (raised)
-            await self._on_failure(group, rdzv, rnd, list(outcome.failures))
+            if isinstance(action, Stop):
+                raise JobStopped(action.signum, action.node)
+            if isinstance(action, Fail):
+                self.machine.to(AgentState.FAILED)
+                root = action.failures[0]
+                raise WorkerFailed(_summary(root), list(action.failures))
+            self.machine.to(AgentState.SUCCEEDED)
+            return
 
-    async def _stop(self, group: WorkerGroup, kill: Collection[int] = ()) -> None:
-        """Stop ``group`` (``kill``: hung local ranks, SIGKILLed at once: docs/hangs.md)."""
-        t0 = self.clock.now()
-        if self._reclaim is not None:
-            self._reclaim.remember(group)  # its processes, while they are alive
-        await group.stop(self.cfg.shutdown_timeout, kill=kill)
-        self._emit(ev.WorkersStopped, group.rnd.round, seconds=self.clock.now() - t0)
-        if self._group is group:
-            self._group = None
+    def _on_signal(self, signum: int) -> None:
+        """The loop's handler: forward to the workers, latch the first signal, wake the races."""
+        log.warning("received %s: forwarding to workers and stopping", signal_name(signum))
+        if self._runner is not None:
+            self._runner.send_signal(signum)
+        assert self._latch is not None
+        self._latch.receive(signum)
+        if self._agent_events is not None:
+            self._agent_events.signal_received(signum)
 
-    # -- bound from the modules of one idea --------------------------------------
-    # Plain functions of the agent, bound here as methods, not wrapped in coroutines
-    # that only await them (each such layer costs every suspension of a race).
+    async def _linger(self) -> None:
+        from corral.agent.opening import linger
 
-    _race = races.race  # a step against the handled signals
-    _race_group = races.race_group  # a running group against its round
-    _on_failure = failure.on_failure  # a local failure: publish, stop, restart or fail
-    _on_signal = signals.on_signal  # the loop's signal handler
-    _tell_job = signals.tell_job  # --on-signal stop|leave, once
-    _before_start = agent_hooks.before_start  # AgentHooks (docs/api.md)
-    _notify = agent_hooks.notify
-    _open_rendezvous = opening.open_rendezvous
-    _linger = opening.linger
-    # events (docs/events.md)
-    _emit = emitting.emit
-    _round_closed = emitting.round_closed
-    _restart = emitting.restart_decided
-    _workers_started = agent_events.workers_started
-    _round_over = agent_events.round_over
-    _job_ended = agent_events.job_ended
+        if self._opened is not None:
+            await linger(self._opened.server, self.cfg)

@@ -3,8 +3,8 @@
 :func:`run_check` runs one command through the shell in a process group of its
 own, bounded by a timeout (a timeout counts as unhealthy; the whole group is
 SIGKILLed, at the timeout or when the caller is cancelled). :class:`HealthWatch`
-runs the node's checks in a background task it owns (``corral.core.aio.Background``)
-and keeps the latest verdict: the agent waits for a healthy verdict before it
+runs the node's checks in a background task of the agent run's task group (an
+error of it ends the run) and keeps the latest verdict: the agent waits for a healthy verdict before it
 joins a round, and races ``unhealthy()`` against its running workers, so a
 slow check delays neither a step nor a restart (docs/health.md).
 
@@ -21,17 +21,14 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from corral.core import events as ev
-from corral.core.aio import Background, first_of
+from corral.agent.features import KnowsOutcome, StepsOut
+from corral.core.aio import first_of
 from corral.core.clock import Clock
+from corral.core.compat import TaskGroup
 from corral.core.errors import ConfigError
 from corral.core.model import ChangeKind, RoundChange, RoundInfo
 from corral.rendezvous.api import Rendezvous
-
-if TYPE_CHECKING:
-    from corral.agent.agent import Agent
 
 __all__ = [
     "RETRY_S",
@@ -42,7 +39,6 @@ __all__ = [
     "leave_unhealthy",
     "run_check",
     "wait_to_join",
-    "watch_for",
 ]
 
 log = logging.getLogger("corral.agent")
@@ -113,12 +109,13 @@ class HealthWatch:
     ``timeout``); the first failing one is the verdict. With ``interval`` 0 they
     run only until the node is first healthy (every :data:`RETRY_S` seconds
     while it is not). A change of verdict logs one line and calls ``on_change``
-    (the agent's events). An error of the checking task itself is logged at
-    once (``Background``) and raised by the next :meth:`wait_healthy` /
-    :meth:`unhealthy`, never swallowed.
+    (the agent's events). An error of the checking task itself fails its task
+    in ``tasks`` (the agent run's group: the run ends with it) and is raised by
+    every :meth:`wait_healthy` / :meth:`unhealthy`, never swallowed.
 
     Args:
         checks: shell commands; exit 0 is healthy.
+        tasks: the task group the checks run in (the agent run's).
         timeout: seconds each check may take.
         interval: seconds between rounds of checks; 0: only before joining.
         clock: the clock the intervals and the timeout are measured on.
@@ -129,12 +126,14 @@ class HealthWatch:
         self,
         checks: tuple[str, ...],
         *,
+        tasks: TaskGroup,
         timeout: float,
         interval: float,
         clock: Clock,
         on_change: Callable[[Unhealthy | None], None] | None = None,
     ) -> None:
         self.checks = checks
+        self._tasks = tasks
         self.timeout = timeout
         self.interval = interval
         self.clock = clock
@@ -143,18 +142,20 @@ class HealthWatch:
         self.known = False  # a first round of checks has finished
         self.rounds = 0  # rounds of checks finished (tests wait on it)
         self._changed = asyncio.Event()
-        self._tasks = Background("health checks")
         self._task: asyncio.Task[None] | None = None
-        self._tasks.subscribe(lambda _exc: self._wake())
+        self._error: BaseException | None = None  # the checking task's, once it failed
 
     async def start(self) -> None:
         """Run the first round of checks here (a check the shell cannot run is a
         ConfigError, raised to the caller), then the rest in the background."""
         self._record(await self.check_once())
-        self._task = self._tasks.start(self._run(first_done=True), name="health checks")
+        self._task = self._tasks.create_task(self._run(first_done=True), name="health checks")
 
     async def stop(self) -> None:
-        await self._tasks.stop(self._task)
+        """End the checking task (its group awaits it); an error it ended with stays
+        the group's."""
+        if self._task is not None:
+            self._task.cancel()
 
     def _wake(self) -> None:
         ev, self._changed = self._changed, asyncio.Event()
@@ -180,6 +181,15 @@ class HealthWatch:
         return None
 
     async def _run(self, *, first_done: bool = False) -> None:
+        try:
+            await self._checks(first_done=first_done)
+        except Exception as exc:  # the group ends the run with it; the waiters raise it too
+            log.error("health checks failed: %r", exc)
+            self._error = exc
+            self._wake()
+            raise
+
+    async def _checks(self, *, first_done: bool) -> None:
         verdict = self.verdict
         while True:
             if not first_done:
@@ -212,8 +222,8 @@ class HealthWatch:
         self._wake()
 
     def _raise_failed(self) -> None:
-        if self._tasks.error is not None:
-            raise self._tasks.error
+        if self._error is not None:
+            raise self._error
 
     async def wait_healthy(self, job_over: Callable[[], Awaitable[bool]] | None = None) -> None:
         """Return once the latest verdict is healthy (at once if it already is), or, when
@@ -242,17 +252,19 @@ class HealthWatch:
 async def health_watch(
     checks: tuple[str, ...],
     *,
+    tasks: TaskGroup,
     timeout: float,
     interval: float,
     clock: Clock,
     on_change: Callable[[Unhealthy | None], None] | None = None,
 ) -> AsyncIterator[HealthWatch | None]:
-    """A started :class:`HealthWatch` for the block (None when there are no checks)."""
+    """A started :class:`HealthWatch` for the block, its checks in ``tasks`` (None when
+    there are no checks)."""
     if not checks:
         yield None
         return
     watch = HealthWatch(
-        checks, timeout=timeout, interval=interval, clock=clock, on_change=on_change
+        checks, tasks=tasks, timeout=timeout, interval=interval, clock=clock, on_change=on_change
     )
     await watch.start()
     try:
@@ -261,56 +273,31 @@ async def health_watch(
         await watch.stop()
 
 
-# -- the agent's side (functions of an Agent, as in agent/races.py) -------------------
-
-
-def watch_for(agent: Agent) -> contextlib.AbstractAsyncContextManager[HealthWatch | None]:
-    """The agent's :class:`HealthWatch` for the block (None without ``--health-check``);
-    its verdicts become ``NodeUnhealthy`` / ``NodeHealthy`` events."""
-    cfg = agent.cfg
-
-    def changed(verdict: Unhealthy | None) -> None:
-        if verdict is None:
-            agent._emit(ev.NodeHealthy, agent._round, host=agent.host)
-        else:
-            agent._emit(ev.NodeUnhealthy, agent._round, host=agent.host,
-                        check=verdict.check, reason=verdict.reason)  # fmt: skip
-
-    return health_watch(
-        cfg.health_checks,
-        timeout=cfg.health_check_timeout,
-        interval=cfg.health_check_interval,
-        clock=agent.clock,
-        on_change=changed,
-    )
+# -- the agent's side ---------------------------------------------------------------
 
 
 async def wait_to_join(health: HealthWatch, rdzv: Rendezvous) -> None:
     """Before a join: wait until this node is healthy, or the job has ended meanwhile
     (asked of the store once per round of checks; the join then ends the agent)."""
-    outcome: Callable[[], Awaitable[object]] | None = getattr(rdzv, "outcome", None)
+    knows = rdzv if isinstance(rdzv, KnowsOutcome) else None
 
     async def job_over() -> bool:
-        return outcome is not None and await outcome() is not None
+        return knows is not None and await knows.outcome() is not None
 
     await health.wait_healthy(job_over)
 
 
-async def leave_unhealthy(
-    agent: Agent, rdzv: Rendezvous, rnd: RoundInfo, verdict: Unhealthy
-) -> RoundChange:
+async def leave_unhealthy(rdzv: Rendezvous, rnd: RoundInfo, verdict: Unhealthy) -> RoundChange:
     """This member turned unhealthy: leave round ``rnd`` (a restart for the job, counted);
     the agent's loop then stops the workers and waits until the node is healthy again.
 
     A backend without ``step_out`` (a plug-in) is not told: the others see this
     node's workers end.
     """
-    step_out: Callable[[RoundInfo, str], Awaitable[RoundChange]] | None
-    step_out = getattr(rdzv, "step_out", None)  # beyond the Rendezvous protocol
     detail = "this node is unhealthy"  # the check and its output: HealthWatch's one line
-    if step_out is None:
+    if not isinstance(rdzv, StepsOut):  # beyond the Rendezvous protocol
         return RoundChange(ChangeKind.MEMBER_LOST, None, detail)
-    change: RoundChange = await step_out(rnd, f"{verdict.check}: {verdict.reason}")
+    change = await rdzv.step_out(rnd, f"{verdict.check}: {verdict.reason}")
     if change.kind is ChangeKind.JOB_ENDED:
         return change
     return RoundChange(ChangeKind.MEMBER_LOST, change.new_round, detail)

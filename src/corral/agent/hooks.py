@@ -1,8 +1,7 @@
 """The agent's hooks (docs/api.md): what they are, and how the agent calls them.
 
 :class:`AgentHooks` is re-exported by :mod:`corral.agent.agent` (and ``corral``);
-:func:`before_start` and :func:`notify` are functions of an
-:class:`~corral.agent.agent.Agent`, bound on it as methods.
+:func:`before_start` and :func:`notify` are how the round runner calls them.
 """
 
 from __future__ import annotations
@@ -10,15 +9,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from corral.agent.state import AgentState
 from corral.core.errors import LauncherError, NodeRefused
 from corral.core.failures import FailureReport
 from corral.core.model import RoundInfo
-
-if TYPE_CHECKING:
-    from corral.agent.agent import Agent
 
 __all__ = ["AgentHooks", "before_start", "notify"]
 
@@ -44,24 +38,25 @@ class AgentHooks:
     on_outcome: Callable[[RoundInfo, str, list[FailureReport]], Awaitable[None]] | None = None
 
 
-async def before_start(agent: Agent, rnd: RoundInfo) -> None:
-    """Run ``hooks.before_start`` (the caller checks that it is set); a refusal fails
-    the agent with NodeRefused."""
-    assert agent.hooks.before_start is not None
+async def before_start(hooks: AgentHooks, rnd: RoundInfo) -> None:
+    """Run ``hooks.before_start`` (if set); a refusal is raised as NodeRefused."""
+    if hooks.before_start is None:
+        return
     try:
-        await agent.hooks.before_start(rnd)
+        await hooks.before_start(rnd)
     except LauncherError as exc:
-        agent.machine.to(AgentState.FAILED)
         log.error("round %d: before_start refused to run: %s", rnd.round, exc)
         if isinstance(exc, NodeRefused):
             raise
         raise NodeRefused(f"node refused round {rnd.round}: {exc}") from exc
 
 
-async def notify(agent: Agent, rnd: RoundInfo, kind: str, failures: list[FailureReport]) -> None:
+async def notify(
+    hooks: AgentHooks, rnd: RoundInfo, kind: str, failures: list[FailureReport]
+) -> None:
     """Run ``hooks.on_outcome``; its exceptions are logged, never raised."""
-    if agent.hooks.on_outcome is not None:
+    if hooks.on_outcome is not None:
         try:
-            await agent.hooks.on_outcome(rnd, kind, failures)
+            await hooks.on_outcome(rnd, kind, failures)
         except Exception:  # a hook must not take the job down
             log.exception("on_outcome hook failed")

@@ -1,7 +1,6 @@
 """This node's rendezvous and the job's store: open them, and the hosting agent's linger.
 
-Functions of an :class:`~corral.agent.agent.Agent` (``agent``), called once
-per run; every backend, built-in or plug-in, opens through the registry
+Called once per agent run; every backend, built-in or plug-in, opens through the registry
 (``corral.rendezvous.registry.open_rendezvous``), whose openers host or connect
 to the store and start the liveness ring where it is needed.
 """
@@ -10,16 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
+from corral.core.clock import Clock
 from corral.core.model import NodeDesc
 from corral.core.net import local_address_towards, numeric_host
 from corral.rendezvous.api import Rendezvous
 
 if TYPE_CHECKING:
-    from corral.agent.agent import Agent
     from corral.config import LaunchConfig
+    from corral.events.observe import Observers
+    from corral.events.sinks import EventSink
+    from corral.rendezvous.builtin import Opened
+    from corral.store.tcp.server import StoreServer
 
 __all__ = ["linger", "node_addr", "open_rendezvous"]
 
@@ -37,36 +41,57 @@ def node_addr(cfg: LaunchConfig) -> str:
     return local_address_towards(host or "127.0.0.1", wait)
 
 
-async def open_rendezvous(agent: Agent, stack: AsyncExitStack) -> Rendezvous:
-    """Open ``cfg.rdzv_backend`` through the registry (built-ins and plug-ins alike)."""
+async def open_rendezvous(
+    cfg: LaunchConfig,
+    *,
+    node_id: str,
+    host: str,
+    clock: Clock,
+    environ: Mapping[str, str],
+    stack: AsyncExitStack,
+    observers: Observers | None,
+) -> Opened:
+    """Open ``cfg.rdzv_backend`` through the registry (built-ins and plug-ins alike);
+    ``stack`` closes what it opened. The observers get the job's store (the journal)
+    and the rendezvous's events."""
     from corral.rendezvous.registry import open_rendezvous
 
-    cfg = agent.cfg
     node = NodeDesc(
-        node_id=agent.node_id,
+        node_id=node_id,
         addr=node_addr(cfg),
         local_world_size=cfg.nproc_per_node,
-        host=agent.host,
+        host=host,
         pid=os.getpid(),
-        master_port=0,  # 0: a fresh free port each round (CONTRACT.md)
+        master_port=0,  # 0: a fresh free port each round (docs/contract.md)
     )
-    opened = await open_rendezvous(cfg, node, stack=stack, clock=agent.clock, environ=agent.environ)
-    agent._server = opened.server
-    agent._liveness = opened.liveness
-    if opened.store is not None:
-        agent._store = opened.store
-        if agent.observers is not None:
-            agent.observers.attach_store(stack, opened.store)  # the journal (docs/events.md)
-    if agent.observers is not None:
-        agent.observers.attach_rendezvous(opened.rendezvous)
-    return opened.rendezvous
+    opened = await open_rendezvous(cfg, node, stack=stack, clock=clock, environ=environ)
+    if observers is not None:
+        if opened.store is not None:
+            observers.attach_store(stack, opened.store)  # the journal (docs/events.md)
+        _give_events(opened.rendezvous, observers.sink)
+    return opened
 
 
-async def linger(agent: Agent) -> None:
+def _give_events(rdzv: Rendezvous, sink: EventSink) -> None:
+    """Let the rendezvous (the dynamic one, or the one inside static) emit its events.
+
+    TODO(issue 24, rdzv branch): DynamicRendezvous takes ``events=`` in its
+    constructor; then the registry's opener passes the sink and this goes. The
+    one place an event sink is set after construction.
+    """
+    from corral.rendezvous.dynamic import DynamicRendezvous
+    from corral.rendezvous.static import StaticRendezvous
+
+    target = rdzv.dynamic if isinstance(rdzv, StaticRendezvous) else rdzv
+    if isinstance(target, DynamicRendezvous):
+        target.events = sink
+
+
+async def linger(server: StoreServer | None, cfg: LaunchConfig) -> None:
     """The store's host stays until the other agents have read the job's outcome."""
-    if agent._server is not None:
-        grace = min(agent.cfg.rdzv_conf.store.read_timeout, 10.0)
-        if not await agent._server.wait_idle(grace):
+    if server is not None:
+        grace = min(cfg.rdzv_conf.store.read_timeout, 10.0)
+        if not await server.wait_idle(grace):
             log.warning(
                 "agents still connected %.0fs after the job ended; closing the store", grace
             )

@@ -19,14 +19,13 @@ The agent that got the signal exits 128 + signal either way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from corral.agent.features import Leaves, ReportsStop
 from corral.core.compat import timeout as _timeout
 from corral.core.errors import Interrupted, JobStopped, LauncherError, signal_name
 from corral.core.model import RoundChange, RoundInfo
 from corral.rendezvous.api import Rendezvous
-from corral.rendezvous.state import Outcome
 
 if TYPE_CHECKING:
     from corral.config import LaunchConfig
@@ -57,12 +56,10 @@ async def tell_job(
     """
     name = signal_name(signum)
     # beyond the Rendezvous protocol: the built-in backends have them, a plug-in may not
-    report_stop: Callable[[int, str], Awaitable[Outcome]] | None
-    report_stop = getattr(rdzv, "report_stop", None)
-    leave: Callable[[RoundInfo, int, str], Awaitable[Outcome | None]] | None
-    leave = getattr(rdzv, "leave", None)
+    reports_stop = rdzv if isinstance(rdzv, ReportsStop) else None
+    leaves = rdzv if isinstance(rdzv, Leaves) else None
     action = cfg.signal_action
-    if action == "leave" and hosts_store and report_stop is not None:
+    if action == "leave" and hosts_store and reports_stop is not None:
         log.warning(
             "%s: this node hosts the job's store and cannot leave without it: the job stops "
             "(a separate `corral store` or etcd lets a job outlive any training node)",
@@ -72,17 +69,17 @@ async def tell_job(
     try:
         async with _timeout(cfg.rdzv_conf.store.read_timeout):
             if action == "leave":
-                if rnd is None or leave is None:
+                if rnd is None or leaves is None:
                     log.warning("%s: this node leaves the job", name)
                     return Interrupted(signum)
-                out = await leave(rnd, signum, host)
+                out = await leaves.leave(rnd, signum, host)
                 if out is None:
                     log.warning("%s: this node leaves the job; the others go on without it", name)
                     return Interrupted(signum)
-            elif report_stop is None:
+            elif reports_stop is None:
                 return Interrupted(signum)
             else:
-                out = await report_stop(signum, host)
+                out = await reports_stop.report_stop(signum, host)
     except (LauncherError, TimeoutError) as exc:
         log.warning("%s: could not record the job's stop in the store (%s)", name, exc)
         return JobStopped(signum, host)

@@ -1,10 +1,11 @@
 """Handled signals in this process: install the handlers, forward, tell the job once.
 
 A signal in ``cfg.signals_to_handle`` is forwarded to the running worker group
-at once (:func:`on_signal`, the loop's handler), remembered (the first one
-decides the exit code, 128 + N) and wakes every race of the agent
-(``agent._signal_event``). What it does to the rest of the job (``--on-signal
-stop|leave``) is :mod:`corral.agent.preempt`'s; :func:`tell_job` asks it once.
+at once (the agent's handler), then latched in the run's :class:`SignalLatch`:
+the first one decides the exit code (128 + N) and wakes every race of the run
+(:meth:`SignalLatch.race`). What it does to the rest of the job (``--on-signal
+stop|leave``) is :mod:`corral.agent.preempt`'s; :meth:`SignalLatch.tell_job`
+asks it once.
 """
 
 from __future__ import annotations
@@ -13,19 +14,21 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
-from corral.core import events as ev
-from corral.core.errors import ConfigError, Interrupted, signal_name
+from corral.core.aio import first_of
+from corral.core.errors import ConfigError, Interrupted
 from corral.core.model import RoundInfo
 from corral.rendezvous.api import Rendezvous
 
 if TYPE_CHECKING:
-    from corral.agent.agent import Agent
+    from corral.config import LaunchConfig
 
-__all__ = ["Handler", "install_handlers", "on_signal", "remove_handlers", "tell_job"]
+__all__ = ["Handler", "SignalLatch", "install_handlers", "remove_handlers"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("corral.agent")
 
@@ -71,24 +74,54 @@ def remove_handlers(loop: asyncio.AbstractEventLoop, installed: dict[int, Handle
             signal.signal(sig, previous)
 
 
-def on_signal(agent: Agent, signum: int) -> None:
-    """The loop's handler: forward to the workers, remember the first signal, wake the races."""
-    log.warning("received %s: forwarding to workers and stopping", signal_name(signum))
-    if agent._group is not None:
-        agent._group.send_signal(signum)
-    if not agent._signum:
-        agent._signum = signum
-    agent._emit(ev.SignalReceived, agent._round, signal=signal_name(signum))
-    agent._signal_event.set()
+class SignalLatch:
+    """The handled signals of one agent run: the first one, remembered, and who waits for it.
 
+    :meth:`receive` is the signal handler's part (after the forwarding): it
+    latches the first signal and wakes every :meth:`wait` / :meth:`race`.
+    :meth:`tell_job` tells the job once, whatever number of paths ask.
+    """
 
-async def tell_job(agent: Agent, rdzv: Rendezvous, rnd: RoundInfo | None) -> Interrupted:
-    """This node got a handled signal: stop the job or leave it, once (agent/preempt.py)."""
-    if agent._told is None:
-        from corral.agent.preempt import tell_job
+    def __init__(self) -> None:
+        self.signum = 0  # the first handled signal; 0: none yet
+        self._event = asyncio.Event()
+        self._told: Interrupted | None = None  # what telling the job ended this run with
 
-        hosts = agent._server is not None  # the embedded store: it cannot leave
-        agent._told = await tell_job(
-            rdzv, agent.cfg, rnd, agent._signum, agent.host, hosts_store=hosts
-        )
-    return agent._told
+    def receive(self, signum: int) -> None:
+        """A handled signal arrived: remember it if it is the first; wake the races."""
+        if not self.signum:
+            self.signum = signum
+        self._event.set()
+
+    @property
+    def received(self) -> bool:
+        return bool(self.signum)
+
+    async def wait(self) -> None:
+        """Return once a handled signal has arrived."""
+        await self._event.wait()
+
+    async def race(self, aw: Awaitable[T]) -> T:
+        """Await ``aw`` unless a handled signal arrives first (then raise Interrupted)."""
+        i, result = await first_of(aw, self._event.wait())
+        if i == 1:
+            raise Interrupted(self.signum)
+        return cast(T, result)
+
+    async def tell_job(
+        self,
+        rdzv: Rendezvous,
+        cfg: LaunchConfig,
+        rnd: RoundInfo | None,
+        *,
+        host: str,
+        hosts_store: bool,
+    ) -> Interrupted:
+        """This node got a handled signal: stop the job or leave it, once (agent/preempt.py).
+
+        ``hosts_store``: this node hosts the embedded store (it cannot leave)."""
+        if self._told is None:
+            from corral.agent.preempt import tell_job
+
+            self._told = await tell_job(rdzv, cfg, rnd, self.signum, host, hosts_store=hosts_store)
+        return self._told

@@ -148,12 +148,6 @@ class Observers:
 
             self._probe = probe
 
-    def attach_rendezvous(self, rdzv: Any) -> None:
-        """Let the rendezvous (the dynamic one, or the one inside static) emit its events."""
-        target = getattr(rdzv, "dynamic", rdzv)
-        if hasattr(target, "events"):
-            target.events = self.sink
-
     async def _start_metrics(self, port: int) -> None:
         import asyncio
 

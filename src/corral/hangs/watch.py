@@ -96,6 +96,8 @@ class HangWatch:
         publish_every: least seconds between two progress records for ``status``.
         dumper: ``pid -> (stack, note)`` (default: py-spy, see :mod:`corral.hangs.stacks`).
         wall: wall clock for the progress records (humans only).
+        on_marks: called with (round info, {local rank: mark}) at each read (events, metrics).
+        on_hang: called with this node's hung ranks at the verdict (HangDeclared events).
     """
 
     def __init__(
@@ -113,6 +115,8 @@ class HangWatch:
         publish_every: float = 2.0,
         dumper: Dumper | None = None,
         wall: Callable[[], float] = time.time,
+        on_marks: Callable[[Any, dict[int, Mark]], None] | None = None,
+        on_hang: Callable[[Any, list[RankDump]], None] | None = None,
     ) -> None:
         self.limits = limits
         self.node_id = node_id
@@ -127,14 +131,19 @@ class HangWatch:
         self._dump: Dumper = dumper or dump
         self._wall = wall
         self._seen_progress = False  # on this node, in any attempt: arms the next attempts
-        # called with (round info, {local rank: mark}) at each read (events, metrics)
-        self.on_marks: Callable[[Any, dict[int, Mark]], None] | None = None
-        # this node's hung ranks, at the verdict (the agent's HangDeclared events)
-        self.on_hang: Callable[[Any, list[RankDump]], None] | None = None
+        self.on_marks = on_marks
+        self.on_hang = on_hang
 
     @classmethod
     def from_config(
-        cls, cfg: LaunchConfig, *, node_id: str, host: str, store: Store | None
+        cls,
+        cfg: LaunchConfig,
+        *,
+        node_id: str,
+        host: str,
+        store: Store | None,
+        on_marks: Callable[[Any, dict[int, Mark]], None] | None = None,
+        on_hang: Callable[[Any, list[RankDump]], None] | None = None,
     ) -> HangWatch:
         """The agent's detector for ``cfg`` (which must have ``hang_timeout`` set)."""
         if cfg.hang_timeout is None:
@@ -149,6 +158,8 @@ class HangWatch:
             store=store,
             base=base,
             poll=min(1.0, limits.timeout),
+            on_marks=on_marks,
+            on_hang=on_hang,
         )
 
     # -- the race entry ----------------------------------------------------------
@@ -158,7 +169,7 @@ class HangWatch:
 
         ``group`` is the started :class:`~corral.workers.group.WorkerGroup`,
         ``rnd`` its :class:`~corral.rendezvous.api.RoundInfo`. Store errors
-        are logged and the detector goes on locally.
+        are logged and retried; the detector goes on locally meanwhile.
         """
         started = self.clock.now()
         remote = asyncio.Event()
@@ -244,21 +255,43 @@ class HangWatch:
             log.debug("progress record not published: %s", exc)
 
     async def _watch_remote(self, rnd: Any, remote: asyncio.Event) -> None:
-        """Set ``remote`` when another node publishes a hang record of this round."""
+        """Set ``remote`` when another node publishes a hang record of this round.
+
+        A store error is retried every ``poll`` s, with a
+        warning at the first of a run of them: the node never stops following the
+        others' hangs silently.
+        """
         assert self.store is not None
         prefix = hangs_prefix(self.base, rnd.round)
-        try:
-            async with self.store.watch(prefix, prefix=True) as events:
-                kvs, _ = await self.store.range(prefix)
-                if any(not kv.key.endswith("/" + self.node_id) for kv in kvs):
+        failing = False
+        while True:
+            try:
+                if await self._follow(prefix):
                     remote.set()
                     return
-                async for event in events:
-                    if event.kv.value and not event.kv.key.endswith("/" + self.node_id):
-                        remote.set()
-                        return
-        except StoreError as exc:
-            log.debug("hang records of other nodes not watched: %s", exc)
+            except StoreError as exc:
+                if not failing:
+                    log.warning(
+                        "round %d: hang records of other nodes not watched (%s); retrying",
+                        rnd.round,
+                        exc,
+                    )
+                failing = True
+                await self.clock.sleep(max(self.poll, 0.05))
+                continue
+            return  # the watch ended without a record (the store closed it)
+
+    async def _follow(self, prefix: str) -> bool:
+        """True once another node's hang record is under ``prefix``."""
+        assert self.store is not None
+        async with self.store.watch(prefix, prefix=True) as events:
+            kvs, _ = await self.store.range(prefix)
+            if any(not kv.key.endswith("/" + self.node_id) for kv in kvs):
+                return True
+            async for event in events:
+                if event.kv.value and not event.kv.key.endswith("/" + self.node_id):
+                    return True
+        return False
 
     # -- on a hang ----------------------------------------------------------------------
 

@@ -40,8 +40,7 @@ import os
 import socket
 import subprocess
 import tempfile
-from collections.abc import Coroutine, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from corral.core.aio import task_scope
@@ -130,13 +129,42 @@ class StandbyPool:
         self._env = env
         self._standbys: list[Standby] = []
         self._zygote: Standby | None = None
-        self._scope: AbstractAsyncContextManager[TaskGroup] | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
         self._closed = False
 
     async def __aenter__(self) -> StandbyPool:
-        self._scope = task_scope()  # detached stops and reaps run in it (docs/design.md)
-        self._tg = await self._scope.__aenter__()
+        self._stack = contextlib.AsyncExitStack()
+        return await self._stack.enter_async_context(self._running())
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self._stack is not None
+        await self._stack.__aexit__(*exc)
+
+    @contextlib.asynccontextmanager
+    async def _running(self) -> AsyncIterator[StandbyPool]:
+        """The pool's life: its task group (detached stops and reaps run in it:
+        docs/design.md) around the block.
+
+        The children (stops finishing, standbys being reaped) end by themselves
+        within their timeouts: they are waited for whatever ends the block, and
+        the block's own exception passes unchanged after them (a task group would
+        cancel them). A child's error is raised, bare (it cancels the block first).
+        """
+        error: BaseException | None = None
+        async with task_scope() as tg:
+            self._tg = tg
+            self._start()
+            try:
+                yield self
+            except BaseException as exc:  # the owner's: raised once the children are done
+                error = exc
+            finally:
+                self._close()
+        if error is not None:
+            raise error
+
+    def _start(self) -> None:
         # Before the first rendezvous: importing overlaps the gathering. Where the
         # first attempt will not wait for it, it imports at idle priority.
         # Where nothing is to be imported, a standby saves only an interpreter's
@@ -147,20 +175,14 @@ class StandbyPool:
             if self.use_zygote:
                 self._zygote = self._spawn(idle=first_idle, zygote=True)
             self.fill(idle=first_idle)
-        return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    def _close(self) -> None:
         self._closed = True
         for sb in self._standbys:
             self._drop(sb)
         self._standbys.clear()
         if self._zygote is not None:
             self._drop(self._zygote)
-        assert self._scope is not None
-        # The children (stops finishing, standbys being reaped) end by themselves
-        # within their timeouts: wait for them whatever ends the agent, and let
-        # the agent's own exception pass unchanged. A child's error is raised, bare.
-        await self._scope.__aexit__(None, None, None)
 
     # --- standbys ---------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import pytest
 from tests.helpers import gone
 
 from corral.agent.health import HealthWatch, Unhealthy, run_check
+from corral.core.aio import task_scope
 from corral.core.clock import FakeClock, MonotonicClock
 from corral.core.errors import ConfigError
 
@@ -85,87 +86,102 @@ async def test_a_cancelled_check_kills_its_process_group(tmp_path: Path) -> None
 
 
 async def test_watch_checks_every_interval_and_reports_changes_once(tmp_path: Path) -> None:
-    sick = tmp_path / "sick"
-    clock = FakeClock()
-    seen: list[Unhealthy | None] = []
-    cmd = f"test ! -e {sick} || {{ echo 'disk full'; exit 1; }}"
-    watch = HealthWatch((cmd,), timeout=10, interval=60, clock=clock, on_change=seen.append)
-    await watch.start()  # the first round runs before start returns
-    try:
-        assert watch.known and watch.verdict is None and watch.rounds == 1
-        await asyncio.wait_for(watch.wait_healthy(), 5)
-        sick.touch()
-        await _until(lambda: clock.sleepers == 1, "the watch to sleep its interval")
-        assert watch.rounds == 1, "no check before the interval"
-        clock.advance(60)
-        verdict = await asyncio.wait_for(watch.unhealthy(), 10)
-        assert verdict == Unhealthy(cmd, "disk full")
-        clock_rounds = watch.rounds
-        await _until(lambda: clock.sleepers == 1, "the next interval")
-        clock.advance(60)  # still unhealthy: no second report
-        await _until(lambda: watch.rounds == clock_rounds + 1, "another round")
-        assert seen == [verdict]
-        sick.unlink()
-        waiter = asyncio.create_task(watch.wait_healthy())
-        await _until(lambda: clock.sleepers == 1, "the next interval")
-        assert not waiter.done()
-        clock.advance(60)
-        await asyncio.wait_for(waiter, 10)
-        assert seen == [verdict, None]
-    finally:
-        await watch.stop()
+    async with task_scope() as tg:
+        sick = tmp_path / "sick"
+        clock = FakeClock()
+        seen: list[Unhealthy | None] = []
+        cmd = f"test ! -e {sick} || {{ echo 'disk full'; exit 1; }}"
+        watch = HealthWatch(
+            (cmd,), timeout=10, interval=60, clock=clock, on_change=seen.append, tasks=tg
+        )
+        await watch.start()  # the first round runs before start returns
+        try:
+            assert watch.known and watch.verdict is None and watch.rounds == 1
+            await asyncio.wait_for(watch.wait_healthy(), 5)
+            sick.touch()
+            await _until(lambda: clock.sleepers == 1, "the watch to sleep its interval")
+            assert watch.rounds == 1, "no check before the interval"
+            clock.advance(60)
+            verdict = await asyncio.wait_for(watch.unhealthy(), 10)
+            assert verdict == Unhealthy(cmd, "disk full")
+            clock_rounds = watch.rounds
+            await _until(lambda: clock.sleepers == 1, "the next interval")
+            clock.advance(60)  # still unhealthy: no second report
+            await _until(lambda: watch.rounds == clock_rounds + 1, "another round")
+            assert seen == [verdict]
+            sick.unlink()
+            waiter = asyncio.create_task(watch.wait_healthy())
+            await _until(lambda: clock.sleepers == 1, "the next interval")
+            assert not waiter.done()
+            clock.advance(60)
+            await asyncio.wait_for(waiter, 10)
+            assert seen == [verdict, None]
+        finally:
+            await watch.stop()
 
 
 async def test_interval_zero_retries_until_healthy_then_stops_checking(tmp_path: Path) -> None:
-    sick = tmp_path / "sick"
-    sick.touch()
-    clock = FakeClock()
-    cmd = f"test ! -e {sick}"
-    watch = HealthWatch((cmd,), timeout=10, interval=0, clock=clock)
-    await watch.start()
-    try:
-        assert watch.verdict == Unhealthy(cmd, "exit code 1")
-        sick.unlink()
-        await _until(lambda: clock.sleepers == 1, "the retry")
-        clock.advance(5)
-        await asyncio.wait_for(watch.wait_healthy(), 10)
-        await _until(lambda: watch._task is not None and watch._task.done(), "the checks to end")
-        assert watch.rounds == 2
-    finally:
-        await watch.stop()
+    async with task_scope() as tg:
+        sick = tmp_path / "sick"
+        sick.touch()
+        clock = FakeClock()
+        cmd = f"test ! -e {sick}"
+        watch = HealthWatch((cmd,), timeout=10, interval=0, clock=clock, tasks=tg)
+        await watch.start()
+        try:
+            assert watch.verdict == Unhealthy(cmd, "exit code 1")
+            sick.unlink()
+            await _until(lambda: clock.sleepers == 1, "the retry")
+            clock.advance(5)
+            await asyncio.wait_for(watch.wait_healthy(), 10)
+            await _until(
+                lambda: watch._task is not None and watch._task.done(), "the checks to end"
+            )
+            assert watch.rounds == 2
+        finally:
+            await watch.stop()
 
 
 async def test_a_check_the_shell_cannot_run_is_a_config_error(tmp_path: Path) -> None:
-    watch = HealthWatch(
-        ("no-such-command-corral-test",), timeout=10, interval=60, clock=MonotonicClock()
-    )
-    with pytest.raises(ConfigError, match=r"the shell cannot run it \(exit 127"):
-        await watch.start()
-    script = tmp_path / "check.sh"
-    script.write_text("#!/bin/sh\nexit 0\n")  # not executable
-    watch = HealthWatch((str(script),), timeout=10, interval=60, clock=MonotonicClock())
-    with pytest.raises(ConfigError, match="exit 126"):
-        await watch.start()
+    async with task_scope() as tg:
+        watch = HealthWatch(
+            ("no-such-command-corral-test",),
+            timeout=10,
+            interval=60,
+            clock=MonotonicClock(),
+            tasks=tg,
+        )
+        with pytest.raises(ConfigError, match=r"the shell cannot run it \(exit 127"):
+            await watch.start()
+        script = tmp_path / "check.sh"
+        script.write_text("#!/bin/sh\nexit 0\n")  # not executable
+        watch = HealthWatch(
+            (str(script),), timeout=10, interval=60, clock=MonotonicClock(), tasks=tg
+        )
+        with pytest.raises(ConfigError, match="exit 126"):
+            await watch.start()
 
 
-async def test_an_error_of_the_checker_is_raised_to_its_waiters(tmp_path: Path) -> None:
+async def test_an_error_of_the_checker_ends_the_run_and_reaches_its_waiters(tmp_path: Path) -> None:
+    """The checking task fails: its error ends the run's task group, as itself, and every
+    waiter on the verdict raises it too (never a silent end of the checks)."""
     sick = tmp_path / "sick"
     clock = FakeClock()
 
     def broken(verdict: Unhealthy | None) -> None:
         raise RuntimeError("the checker broke")
 
-    watch = HealthWatch((f"test ! -e {sick}",), timeout=10, interval=60, clock=clock,
-                        on_change=broken)  # fmt: skip
-    await watch.start()
-    try:
-        waiter = asyncio.create_task(watch.unhealthy())
-        sick.touch()
-        await _until(lambda: clock.sleepers == 1, "the interval")
-        clock.advance(60)
-        with pytest.raises(RuntimeError, match="the checker broke"):
-            await asyncio.wait_for(waiter, 10)
-        with pytest.raises(RuntimeError, match="the checker broke"):
-            await watch.wait_healthy()
-    finally:
-        await watch.stop()
+    waiter: asyncio.Task[Unhealthy] | None = None
+    with pytest.raises(RuntimeError, match="the checker broke"):
+        async with task_scope() as tg:  # the agent run's group
+            watch = HealthWatch((f"test ! -e {sick}",), timeout=10, interval=60, clock=clock,
+                                on_change=broken, tasks=tg)  # fmt: skip
+            await watch.start()
+            waiter = asyncio.create_task(watch.unhealthy())
+            sick.touch()
+            await _until(lambda: clock.sleepers == 1, "the interval")
+            clock.advance(60)
+            await asyncio.Event().wait()  # the run: ended by the checker's error
+    assert waiter is not None
+    with pytest.raises(RuntimeError, match="the checker broke"):
+        await asyncio.wait_for(waiter, 10)

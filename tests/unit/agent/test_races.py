@@ -7,8 +7,15 @@ from typing import NoReturn
 
 import pytest
 
-from corral.agent.agent import Agent
+from corral.agent.events import AgentEvents
+from corral.agent.hooks import AgentHooks
+from corral.agent.policy import ImmediatePolicy
+from corral.agent.runner import RoundRunner
+from corral.agent.services import NodeServices
+from corral.agent.signals import SignalLatch
+from corral.agent.state import StateMachine
 from corral.config import LaunchConfig
+from corral.core.clock import MonotonicClock
 from corral.core.errors import Interrupted
 from corral.core.model import RoundChange, RoundInfo
 
@@ -46,35 +53,55 @@ class BrokenLiveness:
         raise KeyError("addr")
 
 
-def _agent() -> Agent:
-    return Agent(LaunchConfig(nproc_per_node=1, shutdown_timeout=1.0), handle_signals=False)
+def _runner(rdzv: object, services: NodeServices | None = None) -> RoundRunner:
+    """A runner for the race alone: the group and the rendezvous are fakes."""
+    cfg = LaunchConfig(nproc_per_node=1, shutdown_timeout=1.0)
+    return RoundRunner(
+        cfg,
+        rdzv=rdzv,  # type: ignore[arg-type]
+        spec=None,  # type: ignore[arg-type]
+        logs=None,  # type: ignore[arg-type]
+        reaper=None,  # type: ignore[arg-type]
+        services=services or NodeServices(),
+        latch=SignalLatch(),
+        events=AgentEvents(None, host="h", max_restarts=0),
+        machine=StateMachine(),
+        hooks=AgentHooks(),
+        policy=ImmediatePolicy(),
+        env_builder=lambda *a: {},
+        node_id="n",
+        host="h",
+        environ={},
+        clock=MonotonicClock(),
+        hosts_store=False,
+        tasks=None,  # type: ignore[arg-type]
+    )
 
 
 async def test_an_unexpected_liveness_error_fails_the_race_at_once() -> None:
-    agent = _agent()
     live = BrokenLiveness()
-    agent._liveness = live  # type: ignore[assignment]
     f = Forever()
+    runner = _runner(f, NodeServices(liveness=live))  # type: ignore[arg-type]
     asyncio.get_running_loop().call_soon(live.go.set)
     # before the fix: the error was dropped and the race waited for the group forever
     with pytest.raises(KeyError, match="addr"):
-        await agent._race_group(f, f, RND)  # type: ignore[arg-type]
+        await runner._race_group(f, RND)  # type: ignore[arg-type]
 
 
 async def test_a_signal_wins_the_race_and_stops_the_group() -> None:
-    agent = _agent()
     f = Forever()
-    agent._signum = 15
-    asyncio.get_running_loop().call_soon(agent._signal_event.set)
+    runner = _runner(f)
+    asyncio.get_running_loop().call_soon(runner.latch.receive, 15)
     with pytest.raises(Interrupted):
-        await agent._race_group(f, f, RND)  # type: ignore[arg-type]
+        await runner._race_group(f, RND)  # type: ignore[arg-type]
     assert f.stopped.is_set()
 
 
 async def test_race_returns_the_awaitable_and_raises_interrupted_on_a_signal() -> None:
-    agent = _agent()
-    assert await agent._race(asyncio.sleep(0, "x")) == "x"
-    agent._signum = 2
-    agent._signal_event.set()
-    with pytest.raises(Interrupted):
-        await agent._race(asyncio.Event().wait())
+    latch = SignalLatch()
+    assert await latch.race(asyncio.sleep(0, "x")) == "x"
+    latch.receive(2)
+    latch.receive(15)  # the first one is kept
+    with pytest.raises(Interrupted) as err:
+        await latch.race(asyncio.Event().wait())
+    assert err.value.signum == 2
