@@ -117,7 +117,7 @@ class Agent:
     # -- public ---------------------------------------------------------------
 
     async def run(self) -> int:
-        """Run until the job ends; return the process exit code (CONTRACT.md).
+        """Run until the job ends; return the process exit code (docs/contract.md).
 
         The CLI's entry: :meth:`execute`, with its errors turned into exit codes
         (128+N for a signal N, the root cause's code, 1 for a launcher error)

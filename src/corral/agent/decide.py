@@ -1,6 +1,6 @@
 """What the agent does after a round: the outcome values, the actions, and the one decision.
 
-:class:`RoundRunner` (agent/round.py) runs a round and returns a
+:class:`RoundRunner` (agent/runner.py) runs a round and returns a
 :data:`RoundOutcome`, a plain value; :func:`next_action` (pure: no I/O, no
 clock, no asyncio) turns it into an :data:`Action`, which the agent's loop
 (agent/agent.py) carries out: rejoin, return the results, raise the failure or

@@ -1,7 +1,7 @@
 """What a node runs beside its workers, behind one object built once per agent run.
 
 :class:`NodeServices` holds the node's optional services and is the only way
-the round runner (agent/round.py) reaches them:
+the round runner (agent/runner.py) reaches them:
 
 * ``--health-check``: the :class:`~corral.agent.health.HealthWatch` (its checks
   run in the run's task group); a node joins only when healthy, and leaves a
