@@ -147,7 +147,8 @@ def hook_overhead(steps: int) -> float | None:
 
 
 def _netns_prefix() -> list[str]:
-    """Run in a private network namespace holding only lo, when allowed (DESIGN.md, traps)."""
+    """Run in a private network namespace holding only lo, when allowed (tests/helpers.py's
+    private_netns says why)."""
     if shutil.which("unshare") is None:
         return []
     probe = subprocess.run(

@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 def private_netns(cmd: Sequence[str]) -> list[str]:
     """Run ``cmd`` in a fresh network namespace holding only ``lo``.
 
-    torch's TCPStore reverse-resolves peers; in a namespace with no resolver
-    reachable that cannot stall (DESIGN.md, "Two traps").
+    torch's TCPStore reverse-resolves its peers' addresses; on a host whose
+    resolver is configured but unreachable each lookup waits for the resolver's
+    timeout. In a namespace with no resolver reachable that cannot stall.
     """
     return ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd]
 

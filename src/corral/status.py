@@ -212,21 +212,33 @@ def _who(n: NodeDesc) -> str:
     return f"{n.node_id} ({n.addr}, {n.local_world_size} workers)"
 
 
+#: What ``--rdzv-conf`` of ``corral status``/``corral timeline`` reads (RdzvConf.open_job_store).
+RDZV_CONF_HELP = (
+    "the job's --rdzv-conf: token/token_file, prefix, read_timeout, etcd TLS and auth keys"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="corral status", description="Show a running job's state, read from its store."
     )
     for name, kw in (
-        ("--rdzv-backend", {"default": "c10d", "choices": ["c10d", "etcd", "etcd-v3"]}),
+        (
+            "--rdzv-backend",
+            {
+                "default": "c10d",
+                "choices": ["c10d", "etcd", "etcd-v3"],
+                "help": "the job's --rdzv-backend (default c10d)",
+            },
+        ),
         ("--rdzv-endpoint", {"required": True, "help": "host:port of the job's store"}),
         ("--rdzv-id", {"required": True, "help": "the job's --rdzv-id"}),
-        (
-            "--rdzv-conf",
-            {"default": "", "help": "token/token_file, prefix, etcd TLS and auth keys"},
-        ),
+        ("--rdzv-conf", {"default": "", "help": RDZV_CONF_HELP}),
     ):
         p.add_argument(name, name.replace("-", "_").replace("__", "--"), **kw)
-    p.add_argument("--watch", action="store_true", help="redraw on every change until Ctrl-C")
+    p.add_argument(
+        "--watch", action="store_true", help="redraw on every change, until the job ends or Ctrl-C"
+    )
     p.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     return p
 

@@ -311,13 +311,31 @@ def _parser() -> argparse.ArgumentParser:
         description="Draw a job's attempts and incidents (from events files or its store).",
     )
     p.add_argument("events", nargs="*", help="JSON Lines files written by --events-file/--log-dir")
-    p.add_argument("-o", "--output", default="timeline.html", help="an .html or .svg file")
-    p.add_argument("--rdzv-endpoint", "--rdzv_endpoint", default="", help="the job's store")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="timeline.html",
+        help="the file to write: an HTML page, or the SVG picture alone if it ends in .svg "
+        "(default timeline.html)",
+    )
+    p.add_argument(
+        "--rdzv-endpoint", "--rdzv_endpoint", default="", help="host:port of the job's store"
+    )
     p.add_argument("--rdzv-id", "--rdzv_id", default="", help="the job's --rdzv-id")
     p.add_argument(
-        "--rdzv-backend", "--rdzv_backend", default="c10d", choices=["c10d", "etcd", "etcd-v3"]
+        "--rdzv-backend",
+        "--rdzv_backend",
+        default="c10d",
+        choices=["c10d", "etcd", "etcd-v3"],
+        help="the job's --rdzv-backend (default c10d)",
     )
-    p.add_argument("--rdzv-conf", "--rdzv_conf", default="", help="token, prefix, etcd TLS keys")
+    p.add_argument(
+        "--rdzv-conf",
+        "--rdzv_conf",
+        default="",
+        help="the job's --rdzv-conf: token/token_file, prefix, read_timeout, etcd TLS and auth "
+        "keys",
+    )
     p.add_argument("--title", default="", help="the picture's title")
     return p
 

@@ -132,7 +132,8 @@ def test_agent_killed_and_replaced_resumes(
                     "--local-addr",
                     f"127.0.0.{n}",
                     # the lost node is restart 1 (every restart counts); one more for a
-                    # transient gloo abort in torch (DESIGN.md, "Two traps")
+                    # transient gloo abort in torch (SIGABRT while the process group is
+                    # set up, seen once in CI)
                     "--max-restarts",
                     "2",
                     "--rdzv-conf",

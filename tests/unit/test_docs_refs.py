@@ -1,6 +1,8 @@
 """Every file and section that the docs and the code's docstrings and comments refer to exists.
 
-Read: README.md, docs/*.md and every file under src/. Checked:
+Read: README.md, docs/*.md, every file under src/, and the docstrings and
+comments of the Python files under tests/ and bench/ (their code's strings name
+the tests' own scratch files). Checked:
 
 * a mention of a markdown file (``docs/hangs.md``, ``hangs.md`` from a doc,
   ``DESIGN.md``): the file is in the repository (at the root, in docs/, or
@@ -20,7 +22,10 @@ their false references are listed by a test of their own.
 
 from __future__ import annotations
 
+import ast
+import io
 import re
+import tokenize
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -28,14 +33,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "corral"
-AGENT = SRC / "agent"
+# read for their docstrings and comments only; this file quotes false references on purpose
+PROSE_ONLY = (ROOT / "tests", ROOT / "bench")
+CHECKER = Path(__file__).resolve()
 # top-level parts a relative .py path may start with (else it is someone else's file)
 _TOP = {"src", "tests", "bench", "examples", "docs", "corral"} | {
     p.name for p in SRC.iterdir() if p.is_dir() or p.suffix == ".py"
 }
 
-# the user's files in the docs' examples, not the repository's
-USER_FILES = {"train.py"}
+# bare names of files that are not the repository's: the user's script in the docs'
+# examples, a test's scratch script in the command line it quotes, torch's
+# torch/distributed/run.py
+USER_FILES = {"train.py", "w.py", "run.py"}
 
 _MD = re.compile(
     r"(?<![\w/.\-])((?:[\w.\-]+/)*[\w\-]+\.md)(?![\w/])"
@@ -59,7 +68,38 @@ class Ref:
 def _sources() -> list[Path]:
     files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     files += sorted(p for p in SRC.rglob("*.py"))
+    for top in PROSE_ONLY:
+        files += sorted(p for p in top.rglob("*.py") if p != CHECKER)
     return files
+
+
+def _prose(text: str) -> dict[int, str]:
+    """line number -> the docstring and comment text on that line of Python source ``text``."""
+    lines = text.splitlines()
+    out: dict[int, str] = {}
+    for node in ast.walk(ast.parse(text)):
+        if (
+            not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            or ast.get_docstring(node, clean=False) is None
+        ):
+            continue
+        doc = node.body[0]
+        assert doc.end_lineno is not None
+        for n in range(doc.lineno, doc.end_lineno + 1):
+            out[n] = lines[n - 1]
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type == tokenize.COMMENT:
+            n = tok.start[0]
+            out[n] = out.get(n, "") + " " + tok.string
+    return out
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".py" and any(path.is_relative_to(top) for top in PROSE_ONLY):
+        yield from sorted(_prose(text).items())
+    else:
+        yield from enumerate(text.splitlines(), 1)
 
 
 @cache
@@ -119,10 +159,9 @@ def _lines(path: Path) -> int:
 
 
 def _check(path: Path) -> Iterator[Ref]:
-    text = path.read_text(encoding="utf-8")
     rel = path.relative_to(ROOT)
     is_md = path.suffix == ".md"
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in _text_lines(path):
         where = f"{rel}:{lineno}"
         if "http://" in line or "https://" in line:
             line = re.sub(r"https?://\S+", "", line)
@@ -162,25 +201,9 @@ def _check(path: Path) -> Iterator[Ref]:
                 yield Ref(where, m.group(0), f"{found.name} has {_lines(found)} lines")
 
 
-def _false_refs(agent: bool) -> list[Ref]:
-    out: list[Ref] = []
-    for path in _sources():
-        if path.is_relative_to(AGENT) == agent:
-            out.extend(_check(path))
-    return out
-
-
 def test_docs_and_code_refer_only_to_files_and_sections_that_exist() -> None:
-    bad = _false_refs(agent=False)
+    bad = [ref for path in _sources() for ref in _check(path)]
     assert not bad, "false references:\n" + "\n".join(map(str, bad))
-
-
-def test_the_agent_files_refer_only_to_files_and_sections_that_exist() -> None:
-    """The agent's files are another branch's (issue 24): fixed by the lead at merge."""
-    bad = _false_refs(agent=True)
-    assert not bad, "false references in src/corral/agent/ (to fix at merge):\n" + "\n".join(
-        map(str, bad)
-    )
 
 
 def test_the_checker_finds_false_references(tmp_path: Path) -> None:
@@ -209,3 +232,18 @@ def test_the_checker_finds_false_references(tmp_path: Path) -> None:
         f"peer.py has {_lines(SRC / 'store' / 'tcp' / 'peer.py')} lines",
         "no such Python file in the repository",
     ], problems
+
+
+def test_tests_and_bench_are_read_for_their_docstrings_and_comments_only() -> None:
+    source = (
+        '"""See NOWHERE.md."""\n'
+        'x = "scratch.py"  # and GONE.md\n'
+        "def f() -> None:\n"
+        '    """Also here.md."""\n'
+        '    y = "not read.md"\n'
+    )
+    assert _prose(source) == {
+        1: '"""See NOWHERE.md."""',
+        2: " # and GONE.md",
+        4: '    """Also here.md."""',
+    }

@@ -19,6 +19,11 @@ Two helpers, used everywhere outside the worker layer instead of bare
   error of one is kept (:attr:`Background.error`), logged, and signalled to
   :meth:`Background.subscribe`'s listeners (e.g. a watch multiplexer, which then
   ends its block with it).
+* :func:`guarded` wraps a loop callback (``call_soon``/``call_later``/``call_at``)
+  so that its exception reaches its owner: logged at error level and handed to
+  an ``on_error`` of the owner, which then fails visibly (a callback's error
+  would otherwise go only to the loop's exception handler, and the behaviour
+  that callback drives, a timer, would stop silently).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ParamSpec
 
 from corral.core.compat import TaskGroup
 
@@ -40,9 +45,11 @@ else:  # pragma: no cover - Python 3.10: the backport's exception groups
 
     _GroupTypes = (_BEG,)
 
-__all__ = ["Background", "first_of", "task_scope"]
+__all__ = ["Background", "first_of", "guarded", "task_scope"]
 
 log = logging.getLogger("corral")
+
+_P = ParamSpec("_P")
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -103,6 +110,32 @@ async def first_of(*aws: Awaitable[Any]) -> tuple[int, Any]:
                 t.cancel()
     winner = done[0]
     return winner, tasks[winner].result()
+
+
+def guarded(
+    callback: Callable[_P, object], on_error: Callable[[Exception], None], what: str
+) -> Callable[_P, None]:
+    """``callback`` for the loop, with its failure handed to its owner.
+
+    The returned function calls ``callback``; an ``Exception`` it raises is
+    logged at error level (``what`` names the callback: "store 1.2.3.4:29400:
+    request-deadline sweep") and passed to ``on_error``, the owner's way to fail
+    visibly (end a connection, drop a peer, fail a worker group's wait). An
+    exception of ``on_error`` itself is logged too, never raised into the loop.
+    ``KeyboardInterrupt``/``SystemExit`` pass.
+    """
+
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            callback(*args, **kwargs)
+        except Exception as exc:
+            log.error("%s failed: %r", what, exc, exc_info=exc)
+            try:
+                on_error(exc)
+            except Exception as again:
+                log.error("%s: handling its failure failed too: %r", what, again, exc_info=again)
+
+    return call
 
 
 async def _as_coro(aw: Awaitable[Any]) -> Any:

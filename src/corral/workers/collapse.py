@@ -17,19 +17,27 @@ Guarantees:
   than every group holding one of its earlier lines, or if the group can
   move to the end of the queue without passing a later line of its members;
 * files (``--log-dir``, ``-r``/``-t``) are written by the pumps before the
-  collapser sees a line, so they keep every line of every rank.
+  collapser sees a line, so they keep every line of every rank;
+* a failure of the timer (a bug) is not silent: the collapser prints what it
+  holds and hands the error to its ``on_error`` (the worker group's wait
+  raises it, as it raises a pump's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Callable, Sequence
+
+from corral.core.aio import guarded
 
 __all__ = ["WINDOW", "LineCollapser", "rank_set"]
 
 #: How long a line may wait for the same line from other ranks (seconds).
 WINDOW = 0.08
+
+log = logging.getLogger("corral")
 
 
 def rank_set(role: str, ranks: Sequence[int]) -> str:
@@ -65,6 +73,8 @@ class LineCollapser:
             joined is printed at once.
         window: the longest a line waits (default :data:`WINDOW`).
         clock: the loop's monotonic time (tests may pass their own).
+        on_error: called with the exception when the flush timer fails (a
+            bug), after what the collapser held was printed.
 
     Used from the event loop's thread only (the pumps' reader callbacks).
     """
@@ -76,6 +86,7 @@ class LineCollapser:
         *,
         window: float = WINDOW,
         clock: Callable[[], float] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
     ) -> None:
         self.role = role
         self.nranks = max(nranks, 1)
@@ -87,6 +98,10 @@ class LineCollapser:
         self._seq = 0
         self._write: Callable[[bytes], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._on_error = on_error
+        self._on_timer_cb = guarded(
+            self._on_timer, self._timer_failed, f"--collapse-logs ({role}): the flush timer"
+        )
 
     def _now(self) -> float:
         if self._clock is not None:
@@ -138,13 +153,26 @@ class LineCollapser:
             return
         first = min(self._groups.values(), key=lambda g: g.deadline)
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(first.deadline, self._on_timer)
+        self._timer = loop.call_at(first.deadline, self._on_timer_cb)
 
     def _on_timer(self) -> None:
         self._timer = None
         now = self._now()
         self._flush(lambda g: g.deadline <= now)
         self._arm()
+
+    def _timer_failed(self, exc: Exception) -> None:
+        """Print every line held (lines are never lost to a bug), then tell the owner."""
+        self._timer = None
+        try:
+            self._flush(lambda g: True)
+        except Exception as again:
+            log.error("--collapse-logs: dropping %d held line(s): %r", len(self._groups), again)
+            self._groups.clear()
+            self._by_line.clear()
+            self._last_of.clear()
+        if self._on_error is not None:
+            self._on_error(exc)
 
     def _flush(self, due: Callable[[_Group], bool]) -> None:
         """Print, in opening order, every group up to the last one that is due."""

@@ -157,7 +157,9 @@ class WorkerGroup:
         cpus = self._numa_cpus()
         if self.logs is None:
             assert isinstance(self._logs_src, RunLogs)
-            self.logs = self._logs_src.new_attempt(self.spec.local_world_size)
+            self.logs = self._logs_src.new_attempt(
+                self.spec.local_world_size, on_error=self._on_collapse_error
+            )
         logs = self.logs
         self.marker = self.reaper.new_marker("g")
         self.workers = []
@@ -321,6 +323,11 @@ class WorkerGroup:
         failed.__cause__ = exc
         self._fail(failed)
 
+    def _on_collapse_error(self, exc: Exception) -> None:
+        failed = LauncherError(f"collapsing the workers' console lines failed: {exc!r}")
+        failed.__cause__ = exc
+        self._fail(failed)
+
     def _fail(self, error: LauncherError) -> None:
         """A failure of corral's own work for the group: :meth:`wait` raises the first;
         a later one is logged (an error)."""
@@ -356,7 +363,8 @@ class WorkerGroup:
         Raises:
             RuntimeError: the group was never started.
             LauncherError: copying a worker's output (log file, console) failed,
-                or watching the error files (detached stops) failed.
+                collapsing their console lines (``--collapse-logs``) failed, or
+                watching the error files (detached stops) failed.
         """
         if self.state is GroupState.CREATED:
             raise RuntimeError("wait() on a worker group that was not started")

@@ -25,6 +25,7 @@ import enum
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -275,6 +276,7 @@ class RunLogs:
         self.duplicate_filters = (duplicate_stdout_filters, duplicate_stderr_filters)
         self.collapse = collapse
         self._collapsers: dict[int, tuple[LineCollapser, LineCollapser]] = {}
+        self._on_collapse_error: Callable[[Exception], None] | None = None  # the attempt's
         if log_dir is None:
             self._temp = base = tempfile.mkdtemp(prefix="corral_")
         else:
@@ -306,8 +308,14 @@ class RunLogs:
         """The temporary base directory (None with ``--log-dir``)."""
         return self._temp
 
-    def new_attempt(self, local_world_size: int) -> AttemptLogs:
+    def new_attempt(
+        self, local_world_size: int, *, on_error: Callable[[Exception], None] | None = None
+    ) -> AttemptLogs:
         """Create ``attempt_<n>/<local rank>/`` for the next group start (n = 0, 1, ...).
+
+        ``on_error`` is told of a failure of the ``--collapse-logs`` timer while
+        this attempt is the latest (the collapsers outlive attempts; the worker
+        group passes its own, and its wait raises the error).
 
         With duplicate filters, also ``attempt_<n>/filtered_stdout.log`` and/or
         ``filtered_stderr.log``, empty (torchrun creates them whether or not a
@@ -318,12 +326,16 @@ class RunLogs:
         d = os.path.join(self.run_dir, f"attempt_{n}")
         for local_rank in range(local_world_size):
             os.makedirs(os.path.join(d, str(local_rank)))
+        self._on_collapse_error = on_error
         collapsers = None
         if self.collapse and local_world_size > 1:  # one pair per run and size (docs/events.md)
-            shown = len(self.local_ranks_filter or range(local_world_size))
-            collapsers = self._collapsers.setdefault(
-                local_world_size, (LineCollapser(self.role, shown), LineCollapser(self.role, shown))
-            )
+            collapsers = self._collapsers.get(local_world_size)
+            if collapsers is None:
+                shown = len(self.local_ranks_filter or range(local_world_size))
+                collapsers = self._collapsers[local_world_size] = (
+                    LineCollapser(self.role, shown, on_error=self._collapse_failed),
+                    LineCollapser(self.role, shown, on_error=self._collapse_failed),
+                )
         dup: list[LineFilter | None] = []
         for name, needles in zip(("stdout", "stderr"), self.duplicate_filters, strict=True):
             if not needles:
@@ -343,6 +355,11 @@ class RunLogs:
             collapsers,
             (dup[0], dup[1]),
         )
+
+    def _collapse_failed(self, exc: Exception) -> None:
+        # logged at error level by the collapser; the latest attempt's owner fails with it
+        if self._on_collapse_error is not None:
+            self._on_collapse_error(exc)
 
     def close(self) -> None:
         """Remove the temporary directory, if this object made one. Idempotent."""

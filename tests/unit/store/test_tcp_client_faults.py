@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from corral.core.errors import LeaseNotFound, StoreUnavailable
+from corral.core.errors import LeaseNotFound, StoreError, StoreUnavailable
 from corral.store.tcp import protocol as p
 from corral.store.tcp.client import connect
+from corral.store.tcp.connection import Connection
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -161,5 +162,35 @@ async def test_put_many_cancels_its_siblings_after_the_first_error() -> None:
                 await store.put_many([("a", b"1"), ("b", b"2"), ("c", b"3")])
             assert _store_tasks() == []
             assert store._conn is not None and store._conn.pending == {}
+        finally:
+            await store.close()
+
+
+class _BuggySweep(Connection):
+    """A connection whose request-deadline sweep has a bug."""
+
+    def _sweep(self) -> None:
+        raise RuntimeError("sweep bug")
+
+
+async def test_a_failing_deadline_sweep_fails_the_connection_with_an_error_naming_it() -> None:
+    # The sweep is a loop timer: its error would reach only the loop's exception
+    # handler and requests would wait for ever. The connection fails them instead.
+    loop = asyncio.get_running_loop()
+    async with scripted(_silent) as port:
+        store = await connect("127.0.0.1", port, timeout=2.0, request_timeout=0.01)
+        try:
+            _, conn = await loop.create_connection(
+                lambda: _BuggySweep(store, None), "127.0.0.1", port
+            )
+            await conn.ready
+            first, store._conn = store._conn, conn
+            assert first is not None and first.transport is not None
+            first.transport.abort()
+            with pytest.raises(StoreUnavailable, match=r"request-deadline sweep failed.*sweep bug"):
+                await store.get("k")  # never answered: its deadline passes
+            assert isinstance(conn.lost, StoreError) and "sweep bug" in str(conn.lost)
+            assert store._conn is None  # the next request connects afresh
+            assert conn.transport is not None and conn.transport.is_closing()
         finally:
             await store.close()

@@ -4,6 +4,7 @@ that never reads. Each is dropped; the server stays up and a well-behaved client
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import socket
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ import pytest
 from corral.store.tcp import protocol as p
 from corral.store.tcp.auth import hmac_answer
 from corral.store.tcp.client import connect
+from corral.store.tcp.peer import Peer as PeerProtocol
 from corral.store.tcp.server import ServerLimits, StoreServer
 
 WAIT = 10.0
@@ -175,3 +177,44 @@ async def test_peer_that_never_reads_is_dropped(server: StoreServer) -> None:
     await writer_store.close()
     writer.transport.abort()
     await still_serves(server)
+
+
+class _BuggyTimer(PeerProtocol):
+    """A peer whose handshake timer has a bug."""
+
+    def _handshake_late(self) -> None:
+        raise RuntimeError("timer bug")
+
+
+async def test_a_peer_whose_handshake_timer_fails_is_dropped_with_the_reason(
+    server: StoreServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the timer's error would reach only the loop's exception handler, and a silent
+    # peer would hold its connection slot for ever: the peer is dropped instead
+    loop = asyncio.get_running_loop()
+    peers: list[_BuggyTimer] = []
+
+    def make() -> _BuggyTimer:
+        peers.append(_BuggyTimer(server))
+        return peers[-1]
+
+    buggy = await loop.create_server(make, "127.0.0.1", 0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="corral"):
+            peer = await asyncio.open_connection(*buggy.sockets[0].getsockname()[:2])
+            assert isinstance(await read_frame(peer[0]), p.Challenge)
+            assert await dropped(peer)  # the timer fired (0.5 s) and failed
+        (bug,) = peers
+        assert bug.closed and bug not in server.conns
+        assert any(
+            r.levelno == logging.ERROR and "handshake timer failed" in r.getMessage()
+            for r in caplog.records
+        )
+        assert any(
+            "dropping" in r.getMessage() and "handshake timer failed" in r.getMessage()
+            for r in caplog.records
+        )
+        await still_serves(server)
+    finally:
+        buggy.close()
+        await buggy.wait_closed()

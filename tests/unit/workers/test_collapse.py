@@ -11,6 +11,7 @@ from tests.helpers import CORRAL, corral_env
 
 from corral.core.compat import timeout
 from corral.workers.collapse import LineCollapser, rank_set
+from corral.workers.logs import RunLogs
 
 
 @pytest.mark.parametrize(
@@ -73,6 +74,66 @@ async def test_one_ranks_lines_keep_their_order() -> None:
     for r in range(3):  # every rank's own lines in the order it printed them
         mine = [g.split(":", 1)[1] for g in got if _in(r, g)]
         assert mine == {0: ["A", "B0", "C"], 1: ["A", "B1", "C"], 2: ["C", "A"]}[r]
+
+
+class BrokenClock:
+    """The loop's time, until ``broken``: then reading it raises (a bug in the timer's path)."""
+
+    def __init__(self) -> None:
+        self.broken = False
+
+    def __call__(self) -> float:
+        if self.broken:
+            raise RuntimeError("clock bug")
+        return asyncio.get_running_loop().time()
+
+
+class Owner:
+    def __init__(self) -> None:
+        self.errors: list[Exception] = []
+        self.told = asyncio.Event()
+
+    def on_error(self, exc: Exception) -> None:
+        self.errors.append(exc)
+        self.told.set()
+
+    async def wait(self) -> Exception:
+        async with timeout(2):
+            await self.told.wait()
+        return self.errors[0]
+
+
+async def test_a_failing_flush_timer_prints_what_it_held_and_tells_its_owner() -> None:
+    clock, owner, con = BrokenClock(), Owner(), Console()
+    c = LineCollapser("default", 8, window=0.0, clock=clock, on_error=owner.on_error)
+    c.feed(0, [b"held"], con.write)
+    c.feed(1, [b"held"], con.write)
+    clock.broken = True  # the timer's read of the clock fails
+    assert repr(await owner.wait()) == "RuntimeError('clock bug')"
+    assert [line for _, line in con.lines] == [b"[default0-1]:held"]  # not lost
+    clock.broken = False
+    c.feed(2, [b"after"], con.write)  # and the collapser goes on
+    await con.wait_for(2)
+    assert con.lines[1][1] == b"[default2]:after"
+
+
+async def test_a_failing_flush_timer_reaches_the_latest_attempts_owner(tmp_path: Path) -> None:
+    # the console write fails in the timer's flush: the lines are dropped with a log
+    # line, and the owner of the latest attempt (the worker group: its wait raises) is told
+    def broken_console(data: bytes) -> None:
+        raise OSError("console gone")
+
+    logs = RunLogs("run", log_dir=str(tmp_path), collapse=True)
+    try:
+        first, latest = Owner(), Owner()
+        logs.new_attempt(2, on_error=first.on_error)
+        attempt = logs.new_attempt(2, on_error=latest.on_error)
+        assert attempt.collapsers is not None
+        attempt.collapsers[0].feed(0, [b"a line"], broken_console)
+        assert repr(await latest.wait()) == "OSError('console gone')"
+        assert first.errors == []
+    finally:
+        logs.close()
 
 
 def _in(r: int, line: str) -> bool:

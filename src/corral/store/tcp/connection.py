@@ -4,7 +4,9 @@
 (store/tcp/auth.py), routes replies to the requests waiting for them (by id)
 and watch events to their streams, fails every request and watch with
 ``StoreUnavailable`` the moment the connection is lost, and times requests out
-with one timer for the oldest (:meth:`Connection.track`). The store-facing half,
+with one timer for the oldest (:meth:`Connection.track`); a failure of that
+timer (a bug) fails the connection like a loss, with a StoreError that names it.
+The store-facing half,
 :class:`~corral.store.tcp.client.TcpStore`, builds requests and reads replies.
 """
 
@@ -14,6 +16,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
+from corral.core.aio import guarded
 from corral.core.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -68,6 +71,9 @@ class Connection(asyncio.Protocol):
         # in time order too): one timer for the oldest instead of one per request.
         self.deadlines: deque[tuple[float, int, asyncio.Future[p.Message]]] = deque()
         self.timer: asyncio.TimerHandle | None = None
+        self._sweep_cb = guarded(
+            self._sweep, self._sweep_failed, f"store {store.address_text}: request-deadline sweep"
+        )
 
     def send(self, frame: bytes) -> None:
         """Queue a frame; every frame queued in this turn of the loop is written at once."""
@@ -92,7 +98,7 @@ class Connection(asyncio.Protocol):
         deadline = self.loop.time() + timeout
         self.deadlines.append((deadline, rid, fut))
         if self.timer is None:
-            self.timer = self.loop.call_at(deadline, self._sweep)
+            self.timer = self.loop.call_at(deadline, self._sweep_cb)
 
     def untrack(self) -> None:
         """Forget the answered requests at the head of the deadline queue."""
@@ -112,7 +118,20 @@ class Connection(asyncio.Protocol):
                 expire(fut, self.store, rid)
             dq.popleft()
         if dq:
-            self.timer = self.loop.call_at(dq[0][0], self._sweep)
+            self.timer = self.loop.call_at(dq[0][0], self._sweep_cb)
+
+    def _sweep_failed(self, exc: Exception) -> None:
+        """The deadline timer failed (a bug): without it requests could wait forever.
+
+        The connection ends: its pending requests and watches fail with an error
+        that names the bug, and the store connects afresh on its next request.
+        """
+        self._fail(
+            StoreError(
+                f"store {self.store.address_text}: the request-deadline sweep failed "
+                f"(a bug in corral): {exc!r}"
+            )
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they quack alike.

@@ -4,8 +4,8 @@
 task per connection. It answers each request from the server's
 :class:`~corral.store.core.StoreCore`, queues watch events for one write per turn
 of the loop, and is dropped, with a logged reason, the moment it breaks the
-protocol or a bound of :class:`~corral.store.tcp.server.ServerLimits`; its
-leases end with it.
+protocol or a bound of :class:`~corral.store.tcp.server.ServerLimits`, or when
+its handshake timer fails (a bug); its leases end with it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from corral.core.aio import guarded
 from corral.core.errors import (
     ConfigError,
     LauncherError,
@@ -76,7 +77,12 @@ class Peer(asyncio.Protocol):
         # 2 x its lease's TTL once it has one (h_grant); its leases end with it
         bound_silence(t.get_extra_info("socket"), SILENCE_BOUND)
         loop = asyncio.get_running_loop()
-        self.handshake_timer = loop.call_later(srv.limits.handshake_timeout, self._handshake_late)
+        self.handshake_timer = loop.call_later(
+            srv.limits.handshake_timeout,
+            guarded(
+                self._handshake_late, self._timer_failed, f"store: {self.peer}'s handshake timer"
+            ),
+        )
         t.write(p.encode(p.Challenge(p.VERSION, self.nonce, srv.token is not None)))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -152,6 +158,11 @@ class Peer(asyncio.Protocol):
         self.handshake_timer = None
         if not self.authed:
             self.drop(f"no handshake within {self.server.limits.handshake_timeout}s")
+
+    def _timer_failed(self, exc: Exception) -> None:
+        # a bug: a peer nobody times out could hold a connection slot for ever
+        self.handshake_timer = None
+        self.drop(f"its handshake timer failed (a bug in corral): {exc!r}")
 
     # --- output ------------------------------------------------------------------
 

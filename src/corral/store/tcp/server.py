@@ -238,13 +238,8 @@ async def _serve(host: str, port: int, token: str | None) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    """``corral store --host H --port P [--token-file F | --token T]``: run the server alone.
-
-    The token may also come from ``CORRAL_TOKEN``. Runs on uvloop when it is
-    importable, unless ``CORRAL_NO_UVLOOP`` is set. Prints
-    ``corral store listening on tcp://H:P`` once listening; exits 0 on SIGTERM/SIGINT.
-    """
+def _parser() -> argparse.ArgumentParser:
+    """``corral store``'s options."""
     parser = argparse.ArgumentParser(
         prog="corral store", description="Run the corral store server."
     )
@@ -259,7 +254,17 @@ def main(argv: list[str]) -> int:
         "--token", help="shared secret for peers (prefer --token-file or CORRAL_TOKEN)"
     )
     group.add_argument("--token-file", help="file holding the shared secret")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``corral store --host H --port P [--token-file F | --token T]``: run the server alone.
+
+    The token may also come from ``CORRAL_TOKEN``. Runs on uvloop when it is
+    importable, unless ``CORRAL_NO_UVLOOP`` is set. Prints
+    ``corral store listening on tcp://H:P`` once listening; exits 0 on SIGTERM/SIGINT.
+    """
+    args = _parser().parse_args(argv)
     token: str | None = args.token
     if args.token_file:
         try:
