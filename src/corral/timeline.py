@@ -342,7 +342,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _from_store(args: argparse.Namespace) -> list[AttemptRecord]:
     from corral.config import RdzvConf
-    from corral.events.store import read_records
+    from corral.events.journal_writer import read_records
 
     conf = RdzvConf.parse(args.rdzv_conf)
     store, _ = await conf.open_job_store(args.rdzv_backend, args.rdzv_endpoint)

@@ -8,7 +8,7 @@ it: its cause and the wall time at each phase boundary (the failure, the
 agent knowing, the workers stopped, the next round closed, the workers
 spawned, their first progress step).
 
-The agent writes the records to the store (:mod:`corral.events.store`);
+The agent writes the records to the store (:mod:`corral.events.journal_writer`);
 ``corral status`` and ``corral timeline`` read them back and merge the nodes'
 views with :func:`job_incidents`. The same records come from an events file
 (:func:`records_from_events`), so both readers share one model.

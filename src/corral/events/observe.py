@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from corral.core.compat import TaskGroup
 from corral.core.events import Event, HangDeclared, ProgressStep, stamp
+from corral.events.journal_writer import JournalWriter
 from corral.events.sinks import EventSink, Fanout, JsonlSink, LoggingSink
-from corral.events.store import JournalWriter
 
 if TYPE_CHECKING:
     from corral.config import LaunchConfig

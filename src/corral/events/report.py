@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from corral.events.journal import PHASES, goodput, job_incidents
-from corral.events.store import read_records
+from corral.events.journal_writer import read_records
 from corral.store.api import Store
 
 __all__ = ["incident_lines", "read_incidents"]
