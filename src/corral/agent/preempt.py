@@ -26,7 +26,7 @@ from corral.core.compat import timeout as _timeout
 from corral.core.errors import Interrupted, JobStopped, LauncherError, signal_name
 from corral.core.model import RoundChange, RoundInfo
 from corral.rendezvous.api import Rendezvous
-from corral.rendezvous.state import Outcome
+from corral.rendezvous.protocol.records import Outcome
 
 if TYPE_CHECKING:
     from corral.config import LaunchConfig

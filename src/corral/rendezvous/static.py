@@ -21,7 +21,7 @@ from corral.core.failures import FailureReport
 from corral.core.model import Decision, NodeDesc, RoundChange, RoundInfo
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.rendezvous.options import RendezvousOptions, StoreOptions
-from corral.rendezvous.state import Outcome
+from corral.rendezvous.protocol.records import Outcome
 from corral.store.api import Store
 
 __all__ = ["StaticRendezvous", "static_store_endpoint"]
