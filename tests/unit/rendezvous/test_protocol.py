@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from corral.rendezvous.api import NodeDesc
+from corral.core.model import NodeDesc
 from corral.rendezvous.protocol import budget, closer, member, ranks
 from corral.rendezvous.protocol.records import (
     REASON_FAILURE,
