@@ -27,7 +27,13 @@ from corral.core.errors import ConfigError, LauncherError
 from corral.core.failures import FailureReport
 from corral.core.keys import Keys
 from corral.core.model import NodeDesc
-from corral.rendezvous.state import ClosedRound, Outcome, Quarantine, RoundPointer, decode_node
+from corral.rendezvous.protocol.records import (
+    ClosedRound,
+    Outcome,
+    Quarantine,
+    RoundPointer,
+    decode_node,
+)
 from corral.store.api import Store
 
 __all__ = ["JobStatus", "main", "read_status", "render"]

@@ -168,7 +168,10 @@ class Agent:
             installed = signals.install_handlers(
                 loop, self.cfg.signals_to_handle, self._on_signal, self.handle_signals
             )
-            async with AsyncExitStack() as stack:
+            # The run's task group encloses everything the run opens: each object
+            # ends its tasks when it closes (the stack below), and an error of any
+            # task cancels the run and is raised as itself (docs/design.md).
+            async with task_scope() as tasks, AsyncExitStack() as stack:
                 logs = RunLogs.from_config(self.cfg)
                 stack.callback(logs.close)
                 if logs.temporary is not None:
@@ -183,7 +186,7 @@ class Agent:
                     self.observers, host=self.host, max_restarts=self.cfg.max_restarts
                 )
                 try:
-                    await self._run(stack, logs, reaper, latch, events)
+                    await self._run(stack, tasks, logs, reaper, latch, events)
                 except BaseException as exc:
                     events.job_ended(exc)
                     raise
@@ -205,58 +208,60 @@ class Agent:
     async def _run(
         self,
         stack: AsyncExitStack,
+        tasks: TaskGroup,
         logs: RunLogs,
         reaper: Reaper,
         latch: SignalLatch,
         events: AgentEvents,
     ) -> None:
-        """The run: its task group (every background task of the run is in it: an error
-        of one ends the run, as itself), the node's services, the rendezvous, the loop."""
+        """The run: the node's services, the rendezvous, the loop. ``tasks`` is the run's
+        task group (every background task of the run is in it: an error of one ends the
+        run, as itself); ``stack`` closes what the run opened, before ``tasks`` ends."""
         from corral.workers.standby import pool_for
 
         # --prestart: standbys import while the nodes gather; the pool's own scope
         # lets the detached stops finish whatever ends the run (docs/design.md)
         standbys = await stack.enter_async_context(pool_for(self.cfg, self.environ, reaper))
-        async with task_scope() as tasks, AsyncExitStack() as in_tasks:
-            from corral.agent.health import health_watch
+        from corral.agent.health import health_watch
 
-            # --health-check: the first check runs here, the rest in the run's group
-            health = await in_tasks.enter_async_context(
-                health_watch(
-                    self.cfg.health_checks,
-                    tasks=tasks,
-                    timeout=self.cfg.health_check_timeout,
-                    interval=self.cfg.health_check_interval,
-                    clock=self.clock,
-                    on_change=lambda v: events.health_changed(
-                        None if v is None else v.check, "" if v is None else v.reason
-                    ),
-                )
-            )
-            from corral.agent.opening import open_rendezvous
-
-            opened = self._opened = await open_rendezvous(
-                self.cfg,
-                node_id=self.node_id,
-                host=self.host,
+        # --health-check: the first check runs here, the rest in the run's group
+        health = await stack.enter_async_context(
+            health_watch(
+                self.cfg.health_checks,
+                tasks=tasks,
+                timeout=self.cfg.health_check_timeout,
+                interval=self.cfg.health_check_interval,
                 clock=self.clock,
-                environ=self.environ,
-                stack=stack,  # closed after the run's tasks have ended
-                observers=self.observers,
+                on_change=lambda v: events.health_changed(
+                    None if v is None else v.check, "" if v is None else v.reason
+                ),
             )
-            services = self._services(opened, health, standbys)
-            self._runner = self._round_runner(opened, services, logs, reaper, latch, events, tasks)
-            try:
-                await self._loop(self._runner)
-            except (JobFailed, WorkerFailed):
+        )
+        from corral.agent.opening import open_rendezvous
+
+        opened = self._opened = await open_rendezvous(
+            self.cfg,
+            node_id=self.node_id,
+            host=self.host,
+            clock=self.clock,
+            environ=self.environ,
+            stack=stack,
+            observers=self.observers,
+            tasks=tasks,  # the lease's keep-alive
+        )
+        services = self._services(opened, health, standbys)
+        self._runner = self._round_runner(opened, services, logs, reaper, latch, events, tasks)
+        try:
+            await self._loop(self._runner)
+        except (JobFailed, WorkerFailed):
+            await self._linger()
+            raise
+        except Interrupted as exc:  # a handled signal: agent/preempt.py
+            if latch.received and not isinstance(exc, JobStopped):
+                exc = await self._runner.tell_job(None)
+            if isinstance(exc, JobStopped):
                 await self._linger()
-                raise
-            except Interrupted as exc:  # a handled signal: agent/preempt.py
-                if latch.received and not isinstance(exc, JobStopped):
-                    exc = await self._runner.tell_job(None)
-                if isinstance(exc, JobStopped):
-                    await self._linger()
-                raise exc from None
+            raise exc from None
 
     def _services(
         self, opened: Opened, health: HealthWatch | None, standbys: StandbyPool

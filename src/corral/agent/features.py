@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from corral.core.model import RoundChange, RoundInfo
-from corral.rendezvous.state import Outcome
+from corral.rendezvous.protocol.records import Outcome
 
 __all__ = ["KnowsOutcome", "Leaves", "ReportsStop", "StepsOut"]
 

@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING
 from corral.core.clock import Clock
 from corral.core.model import NodeDesc
 from corral.core.net import local_address_towards, numeric_host
-from corral.rendezvous.api import Rendezvous
 
 if TYPE_CHECKING:
     from corral.config import LaunchConfig
+    from corral.core.compat import TaskGroup
     from corral.events.observe import Observers
-    from corral.events.sinks import EventSink
     from corral.rendezvous.builtin import Opened
     from corral.store.tcp.server import StoreServer
 
@@ -50,10 +49,13 @@ async def open_rendezvous(
     environ: Mapping[str, str],
     stack: AsyncExitStack,
     observers: Observers | None,
+    tasks: TaskGroup | None = None,
 ) -> Opened:
     """Open ``cfg.rdzv_backend`` through the registry (built-ins and plug-ins alike);
-    ``stack`` closes what it opened. The observers get the job's store (the journal)
-    and the rendezvous's events."""
+    ``stack`` closes what it opened. A built-in rendezvous runs its lease's keep-alive
+    in ``tasks`` (the run's task group) and emits to the observers' sink; the
+    observers get the job's store (the journal)."""
+    from corral.rendezvous.builtin import RunContext
     from corral.rendezvous.registry import open_rendezvous
 
     node = NodeDesc(
@@ -64,27 +66,11 @@ async def open_rendezvous(
         pid=os.getpid(),
         master_port=0,  # 0: a fresh free port each round (docs/contract.md)
     )
-    opened = await open_rendezvous(cfg, node, stack=stack, clock=clock, environ=environ)
-    if observers is not None:
-        if opened.store is not None:
-            observers.attach_store(stack, opened.store)  # the journal (docs/events.md)
-        _give_events(opened.rendezvous, observers.sink)
+    run = RunContext(tasks=tasks, events=observers.sink if observers is not None else None)
+    opened = await open_rendezvous(cfg, node, stack=stack, clock=clock, environ=environ, run=run)
+    if observers is not None and opened.store is not None:
+        observers.attach_store(stack, opened.store)  # the journal (docs/events.md)
     return opened
-
-
-def _give_events(rdzv: Rendezvous, sink: EventSink) -> None:
-    """Let the rendezvous (the dynamic one, or the one inside static) emit its events.
-
-    TODO(issue 24, rdzv branch): DynamicRendezvous takes ``events=`` in its
-    constructor; then the registry's opener passes the sink and this goes. The
-    one place an event sink is set after construction.
-    """
-    from corral.rendezvous.dynamic import DynamicRendezvous
-    from corral.rendezvous.static import StaticRendezvous
-
-    target = rdzv.dynamic if isinstance(rdzv, StaticRendezvous) else rdzv
-    if isinstance(target, DynamicRendezvous):
-        target.events = sink
 
 
 async def linger(server: StoreServer | None, cfg: LaunchConfig) -> None:

@@ -90,10 +90,12 @@ async def clock_timeout(clock: Clock, seconds: float) -> AsyncIterator[None]:
     task = asyncio.current_task()
     assert task is not None  # always inside a task under asyncio
     fired = False
+    # From now, not from when the timer's task first runs (the clock may have moved).
+    deadline = clock.now() + seconds
 
     async def _timer() -> None:
         nonlocal fired
-        await clock.sleep(seconds)
+        await clock.sleep(deadline - clock.now())
         fired = True
         task.cancel()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -21,6 +22,7 @@ __all__ = [
     "EVENT_TYPES",
     "SCHEMA_VERSION",
     "Event",
+    "EventSink",
     "HangDeclared",
     "JobEnded",
     "NodeHealthy",
@@ -363,3 +365,7 @@ def event_from_dict(d: dict[str, Any]) -> Event:
         return cls(**kw)
     except TypeError as exc:
         raise ValueError(f"{cls.__name__}: {exc}") from None
+
+
+#: Where events go: any callable that takes one :class:`Event` (docs/events.md).
+EventSink = Callable[[Event], None]

@@ -1,6 +1,6 @@
 """The key layout of one run in the store: :class:`Keys`.
 
-The records themselves (their JSON) are :mod:`corral.rendezvous.state`.
+The records themselves (their JSON) are :mod:`corral.rendezvous.protocol.records`.
 
 Layout (under ``<prefix>/<run_id>/``)::
 

@@ -17,16 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO
 
-from corral.core.events import Event, event_from_dict
+from corral.core.events import Event, EventSink, event_from_dict
 
 __all__ = ["EventSink", "Fanout", "JsonlSink", "LoggingSink", "null_sink", "read_jsonl"]
 
 log = logging.getLogger("corral.events")
-
-EventSink = Callable[[Event], None]
 
 
 def null_sink(event: Event) -> None:

@@ -29,6 +29,8 @@ from corral.store.tcp.server import StoreServer, tcp_url
 
 if TYPE_CHECKING:
     from corral.config import LaunchConfig
+    from corral.core.compat import TaskGroup
+    from corral.core.events import EventSink
 
 __all__ = ["Opened", "open_c10d", "open_etcd", "open_static"]
 
@@ -53,6 +55,15 @@ class Opened:
     liveness: PeerLiveness | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """What the agent's run hands a built-in backend: the run's task group (the lease's
+    keep-alive runs in it) and the event sink (docs/events.md)."""
+
+    tasks: TaskGroup | None = None
+    events: EventSink | None = None
+
+
 async def open_static(
     cfg: LaunchConfig,
     node: NodeDesc,
@@ -60,6 +71,7 @@ async def open_static(
     stack: AsyncExitStack,
     clock: Clock,
     environ: Mapping[str, str],
+    run: RunContext | None = None,
 ) -> Opened:
     """``static``: node rank 0 hosts the store at ``master_addr:master_port + 1``."""
     from corral.rendezvous.static import StaticRendezvous, static_store_endpoint
@@ -83,6 +95,8 @@ async def open_static(
         conf=cfg.rdzv_conf.rendezvous,
         store_conf=cfg.rdzv_conf.store,
         clock=clock,
+        tasks=run.tasks if run else None,
+        events=run.events if run else None,
     )
     stack.push_async_callback(static.close)
     live = await _liveness(cfg, node.addr, stack, store, lambda: static.dynamic.lease)
@@ -96,10 +110,11 @@ async def open_c10d(
     stack: AsyncExitStack,
     clock: Clock,
     environ: Mapping[str, str],
+    run: RunContext | None = None,
 ) -> Opened:
     """``c10d``: the embedded tcp store, hosted by the agent whose address is the endpoint."""
     store, server = await _open_tcp(cfg, node.addr, stack, environ)
-    return await _dynamic(cfg, node, stack, clock, store, server)
+    return await _dynamic(cfg, node, stack, clock, store, server, run)
 
 
 async def open_etcd(
@@ -109,6 +124,7 @@ async def open_etcd(
     stack: AsyncExitStack,
     clock: Clock,
     environ: Mapping[str, str],
+    run: RunContext | None = None,
 ) -> Opened:
     """``etcd``: an etcd v3 cluster (every member listed in the endpoint)."""
     from corral.store.etcd.url import etcd_url_from_conf
@@ -118,7 +134,7 @@ async def open_etcd(
     url = etcd_url_from_conf(cfg.rdzv_endpoint, conf.etcd, conf.store.prefix)
     store = await open_store(url, timeout=conf.store.read_timeout)
     stack.push_async_callback(store.close)
-    return await _dynamic(cfg, node, stack, clock, store, None)
+    return await _dynamic(cfg, node, stack, clock, store, None, run)
 
 
 async def _dynamic(
@@ -128,6 +144,7 @@ async def _dynamic(
     clock: Clock,
     store: Store,
     server: StoreServer | None,
+    run: RunContext | None,
 ) -> Opened:
     from corral.rendezvous.dynamic import DynamicRendezvous
 
@@ -143,6 +160,8 @@ async def _dynamic(
         conf=cfg.rdzv_conf.rendezvous,
         store_conf=cfg.rdzv_conf.store,
         clock=clock,
+        tasks=run.tasks if run else None,
+        events=run.events if run else None,
     )
     stack.push_async_callback(dyn.close)
     live = await _liveness(cfg, node.addr, stack, store, lambda: dyn.lease)

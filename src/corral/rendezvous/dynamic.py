@@ -1,16 +1,17 @@
 """The dynamic rendezvous: rounds of nodes over any :class:`~corral.store.api.Store`.
 
-The protocol, keys and costs are described in ``docs/rendezvous.md``; the
-decisions are the pure functions of :mod:`corral.rendezvous.machine` and
-:mod:`corral.rendezvous.decide`; the shell only reads the store, calls them,
-and writes what they decide.
+The protocol, keys and costs are described in ``docs/rendezvous.md``. Three
+layers, each with one job:
 
-:class:`DynamicRendezvous` is a facade: its state lives here, its steps in
-modules of one idea, functions of the handle (``rd``): ``_lease`` (the lease
-and its keep-alive), ``_join`` (joining a round, following its closer, waiting
-for the next), ``_closer`` (closing a round), ``_running`` (watching a running
-round, a lost member, a bump) and ``_outcome`` (failures, success, stops, the
-job's outcome); ``_common`` holds what they share.
+* :mod:`corral.rendezvous.protocol`: the records and the decisions, pure
+  reducers per role (joiner, closer, running member, restart budget);
+* :mod:`corral.rendezvous.driver`: the only code that talks to the store, one
+  object per role (:class:`~.driver.joining.Joining`,
+  :class:`~.driver.closing.Closer`, :class:`~.driver.running.Running`,
+  :class:`~.driver.ending.Ending`) sharing one :class:`~.driver.session.Session`;
+* :class:`~corral.rendezvous.lease.Lease`: the lease and its keep-alive task.
+
+:class:`DynamicRendezvous` composes them and keeps the public API.
 """
 
 from __future__ import annotations
@@ -18,31 +19,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from types import TracebackType
 
-from corral.core.aio import Background
+from corral.core.aio import task_scope
 from corral.core.clock import Clock, MonotonicClock, clock_timeout
-from corral.core.errors import (
-    ConfigError,
-    LeaseNotFound,
-    RendezvousClosed,
-    RendezvousTimeout,
-    StoreError,
-)
-from corral.core.events import Event, stamp
-from corral.core.model import NodeDesc, RoundChange, RoundInfo
-from corral.rendezvous import _closer, _lease, _outcome, _quarantine, _running
-from corral.rendezvous import _join as _joining
-from corral.rendezvous import machine as m
-from corral.rendezvous._common import Spare
-from corral.rendezvous._ops import Ops
+from corral.core.compat import TaskGroup
+from corral.core.errors import ConfigError, LeaseNotFound, RendezvousClosed, RendezvousTimeout
+from corral.core.events import EventSink
+from corral.core.failures import FailureReport
+from corral.core.model import Decision, NodeDesc, RoundChange, RoundInfo
+from corral.rendezvous.driver.closing import Closer
+from corral.rendezvous.driver.ending import Ending, Outcomes
+from corral.rendezvous.driver.joining import Joining, SpareWait
+from corral.rendezvous.driver.quarantine import Quarantines
+from corral.rendezvous.driver.running import Running
+from corral.rendezvous.driver.session import Session
+from corral.rendezvous.driver.store import RunStore
+from corral.rendezvous.lease import Lease
 from corral.rendezvous.options import RendezvousOptions, StoreOptions
-from corral.rendezvous.state import (
-    Assignment,
-    ClosedRound,
-    RoundPointer,
-)
-from corral.store.api import Store, WatchEvent
+from corral.rendezvous.protocol.budget import Budget
+from corral.rendezvous.protocol.closer import CloseParams
+from corral.rendezvous.protocol.records import Outcome, Quarantine
+from corral.store.api import Store
 
 __all__ = ["DynamicRendezvous"]
 
@@ -77,6 +75,11 @@ class DynamicRendezvous:
         quarantine_after: ``--quarantine-after`` (0: off): a node that is the
             root cause of that many failures of the job in a row is kept out,
             when the job can go on without it (docs/rendezvous.md).
+        tasks: the task group the lease's keep-alive runs in (the agent's, one
+            per run). None: the handle opens its own, in :meth:`__aenter__`, or
+            else at its first join in a task of its own that :meth:`close` ends.
+        events: the agent's event sink (docs/events.md); None: silent. The
+            :attr:`events` attribute may also be set later.
 
     Use as ``async with DynamicRendezvous(...) as rdzv`` or call :meth:`close`.
     """
@@ -96,6 +99,8 @@ class DynamicRendezvous:
         fixed_ranks: bool = False,
         no_restart_code: int = 0,
         quarantine_after: int = 0,
+        tasks: TaskGroup | None = None,
+        events: EventSink | None = None,
     ) -> None:
         if min_nodes < 1:
             raise ConfigError(f"min_nodes ({min_nodes}) must be >= 1")
@@ -105,76 +110,96 @@ class DynamicRendezvous:
             raise ConfigError(f"max_restarts ({max_restarts}) must be >= 0")
         if "/" in node.node_id or not node.node_id:
             raise ConfigError(f"node id {node.node_id!r} must be non-empty and contain no '/'")
-        self._clock: Clock = clock if clock is not None else MonotonicClock()
-        self._ops = Ops(
-            store,
-            run_id,
-            store_conf,
-            max_restarts=max_restarts,
-            no_restart_code=no_restart_code,
+        clock = clock if clock is not None else MonotonicClock()
+        requests = RunStore(
+            store, run_id, store_conf, max_restarts=max_restarts, no_restart_code=no_restart_code
         )
-        self._k = self._ops.keys
-        self._run_id = run_id
-        self._node = node
-        self._min = min_nodes
-        self._max = max_nodes
-        self._max_restarts = max_restarts
-        self._no_restart_code = no_restart_code
-        self._quarantine_after = quarantine_after
         self._conf = conf
-        self._params = m.CloseParams(
+        self._clock = clock
+        self._min, self._max = min_nodes, max_nodes
+        self._tasks = tasks
+        self._scope: contextlib.AsyncExitStack | None = None  # __aenter__'s task scope
+        self._own: _ScopeTask | None = None  # a scope of its own, when never entered
+        self._lease = Lease(requests, node.node_id, conf, clock, self._task_group)
+        self._session = Session(
+            store=requests,
+            keys=requests.keys,
+            run_id=run_id,
+            node=node,
+            min_nodes=min_nodes,
+            max_nodes=max_nodes,
+            conf=conf,
+            clock=clock,
+            lease=self._lease,
+            budget=Budget(max_restarts, no_restart_code),
+            events=events,
+        )
+        params = CloseParams(
             min_nodes=min_nodes,
             max_nodes=max_nodes,
             last_call_timeout=conf.last_call_timeout,
             settle_time=conf.settle_time,
             settle_cap=max(conf.settle_time * 10, conf.settle_time),
         )
-        self._fixed_ranks = fixed_ranks
-        self._expect = 0  # the round this node expects to join next (a guess)
-        self._lease = 0
-        self._evicted = asyncio.Event()
-        # Clock time the last successful renewal of the lease was sent (_lease.py: self-fencing).
-        self._renewed: float | None = None
-        # The last store error a join retried past (_lease.unreachable), for its timeout's line.
-        self._unreachable: StoreError | None = None
-        # The rendezvous owns its keep-alive task: close() ends it; an unexpected error
-        # of it ends this node's current wait at once (every watching() block below).
-        self._tasks = Background(f"rendezvous node {node.node_id}")
-        self._bg: asyncio.Task[None] | None = None
-        self._waiting = False
-        # Per round this node has seen: the pointer (value, mod revision); per round it
-        # is a member of: the closed summary, its mod revision and this node's assignment.
-        self._pointers: dict[int, tuple[RoundPointer, int]] = {}
-        self._closed: dict[int, tuple[ClosedRound, int, Assignment]] = {}
-        # Full member lists read or written by this node (few: see _members_of).
-        self._members: dict[int, ClosedRound] = {}
-        self._closed_flag = False
-        # The agent's EventSink (docs/events.md), set after construction; None: silent.
-        self.events: Callable[[Event], None] | None = None
-        # This node's watch of close/ (see _close_events).
-        self._close_watch: contextlib.AsyncExitStack | None = None
-        self._close_iter: AsyncIterator[WatchEvent] | None = None
-
-    def _emit(self, cls: type[Event], round: int, **fields: object) -> None:
-        if self.events:  # an empty Fanout is false: nothing is built
-            self.events(stamp(cls, self._node.node_id, round, **fields))
+        outcomes = Outcomes(self._session)
+        quarantines = Quarantines(self._session, quarantine_after)
+        self._running = Running(self._session, outcomes)
+        closer = Closer(self._session, outcomes, params, fixed_ranks=fixed_ranks)
+        self._quarantines = quarantines
+        self._outcomes = outcomes
+        self._joining = Joining(self._session, closer, self._running, outcomes, quarantines)
+        self._ending = Ending(self._session, self._running, outcomes, quarantines)
+        self._closed = False
 
     # --- public API -----------------------------------------------------------
 
     @property
+    def events(self) -> EventSink | None:
+        """The agent's EventSink (docs/events.md); None: silent."""
+        return self._session.events
+
+    @events.setter
+    def events(self, sink: EventSink | None) -> None:
+        self._session.events = sink
+
+    @property
     def node_id(self) -> str:
-        return self._node.node_id
+        return self._session.node_id
 
     @property
     def lease(self) -> int:
         """This node's current lease id (0 before the first join or after eviction)."""
-        return self._lease
+        return self._lease.id
 
     async def __aenter__(self) -> DynamicRendezvous:
+        if self._tasks is None:
+            stack = contextlib.AsyncExitStack()
+            self._tasks = await stack.enter_async_context(task_scope())
+            self._scope = stack
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.close()
+        scope, self._scope = self._scope, None
+        if scope is not None:
+            await scope.__aexit__(exc_type, exc, tb)
+
+    async def open(self) -> None:
+        """Open the handle's own task scope (for its keep-alive), if it has none: a
+        task of its own holds it until :meth:`close`. Called by the first join."""
+        if self._tasks is None:
+            self._own = _ScopeTask()
+            self._tasks = await self._own.start()
+
+    async def _task_group(self) -> TaskGroup:
+        await self.open()
+        assert self._tasks is not None
+        return self._tasks
 
     async def join(self) -> RoundInfo:
         """Join the next round and wait until it closes with this node in it.
@@ -184,85 +209,110 @@ class DynamicRendezvous:
         JobStopped (a handled signal stopped it), NodeQuarantined (this node's
         address is quarantined: raised once the job has ended), StoreError.
         """
-        if self._closed_flag:
+        if self._closed:
             raise RendezvousClosed("this rendezvous handle is closed")
-        state: dict[str, int] = {"round": -1}
+        joining = self._joining
         while True:
             try:
                 async with clock_timeout(self._clock, self._conf.join_timeout):
-                    return await self._join(state)
+                    result = await joining.join()
             except TimeoutError:
                 raise RendezvousTimeout(
-                    f"join_timeout ({self._conf.join_timeout} s) passed in round {state['round']} "
+                    f"join_timeout ({self._conf.join_timeout} s) passed in round {joining.round} "
                     f"before it closed with this node (min_nodes {self._min}, max_nodes {self._max})"
-                    f"{_lease.unreachable_text(self)}"
+                    f"{joining.unreachable_text()}"
                 ) from None
-            except _quarantine.Refused as refused:  # out of the deadline: until the job ends
-                raise await _quarantine.sit_out(self, refused.args[0]) from None
-            except Spare as spare:  # out of the deadline: a spare waits as long as the job runs
-                try:
-                    await self._wait_next_round(*spare.args)
-                except LeaseNotFound:
-                    self._evicted.set()  # the next join takes a new lease
+            if isinstance(result, RoundInfo):
+                return result
+            if isinstance(result, Quarantine):  # out of the deadline: until the job ends
+                raise await self._quarantines.sit_out(result)
+            assert isinstance(result, SpareWait)
+            try:  # out of the deadline: a spare waits as long as the job runs
+                await joining.wait_next_round(result)
+            except LeaseNotFound:
+                self._lease.evict()  # the next join takes a new lease
 
     async def watch_round(self, rnd: RoundInfo) -> RoundChange:
         """Return when ``rnd`` is superseded: a new round, a lost member, eviction, the job's end."""
-        return await self._watch(rnd, done=False)
+        return await self._running.watch(rnd, done=False)
 
-    # The job-wide outcomes (see :class:`Rendezvous`), each documented at its step in
-    # _outcome.py: report_failure, report_success, report_stop (--on-signal stop),
-    # leave (--on-signal leave) and the job's outcome.
-    report_failure = _outcome.report_failure
-    report_success = _outcome.report_success
-    report_stop = _outcome.report_stop
-    leave = _outcome.leave
-    step_out = _outcome.step_out  # an unhealthy member (--health-check, docs/health.md)
-    outcome = _outcome.outcome
-    _change_of = _outcome.change_of
+    async def report_failure(
+        self, rnd: RoundInfo, failures: list[FailureReport], *, final: bool = False
+    ) -> tuple[Decision, FailureReport | None]:
+        """Publish failures of ``rnd`` and decide job-wide (see :class:`Rendezvous`).
+
+        ``final``: end the job in failure now, whatever the budget (a policy gave up).
+        """
+        return await self._ending.report_failure(rnd, failures, final=final)
+
+    async def report_success(self, rnd: RoundInfo) -> RoundChange | None:
+        """Mark this node done in ``rnd``; wait until every member is (None) or the round changes."""
+        return await self._ending.report_success(rnd)
+
+    async def report_stop(self, signum: int, node: str) -> Outcome:
+        """Stop the whole job on handled signal ``signum`` at ``node`` (``--on-signal stop``)."""
+        return await self._ending.report_stop(signum, node)
+
+    async def leave(self, rnd: RoundInfo, signum: int, node: str) -> Outcome | None:
+        """Leave the job on handled signal ``signum`` (``--on-signal leave``), then close.
+
+        Returns the job's outcome when leaving stopped it instead (fewer than MIN
+        would be left, or no restart is), None when the node left (see
+        :meth:`corral.rendezvous.driver.ending.Ending.leave`).
+        """
+        out = await self._ending.leave(rnd, signum, node)
+        if out is None:
+            await self.close()
+        return out
+
+    async def step_out(self, rnd: RoundInfo, reason: str) -> RoundChange:
+        """Leave running round ``rnd`` as an unhealthy node, staying in the job
+        (``--health-check``, docs/health.md)."""
+        return await self._ending.step_out(rnd, reason)
+
+    async def outcome(self) -> Outcome | None:
+        """The job's outcome, if it has one (completing a half-written end)."""
+        return await self._outcomes.outcome()
 
     async def close(self) -> None:
         """Leave: stop the keep-alive and revoke the lease (its keys vanish). Idempotent."""
-        if self._closed_flag:
+        if self._closed:
             return
-        self._closed_flag = True
-        await self._stop_keepalive()
-        await self._drop_close_events()  # before the revoke: it deletes a closer key
-        if self._lease:
-            lease, self._lease = self._lease, 0
-            with contextlib.suppress(StoreError):
-                await self._ops.revoke(lease)
+        self._closed = True
+        await self._lease.stop()
+        await self._joining.drop_close_events()  # before the revoke: it deletes a closer key
+        await self._lease.close()
+        own, self._own = self._own, None
+        if own is not None:
+            await own.close()
 
-    # The steps live in the modules of one idea; they are bound here as methods
-    # (plain functions of the handle), not wrapped in coroutines that only await
-    # them: each extra coroutine layer costs every suspension and resumption of a
-    # join, which K simulated nodes in one process (bench/rendezvous) pay K times.
 
-    # --- liveness ---------------------------------------------------------------
+class _ScopeTask:
+    """A task scope held open by a task of its own, for a handle used without
+    ``async with`` and without an agent's task group: :meth:`close` ends it.
 
-    _ensure_lease = _lease.ensure_lease
-    _keepalive = _lease.keepalive
-    _stop_keepalive = _lease.stop_keepalive
+    A failure of a task in it was told to the node's wait when it happened
+    (:meth:`Lease.subscribe`); here it is only logged again at debug level.
+    """
 
-    # --- join -----------------------------------------------------------------
+    def __init__(self) -> None:
+        self._stop = asyncio.Event()
+        self._host: asyncio.Task[None] | None = None
 
-    _join = _joining.join
-    _raise_outcome = _outcome.raise_outcome
-    _join_round = _joining.join_round
-    _close_events = _joining.close_events
-    _drop_close_events = _joining.drop_close_events
-    _retract = _joining.retract
-    _after_close = _joining.after_close
-    _members_of = _joining.members_of
-    _write_members = _joining.write_members
-    _follow = _joining.follow
-    _close_round = _closer.close_round
-    _joiner = staticmethod(_closer.joiner)
-    _wait_next_round = _joining.wait_next_round
+    async def start(self) -> TaskGroup:
+        ready: asyncio.Future[TaskGroup] = asyncio.get_running_loop().create_future()
+        self._host = asyncio.get_running_loop().create_task(self._hold(ready))
+        return await ready
 
-    # --- running rounds -------------------------------------------------------------
+    async def _hold(self, ready: asyncio.Future[TaskGroup]) -> None:
+        async with task_scope() as tg:
+            ready.set_result(tg)
+            await self._stop.wait()
 
-    _watch = _running.watch
-    _watch_done = _running.watch_done
-    _finish_success = _running.finish_success
-    _lost = _running.lost
-    _bump = _running.bump
+    async def close(self) -> None:
+        self._stop.set()
+        host, self._host = self._host, None
+        if host is not None:
+            await asyncio.wait({host})
+            if not host.cancelled() and host.exception() is not None:
+                log.debug("rendezvous task scope ended with %r", host.exception())

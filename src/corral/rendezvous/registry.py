@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from corral.core.clock import Clock
     from corral.core.model import NodeDesc
     from corral.rendezvous.api import Rendezvous
-    from corral.rendezvous.builtin import Opened
+    from corral.rendezvous.builtin import Opened, RunContext
 
 __all__ = [
     "BUILTIN",
@@ -81,6 +81,7 @@ class BuiltinOpener(Protocol):
         stack: AsyncExitStack,
         clock: Clock,
         environ: Mapping[str, str],
+        run: RunContext | None = None,
     ) -> Awaitable[Opened]: ...
 
 
@@ -128,10 +129,13 @@ async def open_rendezvous(
     stack: AsyncExitStack,
     clock: Clock,
     environ: Mapping[str, str],
+    run: RunContext | None = None,
 ) -> Opened:
     """Open ``cfg.rdzv_backend`` for ``node``: a built-in, else a plug-in by entry point.
 
-    Every resource it opens is closed by ``stack``.
+    Every resource it opens is closed by ``stack``. ``run`` (the agent run's task
+    group and event sink) goes to the built-ins; a plug-in gets the factory's
+    arguments above.
 
     Raises:
         ConfigError: an unknown backend name (the message lists the plug-ins).
@@ -143,6 +147,6 @@ async def open_rendezvous(
     if target is not None:
         module, _, attr = target.partition(":")
         opener = cast("BuiltinOpener", getattr(importlib.import_module(module), attr))
-        return await opener(cfg, node, stack=stack, clock=clock, environ=environ)
+        return await opener(cfg, node, stack=stack, clock=clock, environ=environ, run=run)
     factory = load_backend(cfg.rdzv_backend)
     return Opened(await factory(cfg, node, stack=stack, clock=clock))

@@ -16,12 +16,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from corral.core.clock import Clock
+from corral.core.compat import TaskGroup
 from corral.core.errors import ConfigError
+from corral.core.events import EventSink
 from corral.core.failures import FailureReport
 from corral.core.model import Decision, NodeDesc, RoundChange, RoundInfo
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.rendezvous.options import RendezvousOptions, StoreOptions
-from corral.rendezvous.state import Outcome
+from corral.rendezvous.protocol.records import Outcome
 from corral.store.api import Store
 
 __all__ = ["StaticRendezvous", "static_store_endpoint"]
@@ -48,6 +50,7 @@ class StaticRendezvous:
         no_restart_code: ``--no-restart-exit-code`` (0: none; see DynamicRendezvous).
         conf: rendezvous timeouts.
         clock: for tests.
+        tasks, events: the agent run's task group and event sink (see DynamicRendezvous).
     """
 
     def __init__(
@@ -65,6 +68,8 @@ class StaticRendezvous:
         store_conf: StoreOptions,
         clock: Clock | None = None,
         no_restart_code: int = 0,
+        tasks: TaskGroup | None = None,
+        events: EventSink | None = None,
     ) -> None:
         if not 0 <= node_rank < nnodes:
             raise ConfigError(
@@ -84,6 +89,8 @@ class StaticRendezvous:
             clock=clock,
             fixed_ranks=True,
             no_restart_code=no_restart_code,
+            tasks=tasks,
+            events=events,
         )
 
     @property

@@ -1,13 +1,14 @@
-"""The shell's pure decisions, table-driven (corral.rendezvous.decide)."""
+"""The shell's pure decisions, table-driven (corral.rendezvous.protocol)."""
 
 from __future__ import annotations
 
 import pytest
 
 from corral.core.errors import RendezvousError
-from corral.rendezvous.decide import (
+from corral.rendezvous.protocol import (
     AfterJoin,
     FailureAction,
+    FailureStep,
     JoinStep,
     PredecessorGone,
     after_join,
@@ -16,8 +17,7 @@ from corral.rendezvous.decide import (
     predecessor_gone,
     waiting_target,
 )
-from corral.rendezvous.machine import FailureStep
-from corral.rendezvous.state import REASON_FAILURE, REASON_JOB_ENDED, RoundPointer
+from corral.rendezvous.protocol.records import REASON_FAILURE, REASON_JOB_ENDED, RoundPointer
 
 P3 = RoundPointer(3, 1, REASON_FAILURE)
 ENDED = RoundPointer(4, 1, REASON_JOB_ENDED, "failed")

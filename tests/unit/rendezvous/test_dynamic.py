@@ -18,7 +18,7 @@ from corral.core.errors import (
 from corral.core.failures import FailureReport
 from corral.core.model import ChangeKind, Decision, NodeDesc, RoundInfo
 from corral.rendezvous.dynamic import DynamicRendezvous
-from corral.rendezvous.state import ClosedRound, RoundPointer, encode_node
+from corral.rendezvous.protocol.records import ClosedRound, RoundPointer, encode_node
 from corral.store.api import WatchEvent
 from corral.store.memory import MemoryStore
 

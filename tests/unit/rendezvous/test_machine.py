@@ -8,8 +8,8 @@ from corral.core.errors import RendezvousError
 from corral.core.failures import FailureReport
 from corral.core.keys import Keys
 from corral.core.model import NodeDesc
-from corral.rendezvous import machine as m
-from corral.rendezvous.state import (
+from corral.rendezvous import protocol as m
+from corral.rendezvous.protocol.records import (
     ASSIGNMENTS_PER_KEY,
     ClosedRound,
     Outcome,

@@ -10,7 +10,7 @@ import pytest
 
 from corral.core.clock import FakeClock, MonotonicClock, clock_timeout
 from corral.core.errors import StoreUnavailable
-from corral.rendezvous._aio import watching
+from corral.rendezvous.waits import watching
 from corral.store.api import WatchEvent
 
 pytestmark = pytest.mark.timeout(10)

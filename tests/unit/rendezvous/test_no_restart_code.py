@@ -18,8 +18,8 @@ import pytest
 from corral.core.errors import JobFailed
 from corral.core.keys import Keys
 from corral.core.model import ChangeKind, Decision
-from corral.rendezvous import machine as m
-from corral.rendezvous.state import RoundPointer
+from corral.rendezvous import protocol as m
+from corral.rendezvous.protocol.records import RoundPointer
 
 from .conftest import Job, advance
 from .test_dynamic import failure, join_in_order, pointer

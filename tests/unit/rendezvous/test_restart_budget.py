@@ -15,7 +15,7 @@ import pytest
 
 from corral.core.errors import JobFailed, RendezvousClosed, RendezvousTimeout
 from corral.core.model import ChangeKind, Decision
-from corral.rendezvous.state import Outcome, RoundPointer
+from corral.rendezvous.protocol.records import Outcome, RoundPointer
 
 from .conftest import Job, advance, spin
 from .test_dynamic import KEY, failure, join_in_order, pointer

@@ -19,7 +19,7 @@ from corral.core.errors import RendezvousTimeout
 from corral.core.failures import FailureReport
 from corral.core.model import ChangeKind, Decision, NodeDesc, RoundInfo
 from corral.rendezvous.dynamic import DynamicRendezvous
-from corral.rendezvous.state import RoundPointer
+from corral.rendezvous.protocol.records import RoundPointer
 
 pytestmark = pytest.mark.timeout(10)
 

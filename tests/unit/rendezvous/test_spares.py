@@ -7,8 +7,8 @@ import pytest
 from corral.core.errors import RendezvousError
 from corral.core.keys import Keys
 from corral.core.model import NodeDesc
-from corral.rendezvous import machine as m
-from corral.rendezvous.state import ClosedRound, Quarantine, RoundPointer
+from corral.rendezvous import protocol as m
+from corral.rendezvous.protocol.records import ClosedRound, Quarantine, RoundPointer
 
 P = m.CloseParams(min_nodes=2, max_nodes=2, last_call_timeout=30.0, settle_time=0.1, settle_cap=1.0)
 

@@ -9,7 +9,7 @@ import pytest
 
 from corral.core.errors import JobStopped
 from corral.core.model import ChangeKind, RoundInfo
-from corral.rendezvous.state import Outcome
+from corral.rendezvous.protocol.records import Outcome
 
 from .conftest import Job
 from .test_dynamic import failure, join_in_order, pointer

@@ -4,7 +4,7 @@ Every value is ``{"version": 1, ...}`` JSON behind explicit ``to_json`` /
 ``from_json`` (never pickle). A record that does not parse raises
 :class:`corral.core.errors.RendezvousError` naming the key, so a corrupt or foreign
 store is reported, not silently misread. Where each record lives is
-:class:`~corral.core.keys.Keys` (the key layout).
+:class:`~corral.core.keys.Keys` (the key layout). Plain values: no I/O.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class RoundPointer:
 
     ``max_restarts`` is the budget as the node that made the first pointer
     was given it (``--max-restarts``), carried along: the job's budget, which
-    every node adopts when it reads the pointer (``machine.job_budget``) and
+    every node adopts when it reads the pointer (``budget.job_budget``) and
     ``corral status`` shows; -1: not recorded (a node then uses its own).
     ``no_restart_code`` is carried the same way: that node's
     ``--no-restart-exit-code`` (0: none; -1: not recorded).
@@ -119,7 +119,7 @@ class RoundPointer:
     ``cause`` and ``streak`` count the failures of the job in a row with one
     root cause: after a move for a failure, the address of the node of its
     root cause and how many failures in a row it has been the root cause of
-    (``machine.failure_streak``; quarantine, docs/rendezvous.md); empty and 0
+    (``budget.failure_streak``; quarantine, docs/rendezvous.md); empty and 0
     after any other move.
     """
 

@@ -1,18 +1,28 @@
-"""Watch multiplexing for the rendezvous runner (deadlines: corral.core.clock.clock_timeout)."""
+"""The rendezvous driver's waits: store watches (and events) merged into one queue."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
 
-from corral.core.aio import Background, task_scope
+from corral.core.aio import task_scope
 from corral.core.clock import Clock, clock_timeout
 from corral.core.compat import TaskGroup
 from corral.core.errors import StoreError, StoreUnavailable
 from corral.store.api import WatchEvent
 
-__all__ = ["Mux", "watching"]
+__all__ = ["FailureSource", "Mux", "watching"]
+
+
+class FailureSource(Protocol):
+    """An owner of a background task whose failure ends a wait (the :class:`~corral.rendezvous.lease.Lease`)."""
+
+    def subscribe(self, listener: Callable[[BaseException], None]) -> None: ...
+
+    def unsubscribe(self, listener: Callable[[BaseException], None]) -> None: ...
+
 
 # What a Mux yields: (tag, event), (tag, error) when a watch failed, (tag, None) for a signal.
 Item = tuple[str, WatchEvent | StoreError | None]
@@ -33,7 +43,7 @@ class Mux:
         self._tg = tg
         self._q: asyncio.Queue[Item] = asyncio.Queue()
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._subscriptions: list[tuple[Background, Callable[[BaseException], None]]] = []
+        self._subscriptions: list[tuple[FailureSource, Callable[[BaseException], None]]] = []
 
     def add(self, tag: str, cm: AbstractAsyncContextManager[AsyncIterator[WatchEvent]]) -> None:
         self.drop(tag)
@@ -66,8 +76,8 @@ class Mux:
         self.drop(tag)
         self._tasks[tag] = self._tg.create_task(self._signal(tag, ev))
 
-    def add_failure(self, owner: Background) -> None:
-        """End the block with the error of ``owner``'s first failed task, at once.
+    def add_failure(self, owner: FailureSource) -> None:
+        """End the block with the error of ``owner``'s failed task, at once.
 
         A subscription, not a task: nothing runs until a failure, when a task
         that raises the error is started in the block's group (which then ends
@@ -121,6 +131,10 @@ class Mux:
                 return await self._q.get()  # a cancelled get() leaves the item queued
         except TimeoutError:
             return None
+
+    def ready(self) -> Item | None:
+        """The next item if one is queued now, else None (no waiting)."""
+        return self._q.get_nowait() if not self._q.empty() else None
 
     def cancel_all(self) -> None:
         """Cancel every source (the task group awaits them when the block ends)."""

@@ -1,13 +1,10 @@
-"""The rendezvous decisions as pure functions: no I/O, no clock reads, no logging.
+"""How a closed round's members are ranked, and what each member reads of it.
 
-The async runner (:mod:`corral.rendezvous.dynamic`) reads the store, calls
-these with the values it read and the time from its own clock, and writes
-what they decide. Everything here is tested table-driven.
-
-This module decides how a round closes and how its members are ranked; the
-restart budget (the pointer's moves, the failure and scale-up steps, the root
-cause of a failed job) is :mod:`corral.rendezvous.restarts`, re-exported here
-so that ``machine.X`` names every pure decision of the rendezvous.
+Pure: no I/O, no clock reads, no logging. The closer orders the joiners
+(:func:`assign_ranks`, or :func:`fixed_ranks` for the static backend) and writes
+the member list and the rank tables (:func:`rank_tables`); every member reads
+its own :class:`~corral.rendezvous.protocol.records.Assignment` and builds its
+:class:`~corral.rendezvous.api.RoundInfo` (:func:`round_info_of`).
 """
 
 from __future__ import annotations
@@ -16,28 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from corral.core.model import NodeDesc, RoundInfo
-from corral.rendezvous.restarts import (
-    RESTART_REASONS,
-    FailureStep,
-    ScaleUp,
-    budget_left,
-    end_pointer,
-    ends_without_restart,
-    failure_step,
-    failure_streak,
-    is_spare,
-    job_budget,
-    lost_node_report,
-    next_pointer,
-    quarantine_wanted,
-    restart_step,
-    restarts_text,
-    root_cause,
-    scale_up_step,
-    scale_up_wanted,
-    waiting_line,
-)
-from corral.rendezvous.state import (
+from corral.rendezvous.protocol.records import (
     Assignment,
     ClosedRound,
     RankTable,
@@ -46,36 +22,14 @@ from corral.rendezvous.state import (
 )
 
 __all__ = [
-    "RESTART_REASONS",
-    "CloseDecision",
-    "CloseParams",
-    "FailureStep",
     "Joiner",
-    "ScaleUp",
     "assign_ranks",
     "assignments",
-    "budget_left",
-    "close_decision",
-    "end_pointer",
-    "ends_without_restart",
-    "failure_step",
-    "failure_streak",
     "fixed_ranks",
-    "is_spare",
-    "job_budget",
-    "lost_node_report",
-    "next_pointer",
-    "quarantine_wanted",
     "rank_tables",
-    "restart_step",
-    "restarts_text",
-    "root_cause",
     "round_info",
     "round_info_of",
-    "scale_up_step",
-    "scale_up_wanted",
     "slot_holders",
-    "waiting_line",
 ]
 
 
@@ -85,92 +39,6 @@ class Joiner:
 
     desc: NodeDesc
     create_revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class CloseParams:
-    """The limits the closer decides with."""
-
-    min_nodes: int
-    max_nodes: int
-    last_call_timeout: float
-    settle_time: float
-    # Upper bound of the settle window after a close condition first holds.
-    settle_cap: float
-
-
-@dataclass(frozen=True, slots=True)
-class CloseDecision:
-    """What the closer does now.
-
-    Attributes:
-        close: write ``closed`` now.
-        wake_at: if not closing, re-decide at this clock time even if no event
-            comes (None: only an event can change the answer).
-        why: for logs.
-    """
-
-    close: bool
-    wake_at: float | None
-    why: str
-
-
-def close_decision(
-    *,
-    joined: int,
-    expected_present: bool,
-    now: float,
-    min_reached_at: float | None,
-    last_arrival_at: float,
-    p: CloseParams,
-    members_back: bool = True,
-) -> CloseDecision:
-    """Decide whether the closer closes the round now.
-
-    Args:
-        joined: live joiners of the round.
-        expected_present: there is a previous round, and every node expected
-            in this one (live members of the previous round plus the waiting
-            nodes) has joined: a restart need not wait for a last call.
-        now: the closer's clock.
-        min_reached_at: when the closer first saw ``min_nodes`` joined (None: not yet).
-        last_arrival_at: the closer's clock at the latest join it saw.
-        p: limits.
-        members_back: every node that keeps its slot from the previous round
-            (its live members, less the quarantined: :func:`slot_holders`) has
-            joined; True when there is no previous round.
-
-    The round closes at once with ``max_nodes`` joined, once the previous
-    round's members are back: after a failure they keep their slots, so a
-    node waiting at MAX (a spare) is admitted only in the slot of a member
-    that is lost (its key gone) or quarantined, never in the place of a
-    member that is slower to rejoin; if one does not come back, the round
-    closes at the last call as any other. Otherwise, with at
-    least ``min_nodes``, a close condition holds once the last call has passed
-    (``min_reached_at + last_call_timeout``) or every expected node is
-    present; the closer then still waits for a quiet ``settle_time`` with no
-    new arrival (so a wave of nodes lands in one round), but no longer than
-    ``settle_cap`` after the condition first could hold.
-    """
-    if joined >= p.max_nodes and members_back:
-        return CloseDecision(True, None, f"max_nodes ({p.max_nodes}) joined")
-    if joined < p.min_nodes or min_reached_at is None:
-        return CloseDecision(False, None, f"{joined} of min_nodes ({p.min_nodes}) joined")
-    last_call_at = min_reached_at + p.last_call_timeout
-    if expected_present:
-        cond_at = min_reached_at
-        why = "every expected node joined"
-    elif now >= last_call_at:
-        cond_at = last_call_at
-        why = "last call passed"
-    else:
-        return CloseDecision(False, last_call_at, "waiting for the last call")
-    quiet_at = last_arrival_at + p.settle_time
-    cap_at = max(cond_at, last_arrival_at if expected_present else cond_at) + p.settle_cap
-    settle_until = min(quiet_at, cap_at)
-    if now >= settle_until:
-        return CloseDecision(True, None, why)
-    return CloseDecision(False, settle_until, f"{why}; settling")
 
 
 def assign_ranks(

@@ -1,7 +1,10 @@
-"""The runner's store operations: every call bounded by read_timeout, records decoded."""
+"""The rendezvous's store requests: every call bounded by read_timeout, records decoded.
+
+The only module of the rendezvous that calls the store (the driver's roles call it)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
@@ -10,17 +13,17 @@ from corral.core.compat import timeout as _compat_timeout
 from corral.core.errors import StoreTimeout
 from corral.core.failures import FailureReport
 from corral.core.keys import Keys
-from corral.rendezvous import machine as m
 from corral.rendezvous.options import StoreOptions
-from corral.rendezvous.state import Outcome, RoundPointer
+from corral.rendezvous.protocol import budget
+from corral.rendezvous.protocol.records import ClosedRound, Outcome, RoundPointer
 from corral.store.api import KeyValue, Store, WatchEvent, WriteResult
 
-__all__ = ["Ops"]
+__all__ = ["RunStore", "decode_closed"]
 
 T = TypeVar("T")
 
 
-class Ops:
+class RunStore:
     """Store access for one run: ``read_timeout`` bounds each request (real time).
 
     A request that gets no answer in time raises StoreTimeout, so an
@@ -146,7 +149,9 @@ class Ops:
     async def failed(self, r: int) -> Outcome:
         """The failed outcome of round ``r``: its earliest failure (by create revision)."""
         kvs, _ = await self.range(self.keys.failures(r))
-        rc = m.root_cause((kv.create_revision, FailureReport.from_json(kv.value)) for kv in kvs)
+        rc = budget.root_cause(
+            (kv.create_revision, FailureReport.from_json(kv.value)) for kv in kvs
+        )
         return Outcome("failed", r, rc, rc.exit_code if rc is not None else 1)
 
     async def outcome_of(self, end: RoundPointer) -> Outcome:
@@ -164,3 +169,17 @@ class Ops:
         if res.succeeded or res.kv is None:
             return new
         return Outcome.from_json(res.kv.value)
+
+
+def decode_closed(kv: KeyValue) -> ClosedRound:
+    """The round record in ``kv`` (a closed summary or a full member list)."""
+    return _decode(kv.value)
+
+
+# Closed and member records are immutable, so one decode per value serves every
+# handle in this process: simulated nodes (tests, bench) and an agent that
+# rejoins. A memo of the pure decode, keyed by the bytes themselves (never
+# confused across stores), not state: a real node decodes each record once anyway.
+@functools.lru_cache(maxsize=16)
+def _decode(value: bytes) -> ClosedRound:
+    return ClosedRound.from_json(value)

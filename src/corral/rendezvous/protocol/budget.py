@@ -1,22 +1,24 @@
-"""The job's restart budget, as pure functions: how the round pointer moves, and
-what a node decides when a round ends or a node waits to join a running one.
+"""The job's restart budget: how the round pointer moves, and what a node decides
+when a round ends or a node waits to join a running one.
 
 Every restart of the worker group (a failure, a lost member, a waiting node)
 moves the pointer r -> r+1 and counts one against ``--max-restarts``; these
 decide when that may happen and what happens once the budget is spent (the
-job fails with a root cause, a waiting node stays a spare). No I/O, no clock
-reads, no logging; re-exported by :mod:`corral.rendezvous.machine`, and tested
-table-driven there (tests/unit/rendezvous/test_machine.py).
+job fails with a root cause, a waiting node stays a spare). The job's budget
+itself is a value every node adopts from the first pointer
+(:func:`adopt_budget`, a reducer). No I/O, no clock reads, no logging; tested
+table-driven (tests/unit/rendezvous/test_machine.py, test_protocol.py).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from corral.core.failures import FailureReport
 from corral.core.model import NodeDesc
-from corral.rendezvous.state import (
+from corral.rendezvous.protocol.records import (
     REASON_FAILURE,
     REASON_JOB_ENDED,
     REASON_MEMBER_LOST,
@@ -26,11 +28,16 @@ from corral.rendezvous.state import (
 
 __all__ = [
     "RESTART_REASONS",
+    "Budget",
+    "BudgetDiffers",
+    "FailureAction",
     "FailureStep",
     "ScaleUp",
+    "adopt_budget",
     "budget_left",
     "end_pointer",
     "ends_without_restart",
+    "failure_action",
     "failure_step",
     "failure_streak",
     "is_spare",
@@ -282,3 +289,77 @@ def waiting_line(
             "later round)"
         )
     return f"round {round_} closed without node {node_id}: waiting"
+
+
+class FailureAction(enum.Enum):
+    """One turn of the failure loop of round r (see :func:`failure_action`)."""
+
+    JOB_MOVED_ON = "job_moved_on"  # a later round started: this node restarts with it
+    FIX_OUTCOME = "fix_outcome"  # write round r's outcome from its failures, then end the job
+    RESTART = "restart"  # move the pointer r -> r+1 (counts one restart)
+    END = "end"  # end the job in failure
+
+
+def failure_action(step: FailureStep, final: bool) -> FailureAction:
+    """Decide from :func:`failure_step` and ``final``.
+
+    ``final``: a restart policy gave up, so the job ends now whatever the budget;
+    if the job had already moved past round r, round r's failures still make
+    the outcome (written first), and the job ends from where it is.
+    """
+    if step is FailureStep.ALREADY_MOVED:
+        return FailureAction.FIX_OUTCOME if final else FailureAction.JOB_MOVED_ON
+    if step is FailureStep.RESTART and not final:
+        return FailureAction.RESTART
+    return FailureAction.END
+
+
+# --- the job's budget, adopted from the first pointer ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """The restart budget a node decides with.
+
+    ``max_restarts``: ``--max-restarts``; ``no_restart_code``: ``--no-restart-exit-code``
+    (0: none). A node starts with its own and adopts the job's (:func:`adopt_budget`).
+    """
+
+    max_restarts: int
+    no_restart_code: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetDiffers:
+    """Effect: this node's ``option`` (``own``) is not the job's (``job``): say so once."""
+
+    option: str
+    own: int
+    job: int
+
+    def line(self) -> str:
+        if self.option == "--max-restarts":
+            return (
+                f"--max-restarts is {self.own} on this node but {self.job} for the job (given "
+                "to the node that started it): this node counts with the job's"
+            )
+        return (
+            f"{self.option} is {self.own or 'unset'} on this node but {self.job or 'unset'} "
+            "for the job (given to the node that started it): this node decides with the job's"
+        )
+
+
+def adopt_budget(budget: Budget, pointer: RoundPointer) -> tuple[Budget, list[BudgetDiffers]]:
+    """The budget after reading ``pointer``: the one the job's first pointer recorded
+    (:func:`job_budget`), so every node decides alike; an effect for each value that
+    differs from this node's."""
+    effects: list[BudgetDiffers] = []
+    limit = job_budget(budget.max_restarts, pointer.max_restarts)
+    if limit != budget.max_restarts:
+        effects.append(BudgetDiffers("--max-restarts", budget.max_restarts, limit))
+    code = job_budget(budget.no_restart_code, pointer.no_restart_code)
+    if code != budget.no_restart_code:
+        effects.append(BudgetDiffers("--no-restart-exit-code", budget.no_restart_code, code))
+    if not effects:
+        return budget, effects
+    return Budget(limit, code), effects
