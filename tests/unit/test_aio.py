@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from corral.core.aio import Background, first_of, task_scope
+from corral.core.aio import first_of, run_scope, task_scope
 from corral.core.errors import StoreUnavailable
 
 pytestmark = pytest.mark.timeout(10)
@@ -98,28 +98,27 @@ async def test_a_background_failure_interrupts_a_race_in_the_same_scope() -> Non
             await first_of(asyncio.Event().wait(), asyncio.Event().wait())
 
 
-async def test_background_keeps_and_signals_the_first_error() -> None:
-    bg = Background("owner")
-    seen: list[BaseException] = []
-    failed = asyncio.Event()
-    bg.subscribe(seen.append)
-    bg.subscribe(lambda _exc: failed.set())
+async def test_run_scope_names_the_failed_child_while_the_block_is_cancelled() -> None:
+    """RunTasks.failure is the child's error when the block sees its CancelledError,
+    and the same error then comes out of the block, bare."""
     go = asyncio.Event()
-    quiet = bg.start(asyncio.Event().wait(), name="quiet")
-    bg.start(_fail_after(go, KeyError("first")), name="failing")
-    go.set()
-    await asyncio.wait_for(failed.wait(), 5)
-    assert isinstance(bg.error, KeyError) and seen == [bg.error]
-    late: list[BaseException] = []
-    bg.subscribe(late.append)  # a listener that comes after the failure hears it at once
-    assert late == [bg.error]
-    assert not quiet.done()  # the other tasks run on until their owner stops them
-    await bg.stop(quiet)
-    assert quiet.cancelled()
+    seen_in_block: list[BaseException | None] = []
+    with pytest.raises(KeyError, match="first"):
+        async with run_scope() as tg:
+            assert tg.failure is None
+            tg.create_task(_fail_after(go, KeyError("first")))
+            go.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                seen_in_block.append(tg.failure)
+                raise
+    assert len(seen_in_block) == 1 and isinstance(seen_in_block[0], KeyError)
 
 
-async def test_background_stop_ends_one_task_quietly() -> None:
-    bg = Background("owner")
-    t = bg.start(asyncio.Event().wait())
-    await bg.stop(t)
-    assert t.cancelled() and bg.error is None
+async def test_run_scope_a_cancelled_child_is_no_failure() -> None:
+    async with run_scope() as tg:
+        t = tg.create_task(asyncio.Event().wait())
+        await asyncio.sleep(0)
+        t.cancel()
+    assert tg.failure is None

@@ -13,8 +13,6 @@ import pytest
 
 grimp = pytest.importorskip("grimp")
 
-UNTIL_MERGED = pytest.mark.xfail(strict=False, reason="until issue 24's branches merge")
-
 
 def _graph() -> object:
     return grimp.build_graph("corral", exclude_type_checking_imports=True)
@@ -70,7 +68,6 @@ def test_the_cycle_finder_finds_cycles() -> None:
     assert "a -> b" in _describe(["a", "b", "c"], edges)
 
 
-@UNTIL_MERGED
 def test_no_cycle_between_modules() -> None:
     g = _graph()
     edges = {m: set(g.find_modules_directly_imported_by(m)) for m in g.modules}  # type: ignore[attr-defined]
@@ -78,7 +75,6 @@ def test_no_cycle_between_modules() -> None:
     assert not found, "\n".join(_describe(c, edges) for c in found)
 
 
-@UNTIL_MERGED
 def test_no_cycle_between_the_children_of_any_package() -> None:
     g = _graph()
     modules: set[str] = set(g.modules)  # type: ignore[attr-defined]

@@ -32,7 +32,7 @@ from corral.agent.results import summary as _summary  # imported from here by te
 from corral.agent.signals import SignalLatch
 from corral.agent.state import AgentState, StateMachine
 from corral.core import events as ev
-from corral.core.aio import task_scope
+from corral.core.aio import run_scope
 from corral.core.clock import Clock, MonotonicClock
 from corral.core.errors import (
     ConfigError,
@@ -171,7 +171,7 @@ class Agent:
             # The run's task group encloses everything the run opens: each object
             # ends its tasks when it closes (the stack below), and an error of any
             # task cancels the run and is raised as itself (docs/design.md).
-            async with task_scope() as tasks, AsyncExitStack() as stack:
+            async with run_scope() as tasks, AsyncExitStack() as stack:
                 logs = RunLogs.from_config(self.cfg)
                 stack.callback(logs.close)
                 if logs.temporary is not None:
@@ -188,7 +188,9 @@ class Agent:
                 try:
                     await self._run(stack, tasks, logs, reaper, latch, events)
                 except BaseException as exc:
-                    events.job_ended(exc)
+                    # a task of the run failed: the run is cancelled, the task's error is why
+                    cancelled = isinstance(exc, asyncio.CancelledError)
+                    events.job_ended(tasks.failure if cancelled and tasks.failure else exc)
                     raise
                 events.job_ended(None)
                 await self._linger()

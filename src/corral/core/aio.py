@@ -1,6 +1,6 @@
 """Structured concurrency: every task corral starts lives in a scope that ends it.
 
-Two helpers, used everywhere outside the worker layer instead of bare
+The helpers, used everywhere outside the worker layer instead of bare
 ``create_task``/``ensure_future`` and hand-written races:
 
 * :func:`task_scope` is an ``asyncio.TaskGroup`` (the ``taskgroup`` backport on
@@ -13,12 +13,10 @@ Two helpers, used everywhere outside the worker layer instead of bare
   first to finish (by position when several finish in the same turn of the
   loop); the others are cancelled and awaited before it returns, and an error
   of any of them, before or during that cancellation, is raised.
-* :class:`Background` is the scope of an *object* whose tasks outlive any one
-  of its calls (a store's lease timer, a rendezvous's keep-alive): the object
-  starts them and its ``close`` ends them (:meth:`Background.stop`); the first
-  error of one is kept (:attr:`Background.error`), logged, and signalled to
-  :meth:`Background.subscribe`'s listeners (e.g. a watch multiplexer, which then
-  ends its block with it).
+* :func:`run_scope` is a :func:`task_scope` whose group, a :class:`RunTasks`,
+  names its first failed child while the block is being cancelled: the agent's
+  run is one, handed to every object of the run that needs a background task
+  (docs/design.md, "Who owns which task").
 * :func:`guarded` wraps a loop callback (``call_soon``/``call_later``/``call_at``)
   so that its exception reaches its owner: logged at error level and handed to
   an ``on_error`` of the owner, which then fails visibly (a callback's error
@@ -29,12 +27,11 @@ Two helpers, used everywhere outside the worker layer instead of bare
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any, ParamSpec
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, ParamSpec, TypeVar
 
 from corral.core.compat import TaskGroup
 
@@ -45,11 +42,13 @@ else:  # pragma: no cover - Python 3.10: the backport's exception groups
 
     _GroupTypes = (_BEG,)
 
-__all__ = ["Background", "first_of", "guarded", "task_scope"]
+__all__ = ["RunTasks", "first_of", "guarded", "run_scope", "task_scope"]
 
 log = logging.getLogger("corral")
 
 _P = ParamSpec("_P")
+_T = TypeVar("_T")
+_G = TypeVar("_G", bound=TaskGroup)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -61,8 +60,32 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-@asynccontextmanager
-async def task_scope() -> AsyncIterator[TaskGroup]:
+class RunTasks(TaskGroup):
+    """A TaskGroup that names its first failed child while its block is being cancelled.
+
+    When a child fails, a TaskGroup cancels its block: the code in the block sees a
+    ``CancelledError``, and the child's error comes out of the ``async with`` only
+    after. :attr:`failure` is that error as soon as the block is cancelled (a done
+    callback of each child, which runs before the block resumes), so the block can
+    report the true cause while what it opened is still open (the agent's run: its
+    ``JobEnded`` event, written to the job's store).
+    """
+
+    failure: BaseException | None = None
+
+    def create_task(  # type: ignore[override]
+        self, coro: Coroutine[Any, Any, _T], *, name: str | None = None, context: Any = None
+    ) -> asyncio.Task[_T]:
+        task = super().create_task(coro, name=name, context=context)
+        task.add_done_callback(self._child_done)
+        return task
+
+    def _child_done(self, task: asyncio.Task[Any]) -> None:
+        if self.failure is None and not task.cancelled() and task.exception() is not None:
+            self.failure = task.exception()
+
+
+def task_scope() -> AbstractAsyncContextManager[TaskGroup]:
     """``async with task_scope() as tg: tg.create_task(...)``: a TaskGroup with bare errors.
 
     Leaving the block waits for every child (cancel the ones that would not end
@@ -72,11 +95,21 @@ async def task_scope() -> AsyncIterator[TaskGroup]:
     ``KeyboardInterrupt``/``SystemExit`` and an outside cancellation pass as
     they do through a TaskGroup.
     """
+    return _scope(TaskGroup())
+
+
+def run_scope() -> AbstractAsyncContextManager[RunTasks]:
+    """:func:`task_scope` whose group is a :class:`RunTasks` (the agent's run)."""
+    return _scope(RunTasks())
+
+
+@asynccontextmanager
+async def _scope(group: _G) -> AsyncIterator[_G]:
     try:
-        async with TaskGroup() as tg:
+        async with group as tg:
             yield tg
-    except _GroupTypes as group:
-        leaves = _leaves(group)
+    except _GroupTypes as errors:
+        leaves = _leaves(errors)
         first = next((e for e in leaves if not isinstance(e, asyncio.CancelledError)), leaves[0])
         for other in leaves:
             if other is not first:
@@ -140,60 +173,3 @@ def guarded(
 
 async def _as_coro(aw: Awaitable[Any]) -> Any:
     return await aw
-
-
-class Background:
-    """The tasks of one object that outlive its calls; they end with the object.
-
-    ``start`` runs a coroutine as a task the object owns; ``stop`` cancels one
-    and waits for it (the owner's ``close``). A task that fails (anything but
-    cancellation) records its error in :attr:`error`, logs it and calls the
-    :meth:`subscribe` listeners, so the owner sees it at once (its watch
-    multiplexer ends the wait in progress with it).
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.error: BaseException | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._listeners: list[Callable[[BaseException], None]] = []
-
-    def start(self, coro: Any, *, name: str | None = None) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task of this owner; returns it (to :meth:`stop` it alone)."""
-        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None and self.error is None:
-            log.error("%s: background task %s failed: %r", self.name, task.get_name(), exc)
-            self.error = exc
-            for listener in list(self._listeners):
-                listener(exc)
-
-    def subscribe(self, listener: Callable[[BaseException], None]) -> None:
-        """Call ``listener(error)`` when a task fails (at once if one has).
-
-        A callback, not a waiting task: an owner that waits often (a watch
-        multiplexer per rendezvous step) pays nothing until a failure.
-        """
-        if self.error is not None:
-            listener(self.error)
-        else:
-            self._listeners.append(listener)
-
-    def unsubscribe(self, listener: Callable[[BaseException], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(listener)
-
-    async def stop(self, task: asyncio.Task[Any] | None) -> None:
-        """Cancel one task and wait for it to end (its error, if any, stays recorded)."""
-        if task is None:
-            return
-        task.cancel()
-        await asyncio.wait({task})

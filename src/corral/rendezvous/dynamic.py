@@ -9,7 +9,7 @@ layers, each with one job:
   object per role (:class:`~.driver.joining.Joining`,
   :class:`~.driver.closing.Closer`, :class:`~.driver.running.Running`,
   :class:`~.driver.ending.Ending`) sharing one :class:`~.driver.session.Session`;
-* :class:`~corral.rendezvous.lease.Lease`: the lease and its keep-alive task.
+* :class:`~corral.rendezvous.driver.lease.Lease`: the lease and its keep-alive task.
 
 :class:`DynamicRendezvous` composes them and keeps the public API.
 """
@@ -31,11 +31,11 @@ from corral.core.model import Decision, NodeDesc, RoundChange, RoundInfo
 from corral.rendezvous.driver.closing import Closer
 from corral.rendezvous.driver.ending import Ending, Outcomes
 from corral.rendezvous.driver.joining import Joining, SpareWait
+from corral.rendezvous.driver.lease import Lease
 from corral.rendezvous.driver.quarantine import Quarantines
 from corral.rendezvous.driver.running import Running
 from corral.rendezvous.driver.session import Session
 from corral.rendezvous.driver.store import RunStore
-from corral.rendezvous.lease import Lease
 from corral.rendezvous.options import RendezvousOptions, StoreOptions
 from corral.rendezvous.protocol.budget import Budget
 from corral.rendezvous.protocol.closer import CloseParams

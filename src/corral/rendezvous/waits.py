@@ -17,7 +17,7 @@ __all__ = ["FailureSource", "Mux", "watching"]
 
 
 class FailureSource(Protocol):
-    """An owner of a background task whose failure ends a wait (the :class:`~corral.rendezvous.lease.Lease`)."""
+    """An owner of a background task whose failure ends a wait (the :class:`~corral.rendezvous.driver.lease.Lease`)."""
 
     def subscribe(self, listener: Callable[[BaseException], None]) -> None: ...
 

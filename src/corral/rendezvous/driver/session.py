@@ -17,8 +17,8 @@ from corral.core.errors import RendezvousError
 from corral.core.events import Event, stamp
 from corral.core.keys import Keys
 from corral.core.model import NodeDesc
+from corral.rendezvous.driver.lease import Lease
 from corral.rendezvous.driver.store import RunStore, decode_closed
-from corral.rendezvous.lease import Lease
 from corral.rendezvous.options import RendezvousOptions
 from corral.rendezvous.protocol.budget import Budget
 from corral.rendezvous.protocol.records import Assignment, ClosedRound, RoundPointer
