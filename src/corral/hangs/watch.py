@@ -427,15 +427,20 @@ class HangWatch:
             await store.put(prefix + self.node_id, mine.summarised().to_json())
             await store.put(stacks_prefix(self.base, rnd.round) + self.node_id, mine.to_json())
 
+            def add(value: bytes) -> None:
+                rec = _parse(value)
+                if rec is not None:
+                    records.setdefault(rec.node_id, rec)
+
             async def collect() -> None:
                 async with store.watch(prefix, prefix=True) as events:
                     kvs, _ = await store.range(prefix)
                     for kv in kvs:
-                        _add(records, kv.value)
+                        add(kv.value)
                     if len(records) >= rnd.group_world_size:
                         return
                     async for event in events:
-                        _add(records, event.kv.value)
+                        add(event.kv.value)
                         if len(records) >= rnd.group_world_size:
                             return
 
@@ -463,11 +468,11 @@ class HangWatch:
         )
 
 
-def _add(records: dict[str, NodeHangs], value: bytes) -> None:
+def _parse(value: bytes) -> NodeHangs | None:
+    """A node's hang record, or None for a deleted key or an unreadable record."""
     if not value:
-        return
+        return None
     try:
-        rec = NodeHangs.from_json(value)
+        return NodeHangs.from_json(value)
     except (ValueError, KeyError, TypeError):
-        return
-    records.setdefault(rec.node_id, rec)
+        return None

@@ -184,11 +184,11 @@ class WorkerGroup:
                     console_out=self.console_out,
                     console_err=self.console_err,
                     cpus=None if cpus is None else cpus[local_rank],
+                    on_pump_error=self._on_pump_error,
                 )
             )
         self._to(GroupState.RUNNING)
         for w in self.workers:
-            w.on_pump_error = self._on_pump_error
             standby = await self.standbys.take() if self.standbys is not None else None
             w.spawn(
                 self._on_exit, None if standby is None else (standby, sys_argv(self.spec, w.argv))
