@@ -40,6 +40,7 @@ from corral.core.errors import ConfigError
 if TYPE_CHECKING:
     from corral.agent.agent import Agent, AgentHooks
     from corral.agent.policy import RestartPolicy
+    from corral.core.events import EventSink
 
 __all__ = ["FN_ENTRY_MODULE", "launch", "launch_async"]
 
@@ -114,7 +115,7 @@ def _agent(
     hooks: AgentHooks | None,
     policy: RestartPolicy | None,
     agent_class: type[Agent] | None,
-    events: Callable[[Any], None] | None = None,
+    events: EventSink | None = None,
 ) -> Agent:
     from corral.agent.agent import Agent
 
@@ -131,7 +132,7 @@ async def launch_async(
     hooks: AgentHooks | None = None,
     policy: RestartPolicy | None = None,
     agent_class: type[Agent] | None = None,
-    events: Callable[[Any], None] | None = None,
+    events: EventSink | None = None,
 ) -> dict[int, Any]:
     """Run this node's part of the job in the running event loop; see :func:`launch`.
 
@@ -150,7 +151,7 @@ def launch(
     hooks: AgentHooks | None = None,
     policy: RestartPolicy | None = None,
     agent_class: type[Agent] | None = None,
-    events: Callable[[Any], None] | None = None,
+    events: EventSink | None = None,
 ) -> dict[int, Any]:
     """Run ``entrypoint`` on this node's workers (and, through the rendezvous, the job's).
 

@@ -17,7 +17,7 @@ import argparse
 import html
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from corral.events.journal import PHASES, AttemptRecord, JobIncident, job_incidents
@@ -168,9 +168,8 @@ def render_svg(records: Sequence[AttemptRecord], title: str = "corral job timeli
     return "\n".join(out)
 
 
-def _incident(inc: JobIncident, k: int, x: object, bottom: float) -> str:
-    xf = x  # a callable: wall time -> x
-    assert callable(xf)
+def _incident(inc: JobIncident, k: int, xf: Callable[[float], float], bottom: float) -> str:
+    """``xf``: wall time -> x."""
     parts = [f'<g class="incident" data-round="{inc.round}" data-cause="{_esc(inc.cause)}">']
     hover = [f"round {inc.round}: {inc.cause} (down {inc.downtime:.2f}s)"]
     if inc.root_cause or inc.detail:
@@ -207,10 +206,12 @@ def _incident(inc: JobIncident, k: int, x: object, bottom: float) -> str:
 
 
 def _attempt(
-    rec: AttemptRecord, band: _Band, incidents: Sequence[JobIncident], x: object, t_last: float
+    rec: AttemptRecord,
+    band: _Band,
+    incidents: Sequence[JobIncident],
+    xf: Callable[[float], float],
+    t_last: float,
 ) -> str:
-    xf = x
-    assert callable(xf)
     start = rec.spawned or rec.closed
     if start is None:
         return ""

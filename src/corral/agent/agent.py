@@ -27,10 +27,10 @@ from corral.agent import results, signals
 from corral.agent.decide import Fail, Rejoin, Stop, Succeeded, next_action
 from corral.agent.events import AgentEvents
 from corral.agent.hooks import AgentHooks
+from corral.agent.lifecycle import AgentState, StateMachine
 from corral.agent.policy import ImmediatePolicy, RestartPolicy
 from corral.agent.results import summary as _summary  # imported from here by tests
 from corral.agent.signals import SignalLatch
-from corral.agent.state import AgentState, StateMachine
 from corral.core import events as ev
 from corral.core.aio import run_scope
 from corral.core.clock import Clock, MonotonicClock

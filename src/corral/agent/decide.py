@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from corral.agent.lifecycle import AgentState
 from corral.agent.policy import RestartVerdict
-from corral.agent.state import AgentState
 from corral.core.failures import FailureReport
 from corral.core.model import Decision, RoundChange, RoundInfo
 

@@ -24,11 +24,11 @@ from corral.agent.decide import Changed, Failed, JobOver, RoundOutcome, Stopped,
 from corral.agent.events import AgentEvents
 from corral.agent.health import leave_unhealthy
 from corral.agent.hooks import AgentHooks
+from corral.agent.lifecycle import AgentState, StateMachine
 from corral.agent.policy import RestartPolicy
 from corral.agent.results import read_results
 from corral.agent.services import Hung, NodeServices
 from corral.agent.signals import SignalLatch
-from corral.agent.state import AgentState, StateMachine
 from corral.core.aio import first_of, task_scope
 from corral.core.clock import Clock
 from corral.core.errors import Interrupted, NodeRefused, RendezvousClosed

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from corral.agent.health import HealthWatch, Unhealthy, wait_to_join
 from corral.core.aio import first_of
@@ -115,7 +115,7 @@ class NodeServices:
         It returns a :data:`Verdict` (hung ranks, an unhealthy node) or never; its
         error (the liveness ring's, a bug of a watch) fails the round's race.
         """
-        racers: list[Awaitable[Any]] = []
+        racers: list[Awaitable[Verdict]] = []
         if self.liveness is not None:
             racers.append(self.liveness.watch(rnd))  # never returns
         if self.hangs is not None:
@@ -133,6 +133,6 @@ class NodeServices:
         return Hung(tuple(await hangs.watch(group, rnd)))
 
     @staticmethod
-    async def _first(racers: list[Awaitable[Any]]) -> Verdict:
+    async def _first(racers: list[Awaitable[Verdict]]) -> Verdict:
         _, verdict = await first_of(*racers)  # by position when several end at once
-        return verdict  # type: ignore[no-any-return]
+        return cast(Verdict, verdict)

@@ -85,7 +85,7 @@ class SignalLatch:
     def __init__(self) -> None:
         self.signum = 0  # the first handled signal; 0: none yet
         self._event = asyncio.Event()
-        self._told: Interrupted | None = None  # what telling the job ended this run with
+        self._interrupted: Interrupted | None = None  # what telling the job ended this run with
 
     def receive(self, signum: int) -> None:
         """A handled signal arrived: remember it if it is the first; wake the races."""
@@ -120,8 +120,10 @@ class SignalLatch:
         """This node got a handled signal: stop the job or leave it, once (agent/preempt.py).
 
         ``hosts_store``: this node hosts the embedded store (it cannot leave)."""
-        if self._told is None:
+        if self._interrupted is None:
             from corral.agent.preempt import tell_job
 
-            self._told = await tell_job(rdzv, cfg, rnd, self.signum, host, hosts_store=hosts_store)
-        return self._told
+            self._interrupted = await tell_job(
+                rdzv, cfg, rnd, self.signum, host, hosts_store=hosts_store
+            )
+        return self._interrupted

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from corral.core import events as t
+from corral.core import events as kinds
 
 __all__ = [
     "PHASES",
@@ -148,9 +148,9 @@ class Tracker:
         if rec is not None:
             self._dirty.add(rec.round)
 
-    def __call__(self, ev: t.Event) -> None:
+    def __call__(self, ev: kinds.Event) -> None:
         cur = self._current
-        if isinstance(ev, t.RoundClosed):
+        if isinstance(ev, kinds.RoundClosed):
             rec = AttemptRecord(
                 node=ev.node,
                 round=ev.round,
@@ -169,20 +169,20 @@ class Tracker:
             self.records[ev.round] = self._current = rec
             self._failed, self._root, self._cause = None, "", ""
             self._touch(rec)
-        elif isinstance(ev, t.NodeJoined):
+        elif isinstance(ev, kinds.NodeJoined):
             self._addr = ev.addr
-        elif isinstance(ev, t.WorkerStarted) and cur is not None:
+        elif isinstance(ev, kinds.WorkerStarted) and cur is not None:
             cur.spawned = ev.wall
             if cur.incident is not None:
                 cur.incident.spawned = ev.wall
             self._touch(cur)
-        elif isinstance(ev, t.ProgressStep) and cur is not None:
+        elif isinstance(ev, kinds.ProgressStep) and cur is not None:
             if cur.first_step is None and ev.round == cur.round:
                 cur.first_step = ev.wall
                 if cur.incident is not None:
                     cur.incident.first_step = ev.wall
                 self._touch(cur)
-        elif isinstance(ev, t.WorkerFailed) and cur is not None:
+        elif isinstance(ev, kinds.WorkerFailed) and cur is not None:
             how = f"died of {ev.signal}" if ev.signal else f"exited with code {ev.exitcode}"
             text = f"rank {ev.rank} (local {ev.local_rank}, {cur.host or ev.node}) {how}"
             text += f": {ev.message}" if ev.message else ""
@@ -198,7 +198,7 @@ class Tracker:
                 self._failed, self._root = ev.exit_wall or ev.wall, text
                 self._cause = self._cause or ("signal" if ev.signal else "failure")
             self._touch(cur)
-        elif isinstance(ev, t.HangDeclared) and cur is not None:
+        elif isinstance(ev, kinds.HangDeclared) and cur is not None:
             text = (
                 f"rank {ev.rank} (local {ev.local_rank}) hung: no progress for {ev.silent_s:.1f}s"
             )
@@ -207,21 +207,21 @@ class Tracker:
             if self._cause != "hang":
                 self._failed, self._root, self._cause = ev.wall - ev.silent_s, text, "hang"
             self._touch(cur)
-        elif isinstance(ev, (t.NodeLost, t.NodeWaiting)) and cur is not None:
-            kind = "lost" if isinstance(ev, t.NodeLost) else "joining"
+        elif isinstance(ev, (kinds.NodeLost, kinds.NodeWaiting)) and cur is not None:
+            kind = "lost" if isinstance(ev, kinds.NodeLost) else "joining"
             cur.marks.append(Mark(ev.wall, kind, -1, ev.detail))
             self._touch(cur)
-        elif isinstance(ev, t.NodeUnhealthy) and cur is not None and cur.end is None:
+        elif isinstance(ev, kinds.NodeUnhealthy) and cur is not None and cur.end is None:
             # a member's --health-check failed: it leaves the round (docs/health.md)
             text = f"{ev.host or ev.node} unhealthy: {ev.check}: {ev.reason}"
             cur.marks.append(Mark(ev.wall, "lost", -1, text))
             if self._failed is None:
                 self._failed, self._root = ev.wall, text
             self._touch(cur)
-        elif isinstance(ev, t.WorkerExited) and cur is not None:
+        elif isinstance(ev, kinds.WorkerExited) and cur is not None:
             cur.marks.append(Mark(ev.wall, "exited", ev.local_rank, f"rank {ev.rank} exited 0"))
             self._touch(cur)
-        elif isinstance(ev, t.RoundEnded) and cur is not None and cur.end is None:
+        elif isinstance(ev, kinds.RoundEnded) and cur is not None and cur.end is None:
             cur.end, cur.outcome, cur.detail = ev.wall, ev.cause, ev.detail
             if ev.cause not in ("succeeded", "job_ended", "signal"):
                 cause = self._cause or CHANGE_CAUSE.get(ev.cause, ev.cause)
@@ -233,17 +233,17 @@ class Tracker:
                     known=ev.wall,
                 )
             self._touch(cur)
-        elif isinstance(ev, t.WorkersStopped):
+        elif isinstance(ev, kinds.WorkersStopped):
             if self._pending is not None and self._pending.stopped is None:
                 self._pending.stopped = ev.wall
-        elif isinstance(ev, t.JobEnded):
+        elif isinstance(ev, kinds.JobEnded):
             self._pending = None
             if cur is not None and cur.end is None:
                 cur.end, cur.outcome = ev.wall, ev.outcome
                 self._touch(cur)
 
 
-def records_from_events(events: Iterable[t.Event]) -> list[AttemptRecord]:
+def records_from_events(events: Iterable[kinds.Event]) -> list[AttemptRecord]:
     """Attempt records of every node in ``events`` (each node's events in their order)."""
     trackers: dict[str, Tracker] = {}
     for ev in events:

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from corral.core import events as t
+from corral.core import events as kinds
 from corral.events.journal import CHANGE_CAUSE, PHASES, Incident
 
 __all__ = ["Metrics", "serve_metrics"]
@@ -95,9 +95,9 @@ class Metrics:
         self._failed: float | None = None
         self._cause = ""  # the current attempt's failure kind (failure, signal, hang)
 
-    def __call__(self, ev: t.Event) -> None:
+    def __call__(self, ev: kinds.Event) -> None:
         self.events.labels(type(ev).__name__).inc()
-        if isinstance(ev, t.RoundClosed):
+        if isinstance(ev, kinds.RoundClosed):
             self.rounds.inc()
             self.round.set(ev.round)
             self.restarts_used.set(ev.restart_count)
@@ -111,50 +111,50 @@ class Metrics:
             self.step_age.clear()
             if self._open is not None:
                 self._open.closed = ev.wall
-        elif isinstance(ev, t.WorkerStarted):
+        elif isinstance(ev, kinds.WorkerStarted):
             self._set_state(ev.local_rank, "running")
             if self._open is not None and self._open.spawned is None:
                 self._open.spawned = ev.wall
                 self._observe(self._open, PHASES[:4])
-        elif isinstance(ev, t.WorkerExited):
+        elif isinstance(ev, kinds.WorkerExited):
             self._set_state(ev.local_rank, "exited")
-        elif isinstance(ev, t.WorkerFailed):
+        elif isinstance(ev, kinds.WorkerFailed):
             self._set_state(ev.local_rank, "failed")
             if self._failed is None:
                 self._failed = ev.exit_wall or ev.wall
                 self._cause = self._cause or ("signal" if ev.signal else "failure")
-        elif isinstance(ev, t.HangDeclared):
+        elif isinstance(ev, kinds.HangDeclared):
             self._set_state(ev.local_rank, "hung")
             self._failed, self._cause = ev.wall - ev.silent_s, "hang"
-        elif isinstance(ev, t.ProgressStep):
+        elif isinstance(ev, kinds.ProgressStep):
             self.progress(ev.local_rank, ev.step, ev.mono)
             if self._open is not None and self._open.first_step is None:
                 self._open.first_step = ev.wall
                 self._observe(self._open, ("first_step",))
                 self._open = None
-        elif isinstance(ev, t.RoundEnded):
+        elif isinstance(ev, kinds.RoundEnded):
             if ev.cause not in ("succeeded", "job_ended", "signal"):
                 cause = self._cause or CHANGE_CAUSE.get(ev.cause, ev.cause)
                 self._open = Incident(cause=cause, failed=self._failed, known=ev.wall)
             self._failed, self._cause = None, ""
-        elif isinstance(ev, t.WorkersStopped):
+        elif isinstance(ev, kinds.WorkersStopped):
             if self._open is not None and self._open.stopped is None:
                 self._open.stopped = ev.wall
             for lr, s in list(self._states.items()):
                 if s == "running":
                     self._set_state(lr, "exited")
-        elif isinstance(ev, t.RestartDecided):
+        elif isinstance(ev, kinds.RestartDecided):
             self.restarts.labels(ev.cause).inc()
             cause = self._open.cause if self._open is not None else ev.cause
             self.incidents.labels(cause).inc()
-        elif isinstance(ev, t.JobEnded):
+        elif isinstance(ev, kinds.JobEnded):
             self._open = None
-        elif isinstance(ev, t.NodeQuarantined):
+        elif isinstance(ev, kinds.NodeQuarantined):
             self._quarantined.add(ev.addr)
             self.quarantined.set(len(self._quarantined))
-        elif isinstance(ev, t.NodeUnhealthy):
+        elif isinstance(ev, kinds.NodeUnhealthy):
             self.unhealthy.set(1)
-        elif isinstance(ev, t.NodeHealthy):
+        elif isinstance(ev, kinds.NodeHealthy):
             self.unhealthy.set(0)
 
     def progress(self, local_rank: int, step: int, mono: float) -> None:

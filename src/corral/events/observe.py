@@ -9,12 +9,13 @@ metrics endpoint. Leaving it cancels those tasks and closes the files.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from corral.core.compat import TaskGroup
 from corral.core.events import Event, HangDeclared, ProgressStep, stamp
@@ -23,10 +24,31 @@ from corral.events.sinks import EventSink, Fanout, JsonlSink, LoggingSink
 
 if TYPE_CHECKING:
     from corral.config import LaunchConfig
+    from corral.core.model import RoundInfo
+    from corral.events.metrics import Metrics
+    from corral.progress import Mark
+    from corral.store.api import Store
 
-__all__ = ["Observers"]
+__all__ = ["HungRank", "Observers"]
 
 log = logging.getLogger("corral.events")
+
+
+class HungRank(Protocol):
+    """What :meth:`Observers.on_hang` reads of a hung rank (a
+    :class:`~corral.hangs.report.RankDump`; events imports nothing of hangs)."""
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def local_rank(self) -> int: ...
+
+    @property
+    def step(self) -> int | None: ...
+
+    @property
+    def age(self) -> float: ...
 
 
 class Observers:
@@ -53,12 +75,20 @@ class Observers:
         self.node_id = node_id
         self.sink = Fanout([sink] if sink is not None else [])
         self.run_dir = run_dir
-        self.journal = JournalWriter(prefix=cfg.rdzv_conf.store.prefix, run_id=cfg.rdzv_id)
-        self.metrics: Any = None
+        self.metrics: Metrics | None = None
+        if cfg.metrics_port is not None:
+            from corral.events.metrics import Metrics
+
+            self.metrics = Metrics(max_restarts=cfg.max_restarts, node=node_id)
+        self.journal = JournalWriter(
+            prefix=cfg.rdzv_conf.store.prefix,
+            run_id=cfg.rdzv_id,
+            on_latency=self.metrics.store_rtt.observe if self.metrics is not None else None,
+        )
         self.metrics_address: tuple[str, int] | None = None
         self._stack = AsyncExitStack()
         self._tg: TaskGroup | None = None
-        self._tasks: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._marks_round = -1
         self._first_marked: set[int] = set()
         self._probe: Callable[[], Awaitable[None]] | None = None
@@ -68,7 +98,7 @@ class Observers:
         if self.sink:
             self.sink(stamp(cls, self.node_id, round, **fields))
 
-    def on_marks(self, rnd: Any, marks: Mapping[int, Any]) -> None:
+    def on_marks(self, rnd: RoundInfo, marks: Mapping[int, Mark]) -> None:
         """Workers' progress marks, as hang detection reads them (``{local rank: Mark}``).
 
         The first mark of each rank in a round becomes a :class:`ProgressStep`
@@ -88,7 +118,7 @@ class Observers:
             if self.metrics is not None:
                 self.metrics.progress(lr, m.step, m.time)
 
-    def on_hang(self, rnd: Any, hung: Sequence[Any]) -> None:
+    def on_hang(self, rnd: RoundInfo, hung: Sequence[HungRank]) -> None:
         """This node's hung ranks at hang detection's verdict (``RankDump``s): one
         :class:`HangDeclared` each, with its last step and its real silence."""
         for d in hung:
@@ -118,8 +148,8 @@ class Observers:
             self._tg = await stack.enter_async_context(TaskGroup())
             stack.callback(self._cancel_tasks)  # runs before the task group waits for them
             port = self.cfg.metrics_port
-            if port is not None:
-                await self._start_metrics(port)
+            if port is not None and self.metrics is not None:
+                await self._start_metrics(self.metrics, port)
         except BaseException:
             await stack.aclose()
             raise
@@ -128,7 +158,7 @@ class Observers:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
-    def attach_store(self, stack: AsyncExitStack, store: Any) -> None:
+    def attach_store(self, stack: AsyncExitStack, store: Store) -> None:
         """The job's store is open: start writing the journal (and probing the store).
 
         ``stack`` is the one the store's close is on: the final journal flush
@@ -148,14 +178,10 @@ class Observers:
 
             self._probe = probe
 
-    async def _start_metrics(self, port: int) -> None:
-        import asyncio
+    async def _start_metrics(self, metrics: Metrics, port: int) -> None:
+        from corral.events.metrics import serve_metrics
 
-        from corral.events.metrics import Metrics, serve_metrics
-
-        self.metrics = Metrics(max_restarts=self.cfg.max_restarts, node=self.node_id)
-        self.sink.add(self.metrics)
-        self.journal.on_latency = self.metrics.store_rtt.observe
+        self.sink.add(metrics)
         ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
 
         def started(addr: tuple[str, int]) -> None:
@@ -168,7 +194,7 @@ class Observers:
 
         async def serve() -> None:
             try:
-                await serve_metrics(self.metrics, self.cfg_addr, port, probe=probe, started=started)
+                await serve_metrics(metrics, self.cfg_addr, port, probe=probe, started=started)
             except Exception as exc:
                 if not ready.done():  # it never listened: the agent's start fails with it
                     ready.set_exception(exc)

@@ -14,7 +14,7 @@ __all__ = ["incident_lines", "read_incidents"]
 
 async def read_incidents(
     store: Store, *, prefix: str, run_id: str
-) -> tuple[list[Any], float | None]:
+) -> tuple[list[dict[str, Any]], float | None]:
     """(the job's incidents as dicts, in round order; its goodput or None)."""
     records = await read_records(store, prefix=prefix, run_id=run_id)
     incidents = [i.to_dict() for i in job_incidents(records)]

@@ -30,13 +30,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from corral.core.aio import first_of, task_scope
 from corral.core.clock import Clock, MonotonicClock
 from corral.core.errors import StoreError
 from corral.core.failures import FailureReport
 from corral.core.keys import Keys
+from corral.core.model import RoundInfo
 from corral.hangs import progress_file
 from corral.hangs.detect import Limits, RankState, judge
 from corral.hangs.report import (
@@ -55,7 +56,15 @@ from corral.store.api import Store
 if TYPE_CHECKING:
     from corral.config import LaunchConfig
 
-__all__ = ["HANG_EXIT_CODE", "HangWatch", "hangs_prefix", "progress_prefix", "stacks_prefix"]
+__all__ = [
+    "HANG_EXIT_CODE",
+    "HangWatch",
+    "WatchedGroup",
+    "WatchedWorker",
+    "hangs_prefix",
+    "progress_prefix",
+    "stacks_prefix",
+]
 
 log = logging.getLogger("corral.hangs")
 
@@ -63,6 +72,37 @@ log = logging.getLogger("corral.hangs")
 HANG_EXIT_CODE = 124
 
 Dumper = Callable[[int], Awaitable[tuple[str | None, str]]]
+
+
+class WatchedWorker(Protocol):
+    """What :class:`HangWatch` reads of one worker (a :class:`~corral.workers.process.WorkerProcess`)."""
+
+    @property
+    def local_rank(self) -> int: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def running(self) -> bool: ...
+
+
+class WatchedGroup(Protocol):
+    """What :class:`HangWatch` reads of a started worker group
+    (a :class:`~corral.workers.group.WorkerGroup`; hangs imports nothing of workers)."""
+
+    @property
+    def workers(self) -> Sequence[WatchedWorker]: ...
+
+    def error_file(self, local_rank: int) -> str:
+        """The worker's error file; its progress file lies beside it (:func:`progress_file`)."""
+        ...
+
+
+#: Called with the round and ``{local rank: mark}`` at each read of the progress files.
+OnMarks = Callable[[RoundInfo, dict[int, Mark]], None]
+#: Called with the round and this node's hung ranks at the verdict.
+OnHang = Callable[[RoundInfo, list[RankDump]], None]
 
 
 def hangs_prefix(base: str, round_: int) -> str:
@@ -115,8 +155,8 @@ class HangWatch:
         publish_every: float = 2.0,
         dumper: Dumper | None = None,
         wall: Callable[[], float] = time.time,
-        on_marks: Callable[[Any, dict[int, Mark]], None] | None = None,
-        on_hang: Callable[[Any, list[RankDump]], None] | None = None,
+        on_marks: OnMarks | None = None,
+        on_hang: OnHang | None = None,
     ) -> None:
         self.limits = limits
         self.node_id = node_id
@@ -142,8 +182,8 @@ class HangWatch:
         node_id: str,
         host: str,
         store: Store | None,
-        on_marks: Callable[[Any, dict[int, Mark]], None] | None = None,
-        on_hang: Callable[[Any, list[RankDump]], None] | None = None,
+        on_marks: OnMarks | None = None,
+        on_hang: OnHang | None = None,
     ) -> HangWatch:
         """The agent's detector for ``cfg`` (which must have ``hang_timeout`` set)."""
         if cfg.hang_timeout is None:
@@ -164,11 +204,11 @@ class HangWatch:
 
     # -- the race entry ----------------------------------------------------------
 
-    async def watch(self, group: Any, rnd: Any) -> list[FailureReport]:
+    async def watch(self, group: WatchedGroup, rnd: RoundInfo) -> list[FailureReport]:
         """Return this node's hang failures once the job is hung; never returns otherwise.
 
-        ``group`` is the started :class:`~corral.workers.group.WorkerGroup`,
-        ``rnd`` its :class:`~corral.rendezvous.api.RoundInfo`. Store errors
+        ``group`` is the started worker group
+        (:class:`~corral.workers.group.WorkerGroup`), ``rnd`` its round. Store errors
         are logged and retried; the detector goes on locally meanwhile.
         """
         started = self.clock.now()
@@ -184,14 +224,14 @@ class HangWatch:
 
     # -- detection ------------------------------------------------------------------
 
-    def _read(self, group: Any, started: float) -> tuple[list[RankState], dict[int, Mark]]:
+    def _read(self, group: WatchedGroup, started: float) -> tuple[list[RankState], dict[int, Mark]]:
         """The running workers that have not begun to exit, and their marks (if any)."""
         ranks: list[RankState] = []
         marks: dict[int, Mark] = {}
         for w in group.workers:
             if not w.running:
                 continue
-            mark = read_mark(progress_file(group.logs.error_file(w.local_rank)))
+            mark = read_mark(progress_file(group.error_file(w.local_rank)))
             if mark is not None and mark.exiting:
                 continue  # its script is done: the interpreter's teardown is not watched
             if mark is not None:
@@ -206,7 +246,9 @@ class HangWatch:
             )
         return ranks, marks
 
-    async def _detect(self, group: Any, rnd: Any, started: float, remote: asyncio.Event) -> bool:
+    async def _detect(
+        self, group: WatchedGroup, rnd: RoundInfo, started: float, remote: asyncio.Event
+    ) -> bool:
         """Sleep-read-judge until a local hang (True) or another node's (False)."""
         published: dict[int, int] = {}
         last_publish = float("-inf")
@@ -236,7 +278,7 @@ class HangWatch:
                 wait = min(wait, max(0.0, verdict.next_check - now))
             await first_of(self.clock.sleep(wait), remote.wait())
 
-    async def _publish_progress(self, rnd: Any, marks: dict[int, Mark], now: float) -> None:
+    async def _publish_progress(self, rnd: RoundInfo, marks: dict[int, Mark], now: float) -> None:
         if self.store is None:
             return
         wall = self._wall()
@@ -254,7 +296,7 @@ class HangWatch:
         except StoreError as exc:
             log.debug("progress record not published: %s", exc)
 
-    async def _watch_remote(self, rnd: Any, remote: asyncio.Event) -> None:
+    async def _watch_remote(self, rnd: RoundInfo, remote: asyncio.Event) -> None:
         """Set ``remote`` when another node publishes a hang record of this round.
 
         A store error is retried every ``poll`` s, with a
@@ -296,42 +338,46 @@ class HangWatch:
     # -- on a hang ----------------------------------------------------------------------
 
     async def _dumps(
-        self, group: Any, rnd: Any, started: float, hung: Sequence[int]
+        self, group: WatchedGroup, rnd: RoundInfo, started: float, hung: Sequence[int]
     ) -> tuple[RankDump, ...]:
         now = self.clock.now()
         ranks, marks = self._read(group, started)
         watched = {r.local_rank for r in ranks}
-        workers = [w for w in group.workers if w.local_rank in watched and w.pid is not None]
+        pids = [
+            (w.local_rank, w.pid)
+            for w in group.workers
+            if w.local_rank in watched and w.pid is not None
+        ]
 
         # every rank's dump at once, in a scope: an unexpected error ends the others too
         async def one(pid: int) -> tuple[str | None, str]:
             return await self._dump(pid)
 
         async with task_scope() as tg:
-            dumps = [tg.create_task(one(w.pid)) for w in workers]
+            dumps = [tg.create_task(one(pid)) for _, pid in pids]
         results = [d.result() for d in dumps]
         out: list[RankDump] = []
-        for w, (stack, note) in zip(workers, results, strict=True):
-            mark = marks.get(w.local_rank)
+        for (local_rank, pid), (stack, note) in zip(pids, results, strict=True):
+            mark = marks.get(local_rank)
             out.append(
                 RankDump(
-                    rank=rnd.rank_offset + w.local_rank,
-                    local_rank=w.local_rank,
-                    pid=w.pid,
+                    rank=rnd.rank_offset + local_rank,
+                    local_rank=local_rank,
+                    pid=pid,
                     step=None if mark is None else mark.step,
                     age=max(0.0, now - (started if mark is None else min(mark.time, now))),
-                    state=proc_state(w.pid),
+                    state=proc_state(pid),
                     stack=clip(stack),
                     note=note,
-                    hung=w.local_rank in hung,
+                    hung=local_rank in hung,
                 )
             )
         return tuple(out)
 
     async def _on_hang(
         self,
-        group: Any,
-        rnd: Any,
+        group: WatchedGroup,
+        rnd: RoundInfo,
         started: float,
         detected: bool,
     ) -> list[FailureReport]:
@@ -369,26 +415,32 @@ class HangWatch:
         stalled = [d for d in mine.ranks if d.hung] or list(mine.ranks)
         return [self._report(d, mine, rnd, text) for d in stalled]
 
-    async def _exchange(self, rnd: Any, mine: NodeHangs) -> list[NodeHangs]:
+    async def _exchange(self, rnd: RoundInfo, mine: NodeHangs) -> list[NodeHangs]:
         """Publish this node's record; gather every member's (at most ``gather`` s)."""
-        if self.store is None:
+        store = self.store
+        if store is None:
             return [mine]
         prefix = hangs_prefix(self.base, rnd.round)
         records: dict[str, NodeHangs] = {self.node_id: mine}
         try:
             # the summary (no stacks) for every node to read; every stack beside it
-            await self.store.put(prefix + self.node_id, mine.summarised().to_json())
-            await self.store.put(stacks_prefix(self.base, rnd.round) + self.node_id, mine.to_json())
+            await store.put(prefix + self.node_id, mine.summarised().to_json())
+            await store.put(stacks_prefix(self.base, rnd.round) + self.node_id, mine.to_json())
+
+            def add(value: bytes) -> None:
+                rec = _parse(value)
+                if rec is not None:
+                    records.setdefault(rec.node_id, rec)
 
             async def collect() -> None:
-                async with self.store.watch(prefix, prefix=True) as events:  # type: ignore[union-attr]
-                    kvs, _ = await self.store.range(prefix)  # type: ignore[union-attr]
+                async with store.watch(prefix, prefix=True) as events:
+                    kvs, _ = await store.range(prefix)
                     for kv in kvs:
-                        _add(records, kv.value)
+                        add(kv.value)
                     if len(records) >= rnd.group_world_size:
                         return
                     async for event in events:
-                        _add(records, event.kv.value)
+                        add(event.kv.value)
                         if len(records) >= rnd.group_world_size:
                             return
 
@@ -398,7 +450,7 @@ class HangWatch:
             log.warning("hang records not exchanged (%s): the report names local ranks only", exc)
         return list(records.values())
 
-    def _report(self, d: RankDump, node: NodeHangs, rnd: Any, text: str) -> FailureReport:
+    def _report(self, d: RankDump, node: NodeHangs, rnd: RoundInfo, text: str) -> FailureReport:
         return FailureReport(
             rank=d.rank,
             local_rank=d.local_rank,
@@ -416,11 +468,11 @@ class HangWatch:
         )
 
 
-def _add(records: dict[str, NodeHangs], value: bytes) -> None:
+def _parse(value: bytes) -> NodeHangs | None:
+    """A node's hang record, or None for a deleted key or an unreadable record."""
     if not value:
-        return
+        return None
     try:
-        rec = NodeHangs.from_json(value)
+        return NodeHangs.from_json(value)
     except (ValueError, KeyError, TypeError):
-        return
-    records.setdefault(rec.node_id, rec)
+        return None

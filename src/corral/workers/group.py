@@ -132,6 +132,11 @@ class WorkerGroup:
         log.debug("worker group (round %d): %s -> %s", self.rnd.round, self.state.name, new.name)
         self.state = new
 
+    def error_file(self, local_rank: int) -> str:
+        """The error file of worker ``local_rank`` (the group must have been started)."""
+        assert self.logs is not None, "the worker group was never started"
+        return self.logs.error_file(local_rank)
+
     @property
     def pids(self) -> dict[int, int]:
         """local rank -> pid of every worker that was started."""
@@ -179,11 +184,11 @@ class WorkerGroup:
                     console_out=self.console_out,
                     console_err=self.console_err,
                     cpus=None if cpus is None else cpus[local_rank],
+                    on_pump_error=self._on_pump_error,
                 )
             )
         self._to(GroupState.RUNNING)
         for w in self.workers:
-            w.on_pump_error = self._on_pump_error
             standby = await self.standbys.take() if self.standbys is not None else None
             w.spawn(
                 self._on_exit, None if standby is None else (standby, sys_argv(self.spec, w.argv))
@@ -274,11 +279,10 @@ class WorkerGroup:
 
     def _error_files(self) -> list[WorkerProcess]:
         """The running workers (not yet reported) whose error file is there, earliest first."""
-        assert self.logs is not None
         found: list[tuple[int, WorkerProcess]] = []
         for w in self.workers:
             if w.running and w.local_rank not in self._early:
-                path = self.logs.error_file(w.local_rank)
+                path = self.error_file(w.local_rank)
                 if read_error_file(path) is not None:
                     try:
                         found.append((os.stat(path).st_mtime_ns, w))
@@ -339,13 +343,12 @@ class WorkerGroup:
 
     def _report(self, w: WorkerProcess, early: int | None = None) -> FailureReport:
         """The failure of ``w``: at its exit, or ``early`` (its exit code to be) at its error file."""
-        assert self.logs is not None
         return failure_report(
             w,
             self.rnd,
             host=self.host,
             node_id=self.node_id,
-            err_path=self.logs.error_file(w.local_rank),
+            err_path=self.error_file(w.local_rank),
             early=early,
         )
 

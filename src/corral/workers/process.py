@@ -65,6 +65,7 @@ class WorkerProcess:
         console_out: int = 1,
         console_err: int = 2,
         cpus: frozenset[int] | None = None,
+        on_pump_error: Callable[[WorkerProcess, BaseException], None] | None = None,
     ) -> None:
         self.local_rank = local_rank
         #: ``--numa-binding``: the CPUs the worker is bound to before its code runs
@@ -89,7 +90,7 @@ class WorkerProcess:
         #: the worker is a standby that took its assignment (``--prestart``)
         self.prestarted = False
         #: Called (in the loop) when a log pump fails; the group fails with it.
-        self.on_pump_error: Callable[[WorkerProcess, BaseException], None] | None = None
+        self.on_pump_error = on_pump_error
 
     @property
     def running(self) -> bool:

@@ -18,8 +18,8 @@ from corral.agent.decide import (
     Succeeded,
     next_action,
 )
+from corral.agent.lifecycle import AgentState
 from corral.agent.policy import RestartVerdict
-from corral.agent.state import AgentState
 from corral.core.failures import FailureReport
 from corral.core.model import ChangeKind, Decision, RoundChange, RoundInfo
 

@@ -9,11 +9,11 @@ import pytest
 
 from corral.agent.events import AgentEvents
 from corral.agent.hooks import AgentHooks
+from corral.agent.lifecycle import StateMachine
 from corral.agent.policy import ImmediatePolicy
 from corral.agent.runner import RoundRunner
 from corral.agent.services import NodeServices
 from corral.agent.signals import SignalLatch
-from corral.agent.state import StateMachine
 from corral.config import LaunchConfig
 from corral.core.clock import MonotonicClock
 from corral.core.errors import Interrupted

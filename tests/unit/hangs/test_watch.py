@@ -47,6 +47,9 @@ class FakeGroup:
         self.logs = FakeLogs(d)
         self.workers = [FakeWorker(i, pid) for i, pid in enumerate(pids)]
 
+    def error_file(self, local_rank: int) -> str:
+        return self.logs.error_file(local_rank)
+
     def mark(self, local_rank: int, step: int, when: float, exiting: bool = False) -> None:
         path = progress_file(self.logs.error_file(local_rank))
         with open(path, "wb") as f:

@@ -1,4 +1,4 @@
-"""The agent's states and every legal transition, in one place."""
+"""The agent's lifecycle: its states and every legal transition, in one place."""
 
 from __future__ import annotations
 
