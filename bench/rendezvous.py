@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from corral.config import RendezvousOptions, StoreOptions
+from corral.core.aio import task_scope
 from corral.core.model import NodeDesc
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.store.api import Store
@@ -108,26 +109,28 @@ async def corral_once(url: str, k: int) -> float:
         conns.append(await open_store(url, timeout=30))
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
     conf = RendezvousOptions(join_timeout=120)
-    nodes = [
-        DynamicRendezvous(
-            conns[i % n_conns],
-            run_id=run_id,
-            node=NodeDesc(f"node{i}", "127.0.0.1", 8),
-            min_nodes=k,
-            max_nodes=k,
-            max_restarts=0,
-            conf=conf,
-            store_conf=StoreOptions(read_timeout=60),
-        )
-        for i in range(k)
-    ]
-    t0 = time.perf_counter()
-    infos = await asyncio.gather(*(n.join() for n in nodes))
-    elapsed = time.perf_counter() - t0
-    ranks = sorted(i.group_rank for i in infos)
-    if ranks != list(range(k)):
-        raise RuntimeError(f"K={k}: ranks are not 0..{k - 1}")
-    await asyncio.gather(*(n.close() for n in nodes))
+    async with task_scope() as tasks:  # the nodes' keep-alives (as in an agent run's group)
+        nodes = [
+            DynamicRendezvous(
+                conns[i % n_conns],
+                run_id=run_id,
+                node=NodeDesc(f"node{i}", "127.0.0.1", 8),
+                min_nodes=k,
+                max_nodes=k,
+                max_restarts=0,
+                conf=conf,
+                store_conf=StoreOptions(read_timeout=60),
+                tasks=tasks,
+            )
+            for i in range(k)
+        ]
+        t0 = time.perf_counter()
+        infos = await asyncio.gather(*(n.join() for n in nodes))
+        elapsed = time.perf_counter() - t0
+        ranks = sorted(i.group_rank for i in infos)
+        if ranks != list(range(k)):
+            raise RuntimeError(f"K={k}: ranks are not 0..{k - 1}")
+        await asyncio.gather(*(n.close() for n in nodes))
     for c in conns:
         await c.close()
     return elapsed

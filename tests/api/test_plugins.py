@@ -33,12 +33,11 @@ async def open_rendezvous(cfg, node, *, stack, clock):
     from corral.store.registry import open_store as corral_open_store
 
     store = await corral_open_store(f"teststore://{cfg.rdzv_id}")
-    rdzv = DynamicRendezvous(
+    rdzv = await stack.enter_async_context(DynamicRendezvous(
         store, run_id=cfg.rdzv_id, node=node, min_nodes=cfg.min_nodes, max_nodes=cfg.max_nodes,
         max_restarts=cfg.max_restarts, conf=cfg.rdzv_conf.rendezvous,
         store_conf=cfg.rdzv_conf.store, clock=clock,
-    )
-    stack.push_async_callback(rdzv.close)
+    ))  # its own task scope (the keep-alive's), left when the stack closes
     # its own --rdzv-conf key (no built-in reads it), and corral's typed groups
     zone = cfg.rdzv_conf.extra_value("plugin_zone")
     timing = cfg.rdzv_conf.rendezvous.join_timeout

@@ -98,7 +98,7 @@ async def open_static(
         tasks=run.tasks if run else None,
         events=run.events if run else None,
     )
-    stack.push_async_callback(static.close)
+    await stack.enter_async_context(static)  # its own task scope when the run gives none
     live = await _liveness(cfg, node.addr, stack, store, lambda: static.dynamic.lease)
     return Opened(static, store, server, live)
 
@@ -163,7 +163,7 @@ async def _dynamic(
         tasks=run.tasks if run else None,
         events=run.events if run else None,
     )
-    stack.push_async_callback(dyn.close)
+    await stack.enter_async_context(dyn)  # its own task scope when the run gives none
     live = await _liveness(cfg, node.addr, stack, store, lambda: dyn.lease)
     return Opened(dyn, store, server, live)
 

@@ -16,7 +16,6 @@ layers, each with one job:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from types import TracebackType
@@ -24,7 +23,13 @@ from types import TracebackType
 from corral.core.aio import task_scope
 from corral.core.clock import Clock, MonotonicClock, clock_timeout
 from corral.core.compat import TaskGroup
-from corral.core.errors import ConfigError, LeaseNotFound, RendezvousClosed, RendezvousTimeout
+from corral.core.errors import (
+    ConfigError,
+    LeaseNotFound,
+    RendezvousClosed,
+    RendezvousError,
+    RendezvousTimeout,
+)
 from corral.core.events import EventSink
 from corral.core.failures import FailureReport
 from corral.core.model import Decision, NodeDesc, RoundChange, RoundInfo
@@ -76,12 +81,13 @@ class DynamicRendezvous:
             root cause of that many failures of the job in a row is kept out,
             when the job can go on without it (docs/rendezvous.md).
         tasks: the task group the lease's keep-alive runs in (the agent's, one
-            per run). None: the handle opens its own, in :meth:`__aenter__`, or
-            else at its first join in a task of its own that :meth:`close` ends.
+            per run). None: the handle opens its own in :meth:`__aenter__`; a
+            join on a handle with neither raises RendezvousError.
         events: the agent's event sink (docs/events.md); None: silent. The
             :attr:`events` attribute may also be set later.
 
-    Use as ``async with DynamicRendezvous(...) as rdzv`` or call :meth:`close`.
+    Use as ``async with DynamicRendezvous(...) as rdzv``, or pass ``tasks=`` and call
+    :meth:`close`.
     """
 
     def __init__(
@@ -119,7 +125,6 @@ class DynamicRendezvous:
         self._min, self._max = min_nodes, max_nodes
         self._tasks = tasks
         self._scope: contextlib.AsyncExitStack | None = None  # __aenter__'s task scope
-        self._own: _ScopeTask | None = None  # a scope of its own, when never entered
         self._lease = Lease(requests, node.node_id, conf, clock, self._task_group)
         self._session = Session(
             store=requests,
@@ -189,16 +194,13 @@ class DynamicRendezvous:
         if scope is not None:
             await scope.__aexit__(exc_type, exc, tb)
 
-    async def open(self) -> None:
-        """Open the handle's own task scope (for its keep-alive), if it has none: a
-        task of its own holds it until :meth:`close`. Called by the first join."""
-        if self._tasks is None:
-            self._own = _ScopeTask()
-            self._tasks = await self._own.start()
-
     async def _task_group(self) -> TaskGroup:
-        await self.open()
-        assert self._tasks is not None
+        """The task group the lease's keep-alive runs in."""
+        if self._tasks is None:
+            raise RendezvousError(
+                "this DynamicRendezvous has no task group for its lease's keep-alive: "
+                "use async with or pass tasks= (the agent run's task group)"
+            )
         return self._tasks
 
     async def join(self) -> RoundInfo:
@@ -211,6 +213,7 @@ class DynamicRendezvous:
         """
         if self._closed:
             raise RendezvousClosed("this rendezvous handle is closed")
+        await self._task_group()  # raises when it has none: before anything is written
         joining = self._joining
         while True:
             try:
@@ -282,37 +285,3 @@ class DynamicRendezvous:
         await self._lease.stop()
         await self._joining.drop_close_events()  # before the revoke: it deletes a closer key
         await self._lease.close()
-        own, self._own = self._own, None
-        if own is not None:
-            await own.close()
-
-
-class _ScopeTask:
-    """A task scope held open by a task of its own, for a handle used without
-    ``async with`` and without an agent's task group: :meth:`close` ends it.
-
-    A failure of a task in it was told to the node's wait when it happened
-    (:meth:`Lease.subscribe`); here it is only logged again at debug level.
-    """
-
-    def __init__(self) -> None:
-        self._stop = asyncio.Event()
-        self._host: asyncio.Task[None] | None = None
-
-    async def start(self) -> TaskGroup:
-        ready: asyncio.Future[TaskGroup] = asyncio.get_running_loop().create_future()
-        self._host = asyncio.get_running_loop().create_task(self._hold(ready))
-        return await ready
-
-    async def _hold(self, ready: asyncio.Future[TaskGroup]) -> None:
-        async with task_scope() as tg:
-            ready.set_result(tg)
-            await self._stop.wait()
-
-    async def close(self) -> None:
-        self._stop.set()
-        host, self._host = self._host, None
-        if host is not None:
-            await asyncio.wait({host})
-            if not host.cancelled() and host.exception() is not None:
-                log.debug("rendezvous task scope ended with %r", host.exception())

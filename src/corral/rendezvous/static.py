@@ -14,6 +14,7 @@ port (corral does not hand its store to the workers): node rank 0 hosts it on
 from __future__ import annotations
 
 from dataclasses import replace
+from types import TracebackType
 
 from corral.core.clock import Clock
 from corral.core.compat import TaskGroup
@@ -125,7 +126,13 @@ class StaticRendezvous:
         await self._inner.close()
 
     async def __aenter__(self) -> StaticRendezvous:
+        await self._inner.__aenter__()  # its own task scope, without tasks=
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._inner.__aexit__(exc_type, exc, tb)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from corral.config import RendezvousOptions, StoreOptions
+from corral.core.aio import task_scope
 from corral.core.clock import FakeClock
+from corral.core.compat import TaskGroup
 from corral.core.model import NodeDesc
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.store.memory import MemoryStore
@@ -43,9 +46,13 @@ async def advance(clock: FakeClock, seconds: float, step: float = 1.0) -> None:
 class Job:
     """K simulated nodes sharing one memory store."""
 
-    def __init__(self, clock: FakeClock, store: MemoryStore) -> None:
+    def __init__(self, clock: FakeClock, store: MemoryStore, tasks: TaskGroup) -> None:
         self.clock = clock
         self.store = store
+        self.tasks = tasks  # the nodes' keep-alives run in it (as in an agent run's group)
+        # A failure of a task in it that the test expects (and asserted): not re-raised
+        # when the fixture leaves the group.
+        self.expected_failure: type[BaseException] | None = None
         self.nodes: dict[str, DynamicRendezvous] = {}
         self.sessions: dict[str, MemoryStore] = {}
 
@@ -74,6 +81,7 @@ class Job:
             store_conf=STORE,
             clock=self.clock,
             no_restart_code=no_restart_code,
+            tasks=self.tasks,
         )
         self.nodes[name] = r
         self.sessions[name] = sess
@@ -94,7 +102,8 @@ class Job:
 async def job() -> AsyncIterator[Job]:
     clock = FakeClock()
     store = MemoryStore(clock)
-    j = Job(clock, store)
+    stack = contextlib.AsyncExitStack()
+    j = Job(clock, store, await stack.enter_async_context(task_scope()))
     try:
         yield j
     finally:
@@ -104,3 +113,8 @@ async def job() -> AsyncIterator[Job]:
             except Exception:
                 pass
         await store.close()
+        try:
+            await stack.aclose()
+        except BaseException as exc:
+            if j.expected_failure is None or not isinstance(exc, j.expected_failure):
+                raise

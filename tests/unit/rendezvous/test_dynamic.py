@@ -12,6 +12,7 @@ import pytest
 from corral.core.errors import (
     JobFailed,
     RendezvousClosed,
+    RendezvousError,
     RendezvousTimeout,
     StoreCompacted,
 )
@@ -439,6 +440,23 @@ async def test_evicted_node_rejoins_with_a_new_lease(job: Job) -> None:
     assert info2.restart_count == 1  # the group restarts: one restart
 
 
+async def test_join_without_a_task_group_says_how_to_get_one() -> None:
+    from corral.config import RendezvousOptions, StoreOptions
+    from corral.core.clock import FakeClock
+    from corral.core.model import NodeDesc
+    from corral.store.memory import MemoryStore
+
+    store = MemoryStore()
+    rdzv = DynamicRendezvous(
+        store, run_id="j", node=NodeDesc("a", "127.0.0.1", 1), min_nodes=1, max_nodes=1,
+        max_restarts=0, conf=RendezvousOptions(), store_conf=StoreOptions(), clock=FakeClock(),
+    )  # fmt: skip
+    with pytest.raises(RendezvousError, match="use async with or pass tasks="):
+        await rdzv.join()
+    assert (await store.range("/corral/j/"))[0] == []  # nothing written
+    await rdzv.close()
+
+
 async def test_constructor_validates() -> None:
     from corral.config import RendezvousOptions, StoreOptions
     from corral.core.clock import FakeClock
@@ -460,23 +478,25 @@ async def test_static_ranks_follow_node_rank(job: Job) -> None:
 
     from .conftest import CONF, STORE
 
-    nodes = [
-        StaticRendezvous(
-            job.store.session(),
-            run_id="static",
-            node=NodeDesc(f"host{rank}", f"10.0.0.{rank + 1}", 2),
-            node_rank=rank,
-            nnodes=3,
-            master_addr="10.0.0.9",
-            master_port=29500,
-            max_restarts=1,
-            conf=CONF,
-            store_conf=STORE,
-            clock=job.clock,
-        )
-        for rank in (2, 0, 1)
-    ]
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # each handle opens its own task scope
+        nodes = [
+            await stack.enter_async_context(
+                StaticRendezvous(
+                    job.store.session(),
+                    run_id="static",
+                    node=NodeDesc(f"host{rank}", f"10.0.0.{rank + 1}", 2),
+                    node_rank=rank,
+                    nnodes=3,
+                    master_addr="10.0.0.9",
+                    master_port=29500,
+                    max_restarts=1,
+                    conf=CONF,
+                    store_conf=STORE,
+                    clock=job.clock,
+                )
+            )
+            for rank in (2, 0, 1)
+        ]
         infos = await asyncio.wait_for(asyncio.gather(*(n.join() for n in nodes)), 2)
         assert [i.group_rank for i in infos] == [2, 0, 1]
         assert {(i.master_addr, i.master_port) for i in infos} == {("10.0.0.9", 29500)}
@@ -484,9 +504,6 @@ async def test_static_ranks_follow_node_rank(job: Job) -> None:
         assert d == (Decision.RESTART, None)
         again = await asyncio.wait_for(asyncio.gather(*(n.join() for n in nodes)), 2)
         assert [(i.group_rank, i.restart_count) for i in again] == [(2, 1), (0, 1), (1, 1)]
-    finally:
-        for n in nodes:
-            await n.close()
     assert static_store_endpoint("10.0.0.9", 29500) == ("10.0.0.9", 29501)
 
 

@@ -1,23 +1,18 @@
 """The protocol's reducers: tables per role, and a state machine over K nodes.
 
-The state machine drives the closer's reducer (protocol.closer) for K nodes
-over a simulated store of plain dicts (create-only keys, a round pointer
-moved by compare-and-set), with random joins, losses, failures and timeouts:
-no two different closed rounds ever share a number, and the ranks of a closed
-round are always 0..N-1.
+The state machine (tests/unit/rendezvous/test_protocol_machine.py) drives every role's
+reducer: the joiner, the closer, the running member and the failure report
+(the budget), for K nodes over a simulated store of plain dicts, with random
+joins, losses (a lease ends), worker failures and timeouts.
 """
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from corral.core.model import NodeDesc
 from corral.rendezvous.protocol import budget, closer, member, ranks
 from corral.rendezvous.protocol.records import (
-    REASON_FAILURE,
     REASON_NODE_WAITING,
     ClosedRound,
     RoundPointer,
@@ -197,122 +192,3 @@ def test_adopt_budget(
     assert new == after and len(effects) == lines
     for e in effects:
         assert "for the job (given to the node that started it)" in e.line()
-
-
-# --- the state machine ---------------------------------------------------------------
-
-K = 5
-
-
-class Rounds(RuleBasedStateMachine):
-    """K nodes join rounds through the closer's reducer over a dict store.
-
-    The store: ``round`` (a RoundPointer, moved only by compare-and-set on its
-    version), ``nodes[r]`` (join keys with create revisions), ``closer[r]`` and
-    ``closed[r]`` (create-only). Each round's closer is the node that created
-    ``closer[r]``; when it is lost another joiner takes over with a fresh state.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rev = 0
-        self.now = 0.0
-        self.pointer = RoundPointer(0, max_restarts=1000)
-        self.pointer_version = 0
-        self.nodes: dict[int, dict[str, int]] = {}
-        self.closer: dict[int, str] = {}
-        self.closed: dict[int, ClosedRound] = {}
-        self.states: dict[int, closer.CloserState] = {}
-        self.history: list[ClosedRound] = []  # every closed record that was created
-
-    def _rev(self) -> int:
-        self.rev += 1
-        return self.rev
-
-    def _start(self, r: int) -> None:
-        prev = self.closed.get(r - 1)
-        joined = [joiner(int(n[1:]), rev) for n, rev in self.nodes[r].items()]
-        self.states[r] = closer.start_closing(
-            round=r, restart_count=self.pointer.restart_count, tag=f"{self.closer[r]}.{r}",
-            params=P, joined=joined, now=self.now, previous=prev,
-            live_previous=list(self.nodes.get(r - 1, {})),
-        )  # fmt: skip
-
-    def _feed(self, r: int, items: list[closer.Change]) -> None:
-        if r not in self.states or r in self.closed:
-            return
-        state, effects = closer.close_step(self.states[r], closer.Changes(self.now, items))
-        self.states[r] = state
-        for e in effects:
-            if isinstance(e, closer.CloseRound) and r not in self.closed:  # create-only
-                self.closed[r] = e.record
-                self.history.append(e.record)
-
-    @rule(i=st.integers(0, K - 1))
-    def join(self, i: int) -> None:
-        r = self.pointer.round
-        nid = f"n{i}"
-        keys = self.nodes.setdefault(r, {})
-        if nid in keys or r in self.closed:
-            return
-        keys[nid] = self._rev()
-        if r not in self.closer:
-            self.closer[r] = nid
-            self._start(r)
-        self._feed(r, [closer.Arrived(joiner(i, keys[nid]))])
-
-    @rule(i=st.integers(0, K - 1))
-    def lose(self, i: int) -> None:
-        """A node's lease ends: its keys in every round go; a lost closer is replaced."""
-        nid = f"n{i}"
-        for r, keys in self.nodes.items():
-            if keys.pop(nid, None) is None:
-                continue
-            self._feed(r, [closer.Departed(nid)])
-            if r + 1 in self.states:
-                self._feed(r + 1, [closer.ExpectedGone(nid)])
-            if self.closer.get(r) == nid and r not in self.closed:
-                del self.closer[r], self.states[r]
-                if keys:  # a follower takes over, reading the round afresh
-                    self.closer[r] = min(keys, key=keys.__getitem__)
-                    self._start(r)
-                    self._feed(r, [])
-
-    @rule(seconds=st.sampled_from([1.0, 10.0, 31.0]))
-    def time_passes(self, seconds: float) -> None:
-        """Timeouts: the clock moves, and every open closer decides again."""
-        self.now += seconds
-        for r in list(self.states):
-            self._feed(r, [])
-
-    @precondition(lambda self: self.pointer.round in self.closed)
-    @rule(waiting=st.booleans())
-    def restart(self, waiting: bool) -> None:
-        """A failure (or a waiting node) of the current round: two nodes race to move the pointer."""
-        expected = self.pointer_version
-        for _ in range(2):
-            reason = REASON_NODE_WAITING if waiting else REASON_FAILURE
-            new = budget.next_pointer(self.pointer, reason, "")
-            if self.pointer_version == expected:  # compare-and-set
-                self.pointer, self.pointer_version = new, self.pointer_version + 1
-
-    @invariant()
-    def one_closed_round_per_number(self) -> None:
-        seen: dict[int, ClosedRound] = {}
-        for rec in self.history:
-            assert seen.setdefault(rec.round, rec) is rec, f"round {rec.round} closed twice"
-
-    @invariant()
-    def ranks_are_dense(self) -> None:
-        for rec in self.closed.values():
-            n = len(rec.members)
-            assert 1 <= n <= P.max_nodes
-            ids = [m.node_id for m in rec.members]
-            assert len(set(ids)) == n
-            table = ranks.assignments(rec.members)
-            assert [a.group_rank for a in table] == list(range(n))
-            assert rec.rank_tables == ranks.rank_tables(rec.members).__len__()
-
-
-Rounds.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
-TestRounds = Rounds.TestCase

@@ -75,6 +75,7 @@ async def test_a_frozen_node_fences_itself_on_resume_before_it_sends_anything(
     a = DynamicRendezvous(
         job.store.session(), run_id="job", node=NodeDesc("a", "127.0.0.1", 2, host="a"),
         min_nodes=1, max_nodes=2, max_restarts=3, conf=CONF, store_conf=STORE, clock=frozen,
+        tasks=job.tasks,
     )  # fmt: skip
     job.nodes["a"] = a
     b = job.node("b", min_nodes=1, max_nodes=2, max_restarts=3)

@@ -3,7 +3,8 @@
 :class:`Outcomes` reads (and completes) the job's outcome; :class:`Ending` does
 what the agent reports: a failure, a success, a stop, leaving on a signal,
 stepping out when unhealthy. The decisions are the budget's
-(:mod:`corral.rendezvous.protocol.budget`).
+(:mod:`corral.rendezvous.protocol.budget`); a failure report's loop is the reducer
+:mod:`corral.rendezvous.protocol.failing`, which :meth:`Ending.report_failure` drives.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from corral.core.failures import FailureReport
 from corral.core.model import ChangeKind, Decision, RoundChange, RoundInfo
 from corral.rendezvous.driver.quarantine import Quarantines
 from corral.rendezvous.driver.session import Session
-from corral.rendezvous.protocol import budget
+from corral.rendezvous.protocol import budget, failing
 from corral.rendezvous.protocol.records import (
     REASON_FAILURE,
     REASON_JOB_ENDED,
@@ -110,64 +111,50 @@ class Ending:
         """
         s, store, k = self._s, self._s.store, self._s.keys
         r = rnd.round
-        if not await s.lease.still_member():  # a zombie (fenced, evicted) writes nothing
-            log.warning(
-                "round %d: this node is no longer a member; its failures are not published "
-                "(it rejoins as a new node)",
-                r,
-            )
-            return Decision.RESTART, None
-        for f in failures:
-            await store.create(k.failure(r, s.node_id, f.local_rank), f.to_json())
-        code = s.budget.no_restart_code
-        if not final and code > 0:
-            # The round's root cause, read after this node's reports are in, is final:
-            # a report created later has a later revision. So every node decides alike.
-            root = (await store.failed(r)).root_cause
-            if root is not None and budget.ends_without_restart(root, code):
-                log.warning(
-                    "round %d: worker rank %d exited with %d (--no-restart-exit-code): "
-                    "the job ends without a restart",
-                    r, root.rank, root.exitcode,
-                )  # fmt: skip
-                final = True
-        for _ in range(100):
-            ptr, rev = await store.pointer()
-            if ptr.reason == REASON_JOB_ENDED:
-                out = await store.outcome_of(ptr)
-                if out.succeeded:
-                    return Decision.RESTART, None  # cannot happen: a success needs every member
-                if out.stopped:  # a handled signal stopped the job meanwhile: not a failure
-                    raise JobStopped(out.signal, out.node)
-                return Decision.FAIL, out.root_cause
-            step = budget.failure_step(r, ptr, s.budget.max_restarts)
-            action = budget.failure_action(step, final)
-            if action is budget.FailureAction.JOB_MOVED_ON:
-                return Decision.RESTART, None
-            if action is budget.FailureAction.FIX_OUTCOME:
-                # the job moved on without this round's outcome: fix the outcome on
-                # round r's failures first, then end the job from where it is now
-                out = await store.failed(r)
-                await store.create(k.outcome, out.to_json())
-            if action is budget.FailureAction.RESTART:
-                detail = f"failure on {s.node_id} in round {r}"
-                verdict = await self._quarantines.judge(rnd, ptr)  # --quarantine-after
-                if verdict.record is not None:  # written before the pointer moves
-                    await self._quarantines.record(verdict.record, ptr.round + 1)
-                    detail += f"; node {verdict.record.addr} quarantined"
-                new = budget.next_pointer(
-                    ptr, REASON_FAILURE, detail, cause=verdict.cause, streak=verdict.streak
-                )
-                if await store.cas_pointer(new, rev):
-                    log.info("round %d failed; job restarts as round %d", r, new.round)
-                    s.emit(RoundOpened, new.round, reason=REASON_FAILURE, detail=detail)
-                    return Decision.RESTART, None
-                continue
-            end = budget.end_pointer(ptr, "failed")
-            if await store.cas_pointer(end, rev):
-                out = await store.outcome_of(end)
-                return Decision.FAIL, out.root_cause
-        raise RendezvousError("report_failure: the round pointer kept changing (100 attempts)")
+        state, effects = failing.start_failing(
+            r, s.node_id, s.budget.max_restarts, s.budget.no_restart_code, final=final
+        )
+        while True:
+            event: failing.Event | None = None
+            for effect in effects:
+                match effect:
+                    case failing.CheckMember():
+                        event = failing.MemberChecked(await s.lease.still_member())
+                    case failing.Publish():
+                        for f in failures:
+                            await store.create(k.failure(r, s.node_id, f.local_rank), f.to_json())
+                    case failing.ReadRoot():
+                        event = failing.RootRead((await store.failed(r)).root_cause)
+                    case failing.ReadPointer():
+                        event = failing.PointerRead(*await store.pointer())
+                    case failing.ReadEnded(pointer=ptr):
+                        event = failing.EndedRead(await store.outcome_of(ptr))
+                    case failing.FixOutcome():
+                        out = await store.failed(r)
+                        await store.create(k.outcome, out.to_json())
+                    case failing.Judge(pointer=ptr):
+                        verdict = await self._quarantines.judge(rnd, ptr)
+                        event = failing.Judged(verdict.cause, verdict.streak, verdict.record)
+                    case failing.RecordQuarantine(record=rec, next_round=nxt):
+                        await self._quarantines.record(rec, nxt)
+                    case failing.CasPointer(new=new, revision=rev):
+                        event = failing.CasResult(await store.cas_pointer(new, rev))
+                    case failing.Opened(round=nxt, detail=detail):
+                        log.info("round %d failed; job restarts as round %d", r, nxt)
+                        s.emit(RoundOpened, nxt, reason=REASON_FAILURE, detail=detail)
+                    case failing.Warn(line=line):
+                        log.warning("%s", line)
+                    case failing.Decided(decision=decision, root=root):
+                        return decision, root
+                    case failing.Stopped(signal=signum, node=node):
+                        raise JobStopped(signum, node)
+                    case failing.GiveUp():
+                        raise RendezvousError(
+                            "report_failure: the round pointer kept changing "
+                            f"({failing.ATTEMPTS} attempts)"
+                        )
+            assert event is not None, f"no event after {effects}"
+            state, effects = failing.failing_step(state, event)
 
     async def report_success(self, rnd: RoundInfo) -> RoundChange | None:
         """Mark this node done in ``rnd``; wait until every member is (None) or the round changes."""

@@ -6,9 +6,11 @@ effects through the store and feeds what the store says back in.
 
 * :mod:`.records`: the values kept in the store (versioned JSON), frozen dataclasses;
 * :mod:`.ranks`: how a closed round's members are ranked, what each member reads;
-* :mod:`.joiner`: a join request's outcome, what a joined node does next;
+* :mod:`.joiner`: the joiner's reducer (a node's path from the pointer to its place,
+  a spare's wait, the wait for the next round);
 * :mod:`.closer`: the closer's reducer (when a round closes, with whom);
 * :mod:`.member`: a running member's reducer (predecessor, success, scale-up);
+* :mod:`.failing`: a failure report's reducer (publish, then restart or end the job);
 * :mod:`.budget`: the restart budget (pointer moves, failure steps, spares, the
   job's budget adopted from the first pointer).
 
@@ -49,11 +51,16 @@ from corral.rendezvous.protocol.closer import (
     close_step,
     start_closing,
 )
+from corral.rendezvous.protocol.failing import FailingState, failing_step, start_failing
 from corral.rendezvous.protocol.joiner import (
     AfterJoin,
+    JoinerState,
     JoinStep,
     after_join,
     join_step,
+    joiner_step,
+    start_join,
+    start_waiting,
     waiting_target,
 )
 from corral.rendezvous.protocol.member import (
@@ -82,10 +89,12 @@ __all__ = [
     "CloseDecision",
     "CloseParams",
     "CloserState",
+    "FailingState",
     "FailureAction",
     "FailureStep",
     "JoinStep",
     "Joiner",
+    "JoinerState",
     "MemberState",
     "PredecessorGone",
     "ScaleUp",
@@ -98,6 +107,7 @@ __all__ = [
     "close_step",
     "end_pointer",
     "ends_without_restart",
+    "failing_step",
     "failure_action",
     "failure_step",
     "failure_streak",
@@ -105,6 +115,7 @@ __all__ = [
     "is_spare",
     "job_budget",
     "join_step",
+    "joiner_step",
     "lost_node_report",
     "member_step",
     "next_pointer",
@@ -120,7 +131,10 @@ __all__ = [
     "scale_up_wanted",
     "slot_holders",
     "start_closing",
+    "start_failing",
+    "start_join",
     "start_member",
+    "start_waiting",
     "waiting_line",
     "waiting_target",
 ]
