@@ -28,7 +28,7 @@ WORKER = """
 import os, signal, subprocess, sys
 gc = subprocess.Popen([sys.executable, '-c',
     'import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); signal.pause()'])
-print(os.getpid(), gc.pid, flush=True)
+os.write(1, f'{os.getpid()} {gc.pid}\\n'.encode())  # one write: the 2 workers share a pipe
 signal.pause()
 """
 
