@@ -28,6 +28,8 @@ _FAILOVER_DETAILS = (
     "no leader",
     "leader changed",
     "request timed out",
+    # a member without quorum times its own proposal out and says so as UNKNOWN
+    "context deadline exceeded",
     "not capable",
     "stopped",
     "too many requests",
@@ -81,7 +83,7 @@ def translate_error(exc: grpc.aio.AioRpcError, what: str, endpoint: str) -> Stor
         return AuthenticationFailed(f"{where}: permission denied for this user ({details})")
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return AuthenticationFailed(f"{where}: not authenticated ({details})")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or "context deadline exceeded" in low:
         return StoreTimeout(f"{where}: no answer in time ({details})")
     if code == grpc.StatusCode.UNAVAILABLE:
         return StoreUnavailable(f"{where}: unavailable ({details})")
