@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,11 +34,12 @@ async def open_rendezvous(cfg, node, *, stack, clock):
     from corral.store.registry import open_store as corral_open_store
 
     store = await corral_open_store(f"teststore://{cfg.rdzv_id}")
-    rdzv = await stack.enter_async_context(DynamicRendezvous(
+    rdzv = DynamicRendezvous(
         store, run_id=cfg.rdzv_id, node=node, min_nodes=cfg.min_nodes, max_nodes=cfg.max_nodes,
         max_restarts=cfg.max_restarts, conf=cfg.rdzv_conf.rendezvous,
         store_conf=cfg.rdzv_conf.store, clock=clock,
-    ))  # its own task scope (the keep-alive's), left when the stack closes
+    )  # docs/api.md's pattern: the run's task group and event sink reach it (RunAware)
+    stack.push_async_callback(rdzv.close)
     # its own --rdzv-conf key (no built-in reads it), and corral's typed groups
     zone = cfg.rdzv_conf.extra_value("plugin_zone")
     timing = cfg.rdzv_conf.rendezvous.join_timeout
@@ -103,6 +105,7 @@ def test_open_store_by_a_third_party_scheme(plugin_path: Path) -> None:
 
 
 def test_cli_runs_with_a_third_party_rendezvous_backend(plugin_path: Path, tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
     script = tmp_path / "train.py"
     script.write_text(
         "import os, sys\n"
@@ -121,6 +124,8 @@ def test_cli_runs_with_a_third_party_rendezvous_backend(plugin_path: Path, tmp_p
             "2",
             "--rdzv-conf",
             "plugin_zone=eu-1,join_timeout=9",
+            "--events-file",
+            str(events),
             str(script),
         ],
         env=_env(plugin_path),
@@ -135,6 +140,9 @@ def test_cli_runs_with_a_third_party_rendezvous_backend(plugin_path: Path, tmp_p
         "rank 0 of 2",
         "rank 1 of 2",
     ]
+    # the plug-in's DynamicRendezvous emits the rendezvous's events into the run's sink
+    kinds = {json.loads(line)["kind"] for line in events.read_text().splitlines()}
+    assert {"NodeJoined", "RoundClosed", "JobEnded"} <= kinds, kinds
 
 
 def test_unknown_backend_names_the_entry_point_group(plugin_path: Path) -> None:

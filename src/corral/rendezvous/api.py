@@ -7,14 +7,24 @@ the worker group together. Every backend (the dynamic one over any
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from corral.core.model import ChangeKind, Decision, NodeDesc, RoundChange, RoundInfo
 
 if TYPE_CHECKING:
+    from corral.core.compat import TaskGroup
+    from corral.core.events import EventSink
     from corral.core.failures import FailureReport
 
-__all__ = ["ChangeKind", "Decision", "NodeDesc", "Rendezvous", "RoundChange", "RoundInfo"]
+__all__ = [
+    "ChangeKind",
+    "Decision",
+    "NodeDesc",
+    "Rendezvous",
+    "RoundChange",
+    "RoundInfo",
+    "RunAware",
+]
 
 
 class Rendezvous(Protocol):
@@ -72,3 +82,17 @@ class Rendezvous(Protocol):
     async def close(self) -> None:
         """Leave: revoke this node's lease and close the store client."""
         ...
+
+
+@runtime_checkable
+class RunAware(Protocol):
+    """A backend that takes the agent run's task group and event sink after it is opened.
+
+    The built-in backends get both when they are constructed. A plug-in's factory
+    (docs/api.md) has no such arguments; when the object it returns is ``RunAware``
+    (a ``DynamicRendezvous`` or a ``StaticRendezvous`` is), the registry hands it
+    the run's group and sink before the first join. What the backend was already
+    given (``tasks=``, ``events=``, ``async with``) stays.
+    """
+
+    def attach_run(self, tasks: TaskGroup | None, events: EventSink | None) -> None: ...

@@ -81,10 +81,10 @@ class DynamicRendezvous:
             root cause of that many failures of the job in a row is kept out,
             when the job can go on without it (docs/rendezvous.md).
         tasks: the task group the lease's keep-alive runs in (the agent's, one
-            per run). None: the handle opens its own in :meth:`__aenter__`; a
-            join on a handle with neither raises RendezvousError.
-        events: the agent's event sink (docs/events.md); None: silent. The
-            :attr:`events` attribute may also be set later.
+            per run). None: the handle opens its own in :meth:`__aenter__`, or
+            a plug-in's handle gets the run's (:meth:`attach_run`); a join on a
+            handle with none raises RendezvousError.
+        events: the agent's event sink (docs/events.md); None: silent.
 
     Use as ``async with DynamicRendezvous(...) as rdzv``, or pass ``tasks=`` and call
     :meth:`close`.
@@ -163,9 +163,14 @@ class DynamicRendezvous:
         """The agent's EventSink (docs/events.md); None: silent."""
         return self._session.events
 
-    @events.setter
-    def events(self, sink: EventSink | None) -> None:
-        self._session.events = sink
+    def attach_run(self, tasks: TaskGroup | None, events: EventSink | None) -> None:
+        """Take the agent run's task group and event sink, where this handle has none
+        (a plug-in's handle: :class:`~corral.rendezvous.api.RunAware`). Before the
+        first join."""
+        if self._tasks is None:
+            self._tasks = tasks
+        if self._session.events is None:
+            self._session.events = events
 
     @property
     def node_id(self) -> str:

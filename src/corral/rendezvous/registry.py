@@ -135,12 +135,13 @@ async def open_rendezvous(
 
     Every resource it opens is closed by ``stack``. ``run`` (the agent run's task
     group and event sink) goes to the built-ins; a plug-in gets the factory's
-    arguments above.
+    arguments above, and the object it returns, if it is ``RunAware``, the run's.
 
     Raises:
         ConfigError: an unknown backend name (the message lists the plug-ins).
         LauncherError, StoreError: from the backend.
     """
+    from corral.rendezvous.api import RunAware
     from corral.rendezvous.builtin import Opened
 
     target = BUILTIN.get(cfg.rdzv_backend)
@@ -149,4 +150,7 @@ async def open_rendezvous(
         opener = cast("BuiltinOpener", getattr(importlib.import_module(module), attr))
         return await opener(cfg, node, stack=stack, clock=clock, environ=environ, run=run)
     factory = load_backend(cfg.rdzv_backend)
-    return Opened(await factory(cfg, node, stack=stack, clock=clock))
+    rdzv = await factory(cfg, node, stack=stack, clock=clock)
+    if run is not None and isinstance(rdzv, RunAware):  # e.g. a DynamicRendezvous it built
+        rdzv.attach_run(run.tasks, run.events)
+    return Opened(rdzv)

@@ -125,6 +125,10 @@ class StaticRendezvous:
     async def close(self) -> None:
         await self._inner.close()
 
+    def attach_run(self, tasks: TaskGroup | None, events: EventSink | None) -> None:
+        """See :meth:`DynamicRendezvous.attach_run`."""
+        self._inner.attach_run(tasks, events)
+
     async def __aenter__(self) -> StaticRendezvous:
         await self._inner.__aenter__()  # its own task scope, without tasks=
         return self
