@@ -32,7 +32,7 @@ from corral.agent.policy import ImmediatePolicy, RestartPolicy
 from corral.agent.results import summary as _summary  # imported from here by tests
 from corral.agent.signals import SignalLatch
 from corral.core import events as ev
-from corral.core.aio import run_scope
+from corral.core.aio import RunTasks, run_scope
 from corral.core.clock import Clock, MonotonicClock
 from corral.core.errors import (
     ConfigError,
@@ -185,14 +185,7 @@ class Agent:
                 events = self._agent_events = AgentEvents(
                     self.observers, host=self.host, max_restarts=self.cfg.max_restarts
                 )
-                try:
-                    await self._run(stack, tasks, logs, reaper, latch, events)
-                except BaseException as exc:
-                    # a task of the run failed: the run is cancelled, the task's error is why
-                    cancelled = isinstance(exc, asyncio.CancelledError)
-                    events.job_ended(tasks.failure if cancelled and tasks.failure else exc)
-                    raise
-                events.job_ended(None)
+                await self._run(stack, tasks, logs, reaper, latch, events)
                 await self._linger()
                 return dict(self.results)
         except JobFailed as exc:
@@ -210,7 +203,7 @@ class Agent:
     async def _run(
         self,
         stack: AsyncExitStack,
-        tasks: TaskGroup,
+        tasks: RunTasks,
         logs: RunLogs,
         reaper: Reaper,
         latch: SignalLatch,
@@ -219,11 +212,6 @@ class Agent:
         """The run: the node's services, the rendezvous, the loop. ``tasks`` is the run's
         task group (every background task of the run is in it: an error of one ends the
         run, as itself); ``stack`` closes what the run opened, before ``tasks`` ends."""
-        from corral.workers.standby import pool_for
-
-        # --prestart: standbys import while the nodes gather; the pool's own scope
-        # lets the detached stops finish whatever ends the run (docs/design.md)
-        standbys = await stack.enter_async_context(pool_for(self.cfg, self.environ, reaper))
         from corral.agent.health import health_watch
 
         # --health-check: the first check runs here, the rest in the run's group
@@ -239,6 +227,12 @@ class Agent:
                 ),
             )
         )
+        from corral.workers.standby import pool_for
+
+        # --prestart: standbys import while the nodes gather (after the first health
+        # check: an unhealthy node starts none); the pool's own scope lets the
+        # detached stops finish whatever ends the run (docs/design.md)
+        standbys = await stack.enter_async_context(pool_for(self.cfg, self.environ, reaper))
         from corral.agent.opening import open_rendezvous
 
         opened = self._opened = await open_rendezvous(
@@ -253,17 +247,27 @@ class Agent:
         )
         services = self._services(opened, health, standbys)
         self._runner = self._round_runner(opened, services, logs, reaper, latch, events, tasks)
-        try:
-            await self._loop(self._runner)
-        except (JobFailed, WorkerFailed):
-            await self._linger()
-            raise
-        except Interrupted as exc:  # a handled signal: agent/preempt.py
-            if latch.received and not isinstance(exc, JobStopped):
-                exc = await self._runner.tell_job(None)
-            if isinstance(exc, JobStopped):
+        try:  # JobEnded: once the loop has begun, however it ends (docs/events.md)
+            try:
+                await self._loop(self._runner)
+            except (JobFailed, WorkerFailed):
                 await self._linger()
-            raise exc from None
+                raise
+            except Interrupted as exc:  # a handled signal: agent/preempt.py
+                if latch.received and not isinstance(exc, JobStopped):
+                    exc = await self._runner.tell_job(None)
+                if isinstance(exc, JobStopped):
+                    await self._linger()
+                raise exc from None
+        except BaseException as exc:
+            # a task of the run (or of the standby pool) failed: the run is being
+            # cancelled, and the task's error is why
+            failure = tasks.failure or standbys.failure
+            events.job_ended(
+                failure if isinstance(exc, asyncio.CancelledError) and failure else exc
+            )
+            raise
+        events.job_ended(None)
 
     def _services(
         self, opened: Opened, health: HealthWatch | None, standbys: StandbyPool

@@ -43,8 +43,7 @@ import tempfile
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
-from corral.core.aio import task_scope
-from corral.core.compat import TaskGroup
+from corral.core.aio import RunTasks, run_scope
 from corral.core.compat import timeout as _compat_timeout
 from corral.workers.prestart import (
     Child,
@@ -130,8 +129,14 @@ class StandbyPool:
         self._standbys: list[Standby] = []
         self._zygote: Standby | None = None
         self._stack: contextlib.AsyncExitStack | None = None
-        self._tg: TaskGroup | None = None
+        self._tg: RunTasks | None = None
         self._closed = False
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error of the pool's first failed task (a detached stop, a reap), as soon
+        as it cancels the owner's block: what ended the agent's run."""
+        return self._tg.failure if self._tg is not None else None
 
     async def __aenter__(self) -> StandbyPool:
         self._stack = contextlib.AsyncExitStack()
@@ -152,7 +157,7 @@ class StandbyPool:
         cancel them). A child's error is raised, bare (it cancels the block first).
         """
         error: BaseException | None = None
-        async with task_scope() as tg:
+        async with run_scope() as tg:
             self._tg = tg
             self._start()
             try:

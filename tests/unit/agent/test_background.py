@@ -26,37 +26,42 @@ from corral.workers.standby import StandbyPool
 
 pytestmark = pytest.mark.timeout(60)
 
-BROKEN_INTERVAL = 7777.0  # no other part of the agent sleeps this long
+INTERVAL = 0.0777  # no other part of the agent sleeps this long
 
 
-class BrokenIntervalClock(MonotonicClock):
-    """The real clock, except that the health checks' interval sleep fails (a bug)."""
+class BreaksOnceRunning(MonotonicClock):
+    """The real clock, except that the health checks' interval sleep fails (a bug) once
+    the workers run: the failure lands in the run's loop, not in its setup."""
+
+    running = False
 
     def sleep(self, seconds: float) -> Awaitable[None]:
-        if seconds == BROKEN_INTERVAL:
+        if seconds == INTERVAL and self.running:
             raise RuntimeError("the health checker broke")
         return super().sleep(seconds)
 
 
 async def test_a_failing_health_checker_ends_the_run() -> None:
     """The checks run in the run's task group: their error stops the workers and ends
-    execute() with it, and JobEnded says so."""
+    execute() with it, and JobEnded names it (not the run's cancellation)."""
     cfg = LaunchConfig(
         nproc_per_node=1,
         shutdown_timeout=2.0,
         health_checks=("true",),
-        health_check_interval=BROKEN_INTERVAL,
+        health_check_interval=INTERVAL,
         entrypoint="sleep",
         args=("60",),
         no_python=True,
     )
+    clock = BreaksOnceRunning()
     seen: list[ev.Event] = []
-    agent = Agent(
-        resolve_standalone(cfg),
-        clock=BrokenIntervalClock(),
-        handle_signals=False,
-        events=seen.append,
-    )
+
+    def sink(event: ev.Event) -> None:
+        seen.append(event)
+        if isinstance(event, ev.WorkerStarted):
+            clock.running = True
+
+    agent = Agent(resolve_standalone(cfg), clock=clock, handle_signals=False, events=sink)
     with pytest.raises(RuntimeError, match="the health checker broke"):
         await agent.execute()
     ended = [e for e in seen if isinstance(e, ev.JobEnded)]
@@ -106,6 +111,54 @@ async def test_the_hang_follower_retries_a_store_error_with_a_warning(
     assert remote.is_set()
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "not watched (store down); retrying" in warned[0].getMessage()
+
+
+class EndingStore(MemoryStore):
+    """A memory store whose first ``ending`` watches end at once, with no error and no
+    event (the store closed them)."""
+
+    def __init__(self, ending: int) -> None:
+        super().__init__()
+        self.ending = ending
+        self.watches = 0
+
+    def watch(self, key: str, **kw: Any) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
+        self.watches += 1
+        if self.ending > 0:
+            self.ending -= 1
+            return _ended()
+        return super().watch(key, **kw)
+
+
+@asynccontextmanager
+async def _ended() -> AsyncIterator[AsyncIterator[Any]]:
+    async def nothing() -> AsyncIterator[Any]:
+        return
+        yield  # pragma: no cover
+
+    yield nothing()
+
+
+async def test_the_hang_follower_retries_a_watch_the_store_ended(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A watch that ends without an error or a record is an outage too: warned once,
+    retried, and the node still sees another node's hang."""
+    store = EndingStore(ending=2)
+    watch = HangWatch(
+        Limits(30.0, 30.0), node_id="me", host="h", store=store, base="p/run/", poll=0.01
+    )
+    rnd = RoundInfo("job", 0, 0, 2, (), 0, 2, "127.0.0.1", 1, 0)
+    remote = asyncio.Event()
+    with caplog.at_level(logging.DEBUG, logger="corral.hangs"):
+        follower = asyncio.create_task(watch._watch_remote(rnd, remote))
+        while store.watches < 3:  # two ended watches, then one in place
+            await asyncio.sleep(0.01)
+        await store.put(hangs_prefix("p/run/", 0) + "other", b"{}")
+        await asyncio.wait_for(follower, 10)
+    assert remote.is_set()
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "the store ended the watch" in warned[0].getMessage()
 
 
 async def test_a_failing_detached_stop_ends_the_standby_pools_owner() -> None:
