@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from corral.core.aio import first_of, task_scope
 from corral.core.clock import Clock, MonotonicClock
-from corral.core.errors import StoreError
+from corral.core.errors import StoreError, StoreUnavailable
 from corral.core.failures import FailureReport
 from corral.core.keys import Keys
 from corral.core.model import RoundInfo
@@ -299,41 +299,39 @@ class HangWatch:
     async def _watch_remote(self, rnd: RoundInfo, remote: asyncio.Event) -> None:
         """Set ``remote`` when another node publishes a hang record of this round.
 
-        A store error is retried every ``poll`` s, with a
-        warning at the first of a run of them: the node never stops following the
-        others' hangs silently.
+        A store error, or a watch the store ends, is retried every ``poll`` s, with
+        a warning at the first of each outage (an event the watch delivers ends
+        it): the node never stops following the others' hangs silently.
         """
         assert self.store is not None
         prefix = hangs_prefix(self.base, rnd.round)
-        failing = False
+        warned = False
         while True:
             try:
-                if await self._follow(prefix):
-                    remote.set()
-                    return
+                async with self.store.watch(prefix, prefix=True) as events:
+                    kvs, _ = await self.store.range(prefix)
+                    if any(self._other(kv.key) for kv in kvs):
+                        remote.set()
+                        return
+                    async for event in events:
+                        warned = False  # the watch delivers: a later outage is told again
+                        if event.kv.value and self._other(event.kv.key):
+                            remote.set()
+                            return
+                raise StoreUnavailable("the store ended the watch of hang records")
             except StoreError as exc:
-                if not failing:
+                if not warned:
                     log.warning(
                         "round %d: hang records of other nodes not watched (%s); retrying",
                         rnd.round,
                         exc,
                     )
-                failing = True
+                    warned = True
                 await self.clock.sleep(max(self.poll, 0.05))
-                continue
-            return  # the watch ended without a record (the store closed it)
 
-    async def _follow(self, prefix: str) -> bool:
-        """True once another node's hang record is under ``prefix``."""
-        assert self.store is not None
-        async with self.store.watch(prefix, prefix=True) as events:
-            kvs, _ = await self.store.range(prefix)
-            if any(not kv.key.endswith("/" + self.node_id) for kv in kvs):
-                return True
-            async for event in events:
-                if event.kv.value and not event.kv.key.endswith("/" + self.node_id):
-                    return True
-        return False
+    def _other(self, key: str) -> bool:
+        """``key`` is another node's hang record."""
+        return not key.endswith("/" + self.node_id)
 
     # -- on a hang ----------------------------------------------------------------------
 
