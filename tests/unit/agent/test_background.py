@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -69,65 +69,10 @@ async def test_a_failing_health_checker_ends_the_run() -> None:
     assert "the health checker broke" in ended[0].root_cause
 
 
-class FlakyStore(MemoryStore):
-    """A memory store whose first ``watches_failing`` watches fail (a store outage)."""
-
-    def __init__(self, watches_failing: int) -> None:
-        super().__init__()
-        self.failing = watches_failing
-        self.watches = 0
-
-    def watch(self, key: str, **kw: Any) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
-        self.watches += 1
-        if self.failing > 0:
-            self.failing -= 1
-            return _failing()
-        return super().watch(key, **kw)
-
-
 @asynccontextmanager
 async def _failing() -> AsyncIterator[AsyncIterator[Any]]:
     raise StoreUnavailable("store down")
     yield  # pragma: no cover
-
-
-async def test_the_hang_follower_retries_a_store_error_with_a_warning(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Before: a StoreError was logged at debug and the node stopped following the
-    other nodes' hangs. Now it warns, retries, and still sees another node's hang."""
-    store = FlakyStore(watches_failing=2)
-    watch = HangWatch(
-        Limits(30.0, 30.0), node_id="me", host="h", store=store, base="p/run/", poll=0.01
-    )
-    rnd = RoundInfo("job", 0, 0, 2, (), 0, 2, "127.0.0.1", 1, 0)
-    remote = asyncio.Event()
-    with caplog.at_level(logging.DEBUG, logger="corral.hangs"):
-        follower = asyncio.create_task(watch._watch_remote(rnd, remote))
-        while store.watches < 3:  # two failed watches, then one in place
-            await asyncio.sleep(0.01)
-        await store.put(hangs_prefix("p/run/", 0) + "other", b"{}")
-        await asyncio.wait_for(follower, 10)
-    assert remote.is_set()
-    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warned) == 1 and "not watched (store down); retrying" in warned[0].getMessage()
-
-
-class EndingStore(MemoryStore):
-    """A memory store whose first ``ending`` watches end at once, with no error and no
-    event (the store closed them)."""
-
-    def __init__(self, ending: int) -> None:
-        super().__init__()
-        self.ending = ending
-        self.watches = 0
-
-    def watch(self, key: str, **kw: Any) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
-        self.watches += 1
-        if self.ending > 0:
-            self.ending -= 1
-            return _ended()
-        return super().watch(key, **kw)
 
 
 @asynccontextmanager
@@ -139,12 +84,41 @@ async def _ended() -> AsyncIterator[AsyncIterator[Any]]:
     yield nothing()
 
 
-async def test_the_hang_follower_retries_a_watch_the_store_ended(
-    caplog: pytest.LogCaptureFixture,
+Outage = Callable[[], AbstractAsyncContextManager[AsyncIterator[Any]]]
+
+
+class OutageStore(MemoryStore):
+    """A memory store whose first ``bad`` watches are ``outage()`` (a watch that fails,
+    or one the store ends at once); :attr:`healthy` is set when a real watch is given."""
+
+    def __init__(self, bad: int, outage: Outage) -> None:
+        super().__init__()
+        self.bad = bad
+        self.outage = outage
+        self.healthy = asyncio.Event()
+
+    def watch(self, key: str, **kw: Any) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
+        if self.bad > 0:
+            self.bad -= 1
+            return self.outage()
+        self.healthy.set()
+        return super().watch(key, **kw)
+
+
+@pytest.mark.parametrize(
+    ("outage", "warning"),
+    [
+        # before: a StoreError was logged at debug and the node stopped following
+        (_failing, "not watched (store down); retrying"),
+        # a watch the store ends with no error and no record is an outage too
+        (_ended, "the store ended the watch"),
+    ],
+)
+async def test_the_hang_follower_retries_an_outage_with_one_warning(
+    caplog: pytest.LogCaptureFixture, outage: Outage, warning: str
 ) -> None:
-    """A watch that ends without an error or a record is an outage too: warned once,
-    retried, and the node still sees another node's hang."""
-    store = EndingStore(ending=2)
+    """Two bad watches: warned once, retried, and the node still sees another node's hang."""
+    store = OutageStore(2, outage)
     watch = HangWatch(
         Limits(30.0, 30.0), node_id="me", host="h", store=store, base="p/run/", poll=0.01
     )
@@ -152,13 +126,15 @@ async def test_the_hang_follower_retries_a_watch_the_store_ended(
     remote = asyncio.Event()
     with caplog.at_level(logging.DEBUG, logger="corral.hangs"):
         follower = asyncio.create_task(watch._watch_remote(rnd, remote))
-        while store.watches < 3:  # two ended watches, then one in place
-            await asyncio.sleep(0.01)
-        await store.put(hangs_prefix("p/run/", 0) + "other", b"{}")
-        await asyncio.wait_for(follower, 10)
+        try:
+            await asyncio.wait_for(store.healthy.wait(), 10)
+            await store.put(hangs_prefix("p/run/", 0) + "other", b"{}")
+            await asyncio.wait_for(follower, 10)
+        finally:
+            follower.cancel()
     assert remote.is_set()
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warned) == 1 and "the store ended the watch" in warned[0].getMessage()
+    assert len(warned) == 1 and warning in warned[0].getMessage()
 
 
 async def test_a_failing_detached_stop_ends_the_standby_pools_owner() -> None:
