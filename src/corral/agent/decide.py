@@ -11,7 +11,7 @@ rejoining) the restart policy's. This module only composes them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from corral.agent.lifecycle import AgentState
 from corral.agent.policy import RestartVerdict
@@ -37,13 +37,11 @@ __all__ = [
 # -- outcomes: how one round ended, as the runner saw it ------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class JobOver:
+class JobOver(Struct, frozen=True, gc=False):
     """The rendezvous was closed when this node joined: the job succeeded elsewhere."""
 
 
-@dataclass(frozen=True, slots=True)
-class Changed:
+class Changed(Struct, frozen=True, gc=False):
     """The round ended under the running group (a membership change, this node left it
     unhealthy, the job ended): the group is stopped."""
 
@@ -51,8 +49,7 @@ class Changed:
     change: RoundChange
 
 
-@dataclass(frozen=True, slots=True)
-class Stopped:
+class Stopped(Struct, frozen=True, gc=False):
     """Another node stopped the job with handled signal ``signum`` (``--on-signal stop``):
     the signal was forwarded to this node's workers, which are stopped."""
 
@@ -60,8 +57,7 @@ class Stopped:
     node: str
 
 
-@dataclass(frozen=True, slots=True)
-class Succeeded:
+class Succeeded(Struct, frozen=True, gc=False):
     """Every local worker exited 0; ``superseded``: the round ended before the job
     could record the success (None: the job succeeded)."""
 
@@ -70,8 +66,7 @@ class Succeeded:
     superseded: RoundChange | None
 
 
-@dataclass(frozen=True, slots=True)
-class Failed:
+class Failed(Struct, frozen=True, gc=False):
     """Local workers failed (``failures``, the earliest first) and the job decided:
     ``decision`` (the rendezvous's), ``root`` (its root cause, if it named one),
     ``verdict`` (the restart policy's: its wait before rejoining)."""
@@ -89,8 +84,7 @@ RoundOutcome = JobOver | Changed | Stopped | Succeeded | Failed
 # -- actions: what the agent's loop does next --------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Rejoin:
+class Rejoin(Struct, frozen=True, gc=False):
     """Join the next round. ``cause`` (a ChangeKind value or ``"failure"``) and ``detail``
     go to RestartDecided (``cause`` empty: no event, as for a superseded success);
     ``verdict``: the restart policy's, to wait by before rejoining (after a failure)."""
@@ -101,20 +95,17 @@ class Rejoin:
     verdict: RestartVerdict | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Succeed:
+class Succeed(Struct, frozen=True, gc=False):
     """The job succeeded: return this node's results (its last successful round's)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Fail:
+class Fail(Struct, frozen=True, gc=False):
     """The job failed: raise WorkerFailed with ``failures`` (the root cause first)."""
 
     failures: tuple[FailureReport, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Stop:
+class Stop(Struct, frozen=True, gc=False):
     """The job was stopped by a handled signal on node ``node``: raise JobStopped."""
 
     signum: int

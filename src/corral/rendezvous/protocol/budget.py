@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from corral.core.failures import FailureReport
 from corral.core.model import NodeDesc
@@ -317,8 +318,7 @@ def failure_action(step: FailureStep, final: bool) -> FailureAction:
 # --- the job's budget, adopted from the first pointer ------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Budget:
+class Budget(Struct, frozen=True, gc=False):
     """The restart budget a node decides with.
 
     ``max_restarts``: ``--max-restarts``; ``no_restart_code``: ``--no-restart-exit-code``
@@ -329,8 +329,7 @@ class Budget:
     no_restart_code: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class BudgetDiffers:
+class BudgetDiffers(Struct, frozen=True, gc=False):
     """Effect: this node's ``option`` (``own``) is not the job's (``job``): say so once."""
 
     option: str

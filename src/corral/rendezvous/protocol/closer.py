@@ -14,7 +14,9 @@ Pure: no I/O, no clock reads, no asyncio, no logging.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+
+from msgspec import Struct, field
+from msgspec.structs import replace
 
 from corral.rendezvous.protocol import ranks
 from corral.rendezvous.protocol.ranks import Joiner
@@ -39,8 +41,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class CloseParams:
+class CloseParams(Struct, frozen=True, gc=False):
     """The limits the closer decides with."""
 
     min_nodes: int
@@ -51,8 +52,7 @@ class CloseParams:
     settle_cap: float
 
 
-@dataclass(frozen=True, slots=True)
-class CloseDecision:
+class CloseDecision(Struct, frozen=True, gc=False):
     """What the closer does now.
 
     Attributes:
@@ -128,8 +128,7 @@ def close_decision(
 # --- the closer's reducer ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CloserState:
+class CloserState(Struct, frozen=True, gc=False):
     """What the closer of one round knows (a value; :func:`close_step` makes the next).
 
     Attributes:
@@ -161,29 +160,25 @@ class CloserState:
     closed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Arrived:
+class Arrived(Struct, frozen=True, gc=False):
     """A node's join key appeared (``joiner.create_revision``: its place in join order)."""
 
     joiner: Joiner
 
 
-@dataclass(frozen=True, slots=True)
-class Departed:
+class Departed(Struct, frozen=True, gc=False):
     """A join key of this round went (its node left or its lease ended)."""
 
     node_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class ExpectedGone:
+class ExpectedGone(Struct, frozen=True, gc=False):
     """A member of the previous round left it (its key there went): expected no more."""
 
     node_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class WaitingGone:
+class WaitingGone(Struct, frozen=True, gc=False):
     """A waiting node's key went (it joined, or left): expected no more unless it joined."""
 
     node_id: str
@@ -192,8 +187,7 @@ class WaitingGone:
 Change = Arrived | Departed | ExpectedGone | WaitingGone
 
 
-@dataclass(frozen=True, slots=True)
-class Changes:
+class Changes(Struct, frozen=True, gc=False):
     """What the store said since the last step, in order, and the closer's clock now.
 
     Several changes in one event cost one decision (the driver hands over every
@@ -204,15 +198,13 @@ class Changes:
     items: Sequence[Change] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class WakeAt:
+class WakeAt(Struct, frozen=True, gc=False):
     """Decide again at clock time ``at`` if no change comes first."""
 
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class CloseRound:
+class CloseRound(Struct, frozen=True, gc=False):
     """Write ``record``'s member list and rank tables, then its summary as ``closed``
     (create-only: if another closer's is there, that one is the round)."""
 

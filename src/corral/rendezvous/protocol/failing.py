@@ -16,7 +16,8 @@ reads, no asyncio, no logging.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from msgspec import Struct
+from msgspec.structs import replace
 
 from corral.core.failures import FailureReport
 from corral.core.model import Decision
@@ -68,8 +69,7 @@ __all__ = [
 ATTEMPTS = 100  # pointer reads before giving up (it kept changing)
 
 
-@dataclass(frozen=True, slots=True)
-class FailingState:
+class FailingState(Struct, frozen=True, gc=False):
     """One failure report's loop for round ``round``.
 
     Attributes:
@@ -98,35 +98,30 @@ class FailingState:
 # --- events -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class MemberChecked:
+class MemberChecked(Struct, frozen=True, gc=False):
     """Whether this node is still a member (its lease, its membership)."""
 
     member: bool
 
 
-@dataclass(frozen=True, slots=True)
-class RootRead:
+class RootRead(Struct, frozen=True, gc=False):
     """The round's root cause, read after this node's reports are in."""
 
     root: FailureReport | None
 
 
-@dataclass(frozen=True, slots=True)
-class PointerRead:
+class PointerRead(Struct, frozen=True, gc=False):
     pointer: RoundPointer
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class EndedRead:
+class EndedRead(Struct, frozen=True, gc=False):
     """The job's outcome (its pointer is terminal)."""
 
     outcome: Outcome
 
 
-@dataclass(frozen=True, slots=True)
-class Judged:
+class Judged(Struct, frozen=True, gc=False):
     """The quarantine verdict on the round's root cause (its address, failures in a
     row, and the record when it is quarantined now)."""
 
@@ -135,8 +130,7 @@ class Judged:
     record: Quarantine | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class CasResult:
+class CasResult(Struct, frozen=True, gc=False):
     succeeded: bool
 
 
@@ -146,92 +140,78 @@ Event = MemberChecked | RootRead | PointerRead | EndedRead | Judged | CasResult
 # --- effects ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CheckMember:
+class CheckMember(Struct, frozen=True, gc=False):
     """Is this node still a member? (-> MemberChecked)"""
 
 
-@dataclass(frozen=True, slots=True)
-class Publish:
+class Publish(Struct, frozen=True, gc=False):
     """Create this node's failure reports of the round (nothing comes back)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ReadRoot:
+class ReadRoot(Struct, frozen=True, gc=False):
     """Read the round's root cause (-> RootRead)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ReadPointer:
+class ReadPointer(Struct, frozen=True, gc=False):
     """Read the round pointer (-> PointerRead)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ReadEnded:
+class ReadEnded(Struct, frozen=True, gc=False):
     """Read (or complete) the outcome of the job ended at ``pointer`` (-> EndedRead)."""
 
     pointer: RoundPointer
 
 
-@dataclass(frozen=True, slots=True)
-class FixOutcome:
+class FixOutcome(Struct, frozen=True, gc=False):
     """Write the outcome from the round's failures (create-only; nothing comes back)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Judge:
+class Judge(Struct, frozen=True, gc=False):
     """Judge the round's root cause for quarantine, before moving ``pointer`` (-> Judged)."""
 
     pointer: RoundPointer
 
 
-@dataclass(frozen=True, slots=True)
-class RecordQuarantine:
+class RecordQuarantine(Struct, frozen=True, gc=False):
     """Write ``record`` before the pointer moves to ``next_round`` (nothing comes back)."""
 
     record: Quarantine
     next_round: int
 
 
-@dataclass(frozen=True, slots=True)
-class CasPointer:
+class CasPointer(Struct, frozen=True, gc=False):
     """Move the pointer to ``new`` if it is still at ``revision`` (-> CasResult)."""
 
     new: RoundPointer
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(Struct, frozen=True, gc=False):
     """This node moved the job to restart round ``round`` (a log line, RoundOpened)."""
 
     round: int
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class Warn:
+class Warn(Struct, frozen=True, gc=False):
     line: str
 
 
-@dataclass(frozen=True, slots=True)
-class Decided:
+class Decided(Struct, frozen=True, gc=False):
     """The end: the decision, and the job's root cause when it failed."""
 
     decision: Decision
     root: FailureReport | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Stopped:
+class Stopped(Struct, frozen=True, gc=False):
     """A handled signal stopped the job meanwhile: raise JobStopped."""
 
     signal: int
     node: str
 
 
-@dataclass(frozen=True, slots=True)
-class GiveUp:
+class GiveUp(Struct, frozen=True, gc=False):
     """The pointer kept changing: raise RendezvousError."""
 
 

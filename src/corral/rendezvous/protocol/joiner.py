@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+
+from msgspec import Struct
+from msgspec.structs import replace
 
 from corral.rendezvous.protocol import ranks
 from corral.rendezvous.protocol.budget import Budget, adopt_budget, is_spare, waiting_line
@@ -236,8 +238,7 @@ class Phase(enum.Enum):
     DONE = "done"  # a terminal effect was emitted
 
 
-@dataclass(frozen=True, slots=True)
-class JoinerState:
+class JoinerState(Struct, frozen=True, gc=False):
     """What one node's join knows (a value; :func:`joiner_step` makes the next).
 
     Attributes:

@@ -1,7 +1,7 @@
 """The joiner's vocabulary: the events its driver feeds in and the effects it asks for.
 
 The reducer is :func:`corral.rendezvous.protocol.joiner.joiner_step`; these are its
-values (frozen dataclasses), kept apart so that the reducer reads as one idea.
+values (frozen msgspec Structs), kept apart so that the reducer reads as one idea.
 Asking effects (an event comes back) come last in an effect list; the others only
 do something; the last group ends the join.
 """
@@ -9,7 +9,8 @@ do something; the last group ends the join.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from corral.core.model import RoundInfo
 from corral.rendezvous.protocol.budget import Budget
@@ -71,8 +72,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class ClosedRef:
+class ClosedRef(Struct, frozen=True, gc=False):
     """A ``closed`` record as read: the record and its mod revision."""
 
     record: ClosedRound
@@ -82,20 +82,17 @@ class ClosedRef:
 # --- events --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseReady:
+class LeaseReady(Struct, frozen=True, gc=False):
     lease: int
 
 
-@dataclass(frozen=True, slots=True)
-class QuarantineChecked:
+class QuarantineChecked(Struct, frozen=True, gc=False):
     """``refused``: this node's address is quarantined (None: it is not)."""
 
     refused: Quarantine | None
 
 
-@dataclass(frozen=True, slots=True)
-class JoinRead:
+class JoinRead(Struct, frozen=True, gc=False):
     """What one join request for ``round`` did and read.
 
     ``created``/``closer_created``: it created this node's key, the closer's;
@@ -113,28 +110,24 @@ class JoinRead:
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class CloseSeen:
+class CloseSeen(Struct, frozen=True, gc=False):
     """The followed round's ``closed`` was written (at ``revision``)."""
 
     closed: ClosedRef
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class CloserLeft:
+class CloserLeft(Struct, frozen=True, gc=False):
     """The followed round's closer key went (at ``revision``)."""
 
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class Compacted:
+class Compacted(Struct, frozen=True, gc=False):
     """The watch of ``close/`` resumed from a compacted revision: it was opened again."""
 
 
-@dataclass(frozen=True, slots=True)
-class CloseRead:
+class CloseRead(Struct, frozen=True, gc=False):
     """``close/<r>/`` read again: its ``closed`` (if there), whether the closer key is."""
 
     closed: ClosedRef | None
@@ -142,15 +135,13 @@ class CloseRead:
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class TakeOverResult:
+class TakeOverResult(Struct, frozen=True, gc=False):
     """This node's create of the closer key: ``succeeded``."""
 
     succeeded: bool
 
 
-@dataclass(frozen=True, slots=True)
-class RoundClosed:
+class RoundClosed(Struct, frozen=True, gc=False):
     """This node's close ended: ``closed`` as it is, ``full`` the record it wrote
     (None when another closer's ``closed`` won)."""
 
@@ -158,22 +149,19 @@ class RoundClosed:
     full: ClosedRound | None
 
 
-@dataclass(frozen=True, slots=True)
-class RankTableRead:
+class RankTableRead(Struct, frozen=True, gc=False):
     """This node's assignment in its rank table (None: not in it)."""
 
     assignment: Assignment | None
 
 
-@dataclass(frozen=True, slots=True)
-class MembersRead:
+class MembersRead(Struct, frozen=True, gc=False):
     """The round's full member list."""
 
     full: ClosedRound
 
 
-@dataclass(frozen=True, slots=True)
-class LiveRead:
+class LiveRead(Struct, frozen=True, gc=False):
     """The node ids whose keys are there in the round waited after, oldest first,
     and the revision of that read."""
 
@@ -181,31 +169,26 @@ class LiveRead:
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class MemberLeft:
+class MemberLeft(Struct, frozen=True, gc=False):
     """The watched member's key went."""
 
 
-@dataclass(frozen=True, slots=True)
-class PointerMoved:
+class PointerMoved(Struct, frozen=True, gc=False):
     """The round pointer moved (a node waiting for the next round joins it)."""
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseLost:
+class LeaseLost(Struct, frozen=True, gc=False):
     """This node's lease ended (LeaseNotFound, or evicted)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Unreachable:
+class Unreachable(Struct, frozen=True, gc=False):
     """A request got no answer (``error``), at clock time ``now``."""
 
     error: str
     now: float
 
 
-@dataclass(frozen=True, slots=True)
-class Timer:
+class Timer(Struct, frozen=True, gc=False):
     """The time asked by :class:`WakeAt` came (``now``: the clock)."""
 
     now: float
@@ -235,18 +218,15 @@ Event = (
 # --- effects: asking (an event comes back) ---------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class EnsureLease:
+class EnsureLease(Struct, frozen=True, gc=False):
     """Take a lease, if this node has none (-> LeaseReady)."""
 
 
-@dataclass(frozen=True, slots=True)
-class CheckQuarantine:
+class CheckQuarantine(Struct, frozen=True, gc=False):
     """Read whether this node's address is quarantined (-> QuarantineChecked)."""
 
 
-@dataclass(frozen=True, slots=True)
-class RequestJoin:
+class RequestJoin(Struct, frozen=True, gc=False):
     """One join request for ``round`` under ``lease`` (-> JoinRead); this node's watch
     of ``close/`` is in place before it."""
 
@@ -254,8 +234,7 @@ class RequestJoin:
     lease: int
 
 
-@dataclass(frozen=True, slots=True)
-class Follow:
+class Follow(Struct, frozen=True, gc=False):
     """Wait for ``close/<round>/closed`` or the delete of its closer key, after
     revision ``seen`` (-> CloseSeen, CloserLeft or Compacted)."""
 
@@ -263,31 +242,27 @@ class Follow:
     seen: int
 
 
-@dataclass(frozen=True, slots=True)
-class TakeOver:
+class TakeOver(Struct, frozen=True, gc=False):
     """Create the closer key of ``round`` under ``lease`` (-> TakeOverResult)."""
 
     round: int
     lease: int
 
 
-@dataclass(frozen=True, slots=True)
-class ReadClose:
+class ReadClose(Struct, frozen=True, gc=False):
     """Read ``close/<round>/`` again (-> CloseRead)."""
 
     round: int
 
 
-@dataclass(frozen=True, slots=True)
-class Close:
+class Close(Struct, frozen=True, gc=False):
     """Close the round ``pointer`` names, as its closer (-> RoundClosed)."""
 
     pointer: RoundPointer
     lease: int
 
 
-@dataclass(frozen=True, slots=True)
-class ReadRankTable:
+class ReadRankTable(Struct, frozen=True, gc=False):
     """Read rank table ``index`` of the ``tag`` of ``round``, as of ``min_revision``
     (-> RankTableRead)."""
 
@@ -297,23 +272,20 @@ class ReadRankTable:
     min_revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class ReadMembers:
+class ReadMembers(Struct, frozen=True, gc=False):
     """Read the full member list of ``round`` (-> MembersRead)."""
 
     round: int
     closed: ClosedRound
 
 
-@dataclass(frozen=True, slots=True)
-class ReadLive:
+class ReadLive(Struct, frozen=True, gc=False):
     """Read the live join keys of ``round``, oldest first (-> LiveRead)."""
 
     round: int
 
 
-@dataclass(frozen=True, slots=True)
-class WatchMember:
+class WatchMember(Struct, frozen=True, gc=False):
     """Watch ``node_id``'s key in ``round`` from ``revision`` on, and the pointer
     (-> MemberLeft, PointerMoved or LeaseLost)."""
 
@@ -322,8 +294,7 @@ class WatchMember:
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class WakeAt:
+class WakeAt(Struct, frozen=True, gc=False):
     """Wait until clock time ``at`` (-> Timer)."""
 
     at: float
@@ -332,13 +303,11 @@ class WakeAt:
 # --- effects: doing (nothing comes back) ---------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class EvictLease:
+class EvictLease(Struct, frozen=True, gc=False):
     """Forget this node's lease (it ended): the next EnsureLease takes a new one."""
 
 
-@dataclass(frozen=True, slots=True)
-class Retract:
+class Retract(Struct, frozen=True, gc=False):
     """Delete what a join request created in ``round``: this node's key, the closer's."""
 
     round: int
@@ -346,8 +315,7 @@ class Retract:
     closer: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Joined:
+class Joined(Struct, frozen=True, gc=False):
     """This node joined ``round`` (record the pointer and the job's budget; NodeJoined)."""
 
     round: int
@@ -356,21 +324,18 @@ class Joined:
     budget: Budget
 
 
-@dataclass(frozen=True, slots=True)
-class DeleteWaiting:
+class DeleteWaiting(Struct, frozen=True, gc=False):
     """Delete this node's key under ``waiting/``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Remember:
+class Remember(Struct, frozen=True, gc=False):
     """Keep ``full``, the member list of ``round`` (read again by no one)."""
 
     round: int
     full: ClosedRound
 
 
-@dataclass(frozen=True, slots=True)
-class PutWaiting:
+class PutWaiting(Struct, frozen=True, gc=False):
     """Put this node's key under ``waiting/`` (under ``lease``), say ``line`` and send
     NodeWaiting for ``round``; then watch the pointer from ``pointer_revision + 1``."""
 
@@ -380,8 +345,7 @@ class PutWaiting:
     line: str
 
 
-@dataclass(frozen=True, slots=True)
-class EndLost:
+class EndLost(Struct, frozen=True, gc=False):
     """Every member of ``round`` left while this node waited: end it as ``first``'s loss."""
 
     round: int
@@ -390,15 +354,13 @@ class EndLost:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class Say:
+class Say(Struct, frozen=True, gc=False):
     """One informative log line."""
 
     line: str
 
 
-@dataclass(frozen=True, slots=True)
-class Warn:
+class Warn(Struct, frozen=True, gc=False):
     """One warning log line."""
 
     line: str
@@ -407,8 +369,7 @@ class Warn:
 # --- effects: the end of the join ------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Placed:
+class Placed(Struct, frozen=True, gc=False):
     """This node is in closed round ``info.round``: the join returns ``info``."""
 
     info: RoundInfo
@@ -416,8 +377,7 @@ class Placed:
     assignment: Assignment
 
 
-@dataclass(frozen=True, slots=True)
-class Spare:
+class Spare(Struct, frozen=True, gc=False):
     """Round ``round`` runs without this node and the budget is spent: it waits as a
     spare, outside join_timeout (:func:`start_waiting`)."""
 
@@ -427,29 +387,25 @@ class Spare:
     lease: int
 
 
-@dataclass(frozen=True, slots=True)
-class Quarantined:
+class Quarantined(Struct, frozen=True, gc=False):
     """This node's address is quarantined: it takes no part (``record``)."""
 
     record: Quarantine
 
 
-@dataclass(frozen=True, slots=True)
-class RaiseOutcome:
+class RaiseOutcome(Struct, frozen=True, gc=False):
     """The job ended (``pointer``): raise its outcome."""
 
     pointer: RoundPointer
 
 
-@dataclass(frozen=True, slots=True)
-class Refuse:
+class Refuse(Struct, frozen=True, gc=False):
     """The join cannot go on: raise RendezvousError(``message``)."""
 
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class Rejoin:
+class Rejoin(Struct, frozen=True, gc=False):
     """A spare's wait ended: join again (a new join, with its own join_timeout).
     ``error``: the wait ended on a store error, raised as it is."""
 

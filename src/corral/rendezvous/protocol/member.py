@@ -14,7 +14,9 @@ Pure: no I/O, no clock reads, no asyncio, no logging.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+
+from msgspec import Struct
+from msgspec.structs import replace
 
 from corral.core.errors import RendezvousError
 from corral.core.model import NodeDesc
@@ -43,8 +45,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class MemberState:
+class MemberState(Struct, frozen=True, gc=False):
     """One member's view of running round ``round``.
 
     Attributes:
@@ -102,15 +103,13 @@ def start_member(
 # --- events --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PointerMoved:
+class PointerMoved(Struct, frozen=True, gc=False):
     """The round pointer was written (``pointer``: its new value)."""
 
     pointer: RoundPointer
 
 
-@dataclass(frozen=True, slots=True)
-class PredecessorLeft:
+class PredecessorLeft(Struct, frozen=True, gc=False):
     """The watched predecessor's join key went.
 
     ``was_done``: it had marked itself done; ``members``: the round's node ids in
@@ -122,16 +121,14 @@ class PredecessorLeft:
     members: Sequence[str] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class DoneSeen:
+class DoneSeen(Struct, frozen=True, gc=False):
     """Members seen done (``members``: the round's node ids, when first read)."""
 
     node_ids: Sequence[str]
     members: Sequence[str] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class NodeWaits:
+class NodeWaits(Struct, frozen=True, gc=False):
     """A node waits to join (its key under ``waiting/``); ``members``: the round's,
     ``pointer``: the round's pointer as this node read it."""
 
@@ -146,48 +143,41 @@ Event = PointerMoved | PredecessorLeft | DoneSeen | NodeWaits
 # --- effects -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Superseded:
+class Superseded(Struct, frozen=True, gc=False):
     """A later round (or the job's end) superseded this one: report the change."""
 
     pointer: RoundPointer
 
 
-@dataclass(frozen=True, slots=True)
-class MemberLost:
+class MemberLost(Struct, frozen=True, gc=False):
     """Member ``node_id`` was lost: restart without it, or end the job."""
 
     node_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Watch:
+class Watch(Struct, frozen=True, gc=False):
     """Watch ``node_id``'s join key instead (None: stop watching any)."""
 
     node_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Coordinate:
+class Coordinate(Struct, frozen=True, gc=False):
     """Start coordinating the success: read the member list and ``done/``, watch ``done/``
     (fed back as :class:`DoneSeen`)."""
 
 
-@dataclass(frozen=True, slots=True)
-class FinishSuccess:
+class FinishSuccess(Struct, frozen=True, gc=False):
     """Every member is done: end the job in success."""
 
 
-@dataclass(frozen=True, slots=True)
-class Bump:
+class Bump(Struct, frozen=True, gc=False):
     """Move the pointer to a restart round (``reason``, ``detail``)."""
 
     reason: str
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class Say:
+class Say(Struct, frozen=True, gc=False):
     """One informative log line."""
 
     line: str
@@ -236,8 +226,7 @@ def member_step(state: MemberState, event: Event) -> tuple[MemberState, list[Eff
     return state, []
 
 
-@dataclass(frozen=True, slots=True)
-class PredecessorGone:
+class PredecessorGone(Struct, frozen=True, gc=False):
     """What a running member does when its ring predecessor's key goes.
 
     Attributes:

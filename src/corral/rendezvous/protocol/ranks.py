@@ -10,7 +10,8 @@ its own :class:`~corral.rendezvous.protocol.records.Assignment` and builds its
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from corral.core.model import NodeDesc, RoundInfo
 from corral.rendezvous.protocol.records import (
@@ -33,8 +34,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Joiner:
+class Joiner(Struct, frozen=True, gc=False):
     """A node that joined a round: its description and the create revision of its key."""
 
     desc: NodeDesc

@@ -1,4 +1,4 @@
-"""The tcp store's messages: one frozen dataclass per message of the wire protocol.
+"""The tcp store's messages: one frozen msgspec Struct per message of the wire protocol.
 
 Their encoding, framing and the session's order are :mod:`corral.store.tcp.protocol`'s,
 which re-exports every name here (callers write ``protocol.Get``).
@@ -6,7 +6,7 @@ which re-exports every name here (callers write ``protocol.Get``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from corral.store.api import KeyValue, WatchEvent, WriteResult
 
@@ -42,57 +42,49 @@ __all__ = [
 # --- session -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Challenge:
+class Challenge(Struct, frozen=True, gc=False):
     version: int
     nonce: str
     auth: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Hello:
+class Hello(Struct, frozen=True, gc=False):
     version: int
     mac: str
 
 
-@dataclass(frozen=True, slots=True)
-class Welcome:
+class Welcome(Struct, frozen=True, gc=False):
     version: int
 
 
 # --- requests (client -> server) -------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Get:
+class Get(Struct, frozen=True, gc=False):
     id: int
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class Range:
+class Range(Struct, frozen=True, gc=False):
     id: int
     prefix: str
 
 
-@dataclass(frozen=True, slots=True)
-class Put:
+class Put(Struct, frozen=True, gc=False):
     id: int
     key: str
     value: bytes
     lease: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Create:
+class Create(Struct, frozen=True, gc=False):
     id: int
     key: str
     value: bytes
     lease: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class CompareAndSet:
+class CompareAndSet(Struct, frozen=True, gc=False):
     id: int
     key: str
     value: bytes
@@ -100,92 +92,78 @@ class CompareAndSet:
     lease: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
+class Delete(Struct, frozen=True, gc=False):
     id: int
     key: str
     prefix: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
+class Grant(Struct, frozen=True, gc=False):
     id: int
     ttl: float
 
 
-@dataclass(frozen=True, slots=True)
-class KeepAlive:
+class KeepAlive(Struct, frozen=True, gc=False):
     id: int
     lease: int
 
 
-@dataclass(frozen=True, slots=True)
-class Revoke:
+class Revoke(Struct, frozen=True, gc=False):
     id: int
     lease: int
 
 
-@dataclass(frozen=True, slots=True)
-class Watch:
+class Watch(Struct, frozen=True, gc=False):
     id: int
     key: str
     prefix: bool = False
     start_revision: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class CancelWatch:
+class CancelWatch(Struct, frozen=True, gc=False):
     watch_id: int
 
 
 # --- replies (server -> client) --------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class KvReply:
+class KvReply(Struct, frozen=True, gc=False):
     id: int
     kv: KeyValue | None
 
 
-@dataclass(frozen=True, slots=True)
-class RangeReply:
+class RangeReply(Struct, frozen=True, gc=False):
     id: int
     kvs: tuple[KeyValue, ...]
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class RevisionReply:
+class RevisionReply(Struct, frozen=True, gc=False):
     id: int
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
-class WriteReply:
+class WriteReply(Struct, frozen=True, gc=False):
     id: int
     result: WriteResult
 
 
-@dataclass(frozen=True, slots=True)
-class CountReply:
+class CountReply(Struct, frozen=True, gc=False):
     id: int
     count: int
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseReply:
+class LeaseReply(Struct, frozen=True, gc=False):
     id: int
     lease: int
     ttl: float
 
 
-@dataclass(frozen=True, slots=True)
-class DoneReply:
+class DoneReply(Struct, frozen=True, gc=False):
     id: int
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorReply:
+class ErrorReply(Struct, frozen=True, gc=False):
     """A failed request (``id`` > 0), or the connection's end (``id`` 0).
 
     Codes: ``lease_not_found``, ``compacted``, ``invalid``, ``limit``, ``auth``,
@@ -197,14 +175,12 @@ class ErrorReply:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class Events:
+class Events(Struct, frozen=True, gc=False):
     watch_id: int
     events: tuple[WatchEvent, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class WatchEnded:
+class WatchEnded(Struct, frozen=True, gc=False):
     watch_id: int
     code: str
     message: str

