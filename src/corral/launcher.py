@@ -6,6 +6,7 @@ parses, this module sets up logging and the process, ``corral.api.run_cli`` laun
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -41,4 +42,7 @@ def run(cfg: LaunchConfig) -> int:
     for line in cfg.scheduler_ignored:
         log.warning("%s", line)
     claim_children()  # this process runs only the agent: orphans of workers come back to it
+    # What the imports made lives as long as the agent: the collector need not walk it
+    # again, in the run's collections nor in the interpreter's last one at exit.
+    gc.freeze()
     return _compat_run(run_cli(cfg))

@@ -131,6 +131,13 @@ class WorkerGroup:
             raise RuntimeError(f"worker group cannot go from {self.state.name} to {new.name}")
         log.debug("worker group (round %d): %s -> %s", self.rnd.round, self.state.name, new.name)
         self.state = new
+        poll = self._poll
+        if (
+            new is not GroupState.RUNNING
+            and poll is not None
+            and poll is not asyncio.current_task()
+        ):
+            poll.cancel()  # its look is for a running group: the run's end need not wait its sleep
 
     def error_file(self, local_rank: int) -> str:
         """The error file of worker ``local_rank`` (the group must have been started)."""

@@ -22,7 +22,6 @@ already has threads is safe.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import secrets
@@ -40,7 +39,7 @@ _PR_SET_PDEATHSIG = 1
 
 _prctl: ctypes._NamedFuncPointer | None = None
 try:
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    _libc = ctypes.CDLL(None, use_errno=True)  # libc, loaded (find_library runs ldconfig)
     _prctl = _libc.prctl
     _prctl.restype = ctypes.c_int
     _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]

@@ -118,3 +118,20 @@ async def test_an_oserror_of_one_look_is_retried_with_a_warning(
         finally:
             await g.stop(0.5)
     assert all(w.returncode is not None for w in g.workers)
+
+
+async def test_the_poll_ends_when_the_group_stops_running(node: _Node) -> None:
+    """A group that leaves RUNNING cancels its poll at once: the run's task group does not
+    wait out the poll's sleep (the end of every job waited up to ERROR_FILE_POLL)."""
+    node.spec = WorkerSpec("true", no_python=True)
+    async with _pool(node) as pool, task_scope() as tasks:
+        g = node.group(pool, tasks)
+        await g.start()
+        polls = [t for t in asyncio.all_tasks() if t.get_name().startswith("error-file poll")]
+        assert len(polls) == 1
+        try:
+            assert (await asyncio.wait_for(g.wait(), 30)).succeeded
+            assert polls[0].done() or polls[0].cancelling()
+        finally:
+            await g.stop(0.5)
+    assert polls[0].cancelled()
