@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -84,6 +83,8 @@ def _prepare(
             "(a fresh interpreter per worker); forking the launcher's event loop and threads "
             "is not safe. Use start_method='spawn'"
         )
+    import pickle
+
     from corral.workers._fn_entry import write_payload
 
     tmp = tempfile.mkdtemp(prefix="corral_fn_")  # 0700: only this user reads the payload

@@ -22,7 +22,6 @@ Pickle never crosses the network here: payload and results stay on this node.
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 import traceback
 from typing import Any
@@ -41,6 +40,7 @@ def write_payload(path: str, fn: Any, args: tuple[Any, ...]) -> None:
             be pickled (a lambda, a local function, an open file ...).
     """
     import multiprocessing.spawn
+    import pickle
 
     prep = multiprocessing.spawn.get_preparation_data("corral-worker")
     prep.pop("authkey", None)  # the workers never talk to a multiprocessing manager of ours
@@ -62,6 +62,8 @@ def read_result(rank_dir: str) -> Any:
             data = f.read()
     except FileNotFoundError:
         return None
+    import pickle  # here: an agent whose workers wrote no result never imports it
+
     try:
         return pickle.loads(data)
     except Exception as exc:
@@ -76,6 +78,8 @@ def _result_path() -> str | None:
 
 
 def _write_result(value: Any) -> None:
+    import pickle
+
     path = _result_path()
     if path is None:
         return
@@ -88,6 +92,8 @@ def _write_result(value: Any) -> None:
 
 def main(argv: list[str]) -> int:
     """Load the payload named by ``argv[0]``, call the function, write result or error."""
+    import pickle
+
     from corral.core.record import write_error_file
 
     if len(argv) != 1:

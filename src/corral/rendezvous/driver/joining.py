@@ -43,6 +43,17 @@ log = logging.getLogger("corral.rendezvous.dynamic")  # one logger for the rende
 # again (:meth:`Joining.wait_next_round`).
 SpareWait = protocol.Spare
 
+# The effects done without I/O (Joining._apply), and those that keep the wait for the
+# next round's watches open.
+_LOCAL: frozenset[type[protocol.Effect]] = frozenset(
+    {
+        protocol.Placed, protocol.Joined, protocol.Remember, protocol.Say, protocol.Warn,
+        protocol.EvictLease, protocol.Spare, protocol.Quarantined, protocol.Refuse,
+        protocol.Rejoin,
+    }
+)  # fmt: skip
+_IN_WAIT: frozenset[type[protocol.Effect]] = frozenset({protocol.ReadLive, protocol.WatchMember})
+
 
 class Joining:
     """One node's joins: its watch of ``close/`` and the round it is joining.
@@ -129,19 +140,23 @@ class Joining:
                 event: protocol.Event | None = None
                 try:
                     for effect in effects:
-                        if mux and not isinstance(effect, protocol.ReadLive | protocol.WatchMember):
+                        out: protocol.Event | _End | None
+                        if mux and type(effect) not in _IN_WAIT:
                             mux.clear()
                             await waits.aclose()
-                        if isinstance(effect, protocol.Rejoin) and effect.error:
-                            assert failure is not None
-                            raise failure  # a spare's wait ends with the error
-                        if isinstance(effect, protocol.PutWaiting):
+                        if type(effect) in _LOCAL:  # no I/O, no coroutine (a K-node join: many)
+                            if type(effect) is protocol.Rejoin and effect.error:
+                                assert failure is not None
+                                raise failure  # a spare's wait ends with the error
+                            out = self._apply(effect)
+                        elif type(effect) is protocol.PutWaiting:
                             mux.append(await self._put_waiting(effect, waits))
                             continue
-                        if isinstance(effect, protocol.WatchMember):
+                        elif type(effect) is protocol.WatchMember:
                             event = await self._watch_member(effect, mux[0])
                             continue
-                        out = await self._perform(effect)
+                        else:
+                            out = await self._perform(effect)
                         if isinstance(out, _End):
                             return out.result
                         if out is not None:
@@ -215,29 +230,27 @@ class Joining:
             case protocol.WakeAt(at=at):
                 await s.clock.sleep(max(0.0, at - s.clock.now()))
                 return protocol.Timer(s.clock.now())
-            case protocol.EvictLease():
-                s.lease.evict()  # our lease ended under us: the next try takes a new one
             case protocol.Retract(round=r, node=node, closer=closer_key):
                 if node:
                     await store.delete(k.node(r, s.node_id))
                 if closer_key:
                     await store.delete(k.closer(r))
-            case protocol.Joined(round=r, pointer=ptr, pointer_revision=rev, budget=budget):
-                s.pointers[r] = (ptr, rev)
-                s.budget = budget
-                self.round = r
-                s.emit(NodeJoined, r, addr=s.node.addr)
             case protocol.DeleteWaiting():
                 s.waiting = False
                 await store.delete(k.waiting_key(s.node_id))
-            case protocol.Remember(round=r, full=full):
-                s.members[r] = full
             case protocol.EndLost(round=r, closed=closed, first=first, detail=detail):
                 await self._running.lost(r, closed, first, detail)
-            case protocol.Say(line=line):
-                log.info("%s", line)
-            case protocol.Warn(line=line):
-                log.warning("%s", line)
+            case protocol.RaiseOutcome(pointer=ptr):
+                await self._outcomes.raise_outcome(ptr)
+                raise RendezvousError("the job ended with no outcome")  # pragma: no cover
+            case _:  # pragma: no cover - PutWaiting, WatchMember and _LOCAL are _run's
+                raise AssertionError(f"not an effect of _perform: {effect}")
+        return None
+
+    def _apply(self, effect: protocol.Effect) -> _End | None:
+        """Do one effect that needs no I/O (:data:`_LOCAL`): None, or the join's end."""
+        s = self._s
+        match effect:
             case protocol.Placed(info=info, closed=ref, assignment=assignment):
                 s.memberships[info.round] = Membership(ref.record, ref.revision, assignment)
                 s.expect = info.round + 1
@@ -247,19 +260,29 @@ class Joining:
                     info.restart_count,
                 )  # fmt: skip
                 return _End(info)
+            case protocol.Joined(round=r, pointer=ptr, pointer_revision=rev, budget=budget):
+                s.pointers[r] = (ptr, rev)
+                s.budget = budget
+                self.round = r
+                s.emit(NodeJoined, r, addr=s.node.addr)
+            case protocol.Remember(round=r, full=full):
+                s.members[r] = full
+            case protocol.Say(line=line):
+                log.info("%s", line)
+            case protocol.Warn(line=line):
+                log.warning("%s", line)
+            case protocol.EvictLease():
+                s.lease.evict()  # our lease ended under us: the next try takes a new one
             case protocol.Spare():
                 return _End(effect)
             case protocol.Quarantined(record=rec):
                 return _End(rec)
-            case protocol.RaiseOutcome(pointer=ptr):
-                await self._outcomes.raise_outcome(ptr)
-                raise RendezvousError("the job ended with no outcome")  # pragma: no cover
             case protocol.Refuse(message=message):
                 raise RendezvousError(message)
             case protocol.Rejoin():
                 return _End(None)
-            case _:  # pragma: no cover - PutWaiting and WatchMember are _run's
-                raise AssertionError(f"not an effect of _perform: {effect}")
+            case _:  # pragma: no cover - _run sends only _LOCAL effects here
+                raise AssertionError(f"not a local effect: {effect}")
         return None
 
     async def _close_events(self) -> AsyncIterator[WatchEvent]:
