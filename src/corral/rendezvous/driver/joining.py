@@ -131,10 +131,12 @@ class Joining:
         self, state: protocol.JoinerState, effects: list[protocol.Effect]
     ) -> RoundInfo | SpareWait | Quarantine | None:
         """Perform effects and feed what comes back until a terminal effect."""
-        waits = contextlib.AsyncExitStack()  # the wait for the next round's watches
+        # The wait for the next round's watches, made when a spare waits (a K-node join in
+        # one process would keep K of them for nothing).
+        waits: contextlib.AsyncExitStack | None = None
         mux: list[Mux] = []
         failure: StoreError | None = None  # the error the last event reported
-        async with waits:
+        try:
             while True:
                 self._state = state
                 event: protocol.Event | None = None
@@ -142,6 +144,7 @@ class Joining:
                     for effect in effects:
                         out: protocol.Event | _End | None
                         if mux and type(effect) not in _IN_WAIT:
+                            assert waits is not None
                             mux.clear()
                             await waits.aclose()
                         if type(effect) in _LOCAL:  # no I/O, no coroutine (a K-node join: many)
@@ -150,6 +153,8 @@ class Joining:
                                 raise failure  # a spare's wait ends with the error
                             out = self._apply(effect)
                         elif type(effect) is protocol.PutWaiting:
+                            if waits is None:
+                                waits = contextlib.AsyncExitStack()
                             mux.append(await self._put_waiting(effect, waits))
                             continue
                         elif type(effect) is protocol.WatchMember:
@@ -168,6 +173,9 @@ class Joining:
                     event = protocol.Unreachable(str(exc), self._s.clock.now())
                 assert event is not None, f"no event after {effects}"
                 state, effects = protocol.joiner_step(state, event)
+        finally:
+            if waits is not None:
+                await waits.aclose()
 
     async def _perform(self, effect: protocol.Effect) -> protocol.Event | _End | None:
         """Do one effect: the event it asked for (None: it asks nothing), or the

@@ -160,8 +160,33 @@ class Lease:
     # --- the keep-alive task -------------------------------------------------------
 
     async def _run(self, lease: int) -> None:
+        """The keep-alive task: one coroutine (a K-node join in one process keeps K of
+        them). A failure is logged and told to the listeners, then raised into its group."""
+        interval = self._conf.keep_alive_interval
+        ttl = self._conf.lease_ttl
+        clock = self._clock
         try:
-            await self._keepalive(lease)
+            while True:
+                await clock.sleep(interval)
+                # First, before any request: a node frozen past the TTL fences itself at once.
+                if self.expired():
+                    return await self._fence(lease)
+                sent = clock.now()
+                left = (self._renewed or sent) + ttl - sent
+                try:
+                    async with clock_timeout(clock, left):
+                        await self._store.keep_alive(lease)
+                except TimeoutError:
+                    return await self._fence(lease)
+                except LeaseNotFound:
+                    log.warning("lease %d of node %s ended: evicted", lease, self._node_id)
+                    self.evicted.set()
+                    return
+                except StoreError as exc:
+                    # Keep trying: the lease survives keep_alive_max_attempt missed beats.
+                    log.warning("keep-alive of lease %d failed: %s", lease, exc)
+                    continue
+                self._renewed = sent
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -171,32 +196,6 @@ class Lease:
                 for listener in list(self._listeners):
                     listener(exc)
             raise
-
-    async def _keepalive(self, lease: int) -> None:
-        interval = self._conf.keep_alive_interval
-        ttl = self._conf.lease_ttl
-        clock = self._clock
-        while True:
-            await clock.sleep(interval)
-            # First, before any request: a node frozen past the TTL fences itself at once.
-            if self.expired():
-                return await self._fence(lease)
-            sent = clock.now()
-            left = (self._renewed or sent) + ttl - sent
-            try:
-                async with clock_timeout(clock, left):
-                    await self._store.keep_alive(lease)
-            except TimeoutError:
-                return await self._fence(lease)
-            except LeaseNotFound:
-                log.warning("lease %d of node %s ended: evicted", lease, self._node_id)
-                self.evicted.set()
-                return
-            except StoreError as exc:
-                # Keep trying: the lease survives keep_alive_max_attempt missed beats.
-                log.warning("keep-alive of lease %d failed: %s", lease, exc)
-                continue
-            self._renewed = sent
 
     async def _fence(self, lease: int) -> None:
         since = self._clock.now() - (self._renewed or 0.0)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from msgspec import Struct
+
 from corral.core.clock import Clock
 from corral.core.errors import RendezvousError
 from corral.core.events import Event, stamp
@@ -26,10 +28,10 @@ from corral.rendezvous.protocol.records import Assignment, ClosedRound, RoundPoi
 __all__ = ["Membership", "Session"]
 
 
-@dataclass(frozen=True, slots=True)
-class Membership:
+class Membership(Struct, frozen=True, gc=False):
     """This node's place in a closed round: the ``closed`` summary, its mod revision
-    and this node's assignment."""
+    and this node's assignment (a Struct, untracked by the collector, as the
+    reducers' values: docs/design.md)."""
 
     closed: ClosedRound
     revision: int
