@@ -28,9 +28,17 @@ P0 = RoundPointer(0, max_restarts=2)
 FULL = ClosedRound(0, 0, (node(1), node(2)), "10.0.0.1", 1, tag="t", rank_tables=1)
 
 
-def joined(lease: int = 7, **read: object) -> tuple[j.JoinerState, list[j.Effect]]:
+def joined(
+    lease: int = 7, former: frozenset[int] = frozenset(), **read: object
+) -> tuple[j.JoinerState, list[j.Effect]]:
     state, effects = j.start_join(
-        node_id="n1", run_id="job", max_nodes=3, budget=Budget(2), retry_delay=1.0, expect=0
+        node_id="n1",
+        run_id="job",
+        max_nodes=3,
+        budget=Budget(2),
+        retry_delay=1.0,
+        expect=0,
+        former=former,
     )
     assert effects == [j.EnsureLease()]
     state, effects = j.joiner_step(state, j.LeaseReady(lease))
@@ -99,6 +107,25 @@ def test_compacted_watch_reads_close_again() -> None:
 )
 def test_request_that_does_not_join(read: dict[str, object], want: list[j.Effect]) -> None:
     assert joined(**read)[1] == want
+
+
+def test_own_key_under_a_former_lease_is_revoked_and_the_join_asked_again() -> None:
+    """After this node fenced itself (its lease not renewed for the TTL, the store
+    unable to take the revoke), its key in the round can outlive it under its old
+    lease: that is this node's own key, not another live agent's (it was refused as
+    one, and the agent exited)."""
+    state, effects = joined(former=frozenset({3, 5}), created=False, existing_lease=5)
+    assert effects == [j.RevokeFormer(5), j.RequestJoin(0, 7)]
+    fields: dict[str, object] = dict(
+        round=0, created=True, existing_lease=None, closer_created=False, pointer=P0,
+        pointer_revision=1, closed=None, revision=6,
+    )  # fmt: skip
+    _, effects = j.joiner_step(state, j.JoinRead(**fields))  # type: ignore[arg-type]
+    assert any(isinstance(e, j.Joined) for e in effects)  # joined this time
+    # A lease this node never held is another agent's, former leases or not.
+    assert joined(former=frozenset({3, 5}), created=False, existing_lease=8)[1] == [
+        j.Refuse("node id 'n1' is already used by another live agent")
+    ]
 
 
 def test_closed_round_reads_one_rank_table() -> None:

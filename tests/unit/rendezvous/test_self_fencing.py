@@ -14,12 +14,14 @@ from dataclasses import replace
 import pytest
 from tests.unit.rendezvous.conftest import CONF, STORE, Job, advance, spin
 
+from corral.core.aio import task_scope
 from corral.core.clock import FakeClock
 from corral.core.errors import RendezvousTimeout
 from corral.core.failures import FailureReport
 from corral.core.model import ChangeKind, Decision, NodeDesc, RoundInfo
 from corral.rendezvous.dynamic import DynamicRendezvous
 from corral.rendezvous.protocol.records import RoundPointer
+from corral.store.memory import MemoryStore
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -180,3 +182,37 @@ async def test_watches_lost_in_a_blip_are_opened_again_and_miss_nothing(job: Job
     change = await asyncio.wait_for(w, 2)  # the watches, opened again, saw b waiting
     assert change.kind is ChangeKind.NODE_WAITING and change.new_round == 1
     jb.cancel()
+
+
+async def test_a_fenced_node_whose_old_key_outlives_it_gives_that_key_up_and_rejoins(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store could not expire the fenced node's lease (etcd without a leader: its
+    leases wait for one): the rejoin finds the node's own key under its former lease.
+    That key is this node's, not another live agent's: it is revoked and the join goes
+    on (it was refused as "already used by another live agent", and the agent exited)."""
+    clock, frozen = FakeClock(), FakeClock()  # the store's clock stands still: no expiry
+    store = MemoryStore(frozen)
+    sess = store.session()
+    async with task_scope() as tasks:
+        a = DynamicRendezvous(
+            sess, run_id="job", node=NodeDesc("a", "127.0.0.1", 2, host="a"), min_nodes=1,
+            max_nodes=1, max_restarts=3, conf=CONF, store_conf=STORE, clock=clock, tasks=tasks,
+        )  # fmt: skip
+        try:
+            info = await a.join()
+            old = a.lease
+            w = asyncio.ensure_future(a.watch_round(info))
+            await spin()
+            sess.fail_next(10_000)  # cut
+            await advance(clock, 15.5)
+            assert (await asyncio.wait_for(w, 2)).kind is ChangeKind.MEMBER_LOST
+            assert "not renewed for 15.0 s" in caplog.text
+            sess.fail_next(0)  # healed; the old lease still holds a's key on the store
+            assert (await store.get("/corral/job/r/0/nodes/a")) is not None
+            info2 = await asyncio.wait_for(a.join(), 2)
+            assert a.lease != old
+            assert info2.round == 1 and info2.restart_count == 1
+        finally:
+            await a.close()
+            await store.close()

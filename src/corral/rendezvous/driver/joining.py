@@ -104,6 +104,7 @@ class Joining:
             retry_delay=min(1.0, s.conf.keep_alive_interval),
             expect=s.expect,
             waiting=s.waiting,
+            former=s.lease.held(),
         )
         result = await self._run(state, effects)
         assert result is not None
@@ -185,6 +186,9 @@ class Joining:
             case protocol.EnsureLease():
                 self._desc = None  # a fresh port for each try
                 return protocol.LeaseReady(await s.lease.ensure())
+            case protocol.RevokeFormer(lease=former):
+                with contextlib.suppress(LeaseNotFound):  # it expired meanwhile: its keys went
+                    await store.revoke(former)
             case protocol.CheckQuarantine():
                 return protocol.QuarantineChecked(await self._quarantines.check())
             case protocol.RequestJoin(round=r, lease=lease):

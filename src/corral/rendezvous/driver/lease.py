@@ -65,6 +65,8 @@ class Lease:
         self._clock = clock
         self._tasks = tasks
         self.id = 0  # 0: none (before the first join, after close)
+        # The leases this node held before ``id`` (it fenced itself or was evicted).
+        self._former: frozenset[int] = frozenset()
         self.evicted = asyncio.Event()
         # Clock time the last successful renewal was sent (self-fencing).
         self._renewed: float | None = None
@@ -78,6 +80,11 @@ class Lease:
     def renewed(self) -> float | None:
         """Clock time the last successful renewal was sent (None: never)."""
         return self._renewed
+
+    def held(self) -> frozenset[int]:
+        """Every lease this node has held (the last 8), the current one included: a key
+        under one of them is this node's own, not another agent's (see Joining)."""
+        return self._former | {self.id} if self.id else self._former
 
     def expired(self) -> bool:
         """Whether this node's membership may have ended: no renewal for the lease's TTL."""
@@ -112,6 +119,8 @@ class Lease:
         if self.id and not self.evicted.is_set() and not self.expired():
             return self.id
         await self.stop()
+        if self.id:  # a lease it held before: a key under it is this node's own
+            self._former = (self._former if len(self._former) < 8 else frozenset()) | {self.id}
         self.evicted = asyncio.Event()
         sent = self._clock.now()
         self.id = await self._store.grant(self._conf.lease_ttl)

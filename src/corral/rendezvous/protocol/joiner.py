@@ -70,6 +70,7 @@ from corral.rendezvous.protocol.joiner_messages import (
     Remember,
     RequestJoin,
     Retract,
+    RevokeFormer,
     RoundClosed,
     Say,
     Spare,
@@ -131,6 +132,7 @@ __all__ = [
     "Remember",
     "RequestJoin",
     "Retract",
+    "RevokeFormer",
     "RoundClosed",
     "Say",
     "Spare",
@@ -160,6 +162,7 @@ class JoinStep(enum.Enum):
     MOVE = "move"  # the pointer names another round: take back what was created, join that
     JOB_ENDED = "job_ended"  # take back what was created, end with the job's outcome
     ID_IN_USE = "id_in_use"  # this node id is held by another live agent
+    FORMER = "former"  # this node's own key under a lease it held before: revoke it, again
 
 
 def join_step(
@@ -168,6 +171,7 @@ def join_step(
     created: bool,
     existing_lease: int | None,
     pointer: RoundPointer,
+    former: frozenset[int] = frozenset(),
 ) -> JoinStep:
     """Decide after the join request for round ``r`` under ``lease``.
 
@@ -178,9 +182,12 @@ def join_step(
         existing_lease: when it did not, the lease of the key that was there
             (None: no key was read back).
         pointer: the round pointer the request read.
+        former: the leases this node held before this one (after it fenced itself
+            or was evicted, its key may outlive its membership: the store could
+            not be told, or has not expired the lease yet).
     """
     if not created and existing_lease is not None and existing_lease != lease:
-        return JoinStep.ID_IN_USE
+        return JoinStep.FORMER if existing_lease in former else JoinStep.ID_IN_USE
     if pointer.reason == REASON_JOB_ENDED:
         return JoinStep.JOB_ENDED
     if pointer.round != r:
@@ -249,6 +256,7 @@ class JoinerState(Struct, frozen=True, gc=False):
         phase: what the joiner waits for.
         round: the round it requests, or has joined.
         lease: its lease for this try.
+        former: the leases it held before (see :func:`join_step`).
         pointer, pointer_revision: the pointer as its join request read it.
         mine, closer: its request created its own key, the closer's key.
         member: a ``closed`` found at the join counts this node as a member (it had
@@ -268,6 +276,7 @@ class JoinerState(Struct, frozen=True, gc=False):
     phase: Phase = Phase.LEASE
     round: int = 0
     lease: int = 0
+    former: frozenset[int] = frozenset()
     pointer: RoundPointer | None = None
     pointer_revision: int = 0
     mine: bool = False
@@ -292,13 +301,22 @@ def start_join(
     retry_delay: float,
     expect: int,
     waiting: bool = False,
+    former: frozenset[int] = frozenset(),
 ) -> tuple[JoinerState, list[Effect]]:
     """A join of round ``expect`` (a guess: the pointer says where the job is).
 
     ``waiting``: this node has a key under ``waiting/`` from an earlier wait.
+    ``former``: the leases this node held before (see :func:`join_step`).
     """
     state = JoinerState(
-        node_id, run_id, max_nodes, budget, retry_delay, round=expect, waiting=waiting
+        node_id,
+        run_id,
+        max_nodes,
+        budget,
+        retry_delay,
+        round=expect,
+        waiting=waiting,
+        former=former,
     )
     return state, [EnsureLease()]
 
@@ -403,7 +421,10 @@ def joiner_step(state: JoinerState, event: Event) -> tuple[JoinerState, list[Eff
 
 def _join_read(state: JoinerState, ev: JoinRead) -> tuple[JoinerState, list[Effect]]:
     r, lease = ev.round, state.lease
-    step = join_step(r, lease, ev.created, ev.existing_lease, ev.pointer)
+    step = join_step(r, lease, ev.created, ev.existing_lease, ev.pointer, state.former)
+    if step is JoinStep.FORMER:  # a key of this node's own from before: give it up, ask again
+        assert ev.existing_lease is not None
+        return state, [RevokeFormer(ev.existing_lease), RequestJoin(r, lease)]
     if step is JoinStep.ID_IN_USE:
         message = f"node id {state.node_id!r} is already used by another live agent"
         return replace(state, phase=Phase.DONE), [Refuse(message)]

@@ -307,6 +307,13 @@ class EvictLease(Struct, frozen=True, gc=False):
     """Forget this node's lease (it ended): the next EnsureLease takes a new one."""
 
 
+class RevokeFormer(Struct, frozen=True, gc=False):
+    """Revoke ``lease``, a lease this node held before (it fenced itself, or it was
+    evicted): its keys go, the key this node finds under its own id among them."""
+
+    lease: int
+
+
 class Retract(Struct, frozen=True, gc=False):
     """Delete what a join request created in ``round``: this node's key, the closer's."""
 
@@ -414,6 +421,7 @@ class Rejoin(Struct, frozen=True, gc=False):
 
 Effect = (
     EnsureLease
+    | RevokeFormer
     | CheckQuarantine
     | RequestJoin
     | Follow
