@@ -5,10 +5,8 @@ asyncio or logs. The driver (:mod:`corral.rendezvous.driver`) runs their
 effects through the store and feeds what the store says back in.
 
 * :mod:`.records`: the values kept in the store (versioned JSON), frozen dataclasses;
-* the reducers' states, events and effects are frozen ``msgspec.Struct`` values: a
-  dataclass costs about 1 ms to define (its methods are compiled at import) and a
-  Struct about 0.03 ms; there are about 110 of them, on every agent's launch path,
-  and the join builds and copies them at every step (5-10x cheaper than a dataclass);
+* the reducers' states, events and effects are frozen ``msgspec.Struct`` values,
+  not dataclasses: docs/design.md, "The values they exchange", says why;
 * :mod:`.ranks`: how a closed round's members are ranked, what each member reads;
 * :mod:`.joiner`: the joiner's reducer (a node's path from the pointer to its place,
   a spare's wait, the wait for the next round);
